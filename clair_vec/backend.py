@@ -1,0 +1,308 @@
+"""The backend contract: what every vector-database plugin implements. No torch in here.
+
+A backend subclasses :class:`Backend` and implements the ``_``-prefixed primitives. The public
+methods around them own the behaviour users rely on whatever the engine: dimension and model
+checks, byte-bounded batching, bounded retries of transient errors, payload filters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import (
+    BackendUnavailableError,
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    TransientBackendError,
+)
+
+log = logging.getLogger(__name__)
+#: Fixed namespace so the same content hash maps to the same UUID on every machine.
+ID_NAMESPACE = uuid.UUID("5b0c2a54-8f1e-4c7a-9a57-3f0d6b1c9e21")
+#: Payload keys a filter may use; every record carries them.
+FILTER_KEYS = ("domain", "label", "path")
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What a collection was created for. Writes that disagree with it are refused."""
+
+    name: str
+    dim: int
+    model: str
+    metric: str = "cosine"
+    target_domain: str = "photo"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CollectionInfo:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class Record:
+    """One vector to store. ``id`` is a content hash (hex); payload values are JSON scalars."""
+
+    id: str
+    vector: np.ndarray
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+def point_uuid(record_id: str) -> str:
+    """The UUID a content-hash id maps to, for engines whose ids must be UUIDs or integers."""
+    return str(uuid.uuid5(ID_NAMESPACE, record_id))
+
+
+def normalize_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]]:
+    """``{"domain": "photo", "label": ["cat", "dog"]}`` -> every value a list (an OR within a key,
+    an AND across keys)."""
+    if not filter:
+        return {}
+    out = {}
+    for key, value in filter.items():
+        if key not in FILTER_KEYS:
+            raise ValueError(f"cannot filter on {key!r}; filterable payload keys are {list(FILTER_KEYS)}")
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        if not values:
+            raise ValueError(f"filter on {key!r} has an empty list of values")
+        out[key] = values
+    return out
+
+
+def matches(payload: Mapping[str, Any], flt: Mapping[str, list[Any]]) -> bool:
+    return all(payload.get(k) in vs for k, vs in flt.items())
+
+
+class Backend(ABC):
+    """Base class of vector-database backends.
+
+    Subclasses set ``name`` and implement the primitives. ``uri`` selects the engine instance
+    (a local file or directory for embedded engines, a URL for servers); ``None`` means the
+    backend's embedded default.
+    """
+
+    name: ClassVar[str] = ""
+    #: Upper bound on one write request, below Milvus' 64 MB gRPC message limit with headroom.
+    max_batch_bytes: ClassVar[int] = 16 * 1024 * 1024
+    max_batch_records: ClassVar[int] = 4096
+    max_retries: ClassVar[int] = 3
+    retry_base_delay: ClassVar[float] = 0.2
+
+    def __init__(self, uri: str | None = None, **options: Any) -> None:
+        self.uri = uri
+        self.options = options
+        self._infos: dict[str, CollectionInfo] = {}
+
+    # ------------------------------------------------------------------ primitives to implement
+    @abstractmethod
+    def _create(self, info: CollectionInfo) -> None: ...
+
+    @abstractmethod
+    def _read_info(self, name: str) -> CollectionInfo | None:
+        """The stored :class:`CollectionInfo`, or None when no such collection exists."""
+
+    @abstractmethod
+    def _upsert(self, name: str, records: Sequence[Record]) -> None:
+        """Write one batch (already validated, within the size bounds); visible to reads on return."""
+
+    @abstractmethod
+    def _search(
+        self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[Any]]
+    ) -> list[list[Hit]]: ...
+
+    @abstractmethod
+    def _count(self, name: str, flt: dict[str, list[Any]]) -> int: ...
+
+    @abstractmethod
+    def _existing_ids(self, name: str, ids: Sequence[str]) -> set[str]: ...
+
+    @abstractmethod
+    def _delete(self, name: str, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def _drop(self, name: str) -> None: ...
+
+    def _list(self) -> list[str]:
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook; engines without resources need nothing
+        """Release files, locks and connections."""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is worth retrying. Subclasses add their client's timeout/busy errors."""
+        return isinstance(exc, (TransientBackendError, TimeoutError))
+
+    # ------------------------------------------------------------------ public API
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create_collection(self, info: CollectionInfo, *, exist_ok: bool = True) -> CollectionInfo:
+        """Create ``info.name``, or return the existing one if it was created with the same spec."""
+        existing = self._call(self._read_info, info.name)
+        if existing is not None:
+            if not exist_ok:
+                raise CollectionMismatchError(f"collection {info.name!r} already exists ({self.name} at {self.uri})")
+            self._check_same(existing, info)
+            self._infos[info.name] = existing
+            return existing
+        self._call(self._create, info)
+        self._infos[info.name] = info
+        return info
+
+    def open_collection(self, name: str) -> CollectionInfo:
+        """The spec of an existing collection; :class:`CollectionNotFoundError` if there is none."""
+        if name in self._infos:
+            return self._infos[name]
+        info = self._call(self._read_info, name)
+        if info is None:
+            known = self._call(self._list)
+            raise CollectionNotFoundError(
+                f"no collection {name!r} in {self.name} at {self.uri or '(embedded default)'}"
+                f"{'; collections there: ' + str(sorted(known)) if known else ''}. "
+                "Create it by indexing a gallery first (clair_vec.index / `clair-vec index`)."
+            )
+        self._infos[name] = info
+        return info
+
+    def has_collection(self, name: str) -> bool:
+        return name in self._infos or self._call(self._read_info, name) is not None
+
+    def list_collections(self) -> list[str]:
+        return sorted(self._call(self._list))
+
+    def upsert(self, name: str, records: Iterable[Record], *, model: str | None = None) -> int:
+        """Insert or overwrite records by id; returns how many were written.
+
+        Refuses vectors whose dimension differs from the collection's, and (when ``model`` is
+        given) vectors of another model, before anything is written.
+        """
+        info = self.open_collection(name)
+        if model is not None and model != info.model:
+            raise CollectionMismatchError(
+                f"collection {name!r} holds vectors of model {info.model!r}, not {model!r}. "
+                "Index into a new collection, or drop this one and re-index with the new model."
+            )
+        records = list(records)
+        for r in records:
+            r.vector = self._as_vector(r.vector, info)
+        seen: dict[str, Record] = {r.id: r for r in records}  # the last write of an id wins, as in the engines
+        written = 0
+        for batch in self._batches(list(seen.values())):
+            self._call(self._upsert, name, batch)
+            written += len(batch)
+        return written
+
+    def search(
+        self, name: str, vectors: np.ndarray, *, top_k: int = 10, filter: Mapping[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """Nearest neighbours by cosine similarity, best first, for each row of ``vectors``."""
+        info = self.open_collection(name)
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if vectors.shape[1] != info.dim:
+            raise CollectionMismatchError(
+                f"query vectors have dimension {vectors.shape[1]} but collection {name!r} holds {info.dim}-d vectors "
+                f"of model {info.model!r}: encode the queries with that model"
+            )
+        return self._call(self._search, name, vectors, top_k, normalize_filter(filter))
+
+    def count(self, name: str, *, filter: Mapping[str, Any] | None = None) -> int:
+        self.open_collection(name)
+        return self._call(self._count, name, normalize_filter(filter))
+
+    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are stored already (what a resumed indexing run can skip)."""
+        self.open_collection(name)
+        found: set[str] = set()
+        for start in range(0, len(ids), 1024):
+            found |= self._call(self._existing_ids, name, list(ids[start : start + 1024]))
+        return found
+
+    def delete(self, name: str, ids: Sequence[str]) -> int:
+        self.open_collection(name)
+        present = self.existing_ids(name, ids)
+        if present:
+            self._call(self._delete, name, sorted(present))
+        return len(present)
+
+    def drop_collection(self, name: str) -> bool:
+        """Remove a collection; False if there was none."""
+        self._infos.pop(name, None)
+        if self._call(self._read_info, name) is None:
+            return False
+        self._call(self._drop, name)
+        return True
+
+    # ------------------------------------------------------------------ shared machinery
+    @staticmethod
+    def _check_same(existing: CollectionInfo, wanted: CollectionInfo) -> None:
+        for key in ("dim", "model", "metric", "target_domain"):
+            a, b = getattr(existing, key), getattr(wanted, key)
+            if a != b:
+                raise CollectionMismatchError(
+                    f"collection {existing.name!r} exists with {key}={a!r}, not {b!r}. Use another collection "
+                    "name, or drop this one to re-index with the new model."
+                )
+
+    @staticmethod
+    def _as_vector(vector: Any, info: CollectionInfo) -> np.ndarray:
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if v.shape[0] != info.dim:
+            raise CollectionMismatchError(
+                f"vector has dimension {v.shape[0]} but collection {info.name!r} was created for {info.dim}-d "
+                f"vectors of model {info.model!r}"
+            )
+        if not np.all(np.isfinite(v)):
+            raise ValueError("vector contains NaN or infinity; refusing to store it")
+        return v
+
+    def _batches(self, records: Sequence[Record]) -> Iterator[list[Record]]:
+        batch: list[Record] = []
+        size = 0
+        for r in records:
+            rsize = r.vector.nbytes + len(json.dumps(r.payload, default=str)) + len(r.id) + 64
+            if batch and (size + rsize > self.max_batch_bytes or len(batch) >= self.max_batch_records):
+                yield batch
+                batch, size = [], 0
+            batch.append(r)
+            size += rsize
+        if batch:
+            yield batch
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """Run a primitive, retrying transient errors with exponential backoff, a bounded number of times."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return fn(*args)
+            except (CollectionNotFoundError, CollectionMismatchError, BackendUnavailableError):
+                raise
+            except Exception as exc:
+                if not self.is_transient(exc) or attempt == self.max_retries:
+                    raise
+                delay = self.retry_base_delay * 2**attempt
+                log.warning("%s: transient error (%s); retry %d/%d in %.1fs", self.name, exc, attempt + 1, self.max_retries, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")

@@ -1,0 +1,70 @@
+"""Train a tiny CLIP on captioned images so the offline demo has a foundation model with real
+text-image alignment. It stands in for downloaded weights (none are reachable here) and writes an
+ordinary open_clip checkpoint file, loaded back through the same local-checkpoint path a user's
+downloaded ViT-B-32 weights take.
+
+Only *seen* classes may be passed in: the unseen classes stay unseen by the foundation model too.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import MultiDomainDataset, load_images
+from .features import train_transform
+from .foundation import FoundationModel
+from .progress import progress_bar
+from .prompts import clean_class_name, domain_templates
+
+
+def bootstrap_clip(
+    dataset: MultiDomainDataset,
+    out_file: str | Path,
+    *,
+    arch: str = "clair-tiny",
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Fit ``arch`` from random init on (image, "a <domain> of a <class>.") pairs; save weights."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    fm = FoundationModel.load(arch, None)
+    model = fm.model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    classes, domains = dataset.classes, dataset.domains
+    images, ok, _ = load_images([i.path for i in dataset.items])
+    items = [dataset.items[i] for i in ok]
+    augment = {d: train_transform(fm.image_size, d) for d in domains}
+    labels = torch.tensor([classes.index(i.label) for i in items])
+    prompts = [domain_templates(d)[0].format(clean_class_name(c)) for d in domains for c in classes]
+    tokens = fm.tokenize(prompts)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    with progress_bar(total=steps, desc="bootstrap tiny CLIP", unit="step", enabled=progress) as bar:
+        for _ in range(steps):
+            batch = rng.sample(range(len(items)), min(batch_size, len(items)))
+            pixels = torch.stack([augment[items[i].domain](images[i]) for i in batch])
+            img = F.normalize(model.encode_image(pixels), dim=-1)
+            txt = F.normalize(model.encode_text(tokens), dim=-1).view(len(domains), len(classes), -1)
+            dom = torch.tensor([domains.index(items[i].domain) for i in batch])
+            # each image against every class, phrased in the image's own domain
+            logits = model.logit_scale.exp() * torch.einsum("bd,bcd->bc", img, txt[dom])
+            loss = F.cross_entropy(logits, labels[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, 4.6052)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out_file)
+    return out_file

@@ -1,0 +1,102 @@
+"""Every tunable of the CLAIR method, with the defaults of ``shared/paper/CLAIR.md``.
+
+The paper body was not available; each option below that the spec marks as reconstructed
+([INFERRED]) is a field here so that a later reading of the paper changes a default, not code.
+The section of the spec that motivates a field is given in its comment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "confidence": ("softmax", "cosine", "margin"),  # §3.3 variants 1-3
+    "prototype_source": ("image", "text"),  # §3.5
+    "inter_domain": ("instance", "prototype"),  # §3.6
+    "prompt_side": ("text", "none"),  # §3.7 (visual-side VPT is not implemented)
+    "mapping": ("ridge_identity", "ridge", "sylvester", "translation"),  # §3.8
+}
+
+
+@dataclass
+class ClairConfig:
+    # foundation model (§3.1, A1)
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str | None = "openai"
+    # domains: the gallery lives in the pivot domain; every other domain maps into it (§3.8)
+    pivot_domain: str = "photo"
+    templates: dict[str, list[str]] = field(default_factory=dict)  # overrides prompts.DEFAULT_TEMPLATES
+    # pseudo-labels and confidence (§3.2-3.3, A2, A9)
+    confidence: str = "softmax"
+    per_class_norm: bool = True
+    confidence_threshold: float = 0.2
+    relabel_each_epoch: bool = False
+    # head g_theta (§3.1 design R)
+    head_hidden: int | None = None  # None: the CLIP embedding width
+    head_alpha_init: float = 0.1
+    # losses (§3.4-3.6, §3.9, A3, A4, A7)
+    tau: float = 0.1
+    tau_cluster: float = 0.1
+    momentum: float = 0.999
+    w_instance: float = 1.0
+    w_inst_disc: float = 1.0
+    w_cluster: float = 1.0
+    w_domain: float = 1.0
+    w_prompt: float = 1.0
+    cluster_warmup_epochs: int = 0
+    prototype_source: str = "image"
+    inter_domain: str = "instance"
+    # learnable prompts (§3.7, A6)
+    prompt_side: str = "text"
+    n_ctx: int = 4
+    # closed-form mapping (§3.8, A5)
+    mapping: str = "ridge_identity"
+    mapping_lambda: float = 1.0
+    # optimisation (§4)
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    prompt_lr: float = 2e-3
+    weight_decay: float = 1e-4
+    lr_warmup_epochs: int = 1
+    n_views: int = 2
+    image_batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"ClairConfig.{name}={value!r} is not one of {list(allowed)}")
+        if self.n_views < 1:
+            raise ValueError("ClairConfig.n_views must be >= 1 (2 gives MoCo-style query/key views)")
+        if not 0.0 <= self.confidence_threshold < 1.0:
+            raise ValueError("ClairConfig.confidence_threshold must lie in [0, 1)")
+        for name in ("tau", "tau_cluster", "mapping_lambda", "lr", "batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ClairConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError("ClairConfig.momentum must lie in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClairConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ClairConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ClairConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,145 @@
+"""Multi-domain image folders ``root/<domain>/<class>/<image>`` and zero-shot class splits.
+
+This is the layout of PACS, DomainNet, Sketchy, TU-Berlin and QuickDraw exports. Zero-shot hygiene
+(spec §8.1): unseen-class images never reach training; :func:`zero_shot_split` is the one place
+that decides which images are which.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import CorruptImageError, DatasetError
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: str
+    domain: str
+    label: str
+
+
+@dataclass
+class MultiDomainDataset:
+    items: list[ImageItem]
+    root: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted({i.domain for i in self.items})
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({i.label for i in self.items})
+
+    def by_domain(self, domain: str) -> list[ImageItem]:
+        return [i for i in self.items if i.domain == domain]
+
+    def subset(self, *, classes: Iterable[str] | None = None, domains: Iterable[str] | None = None) -> MultiDomainDataset:
+        keep_c = set(classes) if classes is not None else None
+        keep_d = set(domains) if domains is not None else None
+        items = [
+            i for i in self.items if (keep_c is None or i.label in keep_c) and (keep_d is None or i.domain in keep_d)
+        ]
+        return MultiDomainDataset(items, self.root, list(self.skipped))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def scan_folder(root: str | Path, domains: Sequence[str] | None = None) -> MultiDomainDataset:
+    """Index ``root/<domain>/<class>/<image>``; files with non-image suffixes are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset folder {str(root)!r} does not exist; expected root/<domain>/<class>/<image> "
+            "(e.g. PACS or DomainNet unpacked), or run `clair-vec demo` to generate one."
+        )
+    wanted = set(domains) if domains else None
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if wanted and not wanted <= set(found):
+        raise DatasetError(f"domains {sorted(wanted - set(found))} not found under {root}; it has {found}")
+    items = []
+    for domain in found:
+        if wanted and domain not in wanted:
+            continue
+        for class_dir in sorted(p for p in (root / domain).iterdir() if p.is_dir()):
+            for f in sorted(class_dir.iterdir()):
+                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                    items.append(ImageItem(str(f), domain, class_dir.name))
+    if not items:
+        raise DatasetError(f"no images found under {root}; expected root/<domain>/<class>/<image>")
+    return MultiDomainDataset(items, str(root))
+
+
+def read_class_list(path: str | Path) -> list[str]:
+    """One class name a line; blank lines and ``#`` comments ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"class split file {str(path)!r} does not exist")
+    names = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
+    return [n for n in names if n]
+
+
+def zero_shot_split(
+    dataset: MultiDomainDataset,
+    *,
+    unseen: Sequence[str] | None = None,
+    seen: Sequence[str] | None = None,
+    unseen_fraction: float = 0.25,
+    seed: int = 0,
+) -> tuple[MultiDomainDataset, MultiDomainDataset]:
+    """Split by class into (seen, unseen) datasets; classes never straddle the two.
+
+    ``unseen``/``seen`` name the classes (from split files); otherwise a seeded random
+    ``unseen_fraction`` of the classes is held out.
+    """
+    classes = dataset.classes
+    if unseen is None and seen is None:
+        rng = random.Random(seed)
+        n_unseen = max(1, round(len(classes) * unseen_fraction))
+        unseen = sorted(rng.sample(classes, n_unseen))
+    if unseen is None:
+        unseen = [c for c in classes if c not in set(seen)]
+    if seen is None:
+        seen = [c for c in classes if c not in set(unseen)]
+    overlap = set(seen) & set(unseen)
+    if overlap:
+        raise DatasetError(f"classes {sorted(overlap)} are listed both as seen and unseen")
+    missing = (set(seen) | set(unseen)) - set(classes)
+    if missing:
+        raise DatasetError(f"split names classes with no images: {sorted(missing)}")
+    return dataset.subset(classes=seen), dataset.subset(classes=unseen)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image fully as RGB, raising :class:`CorruptImageError` with the path on failure."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CorruptImageError(str(path), f"{type(exc).__name__}: {exc}") from exc
+
+
+def load_images(paths: Sequence[str]) -> tuple[list[Image.Image], list[int], list[tuple[str, str]]]:
+    """Load what can be loaded: returns (images, indices of those images in ``paths``, skipped)."""
+    images, ok, skipped = [], [], []
+    for i, p in enumerate(paths):
+        try:
+            images.append(load_image(p))
+            ok.append(i)
+        except CorruptImageError as exc:
+            log.warning("skipping %s", exc)
+            skipped.append((exc.path, exc.reason))
+    return images, ok, skipped

@@ -1,0 +1,181 @@
+"""The trained CLAIR model as one deployable object: CLIP -> head -> domain mapping.
+
+A checkpoint is a directory: ``clair.json`` (config, classes, domains, CLIP reference, model id)
+and ``clair.pt`` (head, prompts, text embeddings, mapping). Random-initialised CLIP weights are
+saved beside them as ``foundation.pt``; pretrained ones are referenced by tag or path, never copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import ClairConfig
+from .encoder import ClairHead
+from .errors import UnknownDomainError, WeightsNotFoundError
+from .foundation import FoundationModel
+from .mapping import DomainMapping
+
+FORMAT_VERSION = 1
+
+
+class ClairModel:
+    def __init__(
+        self,
+        foundation: FoundationModel,
+        head: ClairHead,
+        mapping: DomainMapping,
+        classes: Sequence[str],
+        text_embeddings: dict[str, torch.Tensor],
+        config: ClairConfig,
+        prompt_state: dict | None = None,
+    ) -> None:
+        self.foundation = foundation
+        self.head = head.eval()
+        self.mapping = mapping
+        self.classes = list(classes)
+        self.text_embeddings = {d: t.detach() for d, t in text_embeddings.items()}
+        self.config = config
+        self.prompt_state = prompt_state
+        self._model_id: str | None = None
+
+    @property
+    def domains(self) -> list[str]:
+        return self.mapping.domains
+
+    @property
+    def pivot(self) -> str:
+        return self.mapping.pivot
+
+    @property
+    def dim(self) -> int:
+        return self.head.dim
+
+    @property
+    def model_id(self) -> str:
+        """Names the exact vector space: backends refuse vectors of another model id."""
+        if self._model_id is None:
+            h = hashlib.sha256(f"{self.foundation.arch}|{self.foundation.pretrained}".encode())
+            for t in list(self.head.state_dict().values()) + [w for w, _ in self.mapping.maps.values()]:
+                h.update(t.detach().float().cpu().numpy().tobytes())
+            self._model_id = f"clair-{self.foundation.arch}-{h.hexdigest()[:12]}"
+        return self._model_id
+
+    def check_domain(self, domain: str) -> None:
+        if domain not in self.domains:
+            raise UnknownDomainError(domain, self.domains)
+
+    # ------------------------------------------------------------------ embedding
+    @torch.no_grad()
+    def embed_features(self, clip_feats: torch.Tensor, domain: str, *, map_domain: bool = True) -> torch.Tensor:
+        """CLAIR embeddings of CLIP features of ``domain``, mapped into the pivot domain."""
+        self.check_domain(domain)
+        z = self.head(clip_feats.float())
+        return self.mapping.apply(z, domain) if map_domain else z
+
+    @torch.no_grad()
+    def embed_images(
+        self, images: Sequence[Image.Image], domain: str, *, batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        """``(N, dim)`` float32 unit vectors, ready for a vector database."""
+        self.check_domain(domain)
+        feats = self.foundation.encode_images(images, batch_size=batch_size, progress=progress)
+        return self.embed_features(feats, domain).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def pseudo_labels(self, clip_feats: torch.Tensor, domain: str) -> tuple[list[str], np.ndarray]:
+        """CLIP zero-shot label over the seen classes and its softmax confidence (payload metadata)."""
+        self.check_domain(domain)
+        probs = torch.softmax(self.foundation.logit_scale * clip_feats @ self.text_embeddings[domain].T, dim=-1)
+        conf, idx = probs.max(dim=1)
+        return [self.classes[i] for i in idx.tolist()], conf.numpy()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint directory atomically: a crash never leaves a half-written model."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "model_id": self.model_id,
+                "clip_model": self.foundation.arch,
+                "clip_pretrained": self.foundation.pretrained,
+                "classes": self.classes,
+                "domains": self.domains,
+                "pivot": self.pivot,
+                "dim": self.dim,
+                "config": self.config.to_dict(),
+            }
+            (tmp / "clair.json").write_text(json.dumps(meta, indent=2))
+            torch.save(
+                {
+                    "head": self.head.state_dict(),
+                    "head_hidden": self.head.mlp[0].out_features,
+                    "mapping": self.mapping.state_dict(),
+                    "text_embeddings": self.text_embeddings,
+                    "prompts": self.prompt_state,
+                },
+                tmp / "clair.pt",
+            )
+            if self.foundation.pretrained is None:
+                torch.save(self.foundation.state_dict(), tmp / "foundation.pt")
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> ClairModel:
+        path = Path(path)
+        meta_file = path / "clair.json"
+        if not meta_file.is_file():
+            raise WeightsNotFoundError(
+                f"{str(path)!r} is not a clair_vec checkpoint (no clair.json). Train one with "
+                "`clair-vec train` or `python ray_jobs/train.py`, or pass the directory they wrote."
+            )
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise WeightsNotFoundError(f"checkpoint {path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        state = torch.load(path / "clair.pt", map_location="cpu", weights_only=False)
+        if meta["clip_pretrained"] is None:
+            foundation = FoundationModel.load(meta["clip_model"], None, device)
+            foundation.model.load_state_dict(torch.load(path / "foundation.pt", map_location=device))
+        else:
+            foundation = FoundationModel.load(meta["clip_model"], meta["clip_pretrained"], device)
+        config = ClairConfig.from_dict(meta["config"])
+        head = ClairHead(meta["dim"], state["head_hidden"], config.head_alpha_init)
+        head.load_state_dict(state["head"])
+        model = cls(
+            foundation,
+            head,
+            DomainMapping.from_state_dict(state["mapping"]),
+            meta["classes"],
+            state["text_embeddings"],
+            config,
+            state["prompts"],
+        )
+        if model.model_id != meta["model_id"]:
+            raise WeightsNotFoundError(
+                f"checkpoint {path} loads as model {model.model_id} but was saved as {meta['model_id']}: "
+                "the CLIP weights it references changed. Point clip_pretrained at the original weights."
+            )
+        return model

@@ -1,0 +1,220 @@
+"""Qdrant backend for clair_vec.
+
+- ``uri=None`` or a directory path: Qdrant Edge (``qdrant-edge-py``), Qdrant's Rust engine
+  in-process; one shard directory per collection under ``$CLAIR_VEC_QDRANT_PATH`` or
+  ``./clair_vec_qdrant``.
+- ``http(s)://host:6333``: a Qdrant server through ``qdrant-client`` (writes with ``wait=True``).
+- ``local:/some/dir``: qdrant-client's pure-Python local mode, a slower fallback.
+
+Qdrant point ids must be UUIDs or integers: content-hash ids map to ``uuid5`` and are kept in
+the ``clair_id`` payload field.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clair_vec.backend import Backend, CollectionInfo, Hit, Record, point_uuid
+from clair_vec.errors import BackendUnavailableError
+from clair_vec.hookspecs import hookimpl
+
+DEFAULT_PATH = "./clair_vec_qdrant"
+VECTOR = "clair"
+_INFO_FILE = "clair_collection.json"
+
+
+def _payload(r: Record) -> dict[str, Any]:
+    return {**{k: v for k, v in r.payload.items() if v is not None}, "clair_id": r.id}
+
+
+def _hit(point: Any) -> Hit:
+    payload = dict(point.payload or {})
+    return Hit(id=str(payload.pop("clair_id", point.id)), score=float(point.score), payload=payload)
+
+
+class QdrantEdgeBackend(Backend):
+    """Embedded Qdrant Edge shards, one directory per collection."""
+
+    name = "qdrant"
+
+    def __init__(self, uri: str | None = None, **options: Any) -> None:
+        uri = uri or os.environ.get("CLAIR_VEC_QDRANT_PATH") or DEFAULT_PATH
+        super().__init__(uri, **options)
+        import qdrant_edge
+
+        self.q = qdrant_edge
+        self.root = Path(uri)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._shards: dict[str, Any] = {}
+
+    def _dir(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"invalid collection name {name!r}")
+        return self.root / name
+
+    def _shard(self, name: str) -> Any:
+        if name not in self._shards:
+            self._shards[name] = self.q.EdgeShard.load(str(self._dir(name) / "shard"))
+        return self._shards[name]
+
+    def _filter(self, flt: dict[str, list[Any]]) -> Any:
+        if not flt:
+            return None
+        q = self.q
+        return q.Filter(must=[q.FieldCondition(key=k, match=q.MatchAny(any=[str(v) for v in vs])) for k, vs in flt.items()])
+
+    def _create(self, info: CollectionInfo) -> None:
+        q = self.q
+        d = self._dir(info.name)
+        tmp = d.with_name(f".{info.name}.creating")
+        shutil.rmtree(tmp, ignore_errors=True)
+        config = q.EdgeConfig(vectors={VECTOR: q.EdgeVectorParams(size=info.dim, distance=q.Distance.Cosine)})
+        shard = q.EdgeShard.create(str(tmp / "shard"), config)
+        shard.close()
+        (tmp / _INFO_FILE).write_text(info.to_json())
+        os.replace(tmp, d)  # a collection directory exists whole or not at all
+
+    def _read_info(self, name: str) -> CollectionInfo | None:
+        f = self._dir(name) / _INFO_FILE
+        return CollectionInfo.from_json(f.read_text()) if f.is_file() else None
+
+    def _list(self) -> list[str]:
+        return [p.name for p in self.root.iterdir() if (p / _INFO_FILE).is_file()]
+
+    def _upsert(self, name: str, records: Sequence[Record]) -> None:
+        q = self.q
+        points = [q.Point(id=point_uuid(r.id), vector={VECTOR: r.vector.tolist()}, payload=_payload(r)) for r in records]
+        shard = self._shard(name)
+        shard.update(q.UpdateOperation.upsert_points(points))
+        shard.flush()
+
+    def _search(self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[Any]]) -> list[list[Hit]]:
+        q = self.q
+        f = self._filter(flt)
+        reqs = [q.QueryRequest(limit=top_k, query=q.Query.Nearest(v.tolist(), using=VECTOR), filter=f, with_payload=True) for v in vectors]
+        return [[_hit(p) for p in row] for row in self._shard(name).query_batch(q.QueryBatchRequest(reqs))]
+
+    def _count(self, name: str, flt: dict[str, list[Any]]) -> int:
+        return int(self._shard(name).count(self.q.CountRequest(exact=True, filter=self._filter(flt))))
+
+    def _existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+        by_uuid = {point_uuid(i): i for i in ids}
+        found = self._shard(name).retrieve(list(by_uuid), with_payload=False, with_vector=False)
+        return {by_uuid[str(r.id)] for r in found}
+
+    def _delete(self, name: str, ids: Sequence[str]) -> None:
+        shard = self._shard(name)
+        shard.update(self.q.UpdateOperation.delete_points([point_uuid(i) for i in ids]))
+        shard.flush()
+
+    def _drop(self, name: str) -> None:
+        shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.close()
+        shutil.rmtree(self._dir(name))
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
+
+
+class QdrantClientBackend(Backend):
+    """A Qdrant server (URL) or qdrant-client's local mode (``local:/dir``)."""
+
+    name = "qdrant"
+
+    def __init__(self, uri: str | None = None, *, api_key: str | None = None, timeout: int = 10, **options: Any) -> None:
+        super().__init__(uri, **options)
+        from qdrant_client import QdrantClient, models
+
+        self.models = models
+        if uri and uri.startswith("local:"):
+            self.client = QdrantClient(path=uri[len("local:") :])
+        else:
+            self.client = QdrantClient(url=uri, api_key=api_key, timeout=timeout)
+            try:
+                self.client.get_collections()
+            except Exception as exc:
+                raise BackendUnavailableError(
+                    f"cannot reach Qdrant at {uri!r}: {exc}. Start a server (docker compose -f docker/qdrant.yml up -d) "
+                    "or leave the URI unset to use the embedded engine."
+                ) from exc
+
+    def is_transient(self, exc: BaseException) -> bool:
+        from qdrant_client.http.exceptions import ResponseHandlingException
+
+        return super().is_transient(exc) or isinstance(exc, ResponseHandlingException)
+
+    def _filter(self, flt: dict[str, list[Any]]) -> Any:
+        m = self.models
+        if not flt:
+            return None
+        return m.Filter(must=[m.FieldCondition(key=k, match=m.MatchAny(any=[str(v) for v in vs])) for k, vs in flt.items()])
+
+    def _create(self, info: CollectionInfo) -> None:
+        m = self.models
+        self.client.create_collection(
+            info.name,
+            vectors_config={VECTOR: m.VectorParams(size=info.dim, distance=m.Distance.COSINE)},
+            metadata={"clair_vec": info.to_json()},
+        )
+        for key in ("domain", "label"):
+            self.client.create_payload_index(info.name, key, m.PayloadSchemaType.KEYWORD, wait=True)
+
+    def _read_info(self, name: str) -> CollectionInfo | None:
+        if not self.client.collection_exists(name):
+            return None
+        meta = self.client.get_collection(name).config.metadata or {}
+        if "clair_vec" not in meta:
+            raise BackendUnavailableError(f"Qdrant collection {name!r} was not created by clair_vec; choose another name")
+        return CollectionInfo.from_json(meta["clair_vec"])
+
+    def _list(self) -> list[str]:
+        return [c.name for c in self.client.get_collections().collections]
+
+    def _upsert(self, name: str, records: Sequence[Record]) -> None:
+        m = self.models
+        points = [m.PointStruct(id=point_uuid(r.id), vector={VECTOR: r.vector.tolist()}, payload=_payload(r)) for r in records]
+        self.client.upsert(name, points=points, wait=True)
+
+    def _search(self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[Any]]) -> list[list[Hit]]:
+        m = self.models
+        f = self._filter(flt)
+        reqs = [m.QueryRequest(query=v.tolist(), using=VECTOR, limit=top_k, filter=f, with_payload=True) for v in vectors]
+        return [[_hit(p) for p in res.points] for res in self.client.query_batch_points(name, requests=reqs)]
+
+    def _count(self, name: str, flt: dict[str, list[Any]]) -> int:
+        return int(self.client.count(name, count_filter=self._filter(flt), exact=True).count)
+
+    def _existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+        by_uuid = {point_uuid(i): i for i in ids}
+        found = self.client.retrieve(name, ids=list(by_uuid), with_payload=False, with_vectors=False)
+        return {by_uuid[str(r.id)] for r in found}
+
+    def _delete(self, name: str, ids: Sequence[str]) -> None:
+        self.client.delete(name, points_selector=self.models.PointIdsList(points=[point_uuid(i) for i in ids]), wait=True)
+
+    def _drop(self, name: str) -> None:
+        self.client.delete_collection(name)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def qdrant_backend(uri: str | None = None, **options: Any) -> Backend:
+    """Pick the engine from the URI: server URL or ``local:`` -> qdrant-client, else Qdrant Edge."""
+    if uri and (uri.startswith(("http://", "https://", "local:"))):
+        return QdrantClientBackend(uri, **options)
+    return QdrantEdgeBackend(uri, **options)
+
+
+@hookimpl
+def clair_vec_register_backends(register):
+    register("qdrant", qdrant_backend)

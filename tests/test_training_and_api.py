@@ -1,0 +1,152 @@
+"""Training, checkpoints, and the index/search API on the embedded backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import clair_vec
+from clair_vec.config import ClairConfig
+from clair_vec.data import scan_folder, zero_shot_split
+from clair_vec.errors import (
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    DatasetError,
+    UnknownBackendError,
+    UnknownDomainError,
+)
+from clair_vec.features import extract_features
+from clair_vec.model import ClairModel
+from clair_vec.plugin_manager import get_backend
+from clair_vec.trainer import ClairTrainer
+
+UNSEEN = ["hexagon", "crescent", "arrow", "heart"]
+
+
+@pytest.fixture(scope="module")
+def split(shapes_root):
+    return zero_shot_split(scan_folder(shapes_root), unseen=UNSEEN)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_clip, split, tmp_path_factory):
+    seen, _ = split
+    feats = extract_features(tiny_clip, seen, n_views=2, progress=False)
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=6, batch_size=48, lr=3e-3)
+    trainer = ClairTrainer(cfg, tiny_clip, seen.classes, feats, progress=False)
+    history = trainer.fit()
+    model = trainer.build_model()
+    path = model.save(tmp_path_factory.mktemp("ckpt") / "model")
+    return trainer, history, model, path, feats
+
+
+def test_training_lowers_the_loss_and_uses_only_seen_classes(trained, split):
+    trainer, history, model, _, feats = trained
+    assert len(history) == 6
+    assert history[-1].loss < history[0].loss
+    assert set(history[0].terms) == {"inst_disc", "instance", "cluster", "domain", "prompt"}
+    assert model.classes == sorted(set(split[0].classes)) and not set(model.classes) & set(UNSEEN)
+    assert all(lbl not in UNSEEN for f in feats.values() for lbl in f.labels)
+    assert model.domains == ["clipart", "photo", "sketch"] and model.pivot == "photo"
+
+
+def test_checkpoint_round_trip_reproduces_embeddings(trained):
+    _, _, model, path, feats = trained
+    again = ClairModel.load(path)
+    assert again.model_id == model.model_id
+    x = feats["sketch"].clean[:7]
+    torch.testing.assert_close(again.embed_features(x, "sketch"), model.embed_features(x, "sketch"))
+    assert not torch.allclose(model.embed_features(x, "sketch"), model.embed_features(x, "sketch", map_domain=False))
+
+
+def test_resume_from_state_continues_identically(tiny_clip, split):
+    seen, _ = split
+    feats = extract_features(tiny_clip, seen, n_views=2, progress=False)
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=3, batch_size=48, seed=1)
+    full = ClairTrainer(cfg, tiny_clip, seen.classes, feats, progress=False)
+    full.fit()
+    part = ClairTrainer(cfg, tiny_clip, seen.classes, feats, progress=False)
+    part.train_epoch()
+    state = part.state_dict()
+    resumed = ClairTrainer(cfg, tiny_clip, seen.classes, feats, progress=False)
+    resumed.load_state_dict(state)
+    resumed.fit()
+    for a, b in zip(full.head.parameters(), resumed.head.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_missing_pivot_domain_is_a_clear_error(tiny_clip, split):
+    seen, _ = split
+    feats = extract_features(tiny_clip, seen.subset(domains=["sketch", "clipart"]), n_views=1, progress=False)
+    with pytest.raises(DatasetError, match="pivot.*'photo'"):
+        ClairTrainer(ClairConfig(clip_model="clair-tiny", clip_pretrained=None), tiny_clip, seen.classes, feats)
+
+
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+def test_index_then_search_across_domains(trained, split, tmp_path, backend):
+    _, _, model, path, _ = trained
+    _, unseen = split
+    uri = str(tmp_path / ("m.db" if backend == "milvus" else "q"))
+    gallery = [i.path for i in unseen.by_domain("photo")]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    s = clair_vec.index("gal", gallery + [str(bad)], backend=backend, uri=uri, model=path, label_from_folder=True, progress=False)
+    assert s.indexed == len(gallery) and s.already_present == 0
+    assert s.skipped == [(str(bad), s.skipped[0][1])] and "UnidentifiedImageError" in s.skipped[0][1]
+    # a re-run (e.g. after a crash) stores nothing twice
+    again = clair_vec.index("gal", gallery, backend=backend, uri=uri, model=path, progress=False)
+    assert again.indexed == 0 and again.already_present == len(gallery)
+    be = get_backend(backend, uri)
+    try:
+        assert be.count("gal") == len(gallery)
+        assert be.open_collection("gal").model == model.model_id
+    finally:
+        be.close()
+    queries = [i.path for i in unseen.by_domain("sketch")[:3]]
+    hits = clair_vec.search("gal", queries, domain="sketch", top_k=5, backend=backend, uri=uri, model=path)
+    assert len(hits) == 3 and all(len(row) == 5 for row in hits)
+    row = hits[0]
+    assert row[0].score >= row[-1].score
+    assert {"path", "domain", "label", "pseudo_label", "confidence", "model"} <= set(row[0].payload)
+    assert row[0].payload["label"] in UNSEEN and row[0].payload["pseudo_label"] in model.classes
+    # the backend's ranking equals exact cosine ranking of the same mapped vectors
+    g = model.embed_images([__import__("clair_vec.data", fromlist=["x"]).load_image(p) for p in gallery], "photo")
+    q = model.embed_images([__import__("clair_vec.data", fromlist=["x"]).load_image(queries[0])], "sketch")
+    best = gallery[int(np.argmax(g @ q[0]))]
+    assert row[0].payload["path"] == best
+    filtered = clair_vec.search("gal", queries[:1], domain="sketch", top_k=50, filter={"label": "heart"},
+                                backend=backend, uri=uri, model=path)[0]  # fmt: skip
+    assert filtered and all(h.payload["label"] == "heart" for h in filtered)
+
+
+def test_api_errors_say_what_to_do(trained, tmp_path):
+    _, _, model, path, _ = trained
+    uri = str(tmp_path / "m.db")
+    with pytest.raises(UnknownBackendError, match=r"installed backends: \[.*'milvus'.*'qdrant'"):
+        clair_vec.index("c", [], backend="elastic", model=path)
+    with pytest.raises(UnknownDomainError, match="'x-ray'.*clipart.*photo.*sketch"):
+        clair_vec.index("c", [], domain="x-ray", backend="milvus", uri=uri, model=path)
+    with pytest.raises(CollectionNotFoundError, match="'never-made'.*index"):
+        clair_vec.search("never-made", [np.zeros((8, 8, 3), np.uint8)], domain="sketch", backend="milvus", uri=uri, model=path)
+    be = get_backend("milvus", uri)
+    try:
+        from clair_vec.backend import CollectionInfo
+
+        be.create_collection(CollectionInfo("other", model.dim, "some-other-model"))
+    finally:
+        be.close()
+    with pytest.raises(CollectionMismatchError, match="some-other-model"):
+        clair_vec.index("other", [np.zeros((8, 8, 3), np.uint8)], backend="milvus", uri=uri, model=path, progress=False)
+    with pytest.raises(Exception, match="no CLAIR model given"):
+        clair_vec.load_model(None)
+
+
+def test_in_memory_images_and_arrays_are_indexed(trained, tmp_path):
+    _, _, _, path, _ = trained
+    from PIL import Image
+
+    arr = (np.random.default_rng(0).random((32, 32, 3))).astype(np.float32)
+    s = clair_vec.index("mem", [arr, Image.new("RGB", (20, 20), "red")], backend="qdrant", uri=str(tmp_path / "q"),
+                        model=path, progress=False)  # fmt: skip
+    assert s.indexed == 2
