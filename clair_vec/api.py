@@ -114,6 +114,37 @@ def record_id(domain: str, content_digest: str) -> str:
     return hashlib.sha256(f"{domain}\0{content_digest}".encode()).hexdigest()[:32]
 
 
+def encode_records(model: ClairModel, domain: str, items: Sequence[tuple[str, Image.Image, str, str]]) -> list[Record]:
+    """Records of decoded images ``(id, image, path, label)``: mapped vectors plus payload."""
+    feats = model.foundation.encode_images([im for _, im, _, _ in items])
+    vectors = model.embed_features(feats, domain).numpy()
+    pseudo, conf = model.pseudo_labels(feats, domain)
+    records = []
+    for (rid, _, path, label), vec, pl, c in zip(items, vectors, pseudo, conf, strict=True):
+        payload = {"path": path, "domain": domain, "label": label, "pseudo_label": pl,
+                   "confidence": round(float(c), 6), "model": model.model_id}  # fmt: skip
+        payload.update(extra_payload(payload, domain, model.model_id))
+        records.append(Record(rid, vec, payload))
+    return records
+
+
+def prepare_collection(be: Backend, collection: str, model: ClairModel) -> CollectionInfo:
+    """Create (announcing it to plugins) or open ``collection`` for ``model``'s vectors."""
+    info = CollectionInfo(collection, model.dim, model.model_id, target_domain=model.pivot, extra={"clip": model.foundation.arch})
+    created = not be.has_collection(collection)
+    info = be.create_collection(info)
+    if created:
+        get_plugin_manager().hook.clair_vec_collection_created(
+            backend_name=be.name, collection=collection, info={k: getattr(info, k) for k in ("dim", "model", "metric", "target_domain")}
+        )
+    elif info.model != model.model_id:
+        raise CollectionMismatchError(
+            f"collection {collection!r} holds vectors of model {info.model!r}, not {model.model_id!r}; "
+            "index into a new collection or load the model that built it"
+        )
+    return info
+
+
 def _open(backend: str | Backend | None, uri: str | None, options: Mapping[str, Any] | None) -> tuple[Backend, bool]:
     if isinstance(backend, Backend):
         return backend, False
@@ -143,18 +174,7 @@ def index(
     m.check_domain(domain)
     be, owned = _open(backend, uri, backend_options)
     try:
-        info = CollectionInfo(collection, m.dim, m.model_id, target_domain=m.pivot, extra={"clip": m.foundation.arch})
-        created = not be.has_collection(collection)
-        info = be.create_collection(info)
-        if created:
-            get_plugin_manager().hook.clair_vec_collection_created(
-                backend_name=be.name, collection=collection, info={k: getattr(info, k) for k in ("dim", "model", "metric", "target_domain")}
-            )
-        elif info.model != m.model_id:
-            raise CollectionMismatchError(
-                f"collection {collection!r} holds vectors of model {info.model!r}, not {m.model_id!r}; "
-                "index into a new collection or load the model that built it"
-            )
+        prepare_collection(be, collection, m)
         sources = _expand(images, label_from_folder=label_from_folder)
         summary = IndexSummary(collection, be.name)
         with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar:
@@ -171,17 +191,11 @@ def index(
                 todo = [(s, im, rid) for s, im, rid in decoded if rid not in present]
                 summary.already_present += len(decoded) - len(todo)
                 if todo:
-                    feats = m.foundation.encode_images([im for _, im, _ in todo])
-                    vectors = m.embed_features(feats, domain).numpy()
-                    pseudo, conf = m.pseudo_labels(feats, domain)
-                    records = []
-                    for (src, _, rid), vec, pl, c in zip(todo, vectors, pseudo, conf, strict=True):
-                        payload = {"path": src.name, "domain": domain, "label": src.label, "pseudo_label": pl,
-                                   "confidence": round(float(c), 6), "model": m.model_id}  # fmt: skip
-                        payload.update(extra_payload(payload, domain, m.model_id))
-                        records.append(Record(rid, vec, payload))
+                    records = encode_records(m, domain, [(rid, im, src.name, src.label) for src, im, rid in todo])
                     summary.indexed += be.upsert(collection, records, model=m.model_id)
                 bar.update(len(chunk))
+        if summary.indexed:
+            be.flush(collection)
         return summary
     finally:
         if owned:

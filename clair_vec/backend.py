@@ -144,6 +144,9 @@ class Backend(ABC):
     def _list(self) -> list[str]:
         return []
 
+    def _flush(self, name: str) -> None:  # noqa: B027 - optional; engines that persist on write need nothing
+        """Seal pending writes (durable, and searchable at full speed)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook; engines without resources need nothing
         """Release files, locks and connections."""
 
@@ -213,6 +216,12 @@ class Backend(ABC):
             self._call(self._upsert, name, batch)
             written += len(batch)
         return written
+
+    def flush(self, name: str) -> None:
+        """Call after a bulk write. Writes are visible without it; Milvus searches its unsealed
+        segments about 10x slower (0.7 s vs 0.06 s a query at 20k x 512-d in Milvus Lite)."""
+        self.open_collection(name)
+        self._call(self._flush, name)
 
     def search(
         self, name: str, vectors: np.ndarray, *, top_k: int = 10, filter: Mapping[str, Any] | None = None

@@ -33,6 +33,7 @@ def run(backend: str, uri: str | None, n: int, dim: int, n_queries: int, top_k: 
         t0 = time.perf_counter()
         for start in range(0, n, 10_000):
             be.upsert("bench", records[start : start + 10_000])
+        be.flush("bench")
         t_insert = time.perf_counter() - t0
         t0 = time.perf_counter()
         hits = [be.search("bench", q[None], top_k=top_k)[0] for q in queries]

@@ -122,6 +122,18 @@ def zero_shot_split(
     return dataset.subset(classes=seen), dataset.subset(classes=unseen)
 
 
+def hold_out_classes(
+    dataset: MultiDomainDataset, fraction: float = 0.1, *, min_classes: int = 2, seed: int = 0
+) -> tuple[MultiDomainDataset, MultiDomainDataset | None]:
+    """(train, validation) by class: a seeded ``fraction`` of the classes, at least ``min_classes``
+    (fewer would make retrieval trivially correct), or no validation set where too few remain."""
+    classes = dataset.classes
+    n = max(min_classes, round(len(classes) * fraction))
+    if fraction <= 0 or len(classes) - n < 2:
+        return dataset, None
+    return zero_shot_split(dataset, unseen=sorted(random.Random(seed).sample(classes, n)))
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Decode an image fully as RGB, raising :class:`CorruptImageError` with the path on failure."""
     try:

@@ -115,6 +115,7 @@ def run_demo(
         be.create_collection(CollectionInfo(RAW, foundation.embed_dim, f"clip-{clip_model}", target_domain=pivot))
         be.upsert(RAW, [Record(f"raw{i}", v.numpy(), {"label": lbl, "domain": pivot, "path": p})
                         for i, (v, lbl, p) in enumerate(zip(g.clean, g.labels, g.paths, strict=True))])  # fmt: skip
+        be.flush(RAW)
         results: dict[str, Any] = {"backend": backend, "uri": uri, "model": model.model_id, "gallery": len(g), "rows": {}}
         for q in [d for d in unseen.domains if d != pivot]:
             f = ufeats[q]

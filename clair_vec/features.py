@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +50,16 @@ def train_transform(image_size: int, domain: str):
     return T.Compose(ops)
 
 
+def view_seed(seed: int, key: str, view: int) -> int:
+    """The RNG seed of one augmented view of one image: stable across processes and partitions."""
+    digest = hashlib.sha256(f"{seed}|{view}|{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def encode_domain_images(
     foundation: FoundationModel,
     images: Sequence[Image.Image],
+    keys: Sequence[str],
     domain: str,
     *,
     n_views: int,
@@ -60,15 +67,20 @@ def encode_domain_images(
     batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean, views) features of already decoded images of one domain."""
+    """(clean, views) features of decoded images of one domain; ``keys`` (their paths) seed the views.
+
+    Seeding each view by (seed, view, key) makes the features identical whether one process
+    computes them all or Ray Data actors compute them in arbitrary batches.
+    """
     clean = foundation.encode_images(images, batch_size=batch_size, progress=progress and f"CLIP {domain}")
     aug = train_transform(foundation.image_size, domain)
-    views = []
-    for v in range(n_views):
-        torch.manual_seed(seed * 1_000_003 + v)  # augmented views are a deterministic function of the seed
-        views.append(
-            foundation.encode_images(images, transform=aug, batch_size=batch_size, progress=progress and f"CLIP {domain} view {v + 1}")
-        )
+    views = [
+        foundation.encode_images(images, transform=aug, seeds=[view_seed(seed, k, v) for k in keys],
+                                 batch_size=batch_size, progress=progress and f"CLIP {domain} view {v + 1}")  # fmt: skip
+        for v in range(n_views)
+    ]
+    if not views:
+        return clean, clean.new_empty(len(images), 0, clean.shape[1])
     return clean, torch.stack(views, dim=1)
 
 
@@ -93,26 +105,38 @@ def extract_features(
     batch_size: int = 64,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    compute: Callable[[], dict[str, DomainFeatures]] | None = None,
 ) -> dict[str, DomainFeatures]:
-    """Features of every readable image, per domain; unreadable images are logged and skipped."""
+    """Features of every readable image, per domain; unreadable images are logged and skipped.
+
+    ``compute`` replaces the in-process pass (Ray Data actors use it); the cache is shared.
+    """
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"features-{_cache_key(foundation, dataset, n_views, seed)}.pt"
         if cache_file.exists():
             log.info("reusing cached CLIP features %s", cache_file)
             return {d: DomainFeatures(**v) for d, v in torch.load(cache_file, weights_only=False).items()}
+    out = compute() if compute is not None else _local_features(foundation, dataset, n_views, seed, batch_size, progress)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        torch.save({d: vars(f) for d, f in out.items()}, tmp)
+        os.replace(tmp, cache_file)  # never leave a half-written cache behind
+    return out
+
+
+def _local_features(
+    foundation: FoundationModel, dataset: MultiDomainDataset, n_views: int, seed: int, batch_size: int, progress: bool
+) -> dict[str, DomainFeatures]:
     out: dict[str, DomainFeatures] = {}
     for domain in dataset.domains:
         items = dataset.by_domain(domain)
         images, ok, skipped = load_images([i.path for i in items])
         kept = [items[i] for i in ok]
         clean, views = encode_domain_images(
-            foundation, images, domain, n_views=n_views, seed=seed, batch_size=batch_size, progress=progress
+            foundation, images, [i.path for i in kept], domain, n_views=n_views, seed=seed, batch_size=batch_size,
+            progress=progress,
         )
         out[domain] = DomainFeatures(clean, views, [i.label for i in kept], [i.path for i in kept], skipped)
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        torch.save({d: vars(f) for d, f in out.items()}, tmp)
-        os.replace(tmp, cache_file)  # never leave a half-written cache behind
     return out

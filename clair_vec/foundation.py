@@ -115,13 +115,16 @@ class FoundationModel:
         images: Sequence[Image.Image] | torch.Tensor,
         *,
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        seeds: Sequence[int] | None = None,
         batch_size: int = 64,
         progress: bool | str = False,
     ) -> torch.Tensor:
         """L2-normalised image features, ``(N, embed_dim)`` float32 on the CPU.
 
         ``images`` are PIL images (transformed by ``transform``, default CLIP's eval preprocessing)
-        or an already preprocessed ``(N, 3, H, W)`` tensor.
+        or an already preprocessed ``(N, 3, H, W)`` tensor. ``seeds`` seeds torch's RNG before each
+        image's transform, making random augmentations a function of the image, not of the order
+        or the worker it is processed in.
         """
         transform = transform or self.preprocess
         n = len(images)
@@ -133,11 +136,17 @@ class FoundationModel:
                 if isinstance(chunk, torch.Tensor):
                     pixels = chunk
                 else:
-                    pixels = torch.stack([transform(im) for im in chunk])
+                    pixels = torch.stack([self._seeded(transform, im, seeds, start + j) for j, im in enumerate(chunk)])
                 feats = self.model.encode_image(pixels.to(self.device))
                 out[start : start + len(chunk)] = F.normalize(feats.float(), dim=-1).cpu()
                 bar.update(len(chunk))
         return out
+
+    @staticmethod
+    def _seeded(transform: Callable[[Image.Image], torch.Tensor], image: Image.Image, seeds: Sequence[int] | None, i: int) -> torch.Tensor:
+        if seeds is not None:
+            torch.manual_seed(seeds[i])
+        return transform(image)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:

@@ -88,6 +88,8 @@ class BackendConformance:
         assert backend.drop_collection("nope") is False
 
     def test_spec_and_data_survive_reopening(self, backend_factory, backend, info, filled):
+        backend.flush(info.name)
+        assert backend.count(info.name) == len(filled)
         backend.close()
         again = backend_factory()
         try:

@@ -24,6 +24,7 @@ from .errors import DatasetError
 from .features import DomainFeatures
 from .foundation import FoundationModel
 from .mapping import DomainMapping
+from .metrics import retrieval_metrics
 from .model import ClairModel
 from .progress import progress_bar
 from .prompts import PromptLearner, combine_text_embeddings, hand_crafted_text_embeddings
@@ -45,6 +46,7 @@ class EpochStats:
     def as_dict(self) -> dict:
         d = asdict(self)
         d.update({f"loss_{k}": v for k, v in self.terms.items()})
+        d.update(self.extra)
         return d
 
 
@@ -65,6 +67,7 @@ class ClairTrainer:
         wrap_head: Callable[[nn.Module], nn.Module] | None = None,
         all_gather: Callable[[torch.Tensor], torch.Tensor] = _identity_gather,
         all_reduce_mean: Callable[[torch.Tensor], None] | None = None,
+        val_features: dict[str, DomainFeatures] | None = None,
         progress: bool = True,
     ) -> None:
         self.cfg = config
@@ -80,6 +83,7 @@ class ClairTrainer:
         if empty:
             raise DatasetError(f"domains {empty} have no readable training images")
         self.features = features
+        self.val_features = val_features
         self.rank, self.world_size = rank, world_size
         self.all_gather, self.all_reduce_mean = all_gather, all_reduce_mean
         self.progress = progress and rank == 0
@@ -234,6 +238,8 @@ class ClairTrainer:
             text_now = self.text_embeddings()
             self.pseudo = {d: self._label(d, text_now[d]) for d in self.domains}
         stats = self._stats(epoch, {k: v / self.steps_per_epoch for k, v in sums.items()}, time.perf_counter() - t0)
+        if self.val_features:
+            stats.extra.update(self.evaluate(self.val_features))
         self.history.append(stats)
         self.epoch += 1
         return stats
@@ -265,6 +271,25 @@ class ClairTrainer:
             if on_epoch:
                 on_epoch(stats)
         return self.history
+
+    def evaluate(self, features: dict[str, DomainFeatures], k: int = 200) -> dict[str, float]:
+        """Retrieval of every other domain into the pivot domain with the current head and mapping:
+        ``val_mAP@k_<domain>``, ``val_P@k_<domain>`` and their means over query domains."""
+        model = self.build_model()
+        pivot = self.cfg.pivot_domain
+        if pivot not in features:
+            raise DatasetError(f"validation data has no {pivot!r} (gallery) images")
+        gallery = features[pivot]
+        g = model.embed_features(gallery.clean, pivot).numpy()
+        out: dict[str, float] = {}
+        for d in sorted(set(features) - {pivot}):
+            q = model.embed_features(features[d].clean, d).numpy()
+            m = retrieval_metrics(q, features[d].labels, g, gallery.labels, map_ks=(k,), prec_ks=(k,))
+            out[f"val_mAP@{k}_{d}"], out[f"val_P@{k}_{d}"] = m[f"mAP@{k}"], m[f"P@{k}"]
+        for name in (f"mAP@{k}", f"P@{k}"):
+            values = [v for key, v in out.items() if key.startswith(f"val_{name}_")]
+            out[f"val_{name}"] = sum(values) / len(values) if values else float("nan")
+        return out
 
     # ------------------------------------------------------------------ results and resume
     def build_model(self) -> ClairModel:

@@ -6,12 +6,24 @@ one does. Image tags are pinned to the server releases the pinned clients speak 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from clair_vec.testing import BackendConformance
 
-MILVUS_IMAGE = "milvusdb/milvus:v2.6.4"
-QDRANT_IMAGE = "qdrant/qdrant:v1.16.0"
+DOCKER = Path(__file__).resolve().parents[1] / "docker"
+
+
+def compose_image(file: str, service: str) -> str:
+    """The image tag pinned in docker/*.yml: one source of truth for users and these tests."""
+    return yaml.safe_load((DOCKER / file).read_text())["services"][service]["image"]
+
+
+# pymilvus 3.0.x speaks to Milvus 3.0; qdrant-client 1.20 to Qdrant 1.20 (SDK and server minors match)
+MILVUS_IMAGE = compose_image("milvus.yml", "milvus")
+QDRANT_IMAGE = compose_image("qdrant.yml", "qdrant")
 
 
 def _docker_or_skip():

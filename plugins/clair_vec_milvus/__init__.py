@@ -126,6 +126,9 @@ class MilvusBackend(Backend):
                                 consistency_level="Strong")  # fmt: skip
         return {r["id"] for r in res}
 
+    def _flush(self, name: str) -> None:
+        self.client.flush(name)
+
     def _delete(self, name: str, ids: Sequence[str]) -> None:
         self.client.delete(name, ids=list(ids))
 

@@ -1,0 +1,345 @@
+"""Ray: the CLIP feature pass on Ray Data actors, CLAIR training on Ray Train, bulk indexing.
+
+Lives in the package (not in ``ray_jobs/``) because Ray workers import what they run; the
+scripts in ``ray_jobs/`` are thin command lines over these functions. Ray is imported lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import ClairConfig
+from .data import MultiDomainDataset, hold_out_classes, load_images
+from .features import DomainFeatures, encode_domain_images, extract_features
+from .foundation import FoundationModel
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------- CLIP features on Ray Data
+class ClipFeatureActor:
+    """Holds one CLIP model; turns batches of image paths into clean and augmented-view features."""
+
+    def __init__(self, clip_model: str, clip_pretrained: str | None, n_views: int, seed: int, device: str = "cpu") -> None:
+        self.fm = FoundationModel.load(clip_model, clip_pretrained, device)
+        self.n_views, self.seed = n_views, seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n, dim = len(batch["path"]), self.fm.embed_dim
+        clean = np.zeros((n, dim), np.float32)
+        views = np.zeros((n, self.n_views, dim), np.float32)
+        error = np.array([""] * n, dtype=object)
+        for domain in sorted(set(batch["domain"].tolist())):
+            rows = np.flatnonzero(batch["domain"] == domain)
+            paths = [str(batch["path"][r]) for r in rows]
+            images, ok, skipped = load_images(paths)
+            for path, reason in skipped:
+                error[rows[paths.index(path)]] = reason
+            if images:
+                c, v = encode_domain_images(self.fm, images, [paths[i] for i in ok], domain, n_views=self.n_views, seed=self.seed)
+                clean[rows[ok]], views[rows[ok]] = c.numpy(), v.numpy()
+        return {**batch, "clean": clean, "views": views, "error": error}
+
+
+def ray_extract_features(
+    foundation: FoundationModel,
+    dataset: MultiDomainDataset,
+    *,
+    n_views: int,
+    seed: int,
+    actors: int = 1,
+    batch_size: int = 64,
+    gpus_per_actor: float = 0.0,
+    cache_dir: str | Path | None = None,
+) -> dict[str, DomainFeatures]:
+    """:func:`clair_vec.features.extract_features`, with the CLIP forward pass on a Ray Data actor pool.
+
+    Views are seeded per image, so the result equals the single-process pass (up to float
+    rounding of different batch compositions).
+    """
+    import ray
+
+    def compute() -> dict[str, DomainFeatures]:
+        items = [{"idx": i, "path": it.path, "domain": it.domain, "label": it.label} for i, it in enumerate(dataset.items)]
+        ds = ray.data.from_items(items).map_batches(
+            ClipFeatureActor,
+            fn_constructor_kwargs={"clip_model": foundation.arch, "clip_pretrained": foundation.pretrained,
+                                   "n_views": n_views, "seed": seed, "device": "cuda" if gpus_per_actor else "cpu"},  # fmt: skip
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            batch_size=batch_size,
+            num_gpus=gpus_per_actor,
+            batch_format="numpy",
+        )
+        rows: dict[str, list] = {}
+        for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):
+            for k, v in batch.items():
+                rows.setdefault(k, []).append(v)
+        cols = {k: np.concatenate(v) for k, v in rows.items()}
+        order = np.argsort(cols["idx"])
+        cols = {k: v[order] for k, v in cols.items()}
+        out = {}
+        for domain in dataset.domains:
+            sel = cols["domain"] == domain
+            good = sel & (cols["error"] == "")
+            skipped = [(str(p), str(e)) for p, e in zip(cols["path"][sel & ~good], cols["error"][sel & ~good], strict=True)]
+            for p, e in skipped:
+                log.warning("skipping cannot read image %r: %s", p, e)
+            out[domain] = DomainFeatures(
+                torch.from_numpy(cols["clean"][good]), torch.from_numpy(cols["views"][good]),
+                [str(x) for x in cols["label"][good]], [str(x) for x in cols["path"][good]], skipped,
+            )  # fmt: skip
+        return out
+
+    if foundation.pretrained is None:
+        raise ValueError("Ray feature actors load CLIP by tag or file; save random weights to a file first")
+    return extract_features(foundation, dataset, n_views=n_views, seed=seed, cache_dir=cache_dir, progress=False, compute=compute)
+
+
+# ---------------------------------------------------------------------- training on Ray Train
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the same :class:`ClairTrainer` as single-process training."""
+    import ray
+    import ray.train
+    import torch.distributed as dist
+    from ray.train.torch import prepare_model
+
+    from .trainer import ClairTrainer
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    feats = ray.get(config["features"])
+    val = ray.get(config["val_features"]) if config["val_features"] is not None else None
+    cfg = ClairConfig.from_dict(config["clair"])
+    device = "cuda" if config["use_gpu"] else "cpu"
+    fm = FoundationModel.load(cfg.clip_model, cfg.clip_pretrained, device)
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        if world == 1:
+            return t
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def mean(t: torch.Tensor) -> None:
+        if world > 1:
+            dist.all_reduce(t)
+            t /= world
+
+    trainer = ClairTrainer(cfg, fm, config["classes"], feats, rank=rank, world_size=world, wrap_head=prepare_model,
+                           all_gather=gather, all_reduce_mean=mean, val_features=val, progress=False)  # fmt: skip
+    start = ray.train.get_checkpoint()
+    if start:
+        with start.as_directory() as d:
+            trainer.load_state_dict(torch.load(Path(d) / "trainer.pt", weights_only=False))
+    while trainer.epoch < cfg.epochs:
+        stats = trainer.train_epoch()
+        metrics = {k: v for k, v in stats.as_dict().items() if isinstance(v, (int, float))}
+        metrics["samples_per_s"] = trainer.steps_per_epoch * trainer.per_domain_batch * len(trainer.domains) * world / stats.seconds
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                torch.save(trainer.state_dict(), Path(d) / "trainer.pt")
+                trainer.build_model().save(Path(d) / "model")
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def run_training(
+    data: str | Path,
+    *,
+    out: str | Path,
+    config: ClairConfig,
+    storage_path: str | Path,
+    name: str = "clair",
+    workers: int = 1,
+    gpus: str = "auto",
+    val_fraction: float = 0.1,
+    feature_actors: int = 1,
+) -> TrainResult:
+    """Validate, compute features once on Ray Data, train on ``workers`` Ray Train workers.
+
+    Bad input (missing data, more GPU workers than GPUs) raises before any worker starts.
+    Re-running with the same ``name`` and ``storage_path`` resumes from the last checkpoint.
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .demo import split_dataset
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if gpus not in ("auto", "yes", "no"):
+        raise ValueError(f"gpus must be auto, yes or no, got {gpus!r}")
+    seen, unseen = split_dataset(Path(data), config.seed)  # raises DatasetError naming a missing folder
+    if not ray.is_initialized():
+        ray.init()
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus == "yes" and cluster_gpus < workers:
+        raise ValueError(f"{workers} GPU workers requested but the Ray cluster has {cluster_gpus:g} GPUs; "
+                         "lower --workers or pass --gpus no")  # fmt: skip
+    use_gpu = gpus == "yes" or (gpus == "auto" and cluster_gpus >= workers)
+    train_set, val_set = hold_out_classes(seen, val_fraction, seed=config.seed)
+    run_dir = Path(storage_path) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
+    if fm.pretrained is None:  # random CLIP (tests): workers load it from a file like any checkpoint
+        weights = run_dir / "foundation.pt"
+        if not weights.exists():
+            torch.save(fm.state_dict(), weights)
+        config = config.replace(clip_pretrained=str(weights))
+        fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
+    common = {"seed": config.seed, "actors": feature_actors, "gpus_per_actor": 1.0 if use_gpu else 0.0,
+              "cache_dir": run_dir / "features"}  # fmt: skip
+    feats = ray_extract_features(fm, train_set, n_views=config.n_views, **common)
+    val = ray_extract_features(fm, val_set, n_views=0, **common) if val_set is not None else None
+    loop_config = {"features": ray.put(feats), "val_features": ray.put(val) if val else None, "clair": config.to_dict(),
+                   "classes": train_set.classes, "use_gpu": use_gpu}  # fmt: skip
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        # same name + storage_path = resume: workers get the last checkpoint via get_checkpoint()
+        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    out = Path(out)
+    with result.checkpoint.as_directory() as d:
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(Path(d) / "model", tmp)
+        history = torch.load(Path(d) / "trainer.pt", weights_only=False)["history"]
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    log.info("zero-shot classes held out of training: %s", unseen.classes)
+    return TrainResult(out, dict(result.metrics), history)
+
+
+# ---------------------------------------------------------------------- bulk indexing on Ray Data
+def _digest_batch(batch: dict[str, np.ndarray], domain: str) -> dict[str, np.ndarray]:
+    from .api import record_id
+
+    ids, errors = [], []
+    for path in batch["path"]:
+        try:
+            ids.append(record_id(domain, hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()))
+            errors.append("")
+        except OSError as exc:
+            ids.append("")
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return {**batch, "id": np.array(ids, dtype=object), "error": np.array(errors, dtype=object)}
+
+
+class EncodeActor:
+    """Holds one CLAIR model; turns batches of image paths into records (vector + payload JSON)."""
+
+    def __init__(self, model_dir: str, domain: str, label_from_folder: bool) -> None:
+        from .model import ClairModel
+
+        self.model = ClairModel.load(model_dir)
+        self.domain, self.label_from_folder = domain, label_from_folder
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .api import encode_records
+
+        paths = [str(p) for p in batch["path"]]
+        images, ok, skipped = load_images(paths)
+        items = [(str(batch["id"][i]), im, paths[i], Path(paths[i]).parent.name if self.label_from_folder else "")
+                 for i, im in zip(ok, images, strict=True)]  # fmt: skip
+        records = encode_records(self.model, self.domain, items) if items else []
+        dim = self.model.dim
+        vectors = np.zeros((len(paths), dim), np.float32)
+        payloads = np.array([""] * len(paths), dtype=object)
+        errors = np.array([""] * len(paths), dtype=object)
+        for i, r in zip(ok, records, strict=True):
+            vectors[i], payloads[i] = r.vector, json.dumps(r.payload)
+        for path, reason in skipped:
+            errors[paths.index(path)] = reason
+        return {"id": batch["id"], "path": batch["path"], "vector": vectors, "payload": payloads, "error": errors}
+
+
+def ray_index(
+    collection: str,
+    paths: list[str],
+    *,
+    model_dir: str | Path,
+    domain: str | None = None,
+    backend: str | None = None,
+    uri: str | None = None,
+    actors: int = 1,
+    batch_size: int = 64,
+    write_batch: int = 1024,
+    label_from_folder: bool = False,
+) -> Any:
+    """Index a large gallery: hash on tasks, encode on an actor pool, write in batches.
+
+    Writes go through the backend plugin from the driver, which is what embedded engines
+    (single-process Milvus Lite, Qdrant Edge) allow. Already stored images are skipped before
+    encoding, so a re-run after a failure completes the collection without duplicates.
+    """
+    import ray
+
+    from .api import IndexSummary, load_model, prepare_collection
+    from .backend import Record
+    from .plugin_manager import get_backend
+
+    model = load_model(str(model_dir))
+    domain = domain or model.pivot
+    model.check_domain(domain)
+    if not ray.is_initialized():
+        ray.init()
+    be = get_backend(backend, uri)
+    try:
+        prepare_collection(be, collection, model)
+        summary = IndexSummary(collection, be.name)
+        hashed = ray.data.from_items([{"path": p} for p in paths]).map_batches(
+            _digest_batch, fn_kwargs={"domain": domain}, batch_format="numpy"
+        )
+        rows = hashed.take_all()
+        summary.skipped += [(r["path"], r["error"]) for r in rows if r["error"]]
+        rows = [r for r in rows if not r["error"]]
+        present = be.existing_ids(collection, [r["id"] for r in rows])
+        summary.already_present = len({r["id"] for r in rows if r["id"] in present})
+        todo = [{"path": r["path"], "id": r["id"]} for r in rows if r["id"] not in present]
+        if todo:
+            encoded = ray.data.from_items(todo).map_batches(
+                EncodeActor,
+                fn_constructor_kwargs={"model_dir": str(model_dir), "domain": domain, "label_from_folder": label_from_folder},
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                batch_size=batch_size,
+                batch_format="numpy",
+            )
+            for batch in encoded.iter_batches(batch_size=write_batch, batch_format="numpy"):
+                records = []
+                for rid, path, vec, payload, err in zip(batch["id"], batch["path"], batch["vector"], batch["payload"],
+                                                        batch["error"], strict=True):  # fmt: skip
+                    if err:
+                        summary.skipped.append((str(path), str(err)))
+                    else:
+                        records.append(Record(str(rid), vec, json.loads(payload)))
+                summary.indexed += be.upsert(collection, records, model=model.model_id)
+            be.flush(collection)
+        return summary
+    finally:
+        be.close()
+
