@@ -25,7 +25,7 @@ def _filters(items: list[str] | None) -> dict[str, list[str]] | None:
 
 def cmd_train(a: argparse.Namespace) -> None:
     from .config import ClairConfig
-    from .demo import split_dataset
+    from .data import split_dataset
     from .features import extract_features
     from .foundation import FoundationModel
     from .trainer import ClairTrainer
@@ -61,7 +61,7 @@ def cmd_search(a: argparse.Namespace) -> None:
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .api import load_model
-    from .demo import split_dataset
+    from .data import split_dataset
     from .features import extract_features
     from .metrics import retrieval_metrics
 
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=None, help="use this dataset instead of generating one")
     d.add_argument("--epochs", type=int, default=30)
     d.add_argument("--per-class", type=int, default=60)
-    d.add_argument("--bootstrap-steps", type=int, default=400)
+    d.add_argument("--bootstrap-steps", type=int, default=1200)
     d.add_argument("--clip-model", default="clair-tiny")
     d.add_argument("--clip-pretrained", default=None, help="real CLIP weights instead of the bootstrap")
     backend_args(d)

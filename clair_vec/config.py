@@ -31,6 +31,7 @@ class ClairConfig:
     templates: dict[str, list[str]] = field(default_factory=dict)  # overrides prompts.DEFAULT_TEMPLATES
     # pseudo-labels and confidence (§3.2-3.3, A2, A9)
     confidence: str = "softmax"
+    confidence_weighting: bool = True  # False: w = 1 for every sample (the spec's B2 / -confidence ablation)
     per_class_norm: bool = True
     confidence_threshold: float = 0.2
     relabel_each_epoch: bool = False

@@ -134,6 +134,17 @@ def hold_out_classes(
     return zero_shot_split(dataset, unseen=sorted(random.Random(seed).sample(classes, n)))
 
 
+def split_dataset(root: str | Path, seed: int = 0) -> tuple[MultiDomainDataset, MultiDomainDataset]:
+    """Split by ``root/{seen,unseen}_classes.txt`` when present, else hold out a seeded 25% of classes."""
+    root = Path(root)
+    ds = scan_folder(root)
+    if (root / "unseen_classes.txt").is_file():
+        return zero_shot_split(ds, unseen=read_class_list(root / "unseen_classes.txt"))
+    if (root / "seen_classes.txt").is_file():
+        return zero_shot_split(ds, seen=read_class_list(root / "seen_classes.txt"))
+    return zero_shot_split(ds, seed=seed)
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Decode an image fully as RGB, raising :class:`CorruptImageError` with the path on failure."""
     try:

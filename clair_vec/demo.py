@@ -19,7 +19,7 @@ from .api import index
 from .backend import CollectionInfo, Record
 from .bootstrap_clip import bootstrap_clip
 from .config import ClairConfig
-from .data import MultiDomainDataset, read_class_list, scan_folder, zero_shot_split
+from .data import split_dataset
 from .features import extract_features
 from .foundation import FoundationModel
 from .metrics import ranked_metrics
@@ -29,16 +29,6 @@ from .trainer import ClairTrainer
 
 log = logging.getLogger(__name__)
 RAW, CLAIR = "clip_raw_gallery", "clair_gallery"
-
-
-def split_dataset(root: Path, seed: int = 0) -> tuple[MultiDomainDataset, MultiDomainDataset]:
-    """Split by ``root/{seen,unseen}_classes.txt`` when present, else hold out a seeded 25% of classes."""
-    ds = scan_folder(root)
-    if (root / "unseen_classes.txt").is_file():
-        return zero_shot_split(ds, unseen=read_class_list(root / "unseen_classes.txt"))
-    if (root / "seen_classes.txt").is_file():
-        return zero_shot_split(ds, seen=read_class_list(root / "seen_classes.txt"))
-    return zero_shot_split(ds, seed=seed)
 
 
 def _hits_relevance(rows: list, query_labels: list[str], top_k: int) -> np.ndarray:
@@ -58,7 +48,7 @@ def run_demo(
     clip_model: str = "clair-tiny",
     clip_pretrained: str | None = None,
     per_class: int = 60,
-    bootstrap_steps: int = 400,
+    bootstrap_steps: int = 1200,
     epochs: int = 30,
     batch_size: int = 64,
     top_k: int = 200,

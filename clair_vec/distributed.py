@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .config import ClairConfig
-from .data import MultiDomainDataset, hold_out_classes, load_images
+from .data import MultiDomainDataset, hold_out_classes, load_images, split_dataset
 from .features import DomainFeatures, encode_domain_images, extract_features
 from .foundation import FoundationModel
 
@@ -183,7 +183,6 @@ def run_training(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .demo import split_dataset
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

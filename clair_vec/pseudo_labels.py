@@ -70,11 +70,17 @@ def pseudo_label(
     method: str = "softmax",
     per_class_norm: bool = True,
     threshold: float = 0.2,
+    weighting: bool = True,
 ) -> PseudoLabels:
-    """Pseudo-labels of one domain's images against that domain's class text embeddings."""
+    """Pseudo-labels of one domain's images against that domain's class text embeddings.
+
+    ``weighting=False`` keeps every sample with weight 1 (no confidence refinement)."""
     cosines = image_feats @ text_feats.T
     probs = torch.softmax(logit_scale * cosines, dim=-1)
     labels = probs.argmax(dim=1)
     conf = confidence_scores(probs, cosines, labels, method)
-    weights = refine_weights(conf, labels, per_class_norm=per_class_norm, threshold=threshold)
+    if weighting:
+        weights = refine_weights(conf, labels, per_class_norm=per_class_norm, threshold=threshold)
+    else:
+        weights = torch.ones_like(conf)
     return PseudoLabels(labels=labels, confidence=conf.detach(), weights=weights.detach())

@@ -135,6 +135,7 @@ class ClairTrainer:
             method=c.confidence,
             per_class_norm=c.per_class_norm,
             threshold=c.confidence_threshold,
+            weighting=c.confidence_weighting,
         )
 
     def text_embeddings(self, *, grad: bool = False) -> dict[str, torch.Tensor]:

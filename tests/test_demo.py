@@ -27,3 +27,19 @@ def test_demo_end_to_end_reports_metrics_for_both_methods(tmp_path, capsys, back
     saved = json.loads((tmp_path / "w" / "results.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(res["rows"]))
     assert (tmp_path / "w" / "model" / "clair.json").is_file()
+
+
+def test_ablation_table_over_a_demo_workdir(tmp_path):
+    from clair_vec.ablation import VARIANTS, format_table, run
+
+    run_demo(tmp_path / "w", per_class=8, bootstrap_steps=20, epochs=1, batch_size=24, top_k=20, progress=False)
+    res = run(tmp_path / "w", seeds=2, epochs=1, batch_size=24, k=20)
+    assert list(res["rows"]) == ["B0 raw CLIP", "B1 raw CLIP + mapping", *VARIANTS]
+    assert res["columns"] == ["clipart->photo mAP@20", "clipart->photo P@20", "sketch->photo mAP@20", "sketch->photo P@20"]
+    for name, cells in res["rows"].items():
+        for mean, std in cells.values():
+            assert 0.0 <= mean <= 1.0 and std >= 0.0
+        if name.startswith("B"):
+            assert all(std == 0.0 for _, std in cells.values())  # no training, no seed dependence
+    assert res["rows"]["B1 raw CLIP + mapping"] != res["rows"]["B0 raw CLIP"]  # the mapping moves queries
+    assert "| CLAIR (spec defaults) |" in format_table(res)

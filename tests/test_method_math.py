@@ -233,3 +233,13 @@ def test_metrics_on_hand_made_rankings():
     assert m["mAP@all"] == pytest.approx(((1 / 3 + 2 / 4) / 2 + 0) / 2)
     assert m["mAP@2"] == 0.0  # no relevant item within the top 2
     assert m["P@4"] == pytest.approx(0.25) and m["P@2"] == 0.0
+
+
+def test_confidence_weighting_off_keeps_every_sample_at_weight_one():
+    text = torch.eye(3)
+    img = F.normalize(torch.tensor([[1.0, 0.9, 0.0], [0.0, 0.0, 1.0], [0.3, 0.2, 0.25]]), dim=-1)
+    on = pseudo_label(img, text, 10.0, per_class_norm=False, threshold=0.9)
+    off = pseudo_label(img, text, 10.0, per_class_norm=False, threshold=0.9, weighting=False)
+    assert (on.weights == 0).sum() == 2  # the two low-confidence samples are filtered when weighting is on
+    assert off.weights.tolist() == [1.0, 1.0, 1.0]
+    assert torch.equal(on.labels, off.labels)
