@@ -115,3 +115,12 @@ def test_templates_and_prompt_learner(tiny_clip):
         same = learner(["dog"], "sketch")
     ref = tiny_clip.encode_texts(["a sketch of a dog."])
     torch.testing.assert_close(same, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_safetensors_checkpoint_loads(tmp_path, tiny_clip):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_clip.state_dict().items()}, str(path))
+    again = FoundationModel.load("clair-tiny", str(path))
+    torch.testing.assert_close(again.encode_texts(["a dog"]), tiny_clip.encode_texts(["a dog"]))

@@ -108,3 +108,13 @@ def test_train_script_reports_bad_data_dir_without_starting_ray(tmp_path):
     assert out.returncode == 2
     assert "train.py: error:" in out.stderr and "does not exist" in out.stderr
     assert "Started a local Ray instance" not in out.stderr + out.stdout
+
+
+def test_rerunning_with_the_same_name_resumes(local_ray, shapes_root, tmp_path):
+    cfg = ClairConfig(epochs=2, **CFG)
+    first = run_training(shapes_root, out=tmp_path / "m", config=cfg, storage_path=tmp_path, name="resume", gpus="no",
+                         val_fraction=0.0)  # fmt: skip
+    again = run_training(shapes_root, out=tmp_path / "m", config=cfg.replace(epochs=3), storage_path=tmp_path,
+                         name="resume", gpus="no", val_fraction=0.0)  # fmt: skip
+    assert [h["epoch"] for h in again.history] == [0, 1, 2]
+    assert [h["loss"] for h in again.history[:2]] == [h["loss"] for h in first.history]  # epochs 0-1 were not redone

@@ -90,3 +90,12 @@ def test_unreachable_servers_fail_with_a_clear_error():
 
     with pytest.raises(BackendUnavailableError, match="cannot reach Qdrant.*docker compose"):
         QdrantClientBackend("http://127.0.0.1:9", timeout=2)
+
+
+def test_unreachable_milvus_fails_fast_with_a_clear_error():
+    from clair_vec_milvus import MilvusBackend
+
+    from clair_vec.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match=r"cannot reach Milvus at 'http://127.0.0.1:9'.*\.db"):
+        MilvusBackend("http://127.0.0.1:9", timeout=2)

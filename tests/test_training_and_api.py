@@ -150,3 +150,72 @@ def test_in_memory_images_and_arrays_are_indexed(trained, tmp_path):
     s = clair_vec.index("mem", [arr, Image.new("RGB", (20, 20), "red")], backend="qdrant", uri=str(tmp_path / "q"),
                         model=path, progress=False)  # fmt: skip
     assert s.indexed == 2
+
+
+def test_failure_mid_way_leaves_a_consistent_collection_and_a_rerun_completes_it(trained, split, tmp_path, monkeypatch):
+    _, _, _, path, _ = trained
+    _, unseen = split
+    gallery = [i.path for i in unseen.by_domain("photo")]
+    uri = str(tmp_path / "m.db")
+    from clair_vec_milvus import MilvusBackend
+
+    original, calls = MilvusBackend._upsert, []
+
+    def dies_on_third_batch(self, name, records):
+        calls.append(len(records))
+        if len(calls) == 3:
+            raise RuntimeError("connection lost")  # not transient: no retry
+        return original(self, name, records)
+
+    monkeypatch.setattr(MilvusBackend, "_upsert", dies_on_third_batch)
+    with pytest.raises(RuntimeError, match="connection lost"):
+        clair_vec.index("gal", gallery, backend="milvus", uri=uri, model=path, batch_size=8, progress=False)
+    monkeypatch.setattr(MilvusBackend, "_upsert", original)
+    be = get_backend("milvus", uri)
+    try:
+        assert be.count("gal") == 16  # two whole batches, nothing half-written
+    finally:
+        be.close()
+    done = clair_vec.index("gal", gallery, backend="milvus", uri=uri, model=path, batch_size=8, progress=False)
+    assert done.already_present == 16 and done.indexed == len(gallery) - 16
+    be = get_backend("milvus", uri)
+    try:
+        assert be.count("gal") == len(gallery)
+    finally:
+        be.close()
+
+
+def test_cli_train_index_search_evaluate(shapes_root, tmp_path, capsys):
+    import json
+
+    from clair_vec.cli import main
+
+    out = tmp_path / "model"
+    assert main(["train", "--data", str(shapes_root), "--out", str(out), "--clip-model", "clair-tiny",
+                 "--clip-pretrained", str(_random_clip(tmp_path)), "--epochs", "1", "--batch-size", "48"]) == 0  # fmt: skip
+    assert (out / "clair.json").is_file()
+    capsys.readouterr()
+    uri = str(tmp_path / "c.db")
+    assert main(["index", "--model", str(out), "--collection", "g", "--uri", uri, "--label-from-folder",
+                 str(shapes_root / "photo" / "heart"), str(shapes_root / "photo" / "arrow")]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["indexed"] == 16 and summary["skipped"] == []
+    query = str(sorted((shapes_root / "sketch" / "heart").iterdir())[0])
+    assert main(["search", "--model", str(out), "--collection", "g", "--uri", uri, "--domain", "sketch",
+                 "--top-k", "3", "--filter", "label=heart", query]) == 0  # fmt: skip
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["query"] == query and len(row["hits"]) == 3 and all(h["label"] == "heart" for h in row["hits"])
+    assert main(["evaluate", "--model", str(out), "--data", str(shapes_root)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert {x["query"] for x in lines} == {"clipart", "sketch"}
+    assert all(0 <= x["clair"]["mAP@all"] <= 1 and set(x["classes"]) == set(UNSEEN) for x in lines)
+    assert main(["search", "--model", str(out), "--collection", "g", "--uri", uri, "--domain", "x-ray", query]) == 2
+    assert "unknown domain 'x-ray'" in capsys.readouterr().err
+
+
+def _random_clip(tmp_path):
+    from clair_vec.foundation import FoundationModel
+
+    path = tmp_path / "clip.pt"
+    torch.save(FoundationModel.load("clair-tiny", None).state_dict(), path)
+    return path

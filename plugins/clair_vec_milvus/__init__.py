@@ -8,6 +8,7 @@ after an upsert sees it. Content-hash ids are the VARCHAR primary key, so upsert
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,15 @@ from clair_vec.hookspecs import hookimpl
 
 DEFAULT_URI = "./clair_vec_milvus.db"
 _FIELDS = ("domain", "label", "path")
+
+
+class _DropUnimplementedProbe(logging.Filter):
+    """Milvus Lite serves gRPC inside this process and logs a traceback each time pymilvus probes
+    its unimplemented AllocTimestamp RPC; pymilvus ignores that answer (``@ignore_unimplemented``),
+    so the traceback is noise. Only that one kind of record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], NotImplementedError))
 
 
 def _quote(value: Any) -> str:
@@ -44,6 +54,10 @@ class MilvusBackend(Backend):
         from pymilvus import MilvusClient
 
         self._timeout = timeout
+        if uri.endswith(".db"):
+            grpc_log = logging.getLogger("grpc._server")
+            if not any(isinstance(f, _DropUnimplementedProbe) for f in grpc_log.filters):
+                grpc_log.addFilter(_DropUnimplementedProbe())
         try:
             self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
         except Exception as exc:
