@@ -63,7 +63,7 @@ def bootstrap_clip(
             with torch.no_grad():
                 model.logit_scale.clamp_(0, 4.6052)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out_file)

@@ -234,7 +234,7 @@ class ClairTrainer:
                         self.banks[d][self.all_gather(idx)] = self.all_gather(k)
                 sums["total"] += total.item()
                 bar.update(1)
-                bar.set_postfix(loss=f"{total.item():.3f}")
+                bar.set_postfix(loss=f"{total.item():.3f}", refresh=False)
         if c.relabel_each_epoch:
             text_now = self.text_embeddings()
             self.pseudo = {d: self._label(d, text_now[d]) for d in self.domains}
