@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .backend import Backend, CollectionInfo, Hit, Record
-from .data import IMAGE_SUFFIXES
+from .data import image_files
 from .errors import CollectionMismatchError, CorruptImageError, WeightsNotFoundError
 from .model import ClairModel
 from .plugin_manager import extra_payload, get_backend, get_plugin_manager
@@ -75,8 +75,7 @@ def _expand(images: ImageInput | Iterable[ImageInput], *, label_from_folder: boo
         if isinstance(item, (str, Path)):
             p = Path(item)
             if p.is_dir():
-                files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-                out += [_Source(str(f), label=f.parent.name if label_from_folder else "") for f in files]
+                out += [_Source(str(f), label=f.parent.name if label_from_folder else "") for f in image_files(p)]
             elif p.exists():
                 out.append(_Source(str(p), label=p.parent.name if label_from_folder else ""))
             else:

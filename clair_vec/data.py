@@ -82,6 +82,11 @@ def scan_folder(root: str | Path, domains: Sequence[str] | None = None) -> Multi
     return MultiDomainDataset(items, str(root))
 
 
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder``, recursively, in sorted order."""
+    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+
+
 def read_class_list(path: str | Path) -> list[str]:
     """One class name a line; blank lines and ``#`` comments ignored."""
     path = Path(path)

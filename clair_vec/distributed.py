@@ -183,7 +183,6 @@ def run_training(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if gpus not in ("auto", "yes", "no"):

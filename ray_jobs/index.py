@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("images", nargs="+", help="image files or folders")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from clair_vec.data import IMAGE_SUFFIXES
+    from clair_vec.data import image_files
     from clair_vec.distributed import ray_index
     from clair_vec.errors import ClairVecError
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.images:
         p_ = Path(item)
         if p_.is_dir():
-            paths += sorted(str(f) for f in p_.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            paths += [str(f) for f in image_files(p_)]
         else:
             paths.append(str(p_))
     try:

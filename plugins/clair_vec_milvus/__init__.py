@@ -48,13 +48,14 @@ class MilvusBackend(Backend):
     ) -> None:
         uri = uri or os.environ.get("CLAIR_VEC_MILVUS_URI") or DEFAULT_URI
         super().__init__(uri, **options)
+        lite = uri.endswith(".db")  # a local file is Milvus Lite, anything else a server
         # Milvus Lite's AUTOINDEX is approximate (recall@10 0.75 at 100k x 512-d, see the README
         # benchmark): the embedded default searches exactly; servers get Milvus' own choice
-        self.index_type = index_type or ("FLAT" if uri.endswith(".db") else "AUTOINDEX")
+        self.index_type = index_type or ("FLAT" if lite else "AUTOINDEX")
         from pymilvus import MilvusClient
 
         self._timeout = timeout
-        if uri.endswith(".db"):
+        if lite:
             grpc_log = logging.getLogger("grpc._server")
             if not any(isinstance(f, _DropUnimplementedProbe) for f in grpc_log.filters):
                 grpc_log.addFilter(_DropUnimplementedProbe())
