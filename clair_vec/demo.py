@@ -15,17 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from .api import index
 from .backend import CollectionInfo, Record
 from .bootstrap_clip import bootstrap_clip
 from .config import ClairConfig
-from .data import split_dataset
+from .data import MultiDomainDataset, plan_split
 from .features import extract_features
 from .foundation import FoundationModel
 from .metrics import ranked_metrics
 from .plugin_manager import get_backend
+from .retriever import Retriever
 from .synthetic import make_shapes_dataset
-from .trainer import ClairTrainer
+from .train_job import train_local
 
 log = logging.getLogger(__name__)
 RAW, CLAIR = "clip_raw_gallery", "clair_gallery"
@@ -53,6 +53,7 @@ def run_demo(
     batch_size: int = 64,
     top_k: int = 200,
     seed: int = 0,
+    val_fraction: float = 0.1,
     progress: bool = True,
 ) -> dict[str, Any]:
     work = Path(workdir)
@@ -61,8 +62,11 @@ def run_demo(
     if not data and not (root / "seen_classes.txt").exists():
         print(f"[1/6] generating the shapes dataset under {root}")
         make_shapes_dataset(root, per_class=per_class, seed=seed)
-    seen, unseen = split_dataset(root, seed)
-    print(f"[1/6] data {root}: {len(seen)} seen-class images ({len(seen.classes)} classes) for training, "
+    split = plan_split(root, seed, val_fraction)
+    seen = MultiDomainDataset(split.train.items + (split.validation.items if split.validation else []), str(root))
+    unseen = split.unseen
+    print(f"[1/6] data {root}: {len(seen)} seen-class images ({len(seen.classes)} classes, "
+          f"{len(split.validation.classes) if split.validation else 0} of them held out for validation), "
           f"{len(unseen)} unseen-class images ({len(unseen.classes)} classes) for retrieval; domains {seen.domains}")  # fmt: skip
     pivot = "photo" if "photo" in seen.domains else ("real" if "real" in seen.domains else seen.domains[0])
 
@@ -77,19 +81,19 @@ def run_demo(
 
     cfg = ClairConfig(clip_model=clip_model, clip_pretrained=clip_pretrained, pivot_domain=pivot, epochs=epochs,
                       batch_size=batch_size, seed=seed)  # fmt: skip
-    feats = extract_features(foundation, seen, n_views=cfg.n_views, seed=seed, cache_dir=work / "cache", progress=progress)
-    trainer = ClairTrainer(cfg, foundation, seen.classes, feats, progress=progress)
-    print(f"[3/6] training CLAIR for {epochs} epochs, {trainer.steps_per_epoch} steps each")
+    print(f"[3/6] training CLAIR for {epochs} epochs on {len(split.train.classes)} classes")
 
     def report(s):
         if s.epoch == 0 or (s.epoch + 1) % 5 == 0 or s.epoch + 1 == epochs:
+            val = f"  val mAP@200 {s.extra['val_mAP@200']:.3f}" if "val_mAP@200" in s.extra else ""
             print(f"  epoch {s.epoch + 1:3d}  loss {s.loss:.4f}  pseudo-label acc {s.pseudo_label_accuracy:.3f}  "
-                  f"kept {s.kept_fraction:.2f}  {s.seconds:.1f}s")  # fmt: skip
+                  f"kept {s.kept_fraction:.2f}{val}  {s.seconds:.1f}s")  # fmt: skip
 
-    trainer.fit(report)
-    model = trainer.build_model()
+    model = train_local(root, cfg, foundation=foundation, split=split, cache_dir=work / "cache", progress=progress,
+                        on_epoch=report)  # fmt: skip
     model_dir = model.save(work / "model")
-    print(f"[4/6] model {model.model_id} saved to {model_dir}")
+    print(f"[4/6] model {model.model_id} saved to {model_dir}: shipped {model.record['shipped']} "
+          f"({model.record['reason']})")  # fmt: skip
 
     uri = uri or (str(work / "clair_vec_milvus.db") if backend == "milvus" else str(work / f"{backend}_store"))
     be = get_backend(backend, uri)
@@ -97,7 +101,7 @@ def run_demo(
         for name in (RAW, CLAIR):
             be.drop_collection(name)
         gallery = [i.path for i in unseen.by_domain(pivot)]
-        summary = index(CLAIR, gallery, domain=pivot, backend=be, model=model, label_from_folder=True, progress=progress)
+        summary = Retriever(model, backend=be).index(CLAIR, gallery, domain=pivot, label_from_folder=True, progress=progress)
         print(f"[5/6] indexed {summary.indexed} unseen-class {pivot} images into {backend} collection {CLAIR!r} "
               f"at {uri} (skipped {len(summary.skipped)})")  # fmt: skip
         ufeats = extract_features(foundation, unseen, n_views=1, seed=seed, cache_dir=work / "cache", progress=progress)
@@ -106,7 +110,8 @@ def run_demo(
         be.upsert(RAW, [Record(f"raw{i}", v.numpy(), {"label": lbl, "domain": pivot, "path": p})
                         for i, (v, lbl, p) in enumerate(zip(g.clean, g.labels, g.paths, strict=True))])  # fmt: skip
         be.flush(RAW)
-        results: dict[str, Any] = {"backend": backend, "uri": uri, "model": model.model_id, "gallery": len(g), "rows": {}}
+        results: dict[str, Any] = {"backend": backend, "uri": uri, "model": model.model_id, "gallery": len(g), "rows": {},
+                                   "shipped": model.record["shipped"], "validation": model.record.get("validation")}  # fmt: skip
         for q in [d for d in unseen.domains if d != pivot]:
             f = ufeats[q]
             raw_hits = be.search(RAW, f.clean.numpy(), top_k=top_k)

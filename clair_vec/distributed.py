@@ -1,4 +1,5 @@
-"""Ray: the CLIP feature pass on Ray Data actors, CLAIR training on Ray Train, bulk indexing.
+"""Ray: the CLIP feature pass on Ray Data actors and CLAIR training on Ray Train (bulk indexing:
+:mod:`clair_vec.bulk_index`).
 
 Lives in the package (not in ``ray_jobs/``) because Ray workers import what they run; the
 scripts in ``ray_jobs/`` are thin command lines over these functions. Ray is imported lazily.
@@ -6,8 +7,6 @@ scripts in ``ray_jobs/`` are thin command lines over these functions. Ray is imp
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -23,6 +22,7 @@ from .config import ClairConfig
 from .data import MultiDomainDataset, hold_out_classes, load_images, split_dataset
 from .features import DomainFeatures, encode_domain_images, extract_features
 from .foundation import FoundationModel
+from .tensor_files import load_tensor_file
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start = ray.train.get_checkpoint()
     if start:
         with start.as_directory() as d:
-            trainer.load_state_dict(torch.load(Path(d) / "trainer.pt", weights_only=False))
+            trainer.load_state_dict(load_tensor_file(Path(d) / "trainer.pt", what="Ray trainer checkpoint"))
     while trainer.epoch < cfg.epochs:
         stats = trainer.train_epoch()
         metrics = {k: v for k, v in stats.as_dict().items() if isinstance(v, (int, float))}
@@ -226,118 +226,8 @@ def run_training(
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(Path(d) / "model", tmp)
-        history = torch.load(Path(d) / "trainer.pt", weights_only=False)["history"]
+        history = load_tensor_file(Path(d) / "trainer.pt", what="Ray trainer checkpoint")["history"]
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     log.info("zero-shot classes held out of training: %s", unseen.classes)
     return TrainResult(out, dict(result.metrics), history)
-
-
-# ---------------------------------------------------------------------- bulk indexing on Ray Data
-def _digest_batch(batch: dict[str, np.ndarray], domain: str) -> dict[str, np.ndarray]:
-    from .api import record_id
-
-    ids, errors = [], []
-    for path in batch["path"]:
-        try:
-            ids.append(record_id(domain, hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()))
-            errors.append("")
-        except OSError as exc:
-            ids.append("")
-            errors.append(f"{type(exc).__name__}: {exc}")
-    return {**batch, "id": np.array(ids, dtype=object), "error": np.array(errors, dtype=object)}
-
-
-class EncodeActor:
-    """Holds one CLAIR model; turns batches of image paths into records (vector + payload JSON)."""
-
-    def __init__(self, model_dir: str, domain: str, label_from_folder: bool) -> None:
-        from .model import ClairModel
-
-        self.model = ClairModel.load(model_dir)
-        self.domain, self.label_from_folder = domain, label_from_folder
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .api import encode_records
-
-        paths = [str(p) for p in batch["path"]]
-        images, ok, skipped = load_images(paths)
-        items = [(str(batch["id"][i]), im, paths[i], Path(paths[i]).parent.name if self.label_from_folder else "")
-                 for i, im in zip(ok, images, strict=True)]  # fmt: skip
-        records = encode_records(self.model, self.domain, items) if items else []
-        dim = self.model.dim
-        vectors = np.zeros((len(paths), dim), np.float32)
-        payloads = np.array([""] * len(paths), dtype=object)
-        errors = np.array([""] * len(paths), dtype=object)
-        for i, r in zip(ok, records, strict=True):
-            vectors[i], payloads[i] = r.vector, json.dumps(r.payload)
-        for path, reason in skipped:
-            errors[paths.index(path)] = reason
-        return {"id": batch["id"], "path": batch["path"], "vector": vectors, "payload": payloads, "error": errors}
-
-
-def ray_index(
-    collection: str,
-    paths: list[str],
-    *,
-    model_dir: str | Path,
-    domain: str | None = None,
-    backend: str | None = None,
-    uri: str | None = None,
-    actors: int = 1,
-    batch_size: int = 64,
-    write_batch: int = 1024,
-    label_from_folder: bool = False,
-) -> Any:
-    """Index a large gallery: hash on tasks, encode on an actor pool, write in batches.
-
-    Writes go through the backend plugin from the driver, which is what embedded engines
-    (single-process Milvus Lite, Qdrant Edge) allow. Already stored images are skipped before
-    encoding, so a re-run after a failure completes the collection without duplicates.
-    """
-    import ray
-
-    from .api import IndexSummary, load_model, prepare_collection
-    from .backend import Record
-    from .plugin_manager import get_backend
-
-    model = load_model(str(model_dir))
-    domain = domain or model.pivot
-    model.check_domain(domain)
-    if not ray.is_initialized():
-        ray.init()
-    be = get_backend(backend, uri)
-    try:
-        prepare_collection(be, collection, model)
-        summary = IndexSummary(collection, be.name)
-        hashed = ray.data.from_items([{"path": p} for p in paths]).map_batches(
-            _digest_batch, fn_kwargs={"domain": domain}, batch_format="numpy"
-        )
-        rows = hashed.take_all()
-        summary.skipped += [(r["path"], r["error"]) for r in rows if r["error"]]
-        rows = [r for r in rows if not r["error"]]
-        present = be.existing_ids(collection, [r["id"] for r in rows])
-        summary.already_present = len({r["id"] for r in rows if r["id"] in present})
-        todo = [{"path": r["path"], "id": r["id"]} for r in rows if r["id"] not in present]
-        if todo:
-            encoded = ray.data.from_items(todo).map_batches(
-                EncodeActor,
-                fn_constructor_kwargs={"model_dir": str(model_dir), "domain": domain, "label_from_folder": label_from_folder},
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                batch_size=batch_size,
-                batch_format="numpy",
-            )
-            for batch in encoded.iter_batches(batch_size=write_batch, batch_format="numpy"):
-                records = []
-                for rid, path, vec, payload, err in zip(batch["id"], batch["path"], batch["vector"], batch["payload"],
-                                                        batch["error"], strict=True):  # fmt: skip
-                    if err:
-                        summary.skipped.append((str(path), str(err)))
-                    else:
-                        records.append(Record(str(rid), vec, json.loads(payload)))
-                summary.indexed += be.upsert(collection, records, model=model.model_id)
-            be.flush(collection)
-        return summary
-    finally:
-        be.close()
-

@@ -24,6 +24,15 @@ class ClairHead(nn.Module):
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         return F.normalize(v + self.alpha * self.mlp(v), dim=-1)
 
+    @classmethod
+    def identity(cls, dim: int, hidden: int | None = None) -> ClairHead:
+        """A head that returns its (normalised) input: raw CLIP features, for the mapping-only model."""
+        head = cls(dim, hidden, 0.0)
+        with torch.no_grad():
+            for p in head.parameters():
+                p.zero_()
+        return head
+
 
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen copy to be updated by EMA (the MoCo key encoder)."""

@@ -57,3 +57,20 @@ class BackendUnavailableError(BackendError, ConnectionError):
 
 class TransientBackendError(BackendError):
     """A failure worth retrying (timeouts, busy server); backends raise or map to it."""
+
+
+class StoreLockedError(BackendUnavailableError):
+    """An embedded store (Milvus Lite file, Qdrant Edge directory) is open in another process."""
+
+
+class InvalidCollectionNameError(BackendError, ValueError):
+    """A collection name that some engine would refuse; checked before any engine sees it."""
+
+
+class UnsafeCheckpointError(ClairVecError, ValueError):
+    """A checkpoint or cache file holds something other than plain tensors and containers
+    (e.g. a pickled object that would run code on load); it is refused, never executed."""
+
+
+class ZeroShotLeakError(ClairVecError, ValueError):
+    """An evaluation would score a model on classes it was trained on."""

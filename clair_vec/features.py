@@ -20,6 +20,7 @@ from PIL import Image
 
 from .data import MultiDomainDataset, load_images
 from .foundation import FoundationModel
+from .tensor_files import load_tensor_file, save_tensor_file
 
 log = logging.getLogger(__name__)
 SKETCH_LIKE = frozenset({"sketch", "quickdraw"})
@@ -116,13 +117,10 @@ def extract_features(
         cache_file = Path(cache_dir) / f"features-{_cache_key(foundation, dataset, n_views, seed)}.pt"
         if cache_file.exists():
             log.info("reusing cached CLIP features %s", cache_file)
-            return {d: DomainFeatures(**v) for d, v in torch.load(cache_file, weights_only=False).items()}
+            return {d: DomainFeatures(**v) for d, v in load_tensor_file(cache_file, what="feature cache").items()}
     out = compute() if compute is not None else _local_features(foundation, dataset, n_views, seed, batch_size, progress)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        torch.save({d: vars(f) for d, f in out.items()}, tmp)
-        os.replace(tmp, cache_file)  # never leave a half-written cache behind
+        save_tensor_file({d: vars(f) for d, f in out.items()}, cache_file)
     return out
 
 

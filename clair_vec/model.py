@@ -1,8 +1,10 @@
 """The trained CLAIR model as one deployable object: CLIP -> head -> domain mapping.
 
-A checkpoint is a directory: ``clair.json`` (config, classes, domains, CLIP reference, model id)
-and ``clair.pt`` (head, prompts, text embeddings, mapping). Random-initialised CLIP weights are
-saved beside them as ``foundation.pt``; pretrained ones are referenced by tag or path, never copied.
+A checkpoint is a directory: ``clair.json`` (config, classes, domains, CLIP reference, model id,
+and the training record: held-out classes, validation numbers, what was shipped) and ``clair.pt``
+(head, prompts, text embeddings, mapping). Random-initialised CLIP weights are saved beside them
+as ``foundation.pt``; pretrained ones are referenced by tag or path, never copied. Tensor files
+load with ``weights_only=True``: a checkpoint is data, never code.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +28,13 @@ from .encoder import ClairHead
 from .errors import UnknownDomainError, WeightsNotFoundError
 from .foundation import FoundationModel
 from .mapping import DomainMapping
+from .prompts import PromptLearner, combine_text_embeddings, hand_crafted_text_embeddings
+from .tensor_files import load_tensor_file
 
 FORMAT_VERSION = 1
+MODEL_ENV = "CLAIR_VEC_MODEL"
+_loaded: dict[str, ClairModel] = {}
+_load_lock = threading.Lock()
 
 
 class ClairModel:
@@ -38,6 +47,7 @@ class ClairModel:
         text_embeddings: dict[str, torch.Tensor],
         config: ClairConfig,
         prompt_state: dict | None = None,
+        record: dict[str, Any] | None = None,
     ) -> None:
         self.foundation = foundation
         self.head = head.eval()
@@ -46,7 +56,10 @@ class ClairModel:
         self.text_embeddings = {d: t.detach() for d, t in text_embeddings.items()}
         self.config = config
         self.prompt_state = prompt_state
+        #: how it was trained: held-out classes, split seed, validation numbers, what was shipped
+        self.record: dict[str, Any] = dict(record or {})
         self._model_id: str | None = None
+        self._vocab_text: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
 
     @property
     def domains(self) -> list[str]:
@@ -59,6 +72,10 @@ class ClairModel:
     @property
     def dim(self) -> int:
         return self.head.dim
+
+    @property
+    def clip_arch(self) -> str:
+        return self.foundation.arch
 
     @property
     def model_id(self) -> str:
@@ -92,12 +109,34 @@ class ClairModel:
         return self.embed_features(feats, domain).numpy().astype(np.float32)
 
     @torch.no_grad()
-    def pseudo_labels(self, clip_feats: torch.Tensor, domain: str) -> tuple[list[str], np.ndarray]:
-        """CLIP zero-shot label over the seen classes and its softmax confidence (payload metadata)."""
+    def class_text_embeddings(self, names: Sequence[str], domain: str) -> torch.Tensor:
+        """``(C, D)`` text embeddings of any class names in ``domain``, built as in training: the
+        domain's hand-crafted templates, plus the learned prompt context when the model has one
+        (its context is class-agnostic, so it applies to names never seen in training)."""
         self.check_domain(domain)
-        probs = torch.softmax(self.foundation.logit_scale * clip_feats @ self.text_embeddings[domain].T, dim=-1)
+        key = (domain, tuple(names))
+        if key not in self._vocab_text:
+            hand = hand_crafted_text_embeddings(self.foundation, names, domain, self.config.templates)
+            learned = None
+            if self.prompt_state is not None and self.foundation.supports_prompt_learning:
+                learner = PromptLearner(self.foundation, self.domains, self.config.n_ctx, self.config.templates)
+                learner.load_state_dict(self.prompt_state)
+                learned = learner(list(names), domain)
+            self._vocab_text[key] = combine_text_embeddings(hand, learned)
+        return self._vocab_text[key]
+
+    @torch.no_grad()
+    def zero_shot_labels(
+        self, clip_feats: torch.Tensor, domain: str, vocabulary: Sequence[str]
+    ) -> tuple[list[str], np.ndarray]:
+        """Each image's most likely name in ``vocabulary`` (the user's labels, seen in training
+        or not) and its softmax confidence over that vocabulary."""
+        if not vocabulary:
+            raise ValueError("the label vocabulary is empty")
+        text = self.class_text_embeddings(vocabulary, domain)
+        probs = torch.softmax(self.foundation.logit_scale * clip_feats.float() @ text.T, dim=-1)
         conf, idx = probs.max(dim=1)
-        return [self.classes[i] for i in idx.tolist()], conf.numpy()
+        return [vocabulary[i] for i in idx.tolist()], conf.numpy()
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
@@ -116,6 +155,7 @@ class ClairModel:
                 "pivot": self.pivot,
                 "dim": self.dim,
                 "config": self.config.to_dict(),
+                "training": self.record,
             }
             (tmp / "clair.json").write_text(json.dumps(meta, indent=2))
             torch.save(
@@ -155,10 +195,10 @@ class ClairModel:
         meta = json.loads(meta_file.read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise WeightsNotFoundError(f"checkpoint {path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
-        state = torch.load(path / "clair.pt", map_location="cpu", weights_only=False)
+        state = load_tensor_file(path / "clair.pt", what="CLAIR checkpoint")
         if meta["clip_pretrained"] is None:
             foundation = FoundationModel.load(meta["clip_model"], None, device)
-            foundation.model.load_state_dict(torch.load(path / "foundation.pt", map_location=device))
+            foundation.model.load_state_dict(load_tensor_file(path / "foundation.pt", what="CLIP weights", map_location=device))
         else:
             foundation = FoundationModel.load(meta["clip_model"], meta["clip_pretrained"], device)
         config = ClairConfig.from_dict(meta["config"])
@@ -172,6 +212,7 @@ class ClairModel:
             state["text_embeddings"],
             config,
             state["prompts"],
+            meta.get("training"),
         )
         if model.model_id != meta["model_id"]:
             raise WeightsNotFoundError(
@@ -179,3 +220,20 @@ class ClairModel:
                 "the CLIP weights it references changed. Point clip_pretrained at the original weights."
             )
         return model
+
+
+def load_model(model: str | Path | ClairModel | None = None) -> ClairModel:
+    """A :class:`ClairModel` from a checkpoint directory (cached per process), or ``$CLAIR_VEC_MODEL``."""
+    if isinstance(model, ClairModel):
+        return model
+    model = model or os.environ.get(MODEL_ENV)
+    if not model:
+        raise WeightsNotFoundError(
+            f"no CLAIR model given: pass model=<checkpoint dir> or set {MODEL_ENV}. Train one with "
+            "`clair-vec train` or `python ray_jobs/train.py`."
+        )
+    key = str(Path(model).resolve())
+    with _load_lock:
+        if key not in _loaded:
+            _loaded[key] = ClairModel.load(key)
+        return _loaded[key]

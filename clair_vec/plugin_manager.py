@@ -3,14 +3,21 @@
 Plugins come from the ``clair_vec`` entry-point group. Where entry points are not installed
 (a Ray worker running from a working directory, a source checkout), ``CLAIR_VEC_PLUGINS`` names
 modules to load instead: ``CLAIR_VEC_PLUGINS=clair_vec_milvus,clair_vec_qdrant``.
+
+A plugin that cannot be imported, or that implements a hook that does not exist, is reported
+once (a warning naming it, its distribution and the error) and left out; every other plugin
+keeps working. ``clair-vec backends`` lists both kinds.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
@@ -19,27 +26,73 @@ from . import hookspecs
 from .backend import Backend
 from .errors import UnknownBackendError
 
+log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "clair_vec"
 PLUGINS_ENV = "CLAIR_VEC_PLUGINS"
 DEFAULT_BACKEND = "milvus"
+HOOK_NAMES = frozenset(n for n in dir(hookspecs) if n.startswith("clair_vec_"))
 
 _lock = threading.Lock()
 _pm: pluggy.PluginManager | None = None
+_plugins: list[PluginInfo] = []
 _backends: dict[str, tuple[Callable[..., Backend], str]] | None = None
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as ``clair-vec backends`` shows it."""
+
+    name: str
+    source: str  # "entry point" or the env variable's name
+    distribution: str | None = None
+    version: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.error is None
+
+
+def _unknown_hooks(module: Any) -> list[str]:
+    marker = f"{hookspecs.hookimpl.project_name}_impl"
+    return sorted(n for n in dir(module) if hasattr(getattr(module, n, None), marker) and n not in HOOK_NAMES)
+
+
+def _register(pm: pluggy.PluginManager, info: PluginInfo, load: Callable[[], Any]) -> None:
+    """Import and register one plugin; on any failure record why and leave the others alone."""
+    try:
+        module = load()
+        unknown = _unknown_hooks(module)
+        if unknown:
+            raise pluggy.PluginValidationError(
+                module, f"implements {unknown}, which are not clair_vec hooks (known hooks: {sorted(HOOK_NAMES)})"
+            )
+        if pm.is_registered(module) or pm.get_plugin(info.name) is not None:
+            return
+        pm.register(module, name=info.name)
+        info.hooks = sorted(c.name for c in pm.get_hookcallers(module) or [])
+    except Exception as exc:
+        info.error = f"{type(exc).__name__}: {exc}"
+        where = f" ({info.distribution} {info.version})" if info.distribution else f" (from {info.source})"
+        log.warning("clair_vec plugin %r%s failed to load and is skipped: %s", info.name, where, info.error)
+    _plugins.append(info)
 
 
 def _build() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("clair_vec")
     pm.add_hookspecs(hookspecs)
-    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    _plugins.clear()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        info = PluginInfo(ep.name, "entry point", dist.name if dist else None, dist.version if dist else None)
+        _register(pm, info, ep.load)
     for module_name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UnknownBackendError(f"{PLUGINS_ENV} names module {module_name!r}, which cannot be imported: {exc}") from exc
-        if not pm.is_registered(module) and pm.get_plugin(module_name) is None:
-            pm.register(module, name=module_name)
-    pm.check_pending()  # a misspelled hook name fails here, not silently
+        if pm.get_plugin(module_name) is not None or any(p.name == module_name for p in _plugins):
+            continue
+        _register(pm, PluginInfo(module_name, PLUGINS_ENV), lambda m=module_name: importlib.import_module(m))
+    pm.check_pending()
     return pm
 
 
@@ -56,6 +109,13 @@ def reset() -> None:
     global _pm, _backends
     with _lock:
         _pm, _backends = None, None
+        _plugins.clear()
+
+
+def plugins() -> list[PluginInfo]:
+    """Every plugin found, loaded or not, with the backends each registered."""
+    backends()
+    return list(_plugins)
 
 
 def backends() -> dict[str, tuple[Callable[..., Backend], str]]:
@@ -65,6 +125,7 @@ def backends() -> dict[str, tuple[Callable[..., Backend], str]]:
     if _backends is not None:
         return _backends
     found: dict[str, tuple[Callable[..., Backend], str]] = {}
+    by_name = {p.name: p for p in _plugins}
     for impl in pm.hook.clair_vec_register_backends.get_hookimpls():
         plugin_name = impl.plugin_name
 
@@ -74,6 +135,8 @@ def backends() -> dict[str, tuple[Callable[..., Backend], str]]:
                     f"backend name {name!r} is registered by both {found[name][1]!r} and {_plugin!r}; uninstall one"
                 )
             found[name] = (factory, _plugin)
+            if _plugin in by_name:
+                by_name[_plugin].backends.append(name)
 
         impl.function(register=register)
     _backends = found
@@ -85,9 +148,17 @@ def get_backend(name: str | None = None, uri: str | None = None, **options: Any)
     name = name or os.environ.get("CLAIR_VEC_BACKEND", DEFAULT_BACKEND)
     registered = backends()
     if name not in registered:
+        broken = [p for p in _plugins if not p.loaded]
+        match = next((p for p in broken if p.name == name), None)
+        if match is not None:
+            raise UnknownBackendError(
+                f"backend {name!r} is unavailable: its plugin{f' ({match.distribution} {match.version})' if match.distribution else ''} "
+                f"failed to load: {match.error}. Install what it needs, or reinstall it."
+            )
         installed = sorted(registered) or ["(none)"]
+        failed = f"; plugins that failed to load: {sorted(p.name for p in broken)}" if broken else ""
         raise UnknownBackendError(
-            f"unknown backend {name!r}; installed backends: {installed}. Install a plugin that provides it "
+            f"unknown backend {name!r}; installed backends: {installed}{failed}. Install a plugin that provides it "
             f"(pip install clair-vec-{name}), or, where entry points are unavailable, set {PLUGINS_ENV} to its module."
         )
     return registered[name][0](uri=uri, **options)

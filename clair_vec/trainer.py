@@ -50,8 +50,15 @@ class EpochStats:
         return d
 
 
+VAL_KEY = "val_mAP@200"
+
+
 def _identity_gather(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+def _clone(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 class ClairTrainer:
@@ -124,6 +131,8 @@ class ClairTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.epoch = 0
         self.history: list[EpochStats] = []
+        #: the epoch with the best mean validation mAP (when validating): what gets shipped
+        self.best: dict | None = None
 
     # ------------------------------------------------------------------ pseudo-labels and text
     def _label(self, domain: str, text: torch.Tensor) -> PseudoLabels:
@@ -241,6 +250,10 @@ class ClairTrainer:
         stats = self._stats(epoch, {k: v / self.steps_per_epoch for k, v in sums.items()}, time.perf_counter() - t0)
         if self.val_features:
             stats.extra.update(self.evaluate(self.val_features))
+            score = stats.extra.get(VAL_KEY, float("nan"))
+            if math.isfinite(score) and (self.best is None or score > self.best["score"]):
+                self.best = {"epoch": epoch, "score": score, "head": _clone(self.head.state_dict()),
+                             "prompts": _clone(self.prompts.state_dict()) if self.prompts is not None else None}  # fmt: skip
         self.history.append(stats)
         self.epoch += 1
         return stats
@@ -293,18 +306,30 @@ class ClairTrainer:
         return out
 
     # ------------------------------------------------------------------ results and resume
-    def build_model(self) -> ClairModel:
-        """The deployable model: head, final text embeddings and the mapping fitted on them."""
-        text = self.text_embeddings()
+    def build_model(self, *, best: bool = False) -> ClairModel:
+        """The deployable model: head, final text embeddings and the mapping fitted on them.
+        ``best``: the best validation epoch's weights instead of the current ones."""
+        head, prompts = self.head, self.prompts
+        if best and self.best is not None:
+            head = ClairHead(self.head.dim, self.cfg.head_hidden, self.cfg.head_alpha_init)
+            head.load_state_dict(self.best["head"])
+            if prompts is not None and self.best["prompts"] is not None:
+                prompts = PromptLearner(self.foundation, self.domains, self.cfg.n_ctx, self.cfg.templates)
+                prompts.load_state_dict(self.best["prompts"])
+        if prompts is None:
+            text = dict(self.hand_text)
+        else:
+            with torch.no_grad():
+                text = {d: combine_text_embeddings(self.hand_text[d], prompts(self.classes, d)) for d in self.domains}
         mapping = DomainMapping.fit(text, self.cfg.pivot_domain, self.cfg.mapping, self.cfg.mapping_lambda)
         return ClairModel(
             foundation=self.foundation,
-            head=self.head,
+            head=head,
             mapping=mapping,
             classes=self.classes,
             text_embeddings=text,
             config=self.cfg,
-            prompt_state=self.prompts.state_dict() if self.prompts is not None else None,
+            prompt_state=prompts.state_dict() if prompts is not None else None,
         )
 
     def state_dict(self) -> dict:
@@ -318,6 +343,7 @@ class ClairTrainer:
             "banks": self.banks,
             "pseudo": {d: vars(p) for d, p in self.pseudo.items()},
             "history": [s.as_dict() for s in self.history],
+            "best": self.best,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -332,3 +358,4 @@ class ClairTrainer:
         self.pseudo = {d: PseudoLabels(**p) for d, p in state["pseudo"].items()}
         fields = set(EpochStats.__dataclass_fields__)
         self.history = [EpochStats(**{k: v for k, v in h.items() if k in fields}) for h in state["history"]]
+        self.best = state.get("best")

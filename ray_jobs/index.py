@@ -1,50 +1,52 @@
 """Bulk indexing on Ray Data: ``ray job submit -- python ray_jobs/index.py --model runs/clair --collection C DIR...``.
 
-Hashes images on tasks, skips what the collection already holds (a re-run resumes), encodes the
-rest on an actor pool of CLAIR models, and writes batches through the backend plugin.
+Streams end to end: files are listed and hashed on Ray tasks (no torch there), stored images are
+skipped (a re-run after a crash resumes and never duplicates), and an actor pool of CLAIR models
+encodes the rest. With a server --uri each actor writes its own batches; with an embedded store
+one writer actor holds it. Progress goes to stderr (add -v for a line per batch).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", required=True, help="checkpoint directory from ray_jobs/train.py")
-    p.add_argument("--collection", required=True)
-    p.add_argument("--domain", default=None, help="domain of the images (default: the model's gallery domain)")
-    p.add_argument("--backend", default=None)
-    p.add_argument("--uri", default=None)
-    p.add_argument("--actors", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--label-from-folder", action="store_true")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
+    p.add_argument("--model", required=True, help="checkpoint directory from ray_jobs/train.py or clair-vec train")
+    p.add_argument("--collection", required=True, help="collection to create or extend")
+    p.add_argument("--domain", default=None, help="domain of the images (None: the model's gallery domain)")
+    p.add_argument("--backend", default=None, help="milvus, qdrant or a plugin's name (None: milvus)")
+    p.add_argument("--uri", default=None, help="server URL (parallel writers), or an embedded store path (one writer)")
+    p.add_argument("--actors", type=int, default=1, help="encoding actors (one CPU or GPU each)")
+    p.add_argument("--gpus", choices=["auto", "yes", "no"], default="auto", help="auto: one GPU per actor if the cluster has them")
+    p.add_argument("--threads-per-actor", type=int, default=1, help="torch threads in each actor")
+    p.add_argument("--batch-size", type=int, default=64, help="images per encode-and-write batch")
+    p.add_argument("--label-from-folder", action="store_true", help="store each image's folder name as its label")
+    p.add_argument("--labels", default=None, metavar="FILE", help="label vocabulary file: tag each image zero-shot over it")
+    p.add_argument("-v", "--verbose", action="store_true", help="log a progress line per batch")
     p.add_argument("images", nargs="+", help="image files or folders")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from clair_vec.data import image_files
-    from clair_vec.distributed import ray_index
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from clair_vec.bulk_index import ray_index
+    from clair_vec.data import read_class_list
     from clair_vec.errors import ClairVecError
 
-    paths: list[str] = []
-    for item in args.images:
-        p_ = Path(item)
-        if p_.is_dir():
-            paths += [str(f) for f in image_files(p_)]
-        else:
-            paths.append(str(p_))
     try:
-        s = ray_index(args.collection, paths, model_dir=args.model, domain=args.domain, backend=args.backend, uri=args.uri,
-                      actors=args.actors, batch_size=args.batch_size, label_from_folder=args.label_from_folder)  # fmt: skip
-    except (ClairVecError, ValueError) as exc:
+        labels = read_class_list(args.labels) if args.labels else None
+        s = ray_index(args.collection, args.images, model_dir=args.model, domain=args.domain, backend=args.backend,
+                      uri=args.uri, actors=args.actors, batch_size=args.batch_size, label_from_folder=args.label_from_folder,
+                      labels=labels, gpus=args.gpus, threads_per_actor=args.threads_per_actor)  # fmt: skip
+    except (ClairVecError, ValueError, FileNotFoundError) as exc:
         print(f"index.py: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"collection": s.collection, "backend": s.backend, "indexed": s.indexed,
-                      "already_present": s.already_present, "skipped": s.skipped}))  # fmt: skip
+    print(json.dumps(s.as_dict()))
     return 0
 
 

@@ -1,15 +1,26 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CLAIR_VEC_PROGRESS", "0")
+# every Ray the suite starts keeps its sockets and logs under this directory, so the end-of-session
+# check can tell the suite's own Ray processes from anyone else's (short: socket paths <= 107 bytes)
+RAY_TMP = f"/tmp/ray-cv{os.getpid()}"
+os.environ["RAY_TMPDIR"] = RAY_TMP
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # the example plugin is a separate distribution; its source is importable for direct use in tests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "example-numpy"))
 
 import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+UNSEEN = ["hexagon", "crescent", "arrow", "heart"]
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +38,65 @@ def shapes_root(tmp_path_factory):
     from clair_vec.synthetic import make_shapes_dataset
 
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "data", per_class=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_dir(shapes_root, tmp_path_factory) -> Path:
+    """A small trained checkpoint (random tiny CLIP, 2 epochs), shared by the flow tests."""
+    from clair_vec.config import ClairConfig
+    from clair_vec.train_job import train_local
+
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=2, batch_size=48, lr=3e-3)
+    model = train_local(shapes_root, cfg, progress=False)
+    return model.save(tmp_path_factory.mktemp("ckpt") / "model")
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """``clair-vec ARGS`` in a new process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "clair_vec.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=cwd)  # fmt: skip
+
+
+def docker_or_skip() -> None:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception as exc:  # no socket, daemon down, permission denied
+        pytest.skip(f"no Docker engine answers ({type(exc).__name__}: {exc}); set MILVUS_URI / QDRANT_URL or run Docker")
+
+
+def _ray_processes() -> list[str]:
+    """Ray processes (raylet, GCS, ``ray::`` workers, jobs) started from this session: Ray passes
+    its environment, RAY_TMPDIR included, down to every process it starts."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    mine = {os.getpid(), os.getppid()}
+    return [line.strip()[:160] for line in out
+            if "ray" in line and int(line.split()[0]) not in mine and _started_here(line.split()[0])]  # fmt: skip
+
+
+def _started_here(pid: str) -> bool:
+    try:
+        return f"RAY_TMPDIR={RAY_TMP}".encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every test and job that starts Ray shuts down what it started: the suite ends with no Ray
+    process of its own left (a leaked ray::TrainController once held 450 MB for hours)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    deadline = time.monotonic() + 30  # processes of the last shut-down Ray may take a moment to exit
+    left = _ray_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(1)
+        left = _ray_processes()
+    if left:
+        for line in left:
+            try:
+                os.kill(int(line.split()[0]), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        print("\nRay processes started by the test suite were still running at its end:\n  " + "\n  ".join(left), file=sys.stderr)
+        session.exitstatus = 1

@@ -1,34 +1,61 @@
-"""The conformance suite run against every backend on its embedded engine."""
+"""The conformance suite run against every backend on its embedded engine (servers: test_servers.py)."""
 
 from __future__ import annotations
 
 import pytest
-from clair_vec_milvus import MilvusBackend
-from clair_vec_numpy import NumpyBackend
-from clair_vec_qdrant import QdrantClientBackend, QdrantEdgeBackend
 
+from clair_vec import plugin_manager
 from clair_vec.testing import BackendConformance
 
 
 class TestMilvusLite(BackendConformance):
+    backend_name = "milvus"
+
     @pytest.fixture
-    def backend_factory(self, tmp_path):
-        return lambda: MilvusBackend(uri=str(tmp_path / "milvus.db"))
+    def backend_uri(self, tmp_path):
+        return str(tmp_path / "milvus.db")
+
+    @pytest.fixture
+    def fresh_uri(self, tmp_path):
+        return str(tmp_path / "never" / "made.db")
 
 
 class TestQdrantEdge(BackendConformance):
+    backend_name = "qdrant"
+
     @pytest.fixture
-    def backend_factory(self, tmp_path):
-        return lambda: QdrantEdgeBackend(uri=str(tmp_path / "qdrant"))
+    def backend_uri(self, tmp_path):
+        return str(tmp_path / "qdrant")
+
+    @pytest.fixture
+    def fresh_uri(self, tmp_path):
+        return str(tmp_path / "never" / "qdrant")
 
 
 class TestQdrantClientLocalMode(BackendConformance):
+    backend_name = "qdrant"
+
     @pytest.fixture
-    def backend_factory(self, tmp_path):
-        return lambda: QdrantClientBackend(uri=f"local:{tmp_path / 'qdrant-local'}")
+    def backend_uri(self, tmp_path):
+        return f"local:{tmp_path / 'qdrant-local'}"
 
 
 class TestNumpyReference(BackendConformance):
+    """The guide's example plugin, loaded the way a worker without entry points loads it."""
+
+    backend_name = "numpy"
+
+    @pytest.fixture(autouse=True)
+    def numpy_plugin(self, monkeypatch):
+        monkeypatch.setenv("CLAIR_VEC_PLUGINS", "clair_vec_numpy")
+        plugin_manager.reset()
+        yield
+        plugin_manager.reset()
+
     @pytest.fixture
-    def backend_factory(self, tmp_path):
-        return lambda: NumpyBackend(uri=str(tmp_path / "np"))
+    def backend_uri(self, tmp_path):
+        return str(tmp_path / "np")
+
+    @pytest.fixture
+    def fresh_uri(self, tmp_path):
+        return str(tmp_path / "never" / "np")

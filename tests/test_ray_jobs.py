@@ -1,5 +1,6 @@
-"""Ray Train / Ray Data: 2-worker training, equality with single-process training, resumable bulk
-indexing, and config errors before any worker starts. ``ray job submit`` is in test_ray_submit.py."""
+"""Ray Train / Ray Data: 2-worker training, equality with single-process training, and config
+errors before any worker starts. ``ray job submit`` is in test_ray_submit.py, bulk indexing in
+test_bulk_index.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ ray = pytest.importorskip("ray")
 
 from clair_vec.config import ClairConfig  # noqa: E402
 from clair_vec.data import hold_out_classes, scan_folder, zero_shot_split  # noqa: E402
-from clair_vec.distributed import ray_index, run_training  # noqa: E402
+from clair_vec.distributed import run_training  # noqa: E402
 from clair_vec.errors import DatasetError  # noqa: E402
 from clair_vec.features import extract_features  # noqa: E402
 from clair_vec.foundation import FoundationModel  # noqa: E402
@@ -79,27 +80,6 @@ def test_bad_config_fails_before_any_worker_starts(local_ray, shapes_root, tmp_p
         run_training(shapes_root, out=tmp_path / "m", config=ClairConfig(**CFG), storage_path=tmp_path, name="y",
                      workers=2, gpus="yes")  # fmt: skip
     assert not (tmp_path / "y").exists()  # nothing was computed or started
-
-
-def test_ray_bulk_index_is_resumable(two_worker_run, shapes_root, tmp_path):
-    _, result = two_worker_run
-    gallery = sorted(str(p) for p in (shapes_root / "photo").rglob("*.png"))[:24]
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"garbage")
-    uri = str(tmp_path / "g.db")
-    first = ray_index("g", gallery[:10] + [str(bad)], model_dir=result.model_dir, backend="milvus", uri=uri,
-                      label_from_folder=True)  # fmt: skip
-    assert first.indexed == 10 and [p for p, _ in first.skipped] == [str(bad)]
-    second = ray_index("g", gallery, model_dir=result.model_dir, backend="milvus", uri=uri, actors=2, batch_size=5)
-    assert second.already_present == 10 and second.indexed == 14
-    from clair_vec.plugin_manager import get_backend
-
-    be = get_backend("milvus", uri)
-    try:
-        assert be.count("g") == 24
-        assert be.count("g", filter={"label": "circle"}) == sum("/circle/" in p for p in gallery[:10])
-    finally:
-        be.close()
 
 
 def test_train_script_reports_bad_data_dir_without_starting_ray(tmp_path):

@@ -1,15 +1,20 @@
-"""The conformance suite against real Milvus and Qdrant servers in Docker (testcontainers).
+"""The conformance suite and the user flows against real servers.
 
-Skipped, with the reason, where no Docker engine answers (CI here has none); runs in full where
-one does. Image tags are pinned to the server releases the pinned clients speak to.
+Addresses come from ``MILVUS_URI`` / ``MILVUS_LITE_URI`` / ``QDRANT_URL`` when set (``make test``
+starts a Milvus 2.3.5 standalone server and a ``milvus-lite server`` through tests/servers.py),
+else from testcontainers where a Docker engine answers (Milvus 3.0.2, Qdrant 1.20.0, the tags in
+docker/*.yml), else the tests skip and say why. No Qdrant server installs without Docker.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import docker_or_skip, run_cli
 
 from clair_vec.testing import BackendConformance
 
@@ -26,18 +31,12 @@ MILVUS_IMAGE = compose_image("milvus.yml", "milvus")
 QDRANT_IMAGE = compose_image("qdrant.yml", "qdrant")
 
 
-def _docker_or_skip():
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-    except Exception as exc:  # no socket, daemon down, permission denied
-        pytest.skip(f"no Docker engine answers ({type(exc).__name__}: {exc}); server tests need one")
-
-
 @pytest.fixture(scope="module")
 def qdrant_url():
-    _docker_or_skip()
+    if os.environ.get("QDRANT_URL"):
+        yield os.environ["QDRANT_URL"]
+        return
+    docker_or_skip()
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.waiting_utils import wait_for_logs
 
@@ -48,7 +47,10 @@ def qdrant_url():
 
 @pytest.fixture(scope="module")
 def milvus_uri():
-    _docker_or_skip()
+    if os.environ.get("MILVUS_URI"):
+        yield os.environ["MILVUS_URI"]
+        return
+    docker_or_skip()
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.waiting_utils import wait_for_logs
 
@@ -59,28 +61,90 @@ def milvus_uri():
         yield f"http://{c.get_container_host_ip()}:{c.get_exposed_port(19530)}"
 
 
+@pytest.fixture(scope="module")
+def milvus_lite_uri():
+    if not os.environ.get("MILVUS_LITE_URI"):
+        pytest.skip("MILVUS_LITE_URI is not set: run through `make test` (tests/servers.py starts `milvus-lite server`)")
+    return os.environ["MILVUS_LITE_URI"]
+
+
 @pytest.mark.docker
 class TestQdrantServer(BackendConformance):
+    backend_name = "qdrant"
+
     @pytest.fixture
-    def backend_factory(self, qdrant_url, request):
-        from clair_vec_qdrant import QdrantClientBackend
-
-        yield lambda: QdrantClientBackend(qdrant_url)
-        b = QdrantClientBackend(qdrant_url)
-        b.drop_collection("conformance")
-        b.close()
+    def backend_uri(self, qdrant_url):
+        return qdrant_url
 
 
-@pytest.mark.docker
 class TestMilvusServer(BackendConformance):
-    @pytest.fixture
-    def backend_factory(self, milvus_uri):
-        from clair_vec_milvus import MilvusBackend
+    backend_name = "milvus"
 
-        yield lambda: MilvusBackend(milvus_uri)
-        b = MilvusBackend(milvus_uri)
-        b.drop_collection("conformance")
-        b.close()
+    @pytest.fixture
+    def backend_uri(self, milvus_uri):
+        return milvus_uri
+
+
+class TestMilvusLiteServerProcess(BackendConformance):
+    """A Lite store served by `milvus-lite server`: how several processes share one Lite store."""
+
+    backend_name = "milvus"
+
+    @pytest.fixture
+    def backend_uri(self, milvus_lite_uri):
+        return milvus_lite_uri
+
+
+def test_index_then_search_in_new_processes_against_the_server(milvus_uri, model_dir, shapes_root):
+    """The README flow as separate commands against a real server: index, search, re-index."""
+    import uuid
+
+    name = f"g_{uuid.uuid4().hex[:8]}"
+    photos = [str(shapes_root / "photo" / c) for c in ("heart", "arrow")]
+    common = ["--model", str(model_dir), "--collection", name, "--uri", milvus_uri]
+    out = run_cli("index", *common, "--label-from-folder", *photos)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["indexed"] == 16
+    query = str(sorted((shapes_root / "sketch" / "heart").iterdir())[0])
+    out = run_cli("search", *common, "--domain", "sketch", "--top-k", "16", query)
+    assert out.returncode == 0, out.stderr
+    hits = json.loads(out.stdout.splitlines()[-1])["hits"]
+    assert len(hits) == 16 and {h["label"] for h in hits} == {"heart", "arrow"}
+    again = run_cli("index", *common, "--label-from-folder", *photos)
+    assert json.loads(again.stdout.splitlines()[-1]) | {"skipped": []} == {
+        "collection": name, "backend": "milvus", "indexed": 0, "already_present": 16, "replaced": 0, "pruned": 0, "skipped": []}
+    from clair_vec import get_backend
+
+    with get_backend("milvus", milvus_uri) as be:
+        be.drop_collection(name)
+
+
+def test_search_after_a_server_restart_waits_for_the_collection_to_load(model_dir, shapes_root):
+    """Index into the server, restart it, search in a new process: right after a restart the
+    collection is still loading; the search waits for it instead of failing."""
+    from servers import MilvusServer
+
+    pidfile = os.environ.get("MILVUS_SERVER_PIDFILE")
+    if not pidfile:
+        pytest.skip("MILVUS_SERVER_PIDFILE is not set: run through `make test` (tests/servers.py), which can restart its server")
+    server = MilvusServer.from_pidfile(pidfile)
+    common = ["--model", str(model_dir), "--collection", "restarted", "--uri", server.uri]
+    out = run_cli("index", *common, "--label-from-folder", str(shapes_root / "photo" / "heart"))
+    assert out.returncode == 0, out.stderr
+    server.stop()
+    try:
+        server.start()
+    finally:
+        server.write_pidfile(pidfile)  # whatever happened, the harness stops the server that runs now
+    query = str(sorted((shapes_root / "sketch" / "heart").iterdir())[0])
+    out = run_cli("search", *common, "--domain", "sketch", "--top-k", "3", query)
+    assert out.returncode == 0, out.stderr
+    hits = json.loads(out.stdout.splitlines()[-1])["hits"]
+    assert len(hits) == 3 and all(h["label"] == "heart" for h in hits)
+    from clair_vec import get_backend
+
+    with get_backend("milvus", server.uri) as be:
+        assert be.drop_collection("restarted")
 
 
 def test_unreachable_servers_fail_with_a_clear_error():

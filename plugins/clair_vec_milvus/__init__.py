@@ -1,26 +1,47 @@
 """Milvus backend for clair_vec (pymilvus ``MilvusClient``).
 
-``uri=None`` is a Milvus Lite file (``$CLAIR_VEC_MILVUS_URI`` or ``./clair_vec_milvus.db``);
-``http://host:19530`` reaches a Milvus server. Reads are Strong-consistency, so a search right
-after an upsert sees it. Content-hash ids are the VARCHAR primary key, so upserts are idempotent.
+``uri=None`` is a Milvus Lite store (``$CLAIR_VEC_MILVUS_URI`` or ``./clair_vec_milvus.db``);
+``http://host:19530`` reaches a Milvus server (or a ``milvus-lite server`` process, which lets
+several processes share one Lite store). Content-hash ids are the VARCHAR primary key, so
+upserts are idempotent.
+
+Consistency: the first read of a collection through a handle is Strong, which makes every
+write that finished before it (an indexing run in another process) visible; later reads are
+Session-consistent (this handle's own writes are always visible) and skip the Strong wait for
+the server's next time tick, about 200 ms a query on a 2.3 standalone server.
+
+Index: exact (FLAT) by default, on Lite and servers alike: searches agree with brute-force
+cosine ranking, and a server's default AUTOINDEX gave recall@10 of 0.14-0.16 at 20k x 512-d
+(``python -m clair_vec.benchmark --uri ...``). Large galleries pass ``index_type="HNSW"``
+with ``index_params`` / ``search_params`` and measure their recall with the same benchmark.
 """
 
 from __future__ import annotations
 
-import json
+import fcntl
 import logging
 import os
+import threading
+import time
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clair_vec.backend import Backend, CollectionInfo, Hit, Record
-from clair_vec.errors import BackendUnavailableError
+from clair_vec.errors import BackendUnavailableError, StoreLockedError
 from clair_vec.hookspecs import hookimpl
 
 DEFAULT_URI = "./clair_vec_milvus.db"
 _FIELDS = ("domain", "label", "path")
+#: scalar fields and the dynamic-field map: every payload key, never the stored vector
+_OUTPUT = [*_FIELDS, "$meta"]
+#: open handles per Lite store in this process: pymilvus never stops the in-process Lite server
+#: (nor releases its file lock) on close, so the last handle to close stops it
+_lite_handles: Counter[str] = Counter()
+_lite_lock = threading.Lock()
 
 
 class _DropUnimplementedProbe(logging.Filter):
@@ -32,68 +53,142 @@ class _DropUnimplementedProbe(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], NotImplementedError))
 
 
-def _quote(value: Any) -> str:
-    return json.dumps(value)  # JSON string/number literals are valid Milvus expression literals
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
-def _expr(flt: dict[str, list[Any]]) -> str:
-    return " and ".join(f"{k} in [{', '.join(_quote(v) for v in vs)}]" for k, vs in flt.items())
+def quote(value: str) -> str:
+    """A Milvus expression string literal. Milvus Lite rejects ``\\u``/``\\x`` escapes (so JSON's
+    ``\\u00e9`` for ``é`` fails there) and a raw line break; Lite and the 2.3 server both take
+    these five escapes and every other character, other control characters included, as is."""
+    return '"' + value.translate(_ESCAPES) + '"'
+
+
+def expr(flt: dict[str, list[str]]) -> str:
+    return " and ".join(f"{k} in [{', '.join(quote(v) for v in vs)}]" for k, vs in flt.items())
+
+
+def _is_lite(uri: str) -> bool:
+    return uri.endswith(".db")  # pymilvus' own rule: a path ending in .db is a Milvus Lite store
+
+
+def _locked_by_another_process(path: Path) -> bool:
+    """Whether Milvus Lite's advisory lock on ``path`` is held by another process right now."""
+    lock = path / "LOCK"
+    if not lock.exists():
+        return False
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
 
 
 class MilvusBackend(Backend):
     name = "milvus"
 
     def __init__(
-        self, uri: str | None = None, *, token: str = "", timeout: float = 10.0, index_type: str | None = None, **options: Any
+        self,
+        uri: str | None = None,
+        *,
+        token: str = "",
+        timeout: float = 10.0,
+        index_type: str = "FLAT",
+        index_params: dict[str, Any] | None = None,
+        search_params: dict[str, Any] | None = None,
+        load_timeout: float = 120.0,
+        **options: Any,
     ) -> None:
         uri = uri or os.environ.get("CLAIR_VEC_MILVUS_URI") or DEFAULT_URI
         super().__init__(uri, **options)
-        lite = uri.endswith(".db")  # a local file is Milvus Lite, anything else a server
-        # Milvus Lite's AUTOINDEX is approximate (recall@10 0.75 at 100k x 512-d, see the README
-        # benchmark): the embedded default searches exactly; servers get Milvus' own choice
-        self.index_type = index_type or ("FLAT" if lite else "AUTOINDEX")
-        from pymilvus import MilvusClient
-
+        self.lite = _is_lite(uri)
+        self.index_type = index_type
+        self.index_params = dict(index_params or {})
+        self.search_params = dict(search_params or {})
+        self.load_timeout = load_timeout
         self._timeout = timeout
-        if lite:
+        self._token = token
+        self._client: Any = None
+        if self.lite:
             grpc_log = logging.getLogger("grpc._server")
             if not any(isinstance(f, _DropUnimplementedProbe) for f in grpc_log.filters):
                 grpc_log.addFilter(_DropUnimplementedProbe())
+            if Path(uri).exists():  # an existing store opens now, so a lock conflict shows at once
+                self._connect()
+        else:
+            self._connect()
+
+    # ------------------------------------------------------------------ connection
+    def _connect(self) -> Any:
+        if self._client is not None:
+            return self._client
+        from pymilvus import MilvusClient
+
         try:
-            self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
+            self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self._timeout)
+            if self.lite:
+                with _lite_lock:
+                    _lite_handles[os.path.abspath(self.uri)] += 1
         except Exception as exc:
-            raise BackendUnavailableError(
-                f"cannot reach Milvus at {uri!r}: {exc}. Start a server (docker compose -f docker/milvus.yml up -d) "
-                "or pass a local file path ending in .db to use embedded Milvus Lite."
-            ) from exc
+            if self.lite and _locked_by_another_process(Path(self.uri)):
+                raise StoreLockedError(
+                    f"Milvus Lite store {self.uri!r} is locked by another process: Milvus Lite opens a store in one "
+                    "process at a time. Stop that process, or serve the store to every process with "
+                    f"`milvus-lite server --data-dir {self.uri} --port 19531` and pass --uri http://127.0.0.1:19531 "
+                    "(or use a Milvus server)."
+                ) from exc
+            hint = (
+                "pass the path of a Milvus Lite store (e.g. gallery.db)"
+                if self.lite
+                else "start a server (docker compose -f docker/milvus.yml up -d) or pass a local path ending in .db "
+                "to use embedded Milvus Lite"
+            )
+            raise BackendUnavailableError(f"cannot reach Milvus at {self.uri!r}: {exc}. {hint}.") from exc
+        return self._client
+
+    @property
+    def client(self) -> Any:
+        return self._connect()
+
+    def _exists(self) -> bool:
+        """False for a Lite store that was never created: reads then find nothing, and create nothing."""
+        return self._client is not None or not self.lite or Path(self.uri).exists()
 
     def is_transient(self, exc: BaseException) -> bool:
+        import grpc
         from pymilvus.exceptions import MilvusException
 
+        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+            return exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.RESOURCE_EXHAUSTED)  # fmt: skip
         text = str(exc).lower()
         return super().is_transient(exc) or (
-            isinstance(exc, MilvusException) and any(w in text for w in ("timeout", "deadline", "unavailable", "rate limit"))
+            isinstance(exc, MilvusException)
+            and any(w in text for w in ("timeout", "deadline", "unavailable", "rate limit", "not loaded", "loading"))
         )
 
+    # ------------------------------------------------------------------ primitives
     def _create(self, info: CollectionInfo) -> None:
         from pymilvus import DataType
 
-        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=True, description="clair_vec collection")
+        client = self.client
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=True, description="clair_vec collection")
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=info.dim)
         schema.add_field("domain", DataType.VARCHAR, max_length=128)
         schema.add_field("label", DataType.VARCHAR, max_length=512)
         schema.add_field("path", DataType.VARCHAR, max_length=4096)
-        index = self.client.prepare_index_params()
-        index.add_index(field_name="vector", index_type=self.index_type, metric_type="COSINE")
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type=self.index_type, metric_type="COSINE", params=self.index_params)
         # the spec travels in the collection's properties, set in the same call that creates it,
         # so no collection exists without one
-        self.client.create_collection(
+        client.create_collection(
             info.name, schema=schema, index_params=index, consistency_level="Strong", properties={"clair_vec": info.to_json()}
         )
 
     def _read_info(self, name: str) -> CollectionInfo | None:
-        if not self.client.has_collection(name):
+        if not self._exists() or not self.client.has_collection(name):
             return None
         props = self.client.describe_collection(name).get("properties") or {}
         try:
@@ -105,7 +200,26 @@ class MilvusBackend(Backend):
             ) from exc
 
     def _list(self) -> list[str]:
-        return list(self.client.list_collections())
+        return list(self.client.list_collections()) if self._exists() else []
+
+    def _load(self, name: str) -> None:
+        """Load the collection (a new process or a restarted server finds it released or still
+        loading), wait a bounded time for it, then sync once with a Strong read."""
+        from pymilvus.client.types import LoadState
+
+        client = self.client
+        deadline = time.monotonic() + self.load_timeout
+        state = client.get_load_state(name)["state"]
+        if state == LoadState.NotLoad:
+            client.load_collection(name, timeout=self.load_timeout)
+        while client.get_load_state(name)["state"] != LoadState.Loaded:
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError(
+                    f"Milvus collection {name!r} at {self.uri} is still not loaded after {self.load_timeout:.0f} s "
+                    "(a server that just restarted loads its collections first); retry, or raise load_timeout"
+                )
+            time.sleep(0.5)
+        client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
 
     def _upsert(self, name: str, records: Sequence[Record]) -> None:
         rows = []
@@ -114,52 +228,87 @@ class MilvusBackend(Backend):
             row.update({f: str(r.payload.get(f, "")) for f in _FIELDS})
             row.update(id=r.id, vector=r.vector.tolist())
             rows.append(row)
-        self.client.upsert(name, data=rows, timeout=self._timeout)
+        # a 4096-row batch can take longer than a one-row call under load: the deadline grows with the batch
+        timeout = self._timeout + 0.005 * len(rows) * max(1.0, len(rows[0]["vector"]) / 512)
+        self.client.upsert(name, data=rows, timeout=timeout)
 
-    def _search(self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[Any]]) -> list[list[Hit]]:
+    def _search(self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[str]]) -> list[list[Hit]]:
         results = self.client.search(
             name,
             data=vectors.tolist(),
-            filter=_expr(flt),
+            filter=expr(flt),
             limit=top_k,
-            output_fields=["*"],
-            search_params={"metric_type": "COSINE"},
-            consistency_level="Strong",
+            output_fields=_OUTPUT,
+            search_params={"metric_type": "COSINE", **self.search_params},
+            consistency_level="Session",
         )
-        out = []
-        for row in results:
-            hits = []
-            for h in row:
-                entity = {k: v for k, v in h.get("entity", {}).items() if k not in ("vector", "id")}
-                hits.append(Hit(id=str(h["id"]), score=float(h["distance"]), payload=entity))
-            out.append(hits)
-        return out
+        return [[Hit(id=str(h["id"]), score=float(h["distance"]), payload=_payload(h.get("entity", {}))) for h in row]
+                for row in results]  # fmt: skip
 
-    def _count(self, name: str, flt: dict[str, list[Any]]) -> int:
-        res = self.client.query(name, filter=_expr(flt), output_fields=["count(*)"], consistency_level="Strong")
+    def _count(self, name: str, flt: dict[str, list[str]]) -> int:
+        res = self.client.query(name, filter=expr(flt), output_fields=["count(*)"], consistency_level="Session")
         return int(res[0]["count(*)"])
 
     def _existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         if not ids:
             return set()
-        res = self.client.query(name, filter=f"id in [{', '.join(_quote(i) for i in ids)}]", output_fields=["id"],
-                                consistency_level="Strong")  # fmt: skip
+        res = self.client.query(name, filter=f"id in [{', '.join(quote(i) for i in ids)}]", output_fields=["id"],
+                                consistency_level="Session")  # fmt: skip
         return {r["id"] for r in res}
+
+    def _get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        res = self.client.query(name, filter=f"id in [{', '.join(quote(i) for i in ids)}]", output_fields=_OUTPUT,
+                                consistency_level="Session")  # fmt: skip
+        return {str(r["id"]): _payload(r) for r in res}
+
+    def _scroll(
+        self, name: str, flt: dict[str, list[str]], cursor: Any, limit: int
+    ) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        # primary-key paging (what pymilvus' query_iterator does, without its per-call mvcc warning)
+        parts = [p for p in (expr(flt), f"id > {quote(cursor)}" if cursor is not None else "") if p]
+        res = self.client.query(name, filter=" and ".join(parts), limit=limit, output_fields=_OUTPUT,
+                                consistency_level="Session")  # fmt: skip
+        page = sorted(((str(r["id"]), _payload(r)) for r in res), key=lambda x: x[0])
+        return page, (page[-1][0] if len(page) == limit else None)
 
     def _flush(self, name: str) -> None:
         self.client.flush(name)
 
     def _delete(self, name: str, ids: Sequence[str]) -> None:
         self.client.delete(name, ids=list(ids))
+        # a 2.3 server's delete response carries no timestamp, so Session reads would not see it:
+        # one Strong read makes the delete visible to every later read of this handle
+        self.client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
 
     def _drop(self, name: str) -> None:
         self.client.drop_collection(name)
 
     def close(self) -> None:
+        if self._client is None:
+            return
         try:
-            self.client.close()
+            self._client.close()
         except Exception:  # closing an already closed Lite handle is harmless
             pass
+        self._client = None
+        self._loaded.clear()
+        if self.lite:
+            path = os.path.abspath(self.uri)
+            with _lite_lock:
+                _lite_handles[path] -= 1
+                last = _lite_handles[path] <= 0
+                if last:
+                    del _lite_handles[path]
+            if last:  # lets another process open the store once this one has let go of it
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(path)
+
+
+def _payload(entity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entity.items() if k not in ("vector", "id")}
 
 
 @hookimpl

@@ -12,8 +12,10 @@ the ``clair_id`` payload field.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from clair_vec.backend import Backend, CollectionInfo, Hit, Record, point_uuid
-from clair_vec.errors import BackendUnavailableError
+from clair_vec.errors import BackendUnavailableError, StoreLockedError
 from clair_vec.hookspecs import hookimpl
 
 DEFAULT_PATH = "./clair_vec_qdrant"
 VECTOR = "clair"
 _INFO_FILE = "clair_collection.json"
+_LOCK_FILE = ".clair_vec.lock"
 
 
 def _payload(r: Record) -> dict[str, Any]:
@@ -38,10 +41,23 @@ def _hit(point: Any) -> Hit:
     return Hit(id=str(payload.pop("clair_id", point.id)), score=float(point.score), payload=payload)
 
 
+def _record(point: Any) -> tuple[str, dict[str, Any]]:
+    payload = dict(point.payload or {})
+    return str(payload.pop("clair_id", point.id)), payload
+
+
 class QdrantEdgeBackend(Backend):
-    """Embedded Qdrant Edge shards, one directory per collection."""
+    """Embedded Qdrant Edge shards, one directory per collection.
+
+    One process at a time: a second process that loads a shard another process is writing
+    corrupts the writer's next flush (seen with qdrant-edge-py 0.9), so the store directory
+    carries an advisory lock, taken before any shard is touched and released on close or
+    process death. Writes go to each shard's WAL (each batch whole); segments are flushed at
+    ``flush()``, on close, and at most ``flush_interval`` seconds apart while writing.
+    """
 
     name = "qdrant"
+    flush_interval: float = 10.0
 
     def __init__(self, uri: str | None = None, **options: Any) -> None:
         uri = uri or os.environ.get("CLAIR_VEC_QDRANT_PATH") or DEFAULT_PATH
@@ -50,27 +66,54 @@ class QdrantEdgeBackend(Backend):
 
         self.q = qdrant_edge
         self.root = Path(uri)
-        self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, Any] = {}
+        self._lock_fh: Any = None
+        self._last_flush: dict[str, float] = {}
+        if self.root.exists():  # an existing store is locked now, so a conflict shows at once
+            self._lock()
+
+    def _lock(self) -> None:
+        if self._lock_fh is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fh = open(self.root / _LOCK_FILE, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise StoreLockedError(
+                f"Qdrant Edge store {str(self.root)!r} is in use by another process or handle (pid {holder}; lock file "
+                f"{self.root / _LOCK_FILE}): the embedded engine takes one process at a time. Close the other handle or "
+                "stop that process, or run a Qdrant server (docker compose -f docker/qdrant.yml up -d) and pass "
+                "--uri http://localhost:6333 to share the collection between processes."
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_fh = fh
 
     def _dir(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"invalid collection name {name!r}")
         return self.root / name
 
     def _shard(self, name: str) -> Any:
         if name not in self._shards:
+            self._lock()
             self._shards[name] = self.q.EdgeShard.load(str(self._dir(name) / "shard"))
+            self._last_flush[name] = time.monotonic()
         return self._shards[name]
 
-    def _filter(self, flt: dict[str, list[Any]]) -> Any:
+    def _filter(self, flt: dict[str, list[str]]) -> Any:
         if not flt:
             return None
         q = self.q
-        return q.Filter(must=[q.FieldCondition(key=k, match=q.MatchAny(any=[str(v) for v in vs])) for k, vs in flt.items()])
+        return q.Filter(must=[q.FieldCondition(key=k, match=q.MatchAny(any=list(vs))) for k, vs in flt.items()])
 
     def _create(self, info: CollectionInfo) -> None:
         q = self.q
+        self._lock()
         d = self._dir(info.name)
         tmp = d.with_name(f".{info.name}.creating")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -85,22 +128,32 @@ class QdrantEdgeBackend(Backend):
         return CollectionInfo.from_json(f.read_text()) if f.is_file() else None
 
     def _list(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
         return [p.name for p in self.root.iterdir() if (p / _INFO_FILE).is_file()]
+
+    def _load(self, name: str) -> None:
+        self._shard(name)
+
+    def _written(self, name: str, shard: Any) -> None:
+        if time.monotonic() - self._last_flush.get(name, 0.0) >= self.flush_interval:
+            shard.flush()
+            self._last_flush[name] = time.monotonic()
 
     def _upsert(self, name: str, records: Sequence[Record]) -> None:
         q = self.q
         points = [q.Point(id=point_uuid(r.id), vector={VECTOR: r.vector.tolist()}, payload=_payload(r)) for r in records]
         shard = self._shard(name)
         shard.update(q.UpdateOperation.upsert_points(points))
-        shard.flush()
+        self._written(name, shard)
 
-    def _search(self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[Any]]) -> list[list[Hit]]:
+    def _search(self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[str]]) -> list[list[Hit]]:
         q = self.q
         f = self._filter(flt)
         reqs = [q.QueryRequest(limit=top_k, query=q.Query.Nearest(v.tolist(), using=VECTOR), filter=f, with_payload=True) for v in vectors]
         return [[_hit(p) for p in row] for row in self._shard(name).query_batch(q.QueryBatchRequest(reqs))]
 
-    def _count(self, name: str, flt: dict[str, list[Any]]) -> int:
+    def _count(self, name: str, flt: dict[str, list[str]]) -> int:
         return int(self._shard(name).count(self.q.CountRequest(exact=True, filter=self._filter(flt))))
 
     def _existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
@@ -108,12 +161,28 @@ class QdrantEdgeBackend(Backend):
         found = self._shard(name).retrieve(list(by_uuid), with_payload=False, with_vector=False)
         return {by_uuid[str(r.id)] for r in found}
 
+    def _get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found = self._shard(name).retrieve([point_uuid(i) for i in ids], with_payload=True, with_vector=False)
+        return dict(_record(r) for r in found)
+
+    def _scroll(
+        self, name: str, flt: dict[str, list[str]], cursor: Any, limit: int
+    ) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        req = self.q.ScrollRequest(offset=cursor, limit=limit, filter=self._filter(flt), with_payload=True, with_vector=False)
+        points, nxt = self._shard(name).scroll(req)
+        return [_record(p) for p in points], (str(nxt) if nxt is not None else None)
+
+    def _flush(self, name: str) -> None:
+        self._shard(name).flush()
+        self._last_flush[name] = time.monotonic()
+
     def _delete(self, name: str, ids: Sequence[str]) -> None:
         shard = self._shard(name)
         shard.update(self.q.UpdateOperation.delete_points([point_uuid(i) for i in ids]))
-        shard.flush()
+        self._written(name, shard)
 
     def _drop(self, name: str) -> None:
+        self._lock()
         shard = self._shards.pop(name, None)
         if shard is not None:
             shard.close()
@@ -121,8 +190,14 @@ class QdrantEdgeBackend(Backend):
 
     def close(self) -> None:
         for shard in self._shards.values():
+            shard.flush()
             shard.close()
         self._shards.clear()
+        self._loaded.clear()
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
 
 
 class QdrantClientBackend(Backend):
@@ -135,17 +210,39 @@ class QdrantClientBackend(Backend):
         from qdrant_client import QdrantClient, models
 
         self.models = models
-        if uri and uri.startswith("local:"):
-            self.client = QdrantClient(path=uri[len("local:") :])
-        else:
-            self.client = QdrantClient(url=uri, api_key=api_key, timeout=timeout)
+        self.local_path = Path(uri[len("local:") :]) if uri and uri.startswith("local:") else None
+        self._client: Any = None
+        if self.local_path is None:
+            self._client = QdrantClient(url=uri, api_key=api_key, timeout=timeout)
             try:
-                self.client.get_collections()
+                self._client.get_collections()
             except Exception as exc:
                 raise BackendUnavailableError(
                     f"cannot reach Qdrant at {uri!r}: {exc}. Start a server (docker compose -f docker/qdrant.yml up -d) "
                     "or leave the URI unset to use the embedded engine."
                 ) from exc
+        elif self.local_path.exists():
+            self._open_local()
+
+    def _open_local(self) -> Any:
+        from qdrant_client import QdrantClient
+
+        try:
+            self._client = QdrantClient(path=str(self.local_path))
+        except RuntimeError as exc:
+            if "already accessed" not in str(exc):
+                raise
+            raise StoreLockedError(
+                f"qdrant-client local store {str(self.local_path)!r} is in use by another process: local mode takes one "
+                "process at a time. Stop that process, or run a Qdrant server (docker compose -f docker/qdrant.yml up -d) "
+                "and pass --uri http://localhost:6333."
+            ) from exc
+        return self._client
+
+    @property
+    def client(self) -> Any:
+        # local mode creates its directory with the first collection, not on open
+        return self._client if self._client is not None else self._open_local()
 
     def is_transient(self, exc: BaseException) -> bool:
         from qdrant_client.http.exceptions import ResponseHandlingException
@@ -156,7 +253,7 @@ class QdrantClientBackend(Backend):
         m = self.models
         if not flt:
             return None
-        return m.Filter(must=[m.FieldCondition(key=k, match=m.MatchAny(any=[str(v) for v in vs])) for k, vs in flt.items()])
+        return m.Filter(must=[m.FieldCondition(key=k, match=m.MatchAny(any=list(vs))) for k, vs in flt.items()])
 
     def _create(self, info: CollectionInfo) -> None:
         m = self.models
@@ -169,7 +266,7 @@ class QdrantClientBackend(Backend):
             self.client.create_payload_index(info.name, key, m.PayloadSchemaType.KEYWORD, wait=True)
 
     def _read_info(self, name: str) -> CollectionInfo | None:
-        if not self.client.collection_exists(name):
+        if self._client is None or not self.client.collection_exists(name):
             return None
         meta = self.client.get_collection(name).config.metadata or {}
         if "clair_vec" not in meta:
@@ -177,7 +274,7 @@ class QdrantClientBackend(Backend):
         return CollectionInfo.from_json(meta["clair_vec"])
 
     def _list(self) -> list[str]:
-        return [c.name for c in self.client.get_collections().collections]
+        return [c.name for c in self.client.get_collections().collections] if self._client is not None else []
 
     def _upsert(self, name: str, records: Sequence[Record]) -> None:
         m = self.models
@@ -198,6 +295,17 @@ class QdrantClientBackend(Backend):
         found = self.client.retrieve(name, ids=list(by_uuid), with_payload=False, with_vectors=False)
         return {by_uuid[str(r.id)] for r in found}
 
+    def _get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found = self.client.retrieve(name, ids=[point_uuid(i) for i in ids], with_payload=True, with_vectors=False)
+        return dict(_record(r) for r in found)
+
+    def _scroll(
+        self, name: str, flt: dict[str, list[str]], cursor: Any, limit: int
+    ) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        points, nxt = self.client.scroll(name, scroll_filter=self._filter(flt), limit=limit, offset=cursor,
+                                         with_payload=True, with_vectors=False)  # fmt: skip
+        return [_record(p) for p in points], nxt
+
     def _delete(self, name: str, ids: Sequence[str]) -> None:
         self.client.delete(name, points_selector=self.models.PointIdsList(points=[point_uuid(i) for i in ids]), wait=True)
 
@@ -205,7 +313,10 @@ class QdrantClientBackend(Backend):
         self.client.delete_collection(name)
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._loaded.clear()
 
 
 def qdrant_backend(uri: str | None = None, **options: Any) -> Backend:

@@ -1,4 +1,4 @@
-"""A complete clair_vec backend in ~80 lines: exact cosine search over NumPy arrays.
+"""A complete clair_vec backend in ~100 lines: exact cosine search over NumPy arrays.
 
 It is the worked example of docs in ``plugins/WRITING_A_BACKEND.md`` and the exact-search
 reference the benchmarks compare Milvus and Qdrant against. ``uri`` is a directory; each
@@ -25,8 +25,7 @@ class NumpyBackend(Backend):
         super().__init__(uri, **options)
         self.root = Path(uri) if uri else None
         self.data = {}  # name -> {"info", "ids", "vectors", "payloads"}
-        if self.root:
-            self.root.mkdir(parents=True, exist_ok=True)
+        if self.root and self.root.is_dir():  # opening never creates the directory; the first collection does
             for f in self.root.glob("*.npz"):
                 with np.load(f) as z:
                     self.data[f.stem] = {
@@ -38,6 +37,7 @@ class NumpyBackend(Backend):
 
     def _save(self, name):
         if self.root:
+            self.root.mkdir(parents=True, exist_ok=True)
             c = self.data[name]
             tmp = self.root / f".{name}.tmp.npz"
             np.savez(tmp, info=c["info"].to_json(), ids=np.array(c["ids"], dtype=str),
@@ -87,6 +87,18 @@ class NumpyBackend(Backend):
 
     def _existing_ids(self, name, ids):
         return set(ids) & set(self.data[name]["ids"])
+
+    def _get(self, name, ids):
+        c = self.data[name]
+        pos = {i: n for n, i in enumerate(c["ids"])}
+        return {i: dict(c["payloads"][pos[i]]) for i in ids if i in pos}
+
+    def _scroll(self, name, flt, cursor, limit):
+        c = self.data[name]
+        start = cursor or 0  # the cursor is a position: stable while nothing is written in between
+        rows = [(i, dict(p)) for i, p in zip(c["ids"], c["payloads"], strict=True) if matches(p, flt)]
+        end = start + limit
+        return rows[start:end], (end if end < len(rows) else None)
 
     def _delete(self, name, ids):
         c, gone = self.data[name], set(ids)

@@ -1,0 +1,272 @@
+"""Bulk indexing on Ray Data, streaming end to end.
+
+    list files (tasks) -> read + hash (tasks) -> look up, decode, CLIP + CLAIR, write (actor pool)
+
+- Nothing the size of the gallery passes through the driver: files are listed and read on
+  workers, and the driver only adds up small per-batch tallies.
+- Listing and hashing run on plain tasks that import neither torch nor open_clip (this module
+  imports neither at module level), so they start in well under a second.
+- Writers: with a server URI every encoding actor opens its own connection and writes its own
+  batches (parallel writers). An embedded store (Milvus Lite file, Qdrant Edge directory) opens
+  in one process only, so one ``StoreActor`` holds it and the encoding actors send it batches.
+- Resumable: ids are content hashes and writes are idempotent, so after a crash anywhere (driver
+  or worker killed with -9) a re-run skips what is stored and the collection holds each image once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import IMAGE_SUFFIXES
+from .ids import content_digest, record_id
+
+log = logging.getLogger(__name__)
+SERVER_SCHEMES = ("http://", "https://", "grpc://", "tcp://")
+
+
+# ---------------------------------------------------------------------- tasks: no torch here
+def list_files(row: dict[str, Any], *, label_from_folder: bool) -> list[dict[str, Any]]:
+    """Image files under one input (a folder, recursively and sorted; or a file)."""
+    root = Path(str(row["input"]))
+    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()) if root.is_dir() else [root]
+    return [{"path": os.fsencode(str(f)), "label": f.parent.name if label_from_folder else ""} for f in files]
+
+
+def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.ndarray]:
+    """Read and hash each file: ``id`` or ``error`` per row. Paths travel as bytes, so a name
+    that is not valid UTF-8 reaches this point and is reported, not lost."""
+    paths, ids, errors = [], [], []
+    for raw in batch["path"]:
+        raw = bytes(raw)
+        path = os.fsdecode(raw)
+        paths.append(raw.decode("utf-8", "backslashreplace"))
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            ids.append("")
+            errors.append("file name is not valid UTF-8, so no database can store it as text; rename the file to index it")
+            continue
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            ids.append("")
+            errors.append(f"{type(exc).__name__}: {exc.strerror or exc}")
+            continue
+        ids.append(record_id(domain, content_digest(data)))
+        errors.append("")
+    return {"path": np.array(paths, dtype=object), "label": batch["label"], "id": np.array(ids, dtype=object),
+            "error": np.array(errors, dtype=object)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- writing
+class Writer:
+    """Everything the pipeline asks of the store, on an open backend (torch-free)."""
+
+    def __init__(self, backend: str | None, uri: str | None, collection: str) -> None:
+        from .plugin_manager import get_backend
+
+        self.be = get_backend(backend, uri)
+        self.collection = collection
+
+    def existing(self, ids: list[str]) -> set[str]:
+        return self.be.existing_ids(self.collection, ids)
+
+    def write(self, records: list[tuple[str, np.ndarray, dict]], model_id: str) -> int:
+        from .backend import Record
+
+        return self.be.upsert(self.collection, [Record(i, v, p) for i, v, p in records], model=model_id)
+
+    def replace_stale(self, domain: str, current: dict[str, str]) -> int:
+        from .indexing import _stale_ids
+
+        stale = _stale_ids(self.be, self.collection, domain, current)
+        return self.be.delete(self.collection, stale) if stale else 0
+
+    def flush(self) -> None:
+        self.be.flush(self.collection)
+
+    def close(self) -> None:
+        self.be.close()
+
+
+class StoreActor(Writer):
+    """The one process that opens an embedded store; encoding actors send it their batches."""
+
+
+class _Sink:
+    """The encoding actor's view of the store: its own Writer (server) or the StoreActor (embedded)."""
+
+    def __init__(self, writer: Writer | None = None, actor: Any = None) -> None:
+        self.writer, self.actor = writer, actor
+
+    def __call__(self, method: str, *args: Any) -> Any:
+        if self.writer is not None:
+            return getattr(self.writer, method)(*args)
+        import ray
+
+        return ray.get(getattr(self.actor, method).remote(*args))
+
+
+class EncodeActor:
+    """Holds one CLAIR model (and, with a server, its own connection): skips stored ids, decodes,
+    embeds and writes a batch, and returns one small status row per image."""
+
+    def __init__(self, model_dir: str, domain: str, collection: str, backend: str | None, uri: str | None,
+                 store: Any, vocabulary: list[str] | None, device: str, threads: int) -> None:  # fmt: skip
+        import torch
+
+        from .model import ClairModel
+
+        torch.set_num_threads(threads)  # one actor per core: intra-op threads would oversubscribe it
+        self.model = ClairModel.load(model_dir, device=device)
+        self.domain, self.vocabulary = domain, vocabulary
+        self.sink = _Sink(actor=store) if store is not None else _Sink(writer=Writer(backend, uri, collection))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .data import load_image
+        from .errors import CorruptImageError
+        from .indexing import encode_records
+
+        n = len(batch["path"])
+        status = np.array(["skipped"] * n, dtype=object)
+        error = np.array([str(e) for e in batch["error"]], dtype=object)
+        ok = [i for i in range(n) if not error[i]]
+        present = self.sink("existing", [str(batch["id"][i]) for i in ok])
+        items = []
+        for i in ok:
+            if str(batch["id"][i]) in present:
+                status[i] = "present"
+                continue
+            try:
+                items.append((i, load_image(str(batch["path"][i]))))
+            except CorruptImageError as exc:
+                error[i] = exc.reason
+        if items:
+            records = encode_records(self.model, self.domain, [(str(batch["id"][i]), im, str(batch["path"][i]),
+                                                                str(batch["label"][i])) for i, im in items],
+                                     self.vocabulary)  # fmt: skip
+            self.sink("write", [(r.id, r.vector, r.payload) for r in records], self.model.model_id)
+            for i, _ in items:
+                status[i] = "indexed"
+        replaced = np.zeros(n, np.int64)  # the batch's count rides on its first row
+        if n:
+            replaced[0] = self.sink("replace_stale", self.domain, {str(batch["path"][i]): str(batch["id"][i]) for i in ok})
+        return {"path": batch["path"], "status": status, "error": error, "replaced": replaced}
+
+
+# ---------------------------------------------------------------------- the job
+def _gpus_per_actor(gpus: str, actors: int) -> float:
+    import ray
+
+    if gpus not in ("auto", "yes", "no"):
+        raise ValueError(f"gpus must be auto, yes or no, got {gpus!r}")
+    have = ray.cluster_resources().get("GPU", 0)
+    if gpus == "yes" and have < actors:
+        raise ValueError(f"{actors} GPU actors requested but the Ray cluster has {have:g} GPUs; lower --actors or pass --gpus no")
+    return 1.0 if gpus == "yes" or (gpus == "auto" and have >= actors) else 0.0
+
+
+def ray_index(
+    collection: str,
+    inputs: Sequence[str | Path],
+    *,
+    model_dir: str | Path,
+    domain: str | None = None,
+    backend: str | None = None,
+    uri: str | None = None,
+    actors: int = 1,
+    batch_size: int = 64,
+    label_from_folder: bool = False,
+    labels: Sequence[str] | None = None,
+    gpus: str = "auto",
+    threads_per_actor: int = 1,
+    progress: bool = True,
+) -> Any:
+    """Index every image under ``inputs`` (folders or files) into ``collection`` on Ray.
+
+    Returns an :class:`~clair_vec.indexing.IndexSummary`. A Ray instance is started if none is
+    connected, and shut down again at the end.
+    """
+    import ray
+
+    from .indexing import IndexSummary, prepare_collection
+    from .model_card import ModelCard
+    from .plugin_manager import get_backend
+    from .progress import progress_bar
+
+    if actors < 1:
+        raise ValueError(f"actors must be >= 1, got {actors}")
+    card = ModelCard.read(model_dir)  # the driver reads the checkpoint's metadata only: no torch, no CLIP
+    domain = domain or card.pivot
+    card.check_domain(domain)
+    missing = [str(i) for i in inputs if not Path(i).exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {missing}")
+    vocabulary = list(labels) if labels else None
+    started = not ray.is_initialized()
+    if started:
+        ray.init()
+    store_actor = None
+    try:
+        gpu = _gpus_per_actor(gpus, actors)
+        be = get_backend(backend, uri)
+        try:
+            prepare_collection(be, collection, card)
+        finally:
+            be.close()
+        embedded = not (uri or "").startswith(SERVER_SCHEMES)
+        if embedded:  # one process may open the store: everyone writes through this actor
+            store_actor = ray.remote(num_cpus=0)(StoreActor).remote(backend, uri, collection)
+        summary = IndexSummary(collection, be.name)
+        ds = (
+            ray.data.from_items([{"input": str(i)} for i in inputs])
+            .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder})
+            .map_batches(hash_batch, fn_kwargs={"domain": domain}, batch_size=256, batch_format="numpy")
+            .map_batches(
+                EncodeActor,
+                fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "domain": domain, "collection": collection,
+                                       "backend": backend, "uri": uri, "store": store_actor, "vocabulary": vocabulary,
+                                       "device": "cuda" if gpu else "cpu", "threads": threads_per_actor},  # fmt: skip
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                batch_size=batch_size,
+                num_gpus=gpu,
+                num_cpus=0 if gpu else 1,
+                batch_format="numpy",
+            )
+        )
+        t0 = time.monotonic()
+        with progress_bar(total=0, desc=f"index {collection} on Ray", unit="img", enabled=progress) as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for path, status, error in zip(batch["path"], batch["status"], batch["error"], strict=True):
+                    if status == "indexed":
+                        summary.indexed += 1
+                    elif status == "present":
+                        summary.already_present += 1
+                    else:
+                        summary.skipped.append((str(path), str(error)))
+                summary.replaced += int(batch["replaced"].sum())
+                bar.update(len(batch["path"]))
+                log.info("indexed %d, already present %d, skipped %d (%.1f s)", summary.indexed, summary.already_present,
+                         len(summary.skipped), time.monotonic() - t0)  # fmt: skip
+        if summary.indexed or summary.replaced:
+            if store_actor is not None:
+                ray.get(store_actor.flush.remote())
+            else:
+                with get_backend(backend, uri) as be:
+                    be.flush(collection)
+        return summary
+    finally:
+        if store_actor is not None:
+            try:
+                ray.get(store_actor.close.remote(), timeout=60)
+            finally:
+                ray.kill(store_actor)
+        if started:
+            ray.shutdown()

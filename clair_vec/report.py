@@ -1,0 +1,142 @@
+"""``clair-vec evaluate --report DIR``: one self-contained HTML page with everything beside it.
+
+``DIR/index.html`` loads only files in ``DIR`` (thumbnails and matplotlib charts, no CDN, no
+script): the metrics table, a bar chart per query domain, sample queries with their top-10 hits
+framed green (right class) or red (wrong), and the training run's pseudo-label statistics when
+the checkpoint recorded them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+THUMB = 112
+METRICS = ("mAP@all", "mAP@{k}", "P@100", "P@{k}", "mean_pairwise_cosine", "hubness")
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.better{font-weight:bold}
+.row{display:flex;gap:6px;align-items:center;margin:6px 0;flex-wrap:wrap}
+.q{border:3px solid #333;padding:1px}.hit{border:4px solid;padding:0}.ok{border-color:#2a2}.bad{border-color:#d22}
+figure{display:inline-block;margin:0;text-align:center;font-size:11px}figure img{display:block}
+.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px}.muted{color:#666}
+"""
+
+
+def _thumb(src: str, out_dir: Path) -> str:
+    """Copy a small JPEG of ``src`` into ``out_dir/img`` and return its relative path."""
+    name = hashlib.sha256(src.encode("utf-8", "surrogateescape")).hexdigest()[:16] + ".jpg"
+    target = out_dir / "img" / name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            im.thumbnail((THUMB, THUMB))
+            im.save(target, "JPEG", quality=85)
+    return f"img/{name}"
+
+
+def _bar_chart(result: dict[str, Any], out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = result["k"]
+    names = [f"mAP@{k}", f"P@{k}", "mAP@all"]
+    rows = result["rows"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.2), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=True):
+        x = range(len(names))
+        ax.bar([i - 0.2 for i in x], [row["raw_clip"][n] for n in names], 0.4, label="raw CLIP", color="#999")
+        ax.bar([i + 0.2 for i in x], [row["model"][n] for n in names], 0.4, label=f"model ({row['shipped']})", color="#2a6fdb")
+        ax.set_xticks(list(x), names)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{row['query']} → {row['gallery']}")
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=100)
+    plt.close(fig)
+    return "metrics.png"
+
+
+def _training_chart(stats: dict[str, Any], out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = stats["bins"]
+    domains = stats["domains"]
+    fig, axes = plt.subplots(1, len(domains), figsize=(3.6 * len(domains), 2.8), squeeze=False)
+    for ax, (d, s) in zip(axes[0], domains.items(), strict=True):
+        ax.bar(bins[:-1], s["confidence_histogram"], width=bins[1] - bins[0], align="edge", color="#2a6fdb", label="confidence")
+        ax.step(bins[:-1], s["weight_histogram"], where="post", color="#d22", label="refined weight")
+        ax.set_title(f"{d}: pseudo-label acc {s['pseudo_label_accuracy']:.2f}, kept {s['kept_fraction']:.2f}", fontsize=9)
+        ax.set_xlabel("score")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=100)
+    plt.close(fig)
+    return "training.png"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    k = result["k"]
+    metrics = [m.format(k=k) for m in METRICS]
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>clair_vec evaluation</title><style>{CSS}</style></head><body>",
+             "<h1>Zero-shot cross-domain retrieval</h1>",
+             f"<p>Model <code>{e(result['model'])}</code>; classes from {e(result['classes_from'])}: "
+             f"{e(', '.join(result['rows'][0]['classes'])) if result['rows'] else ''}.</p>"]  # fmt: skip
+    record = result.get("record") or {}
+    if record.get("warning"):
+        parts.append(f"<p class='warn'>{e(record['warning'])}</p>")
+    if record.get("validation"):
+        v = record["validation"]
+        parts.append(f"<p>Shipped: <b>{e(record.get('shipped', '?'))}</b> — validation {e(v.get('metric', ''))}: "
+                     f"trained head {_fmt(v['clair']['mean'])}, raw CLIP + mapping {_fmt(v['mapping_only']['mean'])} "
+                     f"(best epoch {e(str(record.get('best_epoch')))}).</p>")  # fmt: skip
+    head = "".join(f"<th>{e(m)}</th>" for m in metrics)
+    parts.append(f"<table><tr><th class=l>query → gallery</th><th class=l>method</th>{head}<th>queries</th><th>gallery</th></tr>")
+    for row in result["rows"]:
+        for method, label in (("raw_clip", "raw CLIP"), ("model", f"model ({row['shipped']})")):
+            cells = "".join(f"<td>{_fmt(row[method][m])}</td>" for m in metrics)
+            parts.append(f"<tr><td class=l>{e(row['query'])} → {e(row['gallery'])}</td><td class=l>{e(label)}</td>{cells}"
+                         f"<td>{row['queries']}</td><td>{row['gallery_size']}</td></tr>")  # fmt: skip
+    parts.append("</table><p class=muted>mAP@k and P@k as in the UCDR protocol (spec §5.5). mean_pairwise_cosine: of "
+                 "the query embeddings (near 1 = collapsed). hubness: share of queries whose top-1 is the most common top-1.</p>")
+    if result["rows"]:
+        parts.append(f"<h2>Per domain</h2><img alt='metrics per query domain' src='{_bar_chart(result, out)}'>")
+    parts.append("<h2>Sample queries and their top-10 hits</h2><p class=muted>green: same class as the query; red: another class.</p>")
+    for domain, samples in result["samples"].items():
+        parts.append(f"<h3>{e(domain)}</h3>")
+        for s in samples:
+            hits = "".join(
+                f"<figure><img class='hit {'ok' if h['label'] == s['label'] else 'bad'}' src='{_thumb(h['path'], out)}' "
+                f"width={THUMB // 1.4:.0f} alt='{e(h['label'])}'>{e(h['label'])}</figure>"
+                for h in s["hits"]
+            )
+            parts.append(f"<div class=row><figure><img class=q src='{_thumb(s['query'], out)}' width={THUMB} "
+                         f"alt='query {e(s['label'])}'>query: {e(s['label'])}</figure>{hits}</div>")  # fmt: skip
+    stats = record.get("stats")
+    if stats:
+        parts.append(f"<h2>Training pseudo-labels</h2><img alt='pseudo-label confidence' src='{_training_chart(stats, out)}'>")
+    parts.append("</body></html>")
+    page = out / "index.html"
+    page.write_text("\n".join(parts), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({k_: v for k_, v in result.items() if k_ != "record"}, indent=2, default=str))
+    return page

@@ -1,0 +1,351 @@
+"""``clair-vec serve``: an HTTP search service over one collection, and a page to draw queries on.
+
+The app holds one :class:`~clair_vec.retriever.Retriever` (model and backend opened once at
+start-up) and serves:
+
+- ``POST /search``: multipart ``image`` + ``domain`` [+ ``top_k``, repeatable ``label``], or JSON
+  ``{"image": <base64 or data URL>, "domain", "top_k", "label": [...]}`` -> ``{"hits", "took_ms"}``
+- ``GET /images/{id}``: a JPEG thumbnail of a hit's stored image
+- ``GET /``, ``GET /info``, ``GET /collections``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``
+
+Bad input is answered with a status and a message that names the problem, never a traceback.
+``/images/{id}`` opens no path taken from the request: it looks the id up in the collection and
+serves the stored path only if its bytes still hash to that id (and, with ``gallery_roots``, only
+if it resolves, symlinks followed, under one of them).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BackendUnavailableError, ClairVecError, CollectionNotFoundError, UnknownDomainError
+from .ids import ID_PATTERN, content_digest, record_id
+from .retriever import Retriever
+
+log = logging.getLogger(__name__)
+MAX_TOP_K = 200
+THUMB_SIZES = (64, 128, 160, 256, 512)
+_ID = re.compile(ID_PATTERN)
+MAX_IMAGE_FILE = 64 * 1024 * 1024  # a gallery file larger than this is not thumbnailed
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class Thumbnails:
+    """Verified, resized gallery images, cached by (id, size) in a bounded LRU."""
+
+    def __init__(self, retriever: Retriever, collection: str, roots: Sequence[str | Path] | None, capacity: int = 512):
+        self.retriever, self.collection = retriever, collection
+        self.roots = [os.path.realpath(r) for r in roots or []]
+        self.capacity = capacity
+        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, rid: str, size: int) -> bytes:
+        key = (rid, size)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        data = self._render(rid, size)
+        with self._lock:
+            self._cache[key] = data
+            while len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+        return data
+
+    def _render(self, rid: str, size: int) -> bytes:
+        if not _ID.fullmatch(rid):
+            raise HTTPProblem(404, f"no image {rid!r}: ids are 32 hex digits, as returned in search hits")
+        payload = self.retriever.get(self.collection, [rid]).get(rid)
+        if payload is None:
+            raise HTTPProblem(404, f"no record {rid} in collection {self.collection!r}")
+        path, domain = payload.get("path"), payload.get("domain", "")
+        if not isinstance(path, str) or not path or path.startswith("<"):
+            raise HTTPProblem(404, f"record {rid} was indexed from an in-memory image; there is no file to show")
+        real = os.path.realpath(path)
+        if self.roots and not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots):
+            raise HTTPProblem(404, f"the file of record {rid} is outside the served gallery folders")
+        try:
+            if os.path.getsize(real) > MAX_IMAGE_FILE:
+                raise HTTPProblem(404, f"the file of record {rid} is too large to thumbnail")
+            data = Path(real).read_bytes()
+        except OSError:
+            raise HTTPProblem(404, f"the file of record {rid} is gone") from None
+        if record_id(domain, content_digest(data)) != rid:  # only ever the exact bytes that were indexed
+            raise HTTPProblem(404, f"the file of record {rid} changed since it was indexed; re-index the gallery")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im = im.convert("RGB")
+                im.thumbnail((size, size))
+                out = io.BytesIO()
+                im.save(out, "JPEG", quality=85)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise HTTPProblem(404, f"the file of record {rid} cannot be decoded: {exc}") from None
+        return out.getvalue()
+
+
+def decode_upload(data: bytes) -> Image.Image:
+    if not data:
+        raise HTTPProblem(400, "the image is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise HTTPProblem(413, f"the image has too many pixels: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise HTTPProblem(400, f"the upload is not an image PIL can read (PNG, JPEG, WebP, ...): {type(exc).__name__}") from None
+
+
+def create_app(
+    retriever: Retriever,
+    collection: str,
+    *,
+    gallery_roots: Sequence[str | Path] | None = None,
+    max_upload_bytes: int = 10 * 1024 * 1024,
+    max_top_k: int = MAX_TOP_K,
+) -> Any:
+    """The ASGI app (FastAPI). ``retriever`` stays open for the app's lifetime."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    model = retriever.model
+    thumbs = Thumbnails(retriever, collection, gallery_roots)
+    app = FastAPI(title="clair_vec", summary="Cross-domain image search", docs_url="/docs", redoc_url=None)
+    registry = CollectorRegistry()
+    requests_total = Counter("clair_vec_http_requests_total", "HTTP requests by route and status",
+                             ["method", "route", "status"], registry=registry)  # fmt: skip
+    latency = Histogram("clair_vec_http_request_seconds", "HTTP request latency by route", ["route"], registry=registry,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
+    gallery = Gauge("clair_vec_gallery_size", "records in the served collection", ["collection"], registry=registry)
+    page = files("clair_vec").joinpath("web/index.html").read_text(encoding="utf-8")
+    served_by = f"{socket.gethostname()}:{os.getpid()}"  # which replica answered, behind a load balancer
+
+    def route_of(request: Request) -> str:
+        for r in app.router.routes:
+            if getattr(r, "path_regex", None) is not None and r.path_regex.fullmatch(request.url.path):
+                return r.path
+        return "other"
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        length = request.headers.get("content-length")
+        t0 = time.perf_counter()
+        if request.method == "POST" and length and length.isdigit() and int(length) > max_upload_bytes + 64 * 1024:
+            response = JSONResponse({"detail": _too_large(int(length), max_upload_bytes)}, status_code=413)
+        else:
+            response = await call_next(request)
+        response.headers["X-Served-By"] = served_by
+        route = route_of(request)
+        requests_total.labels(request.method, route, str(response.status_code)).inc()
+        latency.labels(route).observe(time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(HTTPProblem)
+    async def problem(_request: Request, exc: HTTPProblem):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError):
+        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"detail": msgs}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        if isinstance(exc, BackendUnavailableError):
+            return JSONResponse({"detail": f"the vector database does not answer: {exc}"}, status_code=503)
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has the details"}, status_code=500)
+
+    def run_search(image: Image.Image, domain: str | None, top_k: Any, labels: list[str]) -> dict:
+        t0 = time.perf_counter()
+        if not domain:
+            raise HTTPProblem(422, f"domain is required: one of {model.domains}")
+        if domain not in model.domains:
+            raise HTTPProblem(422, f"unknown domain {domain!r}: this model knows {model.domains}")
+        try:
+            k = int(top_k) if top_k not in (None, "") else 10
+        except (TypeError, ValueError):
+            raise HTTPProblem(422, f"top_k must be an integer from 1 to {max_top_k}, got {top_k!r}") from None
+        if not 1 <= k <= max_top_k:
+            raise HTTPProblem(422, f"top_k must be an integer from 1 to {max_top_k}, got {k}")
+        flt = {"label": labels} if labels else None
+        try:
+            rows = retriever.search(collection, [image], domain=domain, top_k=k, filter=flt)
+        except UnknownDomainError as exc:
+            raise HTTPProblem(422, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPProblem(422, str(exc)) from None
+        hits = [{"id": h.id, "score": round(h.score, 6), **h.payload, "image_url": f"images/{h.id}"} for h in rows[0]]
+        return {"hits": hits, "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
+
+    @app.post("/search", summary="search with an image (multipart or JSON)")
+    async def search(request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise HTTPProblem(400, "multipart field 'image' must be a file")
+            data = await upload.read(max_upload_bytes + 1)
+            domain, top_k, labels = form.get("domain"), form.get("top_k"), [str(v) for v in form.getlist("label")]
+        elif ctype.startswith("application/json"):
+            try:
+                body = await request.json()
+            except ValueError:
+                raise HTTPProblem(400, "the body is not valid JSON") from None
+            if not isinstance(body, dict) or not isinstance(body.get("image"), str):
+                raise HTTPProblem(400, 'JSON body must be an object with "image": a base64 string or a data: URL')
+            raw = body["image"].split(",", 1)[1] if body["image"].startswith("data:") else body["image"]
+            if len(raw) > (max_upload_bytes * 4) // 3 + 8:
+                raise HTTPProblem(413, _too_large(len(raw) * 3 // 4, max_upload_bytes))
+            try:
+                data = base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                raise HTTPProblem(400, '"image" is not valid base64') from None
+            label = body.get("label") or []
+            labels = [label] if isinstance(label, str) else label
+            if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
+                raise HTTPProblem(422, '"label" must be a string or a list of strings')
+            domain, top_k = body.get("domain"), body.get("top_k")
+        else:
+            raise HTTPProblem(415, "send multipart/form-data (field 'image') or application/json ({\"image\": base64})")
+        if len(data) > max_upload_bytes:
+            raise HTTPProblem(413, _too_large(len(data), max_upload_bytes))
+        image = decode_upload(data)
+        return await run_in_threadpool(run_search, image, domain if domain is None else str(domain), top_k, labels)
+
+    @app.get("/images/{rid}", summary="thumbnail of a stored image")
+    async def image(rid: str, size: int = 160):
+        from starlette.concurrency import run_in_threadpool
+
+        if size not in THUMB_SIZES:
+            raise HTTPProblem(422, f"size must be one of {list(THUMB_SIZES)}")
+        data = await run_in_threadpool(thumbs.get, rid, size)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/info")
+    async def info():
+        return {"collection": collection, "model": model.model_id, "domains": model.domains, "gallery_domain": model.pivot,
+                "query_domains": [d for d in model.domains if d != model.pivot], "max_top_k": max_top_k,
+                "max_upload_bytes": max_upload_bytes}  # fmt: skip
+
+    @app.get("/collections")
+    async def collections():
+        from starlette.concurrency import run_in_threadpool
+
+        names = await run_in_threadpool(retriever.backend.list_collections)
+        return {"collections": names, "serving": collection, "backend": retriever.backend.name}
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            n = await run_in_threadpool(_count, retriever, collection)
+        except Exception as exc:  # not ready is an answer, not an error
+            return JSONResponse({"status": "unavailable", "detail": f"{type(exc).__name__}: {exc}"}, status_code=503)
+        return {"status": "ready", "model": model.model_id, "collection": collection, "count": n}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            gallery.labels(collection).set(await run_in_threadpool(_count, retriever, collection))
+        except Exception:  # the gauge keeps its last value while the database is away
+            log.warning("gallery size unavailable for /metrics", exc_info=True)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _count(retriever: Retriever, collection: str) -> int:
+    with retriever._lock:
+        return retriever.backend.count(collection)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"the upload is {size / 2**20:.1f} MiB; the limit is {limit / 2**20:.1f} MiB (--max-upload-mb)"
+
+
+def open_retriever(model: str | Path | None, collection: str, *, backend: str | None, uri: str | None) -> Retriever:
+    """Open model and backend and check the collection, so a bad start fails before serving."""
+    r = Retriever(model, backend=backend, uri=uri)
+    try:
+        r.collection(collection)
+    except CollectionNotFoundError as exc:
+        r.close()
+        raise ClairVecError(f"cannot serve: {exc}") from None
+    except BaseException:
+        r.close()
+        raise
+    return r
+
+
+def serve(
+    model: str | Path | None,
+    collection: str,
+    *,
+    backend: str | None = None,
+    uri: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    ray: bool = False,
+    replicas: int = 1,
+    gallery_roots: Sequence[str] | None = None,
+    max_upload_mb: float = 10.0,
+) -> None:
+    options = {"gallery_roots": gallery_roots, "max_upload_bytes": int(max_upload_mb * 2**20)}
+    if ray:
+        from .serve_ray import run
+
+        run(model, collection, backend=backend, uri=uri, host=host, port=port, replicas=replicas, **options)
+        return
+    if replicas != 1:
+        raise ClairVecError("--replicas needs --ray: one uvicorn process serves one replica")
+    import uvicorn
+
+    retriever = open_retriever(model, collection, backend=backend, uri=uri)
+    try:
+        print(f"clair-vec serve: {collection!r} on {retriever.backend.name} at http://{host}:{port}/", flush=True)
+        uvicorn.run(create_app(retriever, collection, **options), host=host, port=port, log_level="warning")
+    finally:
+        retriever.close()

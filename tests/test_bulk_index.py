@@ -1,0 +1,190 @@
+"""Bulk indexing on Ray (ray_jobs/index.py, clair_vec.bulk_index): streaming, torch-free hashing,
+skipped files, and exactly-once after kill -9 of the driver or of a worker, on an embedded store
+and on the Milvus server that `make test` starts. Jobs run as their own processes, as users run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = [sys.executable, str(ROOT / "ray_jobs" / "index.py")]
+
+
+def count(backend: str, uri: str, collection: str) -> int:
+    from clair_vec import get_backend
+
+    with get_backend(backend, uri) as be:
+        return be.count(collection) if be.has_collection(collection) else 0
+
+
+def ids_are_unique(backend: str, uri: str, collection: str) -> tuple[int, int]:
+    """(records, distinct paths): equal when every image is stored exactly once."""
+    from clair_vec import get_backend
+
+    with get_backend(backend, uri) as be:
+        payloads = [p for _, p in be.records(collection)]
+    return len(payloads), len({p["path"] for p in payloads})
+
+
+@pytest.fixture(scope="module")
+def big_gallery(tmp_path_factory):
+    """600 photos: enough that a job is still writing a second or two after its first batches."""
+    from clair_vec.synthetic import make_shapes_dataset
+
+    root = make_shapes_dataset(tmp_path_factory.mktemp("big") / "data", per_class=50, domains=("photo",), seed=1)
+    return root / "photo"
+
+
+def run_job(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*JOB, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_hashing_and_listing_import_neither_torch_nor_open_clip():
+    code = ("import sys, clair_vec.bulk_index, clair_vec.ids, clair_vec.data; "
+            "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_index_job_reports_skips_and_resumes(model_dir, shapes_root, tmp_path):
+    gallery = tmp_path / "gallery"
+    (gallery / "heart").mkdir(parents=True)
+    for f in sorted((shapes_root / "photo" / "heart").iterdir()):
+        (gallery / "heart" / f.name).write_bytes(f.read_bytes())
+    (gallery / "heart" / "broken.png").write_bytes(b"not a png")
+    bad_name = os.fsencode(str(gallery / "heart")) + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
+    with open(bad_name, "wb") as fh:
+        fh.write((shapes_root / "photo" / "arrow" / "0000.png").read_bytes())
+    uri = str(tmp_path / "g.db")
+    out = run_job("--model", str(model_dir), "--collection", "g", "--uri", uri, "--label-from-folder", "--actors", "2",
+                  "--batch-size", "3", str(gallery))  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = json.loads(out.stdout.splitlines()[-1])
+    assert s["indexed"] == 8 and s["already_present"] == 0
+    reasons = dict(s["skipped"])
+    assert "UnidentifiedImageError" in reasons[str(gallery / "heart" / "broken.png")]
+    assert "not valid UTF-8" in reasons[str(gallery / "heart") + "/caf\\xe9.png"]
+    assert count("milvus", uri, "g") == 8
+    again = json.loads(run_job("--model", str(model_dir), "--collection", "g", "--uri", uri, str(gallery)).stdout.splitlines()[-1])
+    assert again["indexed"] == 0 and again["already_present"] == 8 and len(again["skipped"]) == 2
+    bad = run_job("--model", str(model_dir), "--collection", "g", "--uri", uri, "--domain", "x-ray", str(gallery))
+    assert bad.returncode == 2 and "unknown domain 'x-ray'" in bad.stderr and "Started a local Ray" not in bad.stderr
+
+
+def _kill_driver_mid_run(args: list[str], after_lines: int = 2) -> str:
+    """Start the job, wait for its first progress lines, kill -9 the driver alone. Returns stderr."""
+    proc = subprocess.Popen([*JOB, "-v", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    seen, lines = 0, []
+    deadline = time.monotonic() + 300
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "indexed" in line and "already present" in line:
+                seen += 1
+                if seen >= after_lines:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+            if time.monotonic() > deadline:
+                break
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed:\n" + "".join(lines[-20:])
+        return "".join(lines)
+    finally:
+        _reap_group(proc.pid)
+
+
+def _reap_group(pgid: int) -> None:
+    """Whatever Ray left of the killed driver's session must go too (it would hold the store)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.parametrize("store", ["milvus_lite", "qdrant_edge", "milvus_server"])
+def test_kill_the_driver_mid_run_then_rerun_stores_each_image_once(store, model_dir, big_gallery, tmp_path):
+    import uuid
+
+    backend, uri = {"milvus_lite": ("milvus", str(tmp_path / "g.db")), "qdrant_edge": ("qdrant", str(tmp_path / "q")),
+                    "milvus_server": ("milvus", os.environ.get("MILVUS_URI"))}[store]  # fmt: skip
+    if uri is None:
+        pytest.skip("MILVUS_URI is not set: run through `make test`, which starts a Milvus server")
+    name = f"killed_{uuid.uuid4().hex[:8]}"
+    args = ["--model", str(model_dir), "--collection", name, "--backend", backend, "--uri", uri, "--batch-size", "8"]
+    _kill_driver_mid_run([*args, str(big_gallery)])
+    partial = count(backend, uri, name)  # the store opens again: nothing of the killed job holds it
+    assert partial < 600
+    out = run_job(*args, str(big_gallery))
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = json.loads(out.stdout.splitlines()[-1])
+    assert s["already_present"] == partial and s["indexed"] == 600 - partial and s["skipped"] == []
+    assert ids_are_unique(backend, uri, name) == (600, 600)
+    if store == "milvus_server":
+        from clair_vec import get_backend
+
+        with get_backend(backend, uri) as be:
+            be.drop_collection(name)
+
+
+def test_kill_a_worker_mid_run_and_the_collection_still_holds_each_image_once(model_dir, big_gallery):
+    import uuid
+
+    uri = os.environ.get("MILVUS_URI")
+    if uri is None:
+        pytest.skip("MILVUS_URI is not set: run through `make test`, which starts a Milvus server")
+    name = f"workerkill_{uuid.uuid4().hex[:8]}"
+    args = ["--model", str(model_dir), "--collection", name, "--uri", uri, "--batch-size", "8", "--actors", "2",
+            str(big_gallery)]  # fmt: skip
+    proc = subprocess.Popen([*JOB, "-v", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    killed = None
+    try:
+        for line in proc.stderr:
+            if "indexed" in line and "already present" in line:
+                killed = _kill_one_encode_actor(proc.pid)
+                if killed:
+                    break
+        out, err = proc.communicate(timeout=600)
+    finally:
+        _reap_group(proc.pid)
+    assert killed, "no encoding actor was found to kill"
+    # Ray Data restarts the actor and retries its batch, or the job fails: either way a re-run completes it
+    rerun = run_job(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    s = json.loads(rerun.stdout.splitlines()[-1])
+    assert s["indexed"] + s["already_present"] == 600
+    assert ids_are_unique("milvus", uri, name) == (600, 600)
+    from clair_vec import get_backend
+
+    with get_backend("milvus", uri) as be:
+        be.drop_collection(name)
+
+
+def _kill_one_encode_actor(job_pid: int) -> int | None:
+    """SIGKILL one process of the job's actor pool (``ray::MapWorker(...EncodeActor)``)."""
+    out = subprocess.run(["ps", "-eo", "pid,sess,args"], capture_output=True, text=True).stdout.splitlines()[1:]
+    for line in out:
+        pid, sess, cmd = line.split(None, 2)
+        if "EncodeActor" in cmd and cmd.startswith("ray::") and int(sess) == job_pid:
+            os.kill(int(pid), signal.SIGKILL)
+            return int(pid)
+    return None
