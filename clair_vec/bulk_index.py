@@ -225,10 +225,17 @@ def ray_index(
         if embedded:  # one process may open the store: everyone writes through this actor
             store_actor = ray.remote(num_cpus=0)(StoreActor).remote(backend, uri, collection)
         summary = IndexSummary(collection, be.name)
+        # listing and hashing ask for no CPU: they are I/O-light, must never wait for CPUs the encoding
+        # actors hold (on 2 cores, 2 actors hold both), and a resource spec unlike the actors' keeps
+        # Ray Data from fusing them into the actor processes, which import torch
+        # rows are ~200 bytes: at the default 128 MiB target a whole folder would be one block, fed to
+        # one actor; blocks of about a batch spread the work over the actor pool as it streams
+        ray.data.DataContext.get_current().target_max_block_size = max(16 * 1024, batch_size * 256)
         ds = (
             ray.data.from_items([{"input": str(i)} for i in inputs])
-            .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder})
-            .map_batches(hash_batch, fn_kwargs={"domain": domain}, batch_size=256, batch_format="numpy")
+            .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder}, num_cpus=0)
+            .map_batches(hash_batch, fn_kwargs={"domain": domain}, batch_size=batch_size, batch_format="numpy", num_cpus=0,
+                         compute=ray.data.TaskPoolStrategy(size=2))
             .map_batches(
                 EncodeActor,
                 fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "domain": domain, "collection": collection,

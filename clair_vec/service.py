@@ -31,7 +31,13 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import BackendUnavailableError, ClairVecError, CollectionNotFoundError, UnknownDomainError
 from .ids import ID_PATTERN, content_digest, record_id
@@ -124,14 +130,8 @@ def create_app(
     gallery_roots: Sequence[str | Path] | None = None,
     max_upload_bytes: int = 10 * 1024 * 1024,
     max_top_k: int = MAX_TOP_K,
-) -> Any:
+) -> FastAPI:
     """The ASGI app (FastAPI). ``retriever`` stays open for the app's lifetime."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     model = retriever.model
     thumbs = Thumbnails(retriever, collection, gallery_roots)
     app = FastAPI(title="clair_vec", summary="Cross-domain image search", docs_url="/docs", redoc_url=None)
@@ -208,10 +208,8 @@ def create_app(
 
     @app.post("/search", summary="search with an image (multipart or JSON)")
     async def search(request: Request):
-        from starlette.concurrency import run_in_threadpool
-
         ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
+        if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             form = await request.form()
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
@@ -246,8 +244,6 @@ def create_app(
 
     @app.get("/images/{rid}", summary="thumbnail of a stored image")
     async def image(rid: str, size: int = 160):
-        from starlette.concurrency import run_in_threadpool
-
         if size not in THUMB_SIZES:
             raise HTTPProblem(422, f"size must be one of {list(THUMB_SIZES)}")
         data = await run_in_threadpool(thumbs.get, rid, size)
@@ -265,8 +261,6 @@ def create_app(
 
     @app.get("/collections")
     async def collections():
-        from starlette.concurrency import run_in_threadpool
-
         names = await run_in_threadpool(retriever.backend.list_collections)
         return {"collections": names, "serving": collection, "backend": retriever.backend.name}
 
@@ -276,8 +270,6 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz():
-        from starlette.concurrency import run_in_threadpool
-
         try:
             n = await run_in_threadpool(_count, retriever, collection)
         except Exception as exc:  # not ready is an answer, not an error
@@ -286,8 +278,6 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics():
-        from starlette.concurrency import run_in_threadpool
-
         try:
             gallery.labels(collection).set(await run_in_threadpool(_count, retriever, collection))
         except Exception:  # the gauge keeps its last value while the database is away

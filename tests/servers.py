@@ -194,7 +194,8 @@ def main(argv: list[str]) -> int:
         return 2
     command = argv[argv.index("--") + 1 :]
     work = Path(tempfile.mkdtemp(prefix="clair-servers-"))
-    env = dict(os.environ)
+    # grpc core logs every keepalive GOAWAY from the milvus-lite server to stderr: noise in test output
+    env = {"GRPC_VERBOSITY": "NONE", **os.environ}
     started: list[subprocess.Popen] = []
     pidfile = work / "milvus-server.json"
     try:

@@ -66,17 +66,18 @@ def test_index_job_reports_skips_and_resumes(model_dir, shapes_root, tmp_path):
     bad_name = os.fsencode(str(gallery / "heart")) + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
     with open(bad_name, "wb") as fh:
         fh.write((shapes_root / "photo" / "arrow" / "0000.png").read_bytes())
-    uri = str(tmp_path / "g.db")
-    out = run_job("--model", str(model_dir), "--collection", "g", "--uri", uri, "--label-from-folder", "--actors", "2",
-                  "--batch-size", "3", str(gallery))  # fmt: skip
+    uri = str(tmp_path / "q")  # Qdrant Edge here; the kill tests below use Milvus Lite and the server
+    out = run_job("--model", str(model_dir), "--collection", "g", "--backend", "qdrant", "--uri", uri, "--label-from-folder",
+                  "--actors", "2", "--batch-size", "3", str(gallery))  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     s = json.loads(out.stdout.splitlines()[-1])
     assert s["indexed"] == 8 and s["already_present"] == 0
     reasons = dict(s["skipped"])
     assert "UnidentifiedImageError" in reasons[str(gallery / "heart" / "broken.png")]
     assert "not valid UTF-8" in reasons[str(gallery / "heart") + "/caf\\xe9.png"]
-    assert count("milvus", uri, "g") == 8
-    again = json.loads(run_job("--model", str(model_dir), "--collection", "g", "--uri", uri, str(gallery)).stdout.splitlines()[-1])
+    assert count("qdrant", uri, "g") == 8
+    again = run_job("--model", str(model_dir), "--collection", "g", "--backend", "qdrant", "--uri", uri, str(gallery))
+    again = json.loads(again.stdout.splitlines()[-1])
     assert again["indexed"] == 0 and again["already_present"] == 8 and len(again["skipped"]) == 2
     bad = run_job("--model", str(model_dir), "--collection", "g", "--uri", uri, "--domain", "x-ray", str(gallery))
     assert bad.returncode == 2 and "unknown domain 'x-ray'" in bad.stderr and "Started a local Ray" not in bad.stderr
@@ -120,16 +121,15 @@ def _reap_group(pgid: int) -> None:
         pass
 
 
-@pytest.mark.parametrize("store", ["milvus_lite", "qdrant_edge", "milvus_server"])
+@pytest.mark.parametrize("store", ["milvus_lite", "milvus_server"])
 def test_kill_the_driver_mid_run_then_rerun_stores_each_image_once(store, model_dir, big_gallery, tmp_path):
     import uuid
 
-    backend, uri = {"milvus_lite": ("milvus", str(tmp_path / "g.db")), "qdrant_edge": ("qdrant", str(tmp_path / "q")),
-                    "milvus_server": ("milvus", os.environ.get("MILVUS_URI"))}[store]  # fmt: skip
+    backend, uri = {"milvus_lite": ("milvus", str(tmp_path / "g.db")), "milvus_server": ("milvus", os.environ.get("MILVUS_URI"))}[store]
     if uri is None:
         pytest.skip("MILVUS_URI is not set: run through `make test`, which starts a Milvus server")
     name = f"killed_{uuid.uuid4().hex[:8]}"
-    args = ["--model", str(model_dir), "--collection", name, "--backend", backend, "--uri", uri, "--batch-size", "8"]
+    args = ["--model", str(model_dir), "--collection", name, "--backend", backend, "--uri", uri, "--batch-size", "2"]
     _kill_driver_mid_run([*args, str(big_gallery)])
     partial = count(backend, uri, name)  # the store opens again: nothing of the killed job holds it
     assert partial < 600
@@ -152,7 +152,7 @@ def test_kill_a_worker_mid_run_and_the_collection_still_holds_each_image_once(mo
     if uri is None:
         pytest.skip("MILVUS_URI is not set: run through `make test`, which starts a Milvus server")
     name = f"workerkill_{uuid.uuid4().hex[:8]}"
-    args = ["--model", str(model_dir), "--collection", name, "--uri", uri, "--batch-size", "8", "--actors", "2",
+    args = ["--model", str(model_dir), "--collection", name, "--uri", uri, "--batch-size", "2", "--actors", "2",
             str(big_gallery)]  # fmt: skip
     proc = subprocess.Popen([*JOB, "-v", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip

@@ -142,7 +142,7 @@ def test_thumbnails_serve_only_the_indexed_bytes(client, gallery, tmp_path):
     assert Image.open(io.BytesIO(client.get(f"/{first['image_url']}?size=64").content)).size[0] <= 64
     assert client.get(f"/{first['image_url']}?size=99999").status_code == 422
     # ids never reach the file system: traversal, absolute paths and unknown ids are all just "no such record"
-    for bad in ("..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "0" * 32, "ZZ" * 16, "../" * 5):
+    for bad in ("..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "0" * 32, "ZZ" * 16):
         assert client.get(f"/images/{bad}").status_code == 404, bad
     # a gallery file swapped for a symlink to a file outside the gallery: its bytes no longer match
     secret = tmp_path / "secret.png"
