@@ -7,9 +7,8 @@ scripts in ``ray_jobs/`` are thin command lines over these functions. Ray is imp
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,12 @@ import numpy as np
 import torch
 
 from .config import ClairConfig
-from .data import MultiDomainDataset, hold_out_classes, load_images, split_dataset
+from .data import MultiDomainDataset, load_images, plan_split
 from .features import DomainFeatures, encode_domain_images, extract_features
 from .foundation import FoundationModel
+from .model import ClairModel
 from .tensor_files import load_tensor_file
+from .train_job import choose, progress_record
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 torch.save(trainer.state_dict(), Path(d) / "trainer.pt")
-                trainer.build_model().save(Path(d) / "model")
+                # the best validation epoch so far: what ships if the run stops here
+                trainer.build_model(best=True).save(Path(d) / "model")
+                (Path(d) / "progress.json").write_text(json.dumps(progress_record(trainer)))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -160,6 +163,7 @@ class TrainResult:
     model_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
+    record: dict[str, Any]
 
 
 def run_training(
@@ -187,47 +191,48 @@ def run_training(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if gpus not in ("auto", "yes", "no"):
         raise ValueError(f"gpus must be auto, yes or no, got {gpus!r}")
-    seen, unseen = split_dataset(Path(data), config.seed)  # raises DatasetError naming a missing folder
-    if not ray.is_initialized():
+    split = plan_split(Path(data), config.seed, val_fraction)  # raises DatasetError naming a missing folder
+    started = not ray.is_initialized()
+    if started:
         ray.init()
-    cluster_gpus = ray.cluster_resources().get("GPU", 0)
-    if gpus == "yes" and cluster_gpus < workers:
-        raise ValueError(f"{workers} GPU workers requested but the Ray cluster has {cluster_gpus:g} GPUs; "
-                         "lower --workers or pass --gpus no")  # fmt: skip
-    use_gpu = gpus == "yes" or (gpus == "auto" and cluster_gpus >= workers)
-    train_set, val_set = hold_out_classes(seen, val_fraction, seed=config.seed)
-    run_dir = Path(storage_path) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
-    if fm.pretrained is None:  # random CLIP (tests): workers load it from a file like any checkpoint
-        weights = run_dir / "foundation.pt"
-        if not weights.exists():
-            torch.save(fm.state_dict(), weights)
-        config = config.replace(clip_pretrained=str(weights))
+    try:
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus == "yes" and cluster_gpus < workers:
+            raise ValueError(f"{workers} GPU workers requested but the Ray cluster has {cluster_gpus:g} GPUs; "
+                             "lower --workers or pass --gpus no")  # fmt: skip
+        use_gpu = gpus == "yes" or (gpus == "auto" and cluster_gpus >= workers)
+        run_dir = Path(storage_path) / name
+        run_dir.mkdir(parents=True, exist_ok=True)
         fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
-    common = {"seed": config.seed, "actors": feature_actors, "gpus_per_actor": 1.0 if use_gpu else 0.0,
-              "cache_dir": run_dir / "features"}  # fmt: skip
-    feats = ray_extract_features(fm, train_set, n_views=config.n_views, **common)
-    val = ray_extract_features(fm, val_set, n_views=0, **common) if val_set is not None else None
-    loop_config = {"features": ray.put(feats), "val_features": ray.put(val) if val else None, "clair": config.to_dict(),
-                   "classes": train_set.classes, "use_gpu": use_gpu}  # fmt: skip
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        # same name + storage_path = resume: workers get the last checkpoint via get_checkpoint()
-        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    out = Path(out)
-    with result.checkpoint.as_directory() as d:
-        tmp = out.with_name(f".{out.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(Path(d) / "model", tmp)
-        history = load_tensor_file(Path(d) / "trainer.pt", what="Ray trainer checkpoint")["history"]
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    log.info("zero-shot classes held out of training: %s", unseen.classes)
-    return TrainResult(out, dict(result.metrics), history)
+        if fm.pretrained is None:  # random CLIP (tests): workers load it from a file like any checkpoint
+            weights = run_dir / "foundation.pt"
+            if not weights.exists():
+                torch.save(fm.state_dict(), weights)
+            config = config.replace(clip_pretrained=str(weights))
+            fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
+        common = {"seed": config.seed, "actors": feature_actors, "gpus_per_actor": 1.0 if use_gpu else 0.0,
+                  "cache_dir": run_dir / "features"}  # fmt: skip
+        feats = ray_extract_features(fm, split.train, n_views=config.n_views, **common)
+        val = ray_extract_features(fm, split.validation, n_views=0, **common) if split.validation is not None else None
+        loop_config = {"features": ray.put(feats), "val_features": ray.put(val) if val else None, "clair": config.to_dict(),
+                       "classes": split.train.classes, "use_gpu": use_gpu}  # fmt: skip
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+            # same name + storage_path = resume: workers get the last checkpoint via get_checkpoint()
+            run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
+        )
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        with result.checkpoint.as_directory() as d:
+            trained = ClairModel.load(Path(d) / "model")
+            progress = json.loads((Path(d) / "progress.json").read_text())
+        model = choose(trained, split, val, progress)
+        out = model.save(out)
+        log.info("zero-shot classes held out of training: %s", split.unseen.classes)
+        return TrainResult(out, dict(result.metrics), progress["history"], model.record)
+    finally:
+        if started:  # a Ray this call started ends with it: no worker or controller outlives the job
+            ray.shutdown()

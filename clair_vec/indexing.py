@@ -9,6 +9,7 @@ removed, so a path is stored once.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from .model_card import ModelCard
 from .plugin_manager import extra_payload, get_plugin_manager
 from .progress import progress_bar
 from .sources import ImageSource
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -135,6 +138,8 @@ def index_sources(
             if stale:
                 summary.replaced += be.delete(collection, stale)
             bar.update(len(chunk))
+            log.info("%s: %d/%d read; indexed %d, already present %d, skipped %d", collection, start + len(chunk),
+                     len(sources), summary.indexed, summary.already_present, len(summary.skipped))  # fmt: skip
     if summary.indexed or summary.replaced:
         be.flush(collection)
     return summary

@@ -36,14 +36,17 @@ def training_stats(trainer: ClairTrainer) -> dict[str, Any]:
     return out
 
 
-def finish(trainer: ClairTrainer, split: Split, val_features: dict | None) -> ClairModel:
-    """Best validation epoch vs mapping only; the shipped model carries the whole record."""
-    trained = trainer.build_model(best=True)
-    baseline = mapping_only_model(trainer.foundation, trainer.classes, trainer.domains, trainer.cfg)
+def progress_record(trainer: ClairTrainer) -> dict[str, Any]:
+    """What a run learned about itself: per-epoch history, best epoch, pseudo-label statistics."""
+    return {"best_epoch": trainer.best["epoch"] if trainer.best else trainer.epoch - 1, "epochs": trainer.epoch,
+            "history": [h.as_dict() for h in trainer.history], "stats": training_stats(trainer)}  # fmt: skip
+
+
+def choose(trained: ClairModel, split: Split, val_features: dict | None, progress: dict[str, Any]) -> ClairModel:
+    """Best validation epoch vs mapping only (B1); the shipped model carries the whole record."""
+    baseline = mapping_only_model(trained.foundation, trained.classes, trained.domains, trained.config)
     model, record = select(trained, baseline, val_features)
-    model.record = {**split.record(), **record, "best_epoch": trainer.best["epoch"] if trainer.best else trainer.epoch - 1,
-                    "epochs": trainer.epoch, "history": [h.as_dict() for h in trainer.history],
-                    "stats": training_stats(trainer)}  # fmt: skip
+    model.record = {**split.record(), **record, **progress}
     return model
 
 
@@ -64,4 +67,4 @@ def train_local(
     val = extract_features(fm, split.validation, n_views=0, cache_dir=cache_dir, progress=False) if split.validation else None
     trainer = ClairTrainer(config, fm, split.train.classes, feats, val_features=val, progress=progress)
     trainer.fit(on_epoch)
-    return finish(trainer, split, val)
+    return choose(trainer.build_model(best=True), split, val, progress_record(trainer))

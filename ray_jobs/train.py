@@ -4,9 +4,11 @@ The frozen-CLIP features are computed once on a Ray Data actor pool and cached u
 ``--storage-path/--name``; a Ray Train TorchTrainer then runs the same ClairTrainer as
 single-process training on every worker (head in DDP, batch slices per rank, memory banks kept
 in sync). Each epoch reports every loss term, pseudo-label confidence statistics and validation
-mAP@200 on held-out seen classes, and checkpoints trainer state and the deployable model.
-Re-running with the same --name resumes. The final model is written to --out, ready for
-``clair_vec.index(..., model=OUT)``. Without --clip-pretrained weights available, see README.
+mAP@200 on held-out seen classes, and checkpoints trainer state and the best epoch's model.
+Re-running with the same --name resumes. At the end the best epoch is compared with raw CLIP +
+the text mapping on the validation classes, and the better one is written to --out (with a
+warning when that is the mapping alone), ready for ``clair_vec.index(..., model=OUT)``.
+Without CLIP weights on the machine, ``clair-vec bootstrap-clip`` makes a stand-in.
 """
 
 from __future__ import annotations
@@ -18,21 +20,24 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    class Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Fmt)
     p.add_argument("--data", required=True, help="root/<domain>/<class>/<image>, optional {seen,unseen}_classes.txt")
     p.add_argument("--out", default="runs/clair", help="where the final model directory is written")
     p.add_argument("--storage-path", default="runs/ray", help="Ray Train storage (shared by all nodes on a cluster)")
     p.add_argument("--name", default="clair", help="run name; re-running with the same name resumes")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (one GPU each with --gpus yes/auto)")
     p.add_argument("--gpus", choices=["auto", "yes", "no"], default="auto", help="auto: one GPU per worker if the cluster has them")
     p.add_argument("--feature-actors", type=int, default=1, help="Ray Data actors for the CLIP forward pass")
     p.add_argument("--val-fraction", type=float, default=0.1, help="seen classes held out for validation mAP@200")
-    p.add_argument("--clip-model", default="ViT-B-32")
+    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture")
     p.add_argument("--clip-pretrained", default="openai", help="open_clip tag or local checkpoint; 'none' = random")
-    p.add_argument("--pivot", default="photo")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pivot", default="photo", help="gallery domain every other domain maps into")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=256, help="images per step over all workers, split evenly over domains")
+    p.add_argument("--seed", type=int, default=0, help="seeds the class split (without split files) and training")
     return p.parse_args(argv)
 
 
@@ -55,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for epoch in result.history:
         print(json.dumps({k: v for k, v in epoch.items() if isinstance(v, (int, float))}))
-    print(f"model written to {result.model_dir}")
+    r = result.record
+    if r.get("warning"):
+        print(f"train.py: warning: {r['warning']}", file=sys.stderr)
+    print(f"model written to {result.model_dir}: shipped {r['shipped']} ({r['reason']}); "
+          f"held out for zero-shot evaluation: {r['unseen_classes']}")
     return 0
 
 

@@ -73,9 +73,11 @@ def _is_lite(uri: str) -> bool:
 
 def _locked_by_another_process(path: Path) -> bool:
     """Whether Milvus Lite's advisory lock on ``path`` is held by another process right now."""
+    from milvus_lite.server_manager import server_manager_instance
+
     lock = path / "LOCK"
-    if not lock.exists():
-        return False
+    if not lock.exists() or os.path.abspath(path) in getattr(server_manager_instance, "_servers", {}):
+        return False  # no store yet, or this process serves it already (flock would conflict with ourselves)
     with open(lock, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,6 +127,9 @@ class MilvusBackend(Backend):
             return self._client
         from pymilvus import MilvusClient
 
+        # checked first, so the user gets this message rather than milvus_lite's logged traceback
+        if self.lite and _locked_by_another_process(Path(self.uri)):
+            raise self._locked()
         try:
             self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self._timeout)
             if self.lite:
@@ -132,12 +137,7 @@ class MilvusBackend(Backend):
                     _lite_handles[os.path.abspath(self.uri)] += 1
         except Exception as exc:
             if self.lite and _locked_by_another_process(Path(self.uri)):
-                raise StoreLockedError(
-                    f"Milvus Lite store {self.uri!r} is locked by another process: Milvus Lite opens a store in one "
-                    "process at a time. Stop that process, or serve the store to every process with "
-                    f"`milvus-lite server --data-dir {self.uri} --port 19531` and pass --uri http://127.0.0.1:19531 "
-                    "(or use a Milvus server)."
-                ) from exc
+                raise self._locked() from exc
             hint = (
                 "pass the path of a Milvus Lite store (e.g. gallery.db)"
                 if self.lite
@@ -146,6 +146,14 @@ class MilvusBackend(Backend):
             )
             raise BackendUnavailableError(f"cannot reach Milvus at {self.uri!r}: {exc}. {hint}.") from exc
         return self._client
+
+    def _locked(self) -> StoreLockedError:
+        return StoreLockedError(
+            f"Milvus Lite store {self.uri!r} is locked by another process: Milvus Lite opens a store in one "
+            "process at a time. Stop that process, or serve the store to every process with "
+            f"`milvus-lite server --data-dir {self.uri} --port 19531` and pass --uri http://127.0.0.1:19531 "
+            "(or use a Milvus server)."
+        )
 
     @property
     def client(self) -> Any:
