@@ -36,6 +36,7 @@ def bootstrap_clip(
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
+    cache_bytes: int = 256 * 2**20,
 ) -> Path:
     """Fit ``arch`` from random init on (image, "a <domain> of a <class>.") pairs; save weights."""
     torch.manual_seed(seed)
@@ -45,8 +46,11 @@ def bootstrap_clip(
     for p in model.parameters():
         p.requires_grad_(True)
     classes, domains = dataset.classes, dataset.domains
-    # images are decoded per step, not held in memory: a 10k-image dataset held decoded took 3.2 GB
+    # decoded images are kept only up to a memory budget (a 10k-image dataset held decoded took
+    # 3.2 GB); past it, images are decoded again at each step that samples them
     items = list(dataset.items)
+    cache: dict[str, object] = {}
+    cached_bytes = 0
     augment = {d: train_transform(fm.image_size, d) for d in domains}
     prompts = [domain_templates(d)[0].format(clean_class_name(c)) for d in domains for c in classes]
     tokens = fm.tokenize(prompts)
@@ -59,7 +63,11 @@ def bootstrap_clip(
                     raise DatasetError("no readable image left to bootstrap CLIP from")
                 item = items[rng.randrange(len(items))]
                 try:
-                    pixels.append(augment[item.domain](load_image(item.path)))
+                    image = cache.get(item.path) or load_image(item.path)
+                    if item.path not in cache and cached_bytes + image.width * image.height * 3 <= cache_bytes:
+                        cache[item.path] = image
+                        cached_bytes += image.width * image.height * 3
+                    pixels.append(augment[item.domain](image))
                     batch.append(item)
                 except CorruptImageError as exc:
                     log.warning("skipping %s", exc)

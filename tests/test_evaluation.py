@@ -1,0 +1,235 @@
+"""Evaluation that cannot leak, model selection against raw CLIP + mapping, the HTML report, zero-shot
+tags from the user's own labels, and the CLI's help."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import UNSEEN, run_cli
+
+import clair_vec
+from clair_vec.config import ClairConfig
+from clair_vec.errors import UnknownDomainError, ZeroShotLeakError
+from clair_vec.evaluation import evaluate, hubness, mean_pairwise_cosine
+from clair_vec.model import ClairModel
+
+
+@pytest.fixture(scope="module")
+def unsplit(shapes_root, tmp_path_factory):
+    """The shapes data without split files: training holds classes out by its seed."""
+    root = tmp_path_factory.mktemp("unsplit") / "data"
+    shutil.copytree(shapes_root, root, ignore=shutil.ignore_patterns("*.txt"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def seed1_model(unsplit, tmp_path_factory):
+    from clair_vec.train_job import train_local
+
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=1, batch_size=48, seed=1)
+    return train_local(unsplit, cfg, progress=False).save(tmp_path_factory.mktemp("m1") / "model")
+
+
+def test_evaluate_scores_the_classes_the_checkpoint_held_out(seed1_model, unsplit):
+    from clair_vec.data import split_dataset
+
+    model = ClairModel.load(seed1_model)
+    held_out = model.record["unseen_classes"]
+    assert held_out == split_dataset(unsplit, 1)[1].classes and held_out != split_dataset(unsplit, 0)[1].classes
+    assert not set(held_out) & set(model.classes)
+    assert set(model.record["validation_classes"]).isdisjoint(held_out)
+    result = evaluate(seed1_model, unsplit, k=20)
+    assert all(row["classes"] == held_out for row in result["rows"])
+    assert result["classes_from"] == "the checkpoint's held-out classes"
+
+
+def test_evaluate_refuses_a_split_that_would_score_trained_classes(seed1_model, unsplit, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(seed1_model, old)
+    meta = json.loads((old / "clair.json").read_text())
+    meta.pop("training")  # a checkpoint from before training recorded its split: evaluate falls back to seed 0
+    (old / "clair.json").write_text(json.dumps(meta))
+    with pytest.raises(ZeroShotLeakError, match=r"classes \[.*\] .* were seen in training"):
+        evaluate(old, unsplit)
+    out = run_cli("evaluate", "--model", str(old), "--data", str(unsplit))
+    assert out.returncode == 2 and "refusing to evaluate" in out.stderr
+
+
+def test_an_unknown_query_domain_fails_before_any_feature_is_computed(seed1_model, unsplit, monkeypatch):
+    import clair_vec.evaluation as ev
+
+    monkeypatch.setattr(ev, "extract_features", lambda *a, **k: pytest.fail("features were computed"))
+    with pytest.raises(UnknownDomainError, match="'x-ray'"):
+        evaluate(seed1_model, unsplit, query_domains=["x-ray"])
+    with pytest.raises(ValueError, match="gallery domain"):
+        evaluate(seed1_model, unsplit, query_domains=["photo"])
+
+
+def test_diagnostics_measure_collapse_and_hubness():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(200, 64))
+    assert abs(mean_pairwise_cosine(spread)) < 0.05
+    collapsed = np.ones((50, 64)) + 0.01 * rng.normal(size=(50, 64))
+    assert mean_pairwise_cosine(collapsed) > 0.99
+    x = spread / np.linalg.norm(spread, axis=1, keepdims=True)
+    brute = (x @ x.T)[~np.eye(200, dtype=bool)].mean()
+    assert mean_pairwise_cosine(spread) == pytest.approx(brute, abs=1e-9)
+    assert hubness(np.array([3, 3, 3, 1])) == 0.75 and hubness(np.arange(10)) == 0.1
+
+
+def test_a_head_worse_than_raw_clip_plus_mapping_is_not_shipped(tiny_clip, shapes_root, tmp_path):
+    """Sabotage the trained head: the selection must ship B1 (mapping only), say so, and record both numbers."""
+    from clair_vec.data import plan_split
+    from clair_vec.features import DomainFeatures, extract_features
+    from clair_vec.train_job import choose, progress_record
+    from clair_vec.trainer import ClairTrainer
+
+    split = plan_split(shapes_root, 0, 0.25)
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=1, batch_size=48)
+    feats = extract_features(tiny_clip, split.train, n_views=2, progress=False)
+    trainer = ClairTrainer(cfg, tiny_clip, split.train.classes, feats, progress=False)
+    trainer.fit()
+    trained = trainer.build_model(best=True)
+    with torch.no_grad():  # every image lands next to one point: the ranking no longer depends on the query
+        trained.head.mlp[2].weight.zero_()
+        trained.head.mlp[2].bias.fill_(5.0)
+        trained.head.alpha.fill_(1000.0)
+    # validation features whose raw CLIP geometry separates the classes (a random tiny CLIP's would
+    # leave both models near chance on 2 classes, and the comparison to noise)
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(2, tiny_clip.embed_dim, generator=g), dim=-1)
+    labels = [c for c in split.validation.classes for _ in range(20)]
+    val = {}
+    for d in ("clipart", "photo", "sketch"):
+        x = centres.repeat_interleave(20, 0) + 0.05 * torch.randn(40, tiny_clip.embed_dim, generator=g)
+        x = torch.nn.functional.normalize(x, dim=-1)
+        val[d] = DomainFeatures(x, x.new_empty(40, 0, x.shape[1]), labels, [f"{d}/{i}.png" for i in range(40)])
+    model = choose(trained, split, val, progress_record(trainer))
+    r = model.record
+    assert r["shipped"] == "mapping_only" and "did not beat raw CLIP + the text mapping" in r["warning"]
+    assert r["validation"]["clair"]["mean"] < 0.7 < 0.95 < r["validation"]["mapping_only"]["mean"]
+    assert model.head.alpha.item() == 0.0  # identity head: raw CLIP features
+    path = model.save(tmp_path / "m")
+    again = ClairModel.load(path)
+    assert again.record["shipped"] == "mapping_only" and again.model_id == model.model_id
+    assert again.record["unseen_classes"] == sorted(UNSEEN) and again.record["validation_classes"] == split.validation.classes
+    # and an unsabotaged head that beats the baseline is what ships
+    with torch.no_grad():
+        trained.head.alpha.fill_(0.0)
+    kept = choose(trained, split, {d: DomainFeatures(f.clean, f.views, f.labels, f.paths) for d, f in val.items()},
+                  progress_record(trainer))  # fmt: skip
+    assert kept.record["validation"]["clair"]["mean"] == pytest.approx(kept.record["validation"]["mapping_only"]["mean"])
+    assert kept.record["shipped"] == "mapping_only"  # a tie is not a win: the simpler model ships
+
+
+def test_cli_train_records_the_selection_and_evaluate_writes_a_report(shapes_root, tmp_path):
+    out = run_cli("train", "--data", str(shapes_root), "--out", str(tmp_path / "m"), "--clip-model", "clair-tiny",
+                  "--clip-pretrained", "none", "--epochs", "2", "--batch-size", "48", "--seed", "3",
+                  "--set", "inter_domain=prototype")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "shipped" in out.stdout.splitlines()[-1]
+    meta = json.loads((tmp_path / "m" / "clair.json").read_text())
+    assert meta["config"]["inter_domain"] == "prototype" and meta["config"]["seed"] == 3
+    rec = meta["training"]
+    assert rec["shipped"] in ("clair", "mapping_only") and set(rec["validation"]) == {"clair", "mapping_only", "metric"}
+    assert len(rec["history"]) == 2 and "val_mAP@200" in rec["history"][0]
+    assert set(rec["stats"]["domains"]) == {"clipart", "photo", "sketch"}
+    report = tmp_path / "report"
+    out = run_cli("evaluate", "--model", str(tmp_path / "m"), "--data", str(shapes_root), "--report", str(report), "--k", "20")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {r["query"] for r in rows} == {"clipart", "sketch"}
+    for r in rows:
+        for method in ("raw_clip", "model"):
+            assert {"mAP@all", "mAP@20", "P@100", "P@20", "mean_pairwise_cosine", "hubness"} <= set(r[method])
+            assert 0 <= r[method]["hubness"] <= 1 and -1 <= r[method]["mean_pairwise_cosine"] <= 1
+    check_report(report)
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict] = []
+        self.rows = 0
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a)
+        elif tag == "tr":
+            self.rows += 1
+        for key in ("href", "src"):
+            if key in a:
+                self.links.append(a[key])
+
+
+def check_report(report: Path) -> None:
+    page = _Page()
+    page.feed((report / "index.html").read_text())
+    assert page.rows == 1 + 2 * 2  # header + (raw CLIP, model) for two query domains
+    assert all(not link.startswith(("http:", "https:", "//")) for link in page.links)  # self-contained
+    for img in page.images:
+        assert (report / img["src"]).is_file(), img["src"]
+    srcs = [i["src"] for i in page.images]
+    assert "metrics.png" in srcs and "training.png" in srcs
+    hits = [i for i in page.images if "hit" in i.get("class", "")]
+    assert len(hits) == 2 * 6 * 10  # 6 sample queries per domain, 10 hits each
+    assert {i["class"] for i in hits} <= {"hit ok", "hit bad"} and any(i["class"] == "hit ok" for i in hits)
+
+
+def test_zero_shot_tags_come_from_the_users_labels(model_dir, shapes_root, tmp_path):
+    uri = str(tmp_path / "g.db")
+    photos = [shapes_root / "photo" / c for c in UNSEEN]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("# the user's own vocabulary, classes never trained on\n" + "\n".join(UNSEEN) + "\n")
+    out = run_cli("index", "--model", str(model_dir), "--collection", "g", "--uri", uri, "--labels", str(labels), *map(str, photos))
+    assert out.returncode == 0, out.stderr
+    from clair_vec import get_backend
+
+    with get_backend("milvus", uri) as be:
+        payloads = [p for _, p in be.records("g")]
+    assert len(payloads) == 32
+    assert {p["pseudo_label"] for p in payloads} <= set(UNSEEN)  # never a training class
+    assert all(0 < p["confidence"] <= 1 for p in payloads)
+    tagged = payloads[0]["pseudo_label"]
+    hits = clair_vec.search("g", [shapes_root / "sketch" / "heart" / "0000.png"], domain="sketch", top_k=32,
+                            filter={"pseudo_label": tagged}, model=model_dir, uri=uri)[0]  # fmt: skip
+    assert hits and all(h.payload["pseudo_label"] == tagged for h in hits)
+    assert len(hits) == sum(p["pseudo_label"] == tagged for p in payloads)
+    with pytest.raises(ValueError, match="empty"):
+        clair_vec.index("g", photos, model=model_dir, uri=uri, labels=[" ", ""], progress=False)
+
+
+def test_every_cli_option_has_help_with_its_default():
+    from clair_vec.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == {"train", "index", "search", "evaluate", "serve", "demo", "bootstrap-clip", "backends"}
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"clair-vec {name} {action.option_strings or action.dest} has no help"
+        text = p.format_help()
+        assert "(default:" in text or name == "backends", name
+    train, demo = sub.choices["train"], sub.choices["demo"]
+    assert "--seed" in train.format_help() and "--seed" in demo.format_help()
+
+
+def test_bootstrap_clip_command_trains_on_seen_classes_only(shapes_root, tmp_path):
+    out = run_cli("bootstrap-clip", "--data", str(shapes_root), "--out", str(tmp_path / "clip.pt"), "--steps", "3",
+                  "--batch-size", "8")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "--clip-pretrained" in out.stdout and not any(c in out.stdout.split("classes")[1].split("only")[0] for c in UNSEEN)
+    from clair_vec.foundation import FoundationModel
+
+    assert FoundationModel.load("clair-tiny", str(tmp_path / "clip.pt")).embed_dim > 0
