@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,7 @@ def ray_index(
     gpus: str = "auto",
     threads_per_actor: int = 1,
     progress: bool = True,
+    on_batch: Callable[[Any], None] | None = None,
 ) -> Any:
     """Index every image under ``inputs`` (folders or files) into ``collection`` on Ray.
 
@@ -260,6 +261,8 @@ def ray_index(
                         summary.skipped.append((str(path), str(error)))
                 summary.replaced += int(batch["replaced"].sum())
                 bar.update(len(batch["path"]))
+                if on_batch is not None:
+                    on_batch(summary)
                 log.info("indexed %d, already present %d, skipped %d (%.1f s)", summary.indexed, summary.already_present,
                          len(summary.skipped), time.monotonic() - t0)  # fmt: skip
         if summary.indexed or summary.replaced:

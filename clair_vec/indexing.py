@@ -14,17 +14,20 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from . import sources as src_mod
 from .backend import Backend, CollectionInfo, Record
 from .errors import CollectionMismatchError, CorruptImageError
-from .model import ClairModel
 from .model_card import ModelCard
 from .plugin_manager import extra_payload, get_plugin_manager
 from .progress import progress_bar
 from .sources import ImageSource
+
+if TYPE_CHECKING:  # the model (and torch) is needed to encode, not to write: Ray drivers import this module
+    from .model import ClairModel
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,8 @@ def run_job(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([*JOB, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_hashing_and_listing_import_neither_torch_nor_open_clip():
-    code = ("import sys, clair_vec.bulk_index, clair_vec.ids, clair_vec.data; "
+def test_hashing_listing_and_the_driver_import_neither_torch_nor_open_clip():
+    code = ("import sys, clair_vec.bulk_index, clair_vec.ids, clair_vec.data, clair_vec.indexing, clair_vec.model_card; "
             "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

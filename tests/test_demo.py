@@ -35,11 +35,13 @@ def test_ablation_table_over_a_demo_workdir(tmp_path):
     run_demo(tmp_path / "w", per_class=8, bootstrap_steps=20, epochs=1, batch_size=24, top_k=20, progress=False)
     res = run(tmp_path / "w", seeds=2, epochs=1, batch_size=24, k=20)
     assert list(res["rows"]) == ["B0 raw CLIP", "B1 raw CLIP + mapping", *VARIANTS]
-    assert res["columns"] == ["clipart->photo mAP@20", "clipart->photo P@20", "sketch->photo mAP@20", "sketch->photo P@20"]
+    assert res["columns"] == [f"{q}->photo {m}" for q in ("clipart", "sketch") for m in ("mAP", "P", "cos", "hub")]
     for name, cells in res["rows"].items():
-        for mean, std in cells.values():
-            assert 0.0 <= mean <= 1.0 and std >= 0.0
+        for col, (mean, std) in cells.items():
+            assert (-1.0 if col.endswith("cos") else 0.0) <= mean <= 1.0 and std >= 0.0
         if name.startswith("B"):
             assert all(std == 0.0 for _, std in cells.values())  # no training, no seed dependence
     assert res["rows"]["B1 raw CLIP + mapping"] != res["rows"]["B0 raw CLIP"]  # the mapping moves queries
-    assert "| CLAIR (spec defaults) |" in format_table(res)
+    table = format_table(res)
+    assert "| CLAIR (spec defaults) |" in table and "sketch->photo hubness" in table and "mAP@20" in table
+    assert set(res["training"]) == set(VARIANTS) and all(0 <= t["kept"] <= 1 for t in res["training"].values())
