@@ -14,6 +14,7 @@ from typing import Any
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "confidence": ("softmax", "cosine", "margin"),  # §3.3 variants 1-3
+    "confidence_norm": ("class", "domain", "none"),  # §3.3 refinement
     "prototype_source": ("image", "text"),  # §3.5
     "inter_domain": ("instance", "prototype"),  # §3.6
     "prompt_side": ("text", "none"),  # §3.7 (visual-side VPT is not implemented)
@@ -32,12 +33,15 @@ class ClairConfig:
     # pseudo-labels and confidence (§3.2-3.3, A2, A9)
     confidence: str = "softmax"
     confidence_weighting: bool = True  # False: w = 1 for every sample (the spec's B2 / -confidence ablation)
-    per_class_norm: bool = True
+    confidence_norm: str = "class"  # "class": w / max of its class (spec); "domain": w / q90 of its domain
     confidence_threshold: float = 0.2
     relabel_each_epoch: bool = False
     # head g_theta (§3.1 design R)
     head_hidden: int | None = None  # None: the CLIP embedding width
     head_alpha_init: float = 0.1
+    # subtract the residual's running mean: without it the head adds one shared offset to every
+    # embedding, which collapses query embeddings (mean pairwise cosine 0.22 -> 0.49 on the demo)
+    head_center: bool = False
     # losses (§3.4-3.6, §3.9, A3, A4, A7)
     tau: float = 0.1
     tau_cluster: float = 0.1
@@ -91,6 +95,10 @@ class ClairConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClairConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        if "per_class_norm" in data:  # checkpoints from before confidence_norm
+            data.setdefault("confidence_norm", "class" if data.pop("per_class_norm") else "none")
+        data.setdefault("head_center", False)  # checkpoints from before head_center had none
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown ClairConfig fields {unknown}; known fields: {sorted(known)}")

@@ -14,15 +14,36 @@ import torch.nn.functional as F
 
 
 class ClairHead(nn.Module):
-    def __init__(self, dim: int, hidden: int | None = None, alpha_init: float = 0.1) -> None:
+    """``z = normalize(v + alpha * (MLP(v) - c))``; ``c = 0`` unless ``center``.
+
+    With ``center`` the residual is centred: on the batch's mean while training (tracked as a
+    running mean, as BatchNorm tracks its statistics) and on that running mean afterwards. An
+    uncentred residual carries one offset shared by every input, which pulls all embeddings,
+    unseen classes' included, towards one direction.
+    """
+
+    def __init__(self, dim: int, hidden: int | None = None, alpha_init: float = 0.1, *, center: bool = False,
+                 center_momentum: float = 0.99) -> None:  # fmt: skip
         super().__init__()
         hidden = hidden or dim
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.dim = dim
+        self.center, self.center_momentum = center, center_momentum
+        if center:
+            self.register_buffer("offset", torch.zeros(dim))
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return F.normalize(v + self.alpha * self.mlp(v), dim=-1)
+        r = self.mlp(v)
+        if self.center:
+            if self.training and len(r) > 1:
+                mean = r.mean(0)
+                with torch.no_grad():
+                    self.offset.lerp_(mean.detach(), 1.0 - self.center_momentum)
+                r = r - mean
+            else:
+                r = r - self.offset
+        return F.normalize(v + self.alpha * r, dim=-1)
 
     @classmethod
     def identity(cls, dim: int, hidden: int | None = None) -> ClairHead:

@@ -202,7 +202,7 @@ class ClairModel:
         else:
             foundation = FoundationModel.load(meta["clip_model"], meta["clip_pretrained"], device)
         config = ClairConfig.from_dict(meta["config"])
-        head = ClairHead(meta["dim"], state["head_hidden"], config.head_alpha_init)
+        head = ClairHead(meta["dim"], state["head_hidden"], config.head_alpha_init, center=config.head_center)
         head.load_state_dict(state["head"])
         model = cls(
             foundation,

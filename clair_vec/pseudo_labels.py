@@ -45,20 +45,29 @@ def confidence_scores(
     raise ValueError(f"unknown confidence method {method!r}; use softmax, cosine or margin")
 
 
-def refine_weights(
-    confidence: torch.Tensor, labels: torch.Tensor, *, per_class_norm: bool = True, threshold: float = 0.2
-) -> torch.Tensor:
-    """Per-class normalisation then filtering: ``w~ = w / max_{same class} w``, zeroed below ``threshold``.
+NORMS = ("class", "domain", "none")
+DOMAIN_QUANTILE = 0.9
 
-    Per-class normalisation undoes CLIP's calibration differences between classes (and, because
-    it is applied per domain by the caller, between domains: sketches score lower than photos).
+
+def refine_weights(confidence: torch.Tensor, labels: torch.Tensor, *, norm: str = "class", threshold: float = 0.2) -> torch.Tensor:
+    """Normalisation then filtering: weights zeroed below ``threshold``. The caller passes one domain.
+
+    - ``class`` (spec §3.3): ``w / max_{same class} w``. The most confident member of every class
+      gets 1, so a class whose members are all weak (often: all wrong) looks as sure as any other.
+    - ``domain``: ``w / q90_domain(w)``, clamped to 1. Undoes the domain-level calibration gap the
+      spec names (sketches score lower than photos) and keeps the gap between classes.
+    - ``none``: raw confidence.
     """
     w = confidence.clone().float()
-    if per_class_norm:
+    if norm == "class":
         maxima = torch.zeros(int(labels.max()) + 1 if len(labels) else 0).scatter_reduce(
             0, labels, w, reduce="amax", include_self=False
         )
         w = w / maxima[labels].clamp_min(1e-12)
+    elif norm == "domain" and len(w):
+        w = (w / torch.quantile(w, DOMAIN_QUANTILE).clamp_min(1e-12)).clamp(max=1.0)
+    elif norm not in NORMS:
+        raise ValueError(f"unknown confidence normalisation {norm!r}; use one of {list(NORMS)}")
     return torch.where(w >= threshold, w, torch.zeros_like(w))
 
 
@@ -68,7 +77,7 @@ def pseudo_label(
     logit_scale: float,
     *,
     method: str = "softmax",
-    per_class_norm: bool = True,
+    norm: str = "class",
     threshold: float = 0.2,
     weighting: bool = True,
 ) -> PseudoLabels:
@@ -80,7 +89,7 @@ def pseudo_label(
     labels = probs.argmax(dim=1)
     conf = confidence_scores(probs, cosines, labels, method)
     if weighting:
-        weights = refine_weights(conf, labels, per_class_norm=per_class_norm, threshold=threshold)
+        weights = refine_weights(conf, labels, norm=norm, threshold=threshold)
     else:
         weights = torch.ones_like(conf)
     return PseudoLabels(labels=labels, confidence=conf.detach(), weights=weights.detach())

@@ -108,7 +108,7 @@ class ClairTrainer:
         self.pseudo: dict[str, PseudoLabels] = {d: self._label(d, self.hand_text[d]) for d in self.domains}
 
         dim = foundation.embed_dim
-        self.head = ClairHead(dim, config.head_hidden, config.head_alpha_init)
+        self.head = ClairHead(dim, config.head_hidden, config.head_alpha_init, center=config.head_center)
         self.key_head = momentum_copy(self.head)
         self.train_head = wrap_head(self.head) if wrap_head else self.head
         with torch.no_grad():
@@ -142,7 +142,7 @@ class ClairTrainer:
             text,
             self.foundation.logit_scale,
             method=c.confidence,
-            per_class_norm=c.per_class_norm,
+            norm=c.confidence_norm,
             threshold=c.confidence_threshold,
             weighting=c.confidence_weighting,
         )
@@ -311,7 +311,7 @@ class ClairTrainer:
         ``best``: the best validation epoch's weights instead of the current ones."""
         head, prompts = self.head, self.prompts
         if best and self.best is not None:
-            head = ClairHead(self.head.dim, self.cfg.head_hidden, self.cfg.head_alpha_init)
+            head = ClairHead(self.head.dim, self.cfg.head_hidden, self.cfg.head_alpha_init, center=self.cfg.head_center)
             head.load_state_dict(self.best["head"])
             if prompts is not None and self.best["prompts"] is not None:
                 prompts = PromptLearner(self.foundation, self.domains, self.cfg.n_ctx, self.cfg.templates)

@@ -238,8 +238,50 @@ def test_metrics_on_hand_made_rankings():
 def test_confidence_weighting_off_keeps_every_sample_at_weight_one():
     text = torch.eye(3)
     img = F.normalize(torch.tensor([[1.0, 0.9, 0.0], [0.0, 0.0, 1.0], [0.3, 0.2, 0.25]]), dim=-1)
-    on = pseudo_label(img, text, 10.0, per_class_norm=False, threshold=0.9)
-    off = pseudo_label(img, text, 10.0, per_class_norm=False, threshold=0.9, weighting=False)
+    on = pseudo_label(img, text, 10.0, norm="none", threshold=0.9)
+    off = pseudo_label(img, text, 10.0, norm="none", threshold=0.9, weighting=False)
     assert (on.weights == 0).sum() == 2  # the two low-confidence samples are filtered when weighting is on
     assert off.weights.tolist() == [1.0, 1.0, 1.0]
     assert torch.equal(on.labels, off.labels)
+
+
+def test_domain_normalisation_keeps_the_gap_that_class_normalisation_erases():
+    # class 1 attracts only weak, probably wrong, labels: per class they look as sure as class 0
+    conf = torch.tensor([0.95, 0.9, 0.3, 0.25])
+    labels = torch.tensor([0, 0, 1, 1])
+    by_class = refine_weights(conf, labels, norm="class", threshold=0.5)
+    by_domain = refine_weights(conf, labels, norm="domain", threshold=0.5)
+    assert by_class.tolist() == pytest.approx([1.0, 0.9 / 0.95, 1.0, 0.25 / 0.3])
+    q90 = float(torch.quantile(conf, 0.9))
+    assert by_domain.tolist() == pytest.approx([min(0.95 / q90, 1.0), 0.9 / q90, 0.0, 0.0])
+    assert refine_weights(conf, labels, norm="none", threshold=0.5).tolist() == pytest.approx([0.95, 0.9, 0.0, 0.0])
+    with pytest.raises(ValueError, match="unknown confidence normalisation"):
+        refine_weights(conf, labels, norm="median")
+
+
+def test_a_centred_head_adds_no_shared_offset():
+    from clair_vec.encoder import ClairHead
+
+    torch.manual_seed(0)
+    v = F.normalize(torch.randn(256, 16), dim=-1)
+    head = ClairHead(16, alpha_init=1.0, center=True, center_momentum=0.0)
+    with torch.no_grad():
+        head.mlp[2].bias.fill_(3.0)  # a large shared offset, as training produced
+        plain = ClairHead(16, alpha_init=1.0)
+        plain.load_state_dict({k: v_ for k, v_ in head.state_dict().items() if k != "offset"})
+        head.train()(v)  # momentum 0: the running offset becomes this batch's mean residual
+        head.eval()
+        residual = head.mlp(v) - head.offset
+        assert residual.mean(0).abs().max() < 1e-5
+        assert F.cosine_similarity(plain(v)[:128], plain(v)[128:]).mean() > 0.9  # collapsed
+        assert F.cosine_similarity(head(v)[:128], head(v)[128:]).mean() < 0.5
+    assert "offset" in head.state_dict() and "offset" not in plain.state_dict()
+
+
+def test_old_configs_load_with_the_behaviour_they_were_trained_with():
+    from clair_vec.config import ClairConfig
+
+    old = {k: v for k, v in ClairConfig().to_dict().items() if k not in ("confidence_norm", "head_center")}
+    assert ClairConfig.from_dict({**old, "per_class_norm": True}).confidence_norm == "class"
+    assert ClairConfig.from_dict({**old, "per_class_norm": False}).confidence_norm == "none"
+    assert ClairConfig.from_dict(old).head_center is False
