@@ -204,6 +204,12 @@ class Backend(ABC):
         """Whether ``exc`` is worth retrying. Subclasses add their client's timeout/busy errors."""
         return isinstance(exc, (TransientBackendError, TimeoutError))
 
+    @property
+    def shared(self) -> bool:
+        """Whether several processes may use this store at once (a server). Embedded stores open in
+        one process at a time: a service runs one replica on them, bulk indexing one writer."""
+        return False
+
     # ------------------------------------------------------------------ public API
     def __enter__(self) -> Backend:
         return self
@@ -389,8 +395,12 @@ class Backend(ABC):
             except (CollectionNotFoundError, CollectionMismatchError, BackendUnavailableError, NotImplementedError):
                 raise
             except Exception as exc:
-                if not self.is_transient(exc) or attempt == self.max_retries:
+                if not self.is_transient(exc):
                     raise
+                if attempt == self.max_retries:
+                    raise BackendUnavailableError(
+                        f"{self.name} at {self.uri or '(embedded default)'} still failed after {attempt + 1} attempts: {exc}"
+                    ) from exc
                 delay = self.retry_base_delay * 2**attempt
                 log.warning("%s: transient error (%s); retry %d/%d in %.1fs", self.name, exc, attempt + 1, self.max_retries, delay)
                 time.sleep(delay)

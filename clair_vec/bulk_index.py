@@ -24,18 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from .data import IMAGE_SUFFIXES
+from .data import image_files
 from .ids import content_digest, record_id
 
 log = logging.getLogger(__name__)
-SERVER_SCHEMES = ("http://", "https://", "grpc://", "tcp://")
 
 
 # ---------------------------------------------------------------------- tasks: no torch here
 def list_files(row: dict[str, Any], *, label_from_folder: bool) -> list[dict[str, Any]]:
     """Image files under one input (a folder, recursively and sorted; or a file)."""
     root = Path(str(row["input"]))
-    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()) if root.is_dir() else [root]
+    files = image_files(root) if root.is_dir() else [root]
     return [{"path": os.fsencode(str(f)), "label": f.parent.name if label_from_folder else ""} for f in files]
 
 
@@ -75,8 +74,8 @@ class Writer:
         self.be = get_backend(backend, uri)
         self.collection = collection
 
-    def existing(self, ids: list[str]) -> set[str]:
-        return self.be.existing_ids(self.collection, ids)
+    def stored(self, ids: list[str]) -> dict[str, dict]:
+        return self.be.get(self.collection, ids)
 
     def write(self, records: list[tuple[str, np.ndarray, dict]], model_id: str) -> int:
         from .backend import Record
@@ -130,38 +129,59 @@ class EncodeActor:
         self.sink = _Sink(actor=store) if store is not None else _Sink(writer=Writer(backend, uri, collection))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .data import load_image
+        from .data import decode_image
         from .errors import CorruptImageError
-        from .indexing import encode_records
+        from .indexing import encode_records, moved
 
         n = len(batch["path"])
         status = np.array(["skipped"] * n, dtype=object)
         error = np.array([str(e) for e in batch["error"]], dtype=object)
+        ids = [str(i) for i in batch["id"]]
+        paths = [str(p) for p in batch["path"]]
         ok = [i for i in range(n) if not error[i]]
-        present = self.sink("existing", [str(batch["id"][i]) for i in ok])
-        items = []
+        stored = self.sink("stored", [ids[i] for i in ok])
+        items, moves = [], 0
         for i in ok:
-            if str(batch["id"][i]) in present:
+            if ids[i] in stored and not moved(stored, ids[i], paths[i]):
                 status[i] = "present"
                 continue
+            moves += ids[i] in stored
             try:
-                items.append((i, load_image(str(batch["path"][i]))))
+                data = Path(paths[i]).read_bytes()
+                # hashed again from the bytes decoded here: a file rewritten since the hashing task
+                # read it gets the id of what is stored, not of what was hashed
+                ids[i] = record_id(self.domain, content_digest(data))
+                items.append((i, decode_image(data, paths[i])))
+            except OSError as exc:
+                error[i] = f"{type(exc).__name__}: {exc.strerror or exc}"
             except CorruptImageError as exc:
                 error[i] = exc.reason
         if items:
-            records = encode_records(self.model, self.domain, [(str(batch["id"][i]), im, str(batch["path"][i]),
-                                                                str(batch["label"][i])) for i, im in items],
+            records = encode_records(self.model, self.domain, [(ids[i], im, paths[i], str(batch["label"][i])) for i, im in items],
                                      self.vocabulary)  # fmt: skip
             self.sink("write", [(r.id, r.vector, r.payload) for r in records], self.model.model_id)
             for i, _ in items:
                 status[i] = "indexed"
-        replaced = np.zeros(n, np.int64)  # the batch's count rides on its first row
+        counts = np.zeros((n, 2), np.int64)  # (replaced, moved) of the batch, carried on its first row
         if n:
-            replaced[0] = self.sink("replace_stale", self.domain, {str(batch["path"][i]): str(batch["id"][i]) for i in ok})
-        return {"path": batch["path"], "status": status, "error": error, "replaced": replaced}
+            counts[0] = (self.sink("replace_stale", self.domain, {paths[i]: ids[i] for i in ok if not error[i]}), moves)
+        return {"path": batch["path"], "status": status, "error": error, "replaced": counts[:, 0], "moved": counts[:, 1]}
 
 
 # ---------------------------------------------------------------------- the job
+def _tally(summary: Any, batch: dict[str, np.ndarray]) -> None:
+    """Add one output batch's status rows to the summary (the driver keeps counts, not rows)."""
+    for path, status, error in zip(batch["path"], batch["status"], batch["error"], strict=True):
+        if status == "indexed":
+            summary.indexed += 1
+        elif status == "present":
+            summary.already_present += 1
+        else:
+            summary.skipped.append((str(path), str(error)))
+    summary.replaced += int(batch["replaced"].sum())
+    summary.moved += int(batch["moved"].sum())
+
+
 def _gpus_per_actor(gpus: str, actors: int) -> float:
     import ray
 
@@ -207,7 +227,8 @@ def ray_index(
     card = ModelCard.read(model_dir)  # the driver reads the checkpoint's metadata only: no torch, no CLIP
     domain = domain or card.pivot
     card.check_domain(domain)
-    missing = [str(i) for i in inputs if not Path(i).exists()]
+    inputs = [os.path.abspath(i) for i in inputs]  # workers may run elsewhere, from another directory
+    missing = [i for i in inputs if not Path(i).exists()]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {missing}")
     vocabulary = list(labels) if labels else None
@@ -220,51 +241,49 @@ def ray_index(
         be = get_backend(backend, uri)
         try:
             prepare_collection(be, collection, card)
+            embedded = not be.shared
         finally:
             be.close()
-        embedded = not (uri or "").startswith(SERVER_SCHEMES)
         if embedded:  # one process may open the store: everyone writes through this actor
             store_actor = ray.remote(num_cpus=0)(StoreActor).remote(backend, uri, collection)
         summary = IndexSummary(collection, be.name)
-        # listing and hashing ask for no CPU: they are I/O-light, must never wait for CPUs the encoding
-        # actors hold (on 2 cores, 2 actors hold both), and a resource spec unlike the actors' keeps
-        # Ray Data from fusing them into the actor processes, which import torch
         # rows are ~200 bytes: at the default 128 MiB target a whole folder would be one block, fed to
         # one actor; blocks of about a batch spread the work over the actor pool as it streams
-        ray.data.DataContext.get_current().target_max_block_size = max(16 * 1024, batch_size * 256)
-        ds = (
-            ray.data.from_items([{"input": str(i)} for i in inputs])
-            .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder}, num_cpus=0)
-            .map_batches(hash_batch, fn_kwargs={"domain": domain}, batch_size=batch_size, batch_format="numpy", num_cpus=0,
-                         compute=ray.data.TaskPoolStrategy(size=2))
-            .map_batches(
-                EncodeActor,
-                fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "domain": domain, "collection": collection,
-                                       "backend": backend, "uri": uri, "store": store_actor, "vocabulary": vocabulary,
-                                       "device": "cuda" if gpu else "cpu", "threads": threads_per_actor},  # fmt: skip
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                batch_size=batch_size,
-                num_gpus=gpu,
-                num_cpus=0 if gpu else 1,
-                batch_format="numpy",
+        context = ray.data.DataContext.get_current()
+        block_size, context.target_max_block_size = context.target_max_block_size, max(16 * 1024, batch_size * 256)
+        try:
+            # listing and hashing ask for no CPU: they are I/O-light, must never wait for CPUs the
+            # encoding actors hold (on 2 cores, 2 actors hold both), and a resource spec unlike the
+            # actors' keeps Ray Data from fusing them into the actor processes, which import torch
+            ds = (
+                ray.data.from_items([{"input": str(i)} for i in inputs])
+                .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder}, num_cpus=0)
+                .map_batches(hash_batch, fn_kwargs={"domain": domain}, batch_size=batch_size, batch_format="numpy",
+                             num_cpus=0, compute=ray.data.TaskPoolStrategy(size=max(2, actors)))  # fmt: skip
+                .map_batches(
+                    EncodeActor,
+                    fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "domain": domain,
+                                           "collection": collection, "backend": backend, "uri": uri, "store": store_actor,
+                                           "vocabulary": vocabulary, "device": "cuda" if gpu else "cpu",
+                                           "threads": threads_per_actor},  # fmt: skip
+                    compute=ray.data.ActorPoolStrategy(size=actors),
+                    batch_size=batch_size,
+                    num_gpus=gpu,
+                    num_cpus=0 if gpu else 1,
+                    batch_format="numpy",
+                )
             )
-        )
-        t0 = time.monotonic()
-        with progress_bar(total=0, desc=f"index {collection} on Ray", unit="img", enabled=progress) as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for path, status, error in zip(batch["path"], batch["status"], batch["error"], strict=True):
-                    if status == "indexed":
-                        summary.indexed += 1
-                    elif status == "present":
-                        summary.already_present += 1
-                    else:
-                        summary.skipped.append((str(path), str(error)))
-                summary.replaced += int(batch["replaced"].sum())
-                bar.update(len(batch["path"]))
-                if on_batch is not None:
-                    on_batch(summary)
-                log.info("indexed %d, already present %d, skipped %d (%.1f s)", summary.indexed, summary.already_present,
-                         len(summary.skipped), time.monotonic() - t0)  # fmt: skip
+            t0 = time.monotonic()
+            with progress_bar(total=0, desc=f"index {collection} on Ray", unit="img", enabled=progress) as bar:
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    _tally(summary, batch)
+                    bar.update(len(batch["path"]))
+                    if on_batch is not None:
+                        on_batch(summary)
+                    log.info("indexed %d, already present %d, skipped %d (%.1f s)", summary.indexed,
+                             summary.already_present, len(summary.skipped), time.monotonic() - t0)  # fmt: skip
+        finally:
+            context.target_max_block_size = block_size
         if summary.indexed or summary.replaced:
             if store_actor is not None:
                 ray.get(store_actor.flush.remote())

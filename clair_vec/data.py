@@ -7,13 +7,14 @@ that decides which images are which.
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import CorruptImageError, DatasetError
 
@@ -150,14 +151,24 @@ def split_dataset(root: str | Path, seed: int = 0) -> tuple[MultiDomainDataset, 
     return zero_shot_split(ds, seed=seed)
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image fully as RGB, raising :class:`CorruptImageError` with the path on failure."""
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode image bytes fully as RGB; any failure (corrupt, truncated, a decompression bomb)
+    raises :class:`CorruptImageError` naming ``name``. The one decode path for files and uploads."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise CorruptImageError(str(path), f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # PIL raises many kinds, DecompressionBombError not among OSError's
+        raise CorruptImageError(name, f"{type(exc).__name__}: {exc}") from exc
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Read and decode an image file as RGB, raising :class:`CorruptImageError` with the path on failure."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CorruptImageError(str(path), f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+    return decode_image(data, str(path))
 
 
 def load_images(paths: Sequence[str]) -> tuple[list[Image.Image], list[int], list[tuple[str, str]]]:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import sources as src_mod
 from .backend import Backend, CollectionInfo, Record
-from .errors import CollectionMismatchError, CorruptImageError
+from .errors import CollectionMismatchError, CorruptImageError, DatasetError
 from .model_card import ModelCard
 from .plugin_manager import extra_payload, get_plugin_manager
 from .progress import progress_bar
@@ -39,6 +39,7 @@ class IndexSummary:
     indexed: int = 0
     already_present: int = 0
     replaced: int = 0  # records of files whose bytes changed, removed for the new version
+    moved: int = 0  # stored images found under a new path (renamed, or a duplicate outliving its twin)
     pruned: int = 0  # records of files that no longer exist, removed by prune
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
 
@@ -48,8 +49,8 @@ class IndexSummary:
 
     def as_dict(self) -> dict:
         return {"collection": self.collection, "backend": self.backend, "indexed": self.indexed,
-                "already_present": self.already_present, "replaced": self.replaced, "pruned": self.pruned,
-                "skipped": self.skipped}  # fmt: skip
+                "already_present": self.already_present, "replaced": self.replaced, "moved": self.moved,
+                "pruned": self.pruned, "skipped": self.skipped}  # fmt: skip
 
 
 def encode_records(
@@ -94,6 +95,13 @@ def prepare_collection(be: Backend, collection: str, model: ClairModel | ModelCa
     return info
 
 
+def moved(stored: dict[str, dict], rid: str, path: str | None) -> bool:
+    """Whether the stored record ``rid`` names a file that is gone while ``path`` holds the same
+    bytes: its payload must follow the file, or a prune would delete a live image."""
+    old = stored.get(rid, {}).get("path")
+    return path is not None and isinstance(old, str) and old != path and not old.startswith("<") and not os.path.exists(old)
+
+
 def _stale_ids(be: Backend, collection: str, domain: str, current: dict[str, str]) -> list[str]:
     """Ids stored for these paths (path -> current id) that are not the current ones."""
     if not current:
@@ -124,12 +132,13 @@ def index_sources(
                     read.append((s, rid, data))
                 except CorruptImageError as exc:
                     summary.skipped.append((exc.path, exc.reason))
-            present = be.existing_ids(collection, [rid for _, rid, _ in read])
-            summary.already_present += sum(rid in present for _, rid, _ in read)
+            stored = be.get(collection, [rid for _, rid, _ in read])
             todo = []
             for s, rid, data in read:
-                if rid in present:
+                if rid in stored and not moved(stored, rid, s.path):
+                    summary.already_present += 1
                     continue
+                summary.moved += rid in stored
                 try:
                     todo.append((rid, src_mod.decode(s, data), s.name, s.label))
                 except CorruptImageError as exc:
@@ -148,8 +157,17 @@ def index_sources(
     return summary
 
 
+def check_prune_roots(roots: Sequence[str | Path]) -> None:
+    missing = [str(r) for r in roots if not os.path.isdir(r)]
+    if missing or not roots:
+        raise DatasetError(f"--prune needs existing folders to compare against; not folders: {missing or '(none given)'} "
+                           "(is a disk unmounted?)")  # fmt: skip
+
+
 def prune(be: Backend, collection: str, roots: Sequence[str | Path], *, domain: str) -> int:
-    """Remove records of ``domain`` whose file under one of ``roots`` no longer exists."""
+    """Remove records of ``domain`` whose file under one of ``roots`` no longer exists. A root that
+    is not an existing folder is refused: an unmounted disk would otherwise empty the collection."""
+    check_prune_roots(roots)
     bases = [os.path.abspath(r) for r in roots]
 
     def under_a_root(path: str) -> bool:

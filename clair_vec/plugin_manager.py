@@ -128,17 +128,25 @@ def backends() -> dict[str, tuple[Callable[..., Backend], str]]:
     by_name = {p.name: p for p in _plugins}
     for impl in pm.hook.clair_vec_register_backends.get_hookimpls():
         plugin_name = impl.plugin_name
+        mine: dict[str, tuple[Callable[..., Backend], str]] = {}
 
-        def register(name: str, factory: Callable[..., Backend], _plugin: str = plugin_name) -> None:
-            if name in found and found[name][1] != _plugin:
-                raise UnknownBackendError(
-                    f"backend name {name!r} is registered by both {found[name][1]!r} and {_plugin!r}; uninstall one"
-                )
-            found[name] = (factory, _plugin)
-            if _plugin in by_name:
-                by_name[_plugin].backends.append(name)
+        def register(name: str, factory: Callable[..., Backend], _plugin: str = plugin_name, _mine: dict = mine) -> None:
+            if name in found:
+                raise UnknownBackendError(f"backend name {name!r} is already registered by {found[name][1]!r}; uninstall one")
+            _mine[name] = (factory, _plugin)
 
-        impl.function(register=register)
+        try:
+            impl.function(register=register)
+        except Exception as exc:  # this plugin's backends are left out; every other plugin's stay
+            info = by_name.get(plugin_name) or PluginInfo(plugin_name, "registered in process")
+            info.error = f"{type(exc).__name__} while registering backends: {exc}"
+            if info not in _plugins:
+                _plugins.append(info)
+            log.warning("clair_vec plugin %r failed to register its backends and is skipped: %s", plugin_name, info.error)
+            continue
+        found.update(mine)
+        if plugin_name in by_name:
+            by_name[plugin_name].backends.extend(mine)
     _backends = found
     return found
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from . import sources
 from .backend import Backend, CollectionInfo, Hit
 from .errors import CollectionMismatchError
-from .indexing import IndexSummary, index_sources, prepare_collection, prune
+from .indexing import IndexSummary, check_prune_roots, index_sources, prepare_collection, prune
 from .model import ClairModel, load_model
 from .plugin_manager import get_backend
 from .sources import ImageInput
@@ -92,15 +93,26 @@ class Retriever:
         domain = domain or m.pivot
         m.check_domain(domain)
         vocabulary = _vocabulary(labels)
+        images = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
+        roots = [str(i) for i in images if isinstance(i, (str, Path))]
+        if prune_missing:
+            check_prune_roots(roots)
         items = sources.expand(images, label_from_folder=label_from_folder)  # array errors raise before any write
         with self._lock:
             prepare_collection(self.backend, collection, m)
             summary = index_sources(m, self.backend, collection, items, domain=domain, batch_size=batch_size,
                                     vocabulary=vocabulary, progress=progress)  # fmt: skip
             if prune_missing:
-                roots = [str(i) for i in ([images] if isinstance(images, (str, Path)) else images) if isinstance(i, (str, Path))]
                 summary.pruned = prune(self.backend, collection, roots, domain=domain)
         return summary
+
+    def count(self, collection: str) -> int:
+        with self._lock:
+            return self.backend.count(collection)
+
+    def list_collections(self) -> list[str]:
+        with self._lock:
+            return self.backend.list_collections()
 
     # ------------------------------------------------------------------ reading
     def embed_queries(self, queries: ImageInput | Sequence[ImageInput], domain: str) -> np.ndarray:

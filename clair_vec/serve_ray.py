@@ -17,17 +17,20 @@ from typing import Any
 
 from .errors import ClairVecError
 
-SERVER_SCHEMES = ("http://", "https://", "grpc://", "tcp://")
 
-
-def _check_replicas(uri: str | None, replicas: int) -> None:
+def _check_replicas(backend: str | None, uri: str | None, replicas: int) -> None:
     if replicas < 1:
         raise ClairVecError(f"--replicas must be >= 1, got {replicas}")
-    if replicas > 1 and not (uri or "").startswith(SERVER_SCHEMES):
-        raise ClairVecError(
-            f"{replicas} replicas need a database server (--uri http://host:19530 or http://host:6333): the embedded "
-            "default store opens in one process at a time. Use one replica, or a server."
-        )
+    if replicas > 1:
+        from .plugin_manager import get_backend
+
+        with get_backend(backend, uri) as be:
+            shared = be.shared
+        if not shared:
+            raise ClairVecError(
+                f"{replicas} replicas need a database server (--uri http://host:19530 or http://host:6333): the "
+                f"embedded store {be.uri!r} opens in one process at a time. Use one replica, or a server."
+            )
 
 
 def deployment(replicas: int = 1) -> Any:
@@ -59,7 +62,7 @@ def build(args: dict[str, str]) -> Any:
     if unknown or "collection" not in args:
         raise ClairVecError(f"serve run ... build collection=NAME [model=DIR uri=URL backend=NAME replicas=N]; unknown: {sorted(unknown)}")
     replicas = int(args.get("replicas", 1))
-    _check_replicas(args.get("uri"), replicas)
+    _check_replicas(args.get("backend"), args.get("uri"), replicas)
     roots = args["gallery_roots"].split(",") if args.get("gallery_roots") else None
     options = {"gallery_roots": roots, "max_upload_bytes": int(float(args.get("max_upload_mb", 10)) * 2**20)}
     model = str(Path(args["model"]).resolve()) if args.get("model") else None
@@ -82,7 +85,7 @@ def run(
     import ray
     from ray import serve
 
-    _check_replicas(uri, replicas)
+    _check_replicas(backend, uri, replicas)
     model = str(Path(model).resolve()) if model else None
     started = not ray.is_initialized()
     if started:

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import image_files
+from .data import decode_image, image_files, load_image
 from .errors import CorruptImageError
-from .ids import content_digest, record_id
+from .ids import content_digest, file_record_id, record_id
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -46,7 +46,9 @@ def _utf8_problem(path: str) -> str | None:
 
 
 def _file(path: Path, label_from_folder: bool) -> ImageSource:
-    name = str(path)
+    # stored absolute, so thumbnails, stale-path cleanup and prune do not depend on the directory
+    # a later process runs from
+    name = os.path.abspath(path)
     problem = _utf8_problem(name)
     if problem is None and not path.is_file():
         problem = "file does not exist"
@@ -110,10 +112,9 @@ def read(src: ImageSource, domain: str) -> tuple[str, bytes | None]:
         src.image.save(buf, format="PNG")
         return record_id(domain, content_digest(buf.getvalue())), None
     try:
-        data = Path(src.path).read_bytes()  # type: ignore[arg-type]
+        return file_record_id(src.path, domain)  # type: ignore[arg-type]
     except OSError as exc:
         raise CorruptImageError(src.name, f"{type(exc).__name__}: {exc.strerror or exc}") from exc
-    return record_id(domain, content_digest(data)), data
 
 
 def decode(src: ImageSource, data: bytes | None = None) -> Image.Image:
@@ -122,11 +123,4 @@ def decode(src: ImageSource, data: bytes | None = None) -> Image.Image:
         return src.image
     if src.problem:
         raise CorruptImageError(src.name, src.problem)
-    try:
-        if data is None:
-            data = Path(src.path).read_bytes()  # type: ignore[arg-type]
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except Exception as exc:
-        raise CorruptImageError(src.name, f"{type(exc).__name__}: {exc}") from exc
+    return load_image(src.path) if data is None else decode_image(data, src.name)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ and a failure shows the values compared.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -37,6 +38,7 @@ import pytest
 
 from .backend import Backend, CollectionInfo, Record
 from .errors import (
+    BackendUnavailableError,
     CollectionMismatchError,
     CollectionNotFoundError,
     InvalidCollectionNameError,
@@ -50,13 +52,15 @@ TRICKY = ("café", "猫", "emoji 🎨", 'say "cheese"', "back\\slash", "it's", "
 
 
 def make_records(n: int, *, seed: int = 0, dim: int = DIM, prefix: str = "r") -> list[Record]:
+    """Records with content-hash-like ids: random, so insertion order is not key order (an engine
+    that pages in storage order would look right with sorted ids and lose records with real ones)."""
     rng = np.random.default_rng(seed)
     vecs = rng.normal(size=(n, dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     domains = ("photo", "sketch")
     return [
-        Record(f"{prefix}{i:06d}", vecs[i], {"domain": domains[i % 2], "label": f"c{i % 5}", "path": f"/img/{i}.png",
-                                             "pseudo_label": f"p{i % 3}"})  # fmt: skip
+        Record(hashlib.sha256(f"{prefix}|{seed}|{i}".encode()).hexdigest()[:32], vecs[i],
+               {"domain": domains[i % 2], "label": f"c{i % 5}", "path": f"/img/{prefix}{i}.png", "pseudo_label": f"p{i % 3}"})  # fmt: skip
         for i in range(n)
     ]
 
@@ -121,8 +125,14 @@ class BackendConformance:
 
     @pytest.fixture
     def fresh_uri(self, tmp_path) -> str | None:
-        """A storage location that does not exist yet, for embedded engines (None: not a path)."""
+        """A storage location that does not exist yet, for embedded engines (None: a server, or a
+        backend whose storage is not a file system path; the promise is then skipped)."""
         return None
+
+    @pytest.fixture
+    def fresh_path(self, fresh_uri) -> str | None:
+        """The file system path behind ``fresh_uri`` (override when the URI is not a bare path)."""
+        return fresh_uri
 
     @pytest.fixture
     def backend_factory(self, backend_uri, backend_options) -> Callable[[], Backend]:
@@ -198,9 +208,9 @@ class BackendConformance:
             with pytest.raises(InvalidCollectionNameError):
                 backend.search(bad, np.zeros((1, self.dim), np.float32))
 
-    def test_reading_a_store_that_does_not_exist_creates_nothing(self, fresh_uri, backend_options):
+    def test_reading_a_store_that_does_not_exist_creates_nothing(self, fresh_uri, fresh_path, backend_options):
         if fresh_uri is None:
-            pytest.skip("backend_uri is not a filesystem path (a server); nothing to create")
+            pytest.skip("no fresh_uri: a server, or a store that is not a file system path (override fresh_uri to check)")
         be = open_backend(self.backend_name, fresh_uri, backend_options)
         try:
             with pytest.raises(CollectionNotFoundError):
@@ -208,7 +218,7 @@ class BackendConformance:
             assert be.list_collections() == []
         finally:
             be.close()
-        assert not os.path.exists(fresh_uri), f"a search created {fresh_uri}"
+        assert not os.path.exists(fresh_path), f"a search created {fresh_path}"
 
     def test_spec_survives_reopening_in_a_new_process(self, backend_factory, backend_uri, backend_options):
         info = CollectionInfo(f"spec_{uuid.uuid4().hex[:10]}", self.dim, "model-Ω", metric="cosine", target_domain="sketch",
@@ -337,8 +347,9 @@ class BackendConformance:
 
         monkeypatch.setattr(backend, "_upsert", always)
         calls.clear()
-        with pytest.raises(TransientBackendError):
+        with pytest.raises(BackendUnavailableError, match=f"still failed after {backend.max_retries + 1} attempts") as err:
             backend.upsert(info.name, make_records(1, dim=self.dim, prefix="x"))
+        assert isinstance(err.value.__cause__, TransientBackendError)
         assert len(calls) == backend.max_retries + 1
 
         def broken(name, records):
@@ -425,6 +436,7 @@ class BackendConformance:
     def test_get_and_records_return_payloads(self, backend, info, filled):
         got = backend.get(info.name, [filled[2].id, "absent", filled[9].id])
         assert got == {filled[2].id: filled[2].payload, filled[9].id: filled[9].payload}
+        backend.flush(info.name)  # pages must hold across sealed storage too
         listed = dict(backend.records(info.name, page_size=7))
         assert listed == {r.id: r.payload for r in filled}
         sketches = dict(backend.records(info.name, filter={"domain": "sketch"}, page_size=4))

@@ -39,6 +39,14 @@ class TestQdrantClientLocalMode(BackendConformance):
     def backend_uri(self, tmp_path):
         return f"local:{tmp_path / 'qdrant-local'}"
 
+    @pytest.fixture
+    def fresh_uri(self, tmp_path):
+        return f"local:{tmp_path / 'never' / 'local'}"
+
+    @pytest.fixture
+    def fresh_path(self, fresh_uri):
+        return fresh_uri.removeprefix("local:")
+
 
 class TestNumpyReference(BackendConformance):
     """The guide's example plugin, loaded the way a worker without entry points loads it."""

@@ -167,6 +167,8 @@ def test_kill_a_worker_mid_run_and_the_collection_still_holds_each_image_once(mo
     finally:
         _reap_group(proc.pid)
     assert killed, "no encoding actor was found to kill"
+    records, paths = ids_are_unique("milvus", uri, name)
+    assert records == paths and records > 0  # whatever the killed actor was doing, nothing is stored twice
     # Ray Data restarts the actor and retries its batch, or the job fails: either way a re-run completes it
     rerun = run_job(*args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

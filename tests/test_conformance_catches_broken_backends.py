@@ -123,8 +123,19 @@ BROKEN = textwrap.dedent('''
                                                           for k, vs in flt.items()})
 
 
+    class StorageOrderPages(NumpyBackend):
+        """Pages by key from a page taken in storage order (what Milvus Lite does without the
+        iterator parameter): records between pages are skipped."""
+
+        def _scroll(self, name, flt, cursor, limit):
+            c = self.data[name]
+            rows = [(i, dict(p)) for i, p in zip(c["ids"], c["payloads"]) if (cursor is None or i > cursor)]
+            page = sorted(rows[:limit])
+            return page, (page[-1][0] if len(page) == limit else None)
+
+
     VARIANTS = {
-        "no_load": NoLoadOnReopen, "loses_spec": LosesSpec, "returns_deleted": ReturnsDeleted, "pads_hits": PadsHits,
+        "no_load": NoLoadOnReopen, "storage_order_pages": StorageOrderPages, "loses_spec": LosesSpec, "returns_deleted": ReturnsDeleted, "pads_hits": PadsHits,
         "mangled_text": MangledText, "quote_bug": QuoteBug,
         **{f"ignores_{k}_in_{w}": ignoring(k, w) for k in ("domain", "label", "path", "pseudo_label") for w in ("search", "count")},
     }
@@ -161,6 +172,7 @@ SUITE = textwrap.dedent('''
 #: defect -> the promises (test names) that must catch it
 EXPECTED = {
     "no_load": ["test_a_new_process_can_search_what_another_process_wrote"],
+    "storage_order_pages": ["test_get_and_records_return_payloads"],
     "loses_spec": ["test_spec_survives_reopening_in_a_new_process"],
     "returns_deleted": ["test_deleted_records_are_gone_from_every_read"],
     "pads_hits": ["test_top_k_beyond_the_matches_returns_only_the_matches"],

@@ -26,29 +26,33 @@ from clair_vec.errors import (
     UnsafeCheckpointError,
 )
 
-MARKER = Path("/tmp/clair_vec_pwned_by_pickle")
-
 
 class Payload:
-    """Unpickling this runs ``touch MARKER``: what a planted checkpoint would do."""
+    """Unpickling this runs ``touch <marker>``: what a planted checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
 
     def __reduce__(self):
-        return (os.system, (f"touch {MARKER}",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture
-def planted(model_dir, tmp_path):
-    MARKER.unlink(missing_ok=True)
+def marker(tmp_path) -> Path:
+    return tmp_path / "pwned_by_pickle"
+
+
+@pytest.fixture
+def planted(model_dir, tmp_path, marker):
     bad = tmp_path / "model"
     shutil.copytree(model_dir, bad)
     state = torch.load(bad / "clair.pt", weights_only=True)
-    state["prompts"] = Payload()
+    state["prompts"] = Payload(marker)
     torch.save(state, bad / "clair.pt")
-    yield bad
-    MARKER.unlink(missing_ok=True)
+    return bad
 
 
-def test_a_planted_checkpoint_is_refused_and_never_runs(planted, tmp_path):
+def test_a_planted_checkpoint_is_refused_and_never_runs(planted, tmp_path, marker):
     from clair_vec.model import ClairModel
 
     with pytest.raises(UnsafeCheckpointError, match="refusing to load CLAIR checkpoint.*could run code"):
@@ -56,28 +60,29 @@ def test_a_planted_checkpoint_is_refused_and_never_runs(planted, tmp_path):
     out = run_cli("search", "--model", str(planted), "--collection", "g", "--uri", str(tmp_path / "s.db"), "--domain",
                   "sketch", str(planted / "clair.json"))  # fmt: skip
     assert out.returncode == 2 and "refusing to load" in out.stderr and "Traceback" not in out.stderr
-    assert not MARKER.exists()
+    assert not marker.exists()
+    torch.load(planted / "clair.pt", weights_only=False)  # the payload is real: unsafe loading runs it
+    assert marker.exists()
 
 
-def test_planted_feature_cache_and_trainer_checkpoint_are_refused(tiny_clip, shapes_root, tmp_path):
+def test_planted_feature_cache_and_trainer_checkpoint_are_refused(tiny_clip, shapes_root, tmp_path, marker):
     from clair_vec.data import scan_folder
     from clair_vec.features import _cache_key, extract_features
     from clair_vec.tensor_files import load_tensor_file
 
-    MARKER.unlink(missing_ok=True)
     ds = scan_folder(shapes_root).subset(classes=["circle"], domains=["photo"])
     cache = tmp_path / "cache"
     cache.mkdir()
-    torch.save({"photo": Payload()}, cache / f"features-{_cache_key(tiny_clip, ds, 1, 0)}.pt")
+    torch.save({"photo": Payload(marker)}, cache / f"features-{_cache_key(tiny_clip, ds, 1, 0)}.pt")
     with pytest.raises(UnsafeCheckpointError, match="feature cache"):
         extract_features(tiny_clip, ds, n_views=1, cache_dir=cache, progress=False)
-    torch.save({"epoch": 1, "history": Payload()}, tmp_path / "trainer.pt")
+    torch.save({"epoch": 1, "history": Payload(marker)}, tmp_path / "trainer.pt")
     with pytest.raises(UnsafeCheckpointError, match="Ray trainer checkpoint"):
         load_tensor_file(tmp_path / "trainer.pt", what="Ray trainer checkpoint")
     (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not a torch file")
     with pytest.raises(UnsafeCheckpointError, match="truncated or not a torch file"):
         load_tensor_file(tmp_path / "truncated.pt")
-    assert not MARKER.exists()
+    assert not marker.exists()
 
 
 def test_filter_values_of_the_wrong_type_are_one_clear_error(model_dir, shapes_root, tmp_path):
@@ -125,6 +130,14 @@ def test_a_file_whose_bytes_changed_is_stored_once_and_prune_removes_deleted_fil
     out = run_cli("index", *common, "--prune", str(gallery))
     s = json.loads(out.stdout.splitlines()[-1])
     assert (s["indexed"], s["already_present"], s["replaced"], s["pruned"]) == (0, 15, 0, 1)
+    # a renamed file keeps its record (its path follows it), and prune does not take it for deleted
+    (gallery / "arrow" / "0002.png").rename(gallery / "arrow" / "renamed.png")
+    out = run_cli("index", *common, "--prune", str(gallery))
+    s = json.loads(out.stdout.splitlines()[-1])
+    assert (s["indexed"], s["already_present"], s["moved"], s["pruned"]) == (1, 14, 1, 0)
+    # a folder that is not there (an unmounted disk) is refused, not read as "every file was deleted"
+    out = run_cli("index", *common, "--prune", str(tmp_path / "unmounted"))
+    assert out.returncode == 2 and "--prune needs existing folders" in out.stderr
     from clair_vec import get_backend
 
     with get_backend("milvus", uri) as be:

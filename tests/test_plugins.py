@@ -95,6 +95,34 @@ def test_broken_env_module_and_misspelled_hook_are_reported_and_skipped(monkeypa
         plugin_manager.get_backend("elastic")
 
 
+def test_a_plugin_whose_registration_raises_or_clashes_is_skipped(monkeypatch, tmp_path):
+    (tmp_path / "raising_plugin.py").write_text(textwrap.dedent('''
+        from clair_vec import hookimpl
+
+        @hookimpl
+        def clair_vec_register_backends(register):
+            register("half", object)
+            raise RuntimeError("config file missing")
+    '''))
+    (tmp_path / "clashing_plugin.py").write_text(textwrap.dedent('''
+        from clair_vec import hookimpl
+        from clair_vec_numpy import NumpyBackend
+
+        @hookimpl
+        def clair_vec_register_backends(register):
+            register("milvus", NumpyBackend)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CLAIR_VEC_PLUGINS", "raising_plugin,clashing_plugin")
+    found = plugin_manager.backends()
+    assert "half" not in found  # nothing of a plugin that failed half-way
+    assert found["milvus"][1] == "milvus"  # the first registration stands
+    errors = {p.name: p.error for p in plugin_manager.plugins() if not p.loaded}
+    assert "RuntimeError while registering backends: config file missing" in errors["raising_plugin"]
+    assert "already registered by 'milvus'" in errors["clashing_plugin"]
+    assert plugin_manager.get_backend("qdrant", str(tmp_path / "q")).name == "qdrant"
+
+
 def test_a_plugin_with_a_missing_dependency_does_not_break_the_others(tmp_path):
     """The reported case: a third-party backend whose dependency is not installed. In a new
     process, as users run it: the CLI still lists and uses the built-in backends."""

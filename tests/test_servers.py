@@ -112,7 +112,8 @@ def test_index_then_search_in_new_processes_against_the_server(milvus_uri, model
     assert len(hits) == 16 and {h["label"] for h in hits} == {"heart", "arrow"}
     again = run_cli("index", *common, "--label-from-folder", *photos)
     assert json.loads(again.stdout.splitlines()[-1]) | {"skipped": []} == {
-        "collection": name, "backend": "milvus", "indexed": 0, "already_present": 16, "replaced": 0, "pruned": 0, "skipped": []}
+        "collection": name, "backend": "milvus", "indexed": 0, "already_present": 16, "replaced": 0, "moved": 0, "pruned": 0,
+        "skipped": []}
     from clair_vec import get_backend
 
     with get_backend("milvus", milvus_uri) as be:

@@ -215,3 +215,34 @@ def test_serve_refuses_to_start_without_the_collection(model_dir, gallery, tmp_p
     assert out.returncode == 2 and "--replicas needs --ray" in out.stderr
     out = run_cli("serve", "--model", str(model_dir), "--collection", "gallery", "--uri", store, "--ray", "--replicas", "2")
     assert out.returncode == 2 and "need a database server" in out.stderr
+
+
+def test_limits_hold_for_streamed_bodies_and_allow_base64_up_to_the_limit(client):
+    def chunks():  # no Content-Length: the limit must hold as the body streams in
+        for _ in range(40):
+            yield b"x" * 10_000
+
+    r = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit is 0.2 MiB" in r.json()["detail"]
+    image = png(Image.new("RGB", (1, 1), "white")) + b"\0" * 180_000  # a PNG with trailing bytes, under 200 kB
+    r = client.post("/search", json={"image": base64.b64encode(image).decode(), "domain": "sketch"})
+    assert r.status_code == 200, r.text  # base64 is 4/3 larger than the image: still within the limit
+
+
+def test_a_database_outage_is_a_counted_503_not_a_traceback(retriever, sketch, monkeypatch):
+    from clair_vec.errors import BackendUnavailableError
+
+    app = TestClient(create_app(retriever, "gallery"), raise_server_exceptions=False)
+
+    def down(*a, **k):
+        raise BackendUnavailableError("milvus at /x still failed after 4 attempts: connection refused")
+
+    monkeypatch.setattr(retriever.backend, "search", down)
+    r = app.post("/search", files={"image": ("q.png", sketch)}, data={"domain": "sketch"})
+    assert r.status_code == 503 and "does not answer" in r.json()["detail"] and "Traceback" not in r.text
+    assert r.headers["x-served-by"]
+    monkeypatch.setattr(retriever.backend, "count", down)
+    assert app.get("/readyz").status_code == 503
+    text = app.get("/metrics").text
+    assert 'clair_vec_http_requests_total{method="POST",route="/search",status="503"} 1.0' in text
+    assert 'route="/readyz",status="503"' in text

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from clair_vec.backend import Backend, CollectionInfo, Hit, Record
-from clair_vec.errors import BackendUnavailableError, StoreLockedError
+from clair_vec.errors import BackendUnavailableError, CollectionMismatchError, StoreLockedError
 from clair_vec.hookspecs import hookimpl
 
 DEFAULT_URI = "./clair_vec_milvus.db"
@@ -159,6 +159,10 @@ class MilvusBackend(Backend):
     def client(self) -> Any:
         return self._connect()
 
+    @property
+    def shared(self) -> bool:
+        return not self.lite
+
     def _exists(self) -> bool:
         """False for a Lite store that was never created: reads then find nothing, and create nothing."""
         return self._client is not None or not self.lite or Path(self.uri).exists()
@@ -172,9 +176,21 @@ class MilvusBackend(Backend):
                                   grpc.StatusCode.RESOURCE_EXHAUSTED)  # fmt: skip
         text = str(exc).lower()
         return super().is_transient(exc) or (
-            isinstance(exc, MilvusException)
-            and any(w in text for w in ("timeout", "deadline", "unavailable", "rate limit", "not loaded", "loading"))
+            isinstance(exc, MilvusException) and any(w in text for w in ("timeout", "deadline", "unavailable", "rate limit"))
         )
+
+    def _reading(self, name: str, read: Any) -> Any:
+        """Run a read; if the server released the collection meanwhile (a restart, an operator's
+        release), load it again and retry once."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return read()
+        except MilvusException as exc:
+            if not any(w in str(exc).lower() for w in ("not loaded", "released", "loading")):
+                raise
+            self._load(name)
+            return read()
 
     # ------------------------------------------------------------------ primitives
     def _create(self, info: CollectionInfo) -> None:
@@ -202,7 +218,7 @@ class MilvusBackend(Backend):
         try:
             return CollectionInfo.from_json(props["clair_vec"])
         except (KeyError, ValueError, TypeError) as exc:
-            raise BackendUnavailableError(
+            raise CollectionMismatchError(
                 f"Milvus collection {name!r} was not created by clair_vec (it has no clair_vec property); "
                 "choose another collection name"
             ) from exc
@@ -233,7 +249,7 @@ class MilvusBackend(Backend):
         rows = []
         for r in records:
             row = {k: v for k, v in r.payload.items() if v is not None}
-            row.update({f: str(r.payload.get(f, "")) for f in _FIELDS})
+            row.update({f: "" if r.payload.get(f) is None else str(r.payload[f]) for f in _FIELDS})
             row.update(id=r.id, vector=r.vector.tolist())
             rows.append(row)
         # a 4096-row batch can take longer than a one-row call under load: the deadline grows with the batch
@@ -241,43 +257,36 @@ class MilvusBackend(Backend):
         self.client.upsert(name, data=rows, timeout=timeout)
 
     def _search(self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[str]]) -> list[list[Hit]]:
-        results = self.client.search(
-            name,
-            data=vectors.tolist(),
-            filter=expr(flt),
-            limit=top_k,
-            output_fields=_OUTPUT,
-            search_params={"metric_type": "COSINE", **self.search_params},
-            consistency_level="Session",
-        )
+        results = self._reading(name, lambda: self.client.search(
+            name, data=vectors.tolist(), filter=expr(flt), limit=top_k, output_fields=_OUTPUT,
+            search_params={"metric_type": "COSINE", **self.search_params}, consistency_level="Session"))  # fmt: skip
         return [[Hit(id=str(h["id"]), score=float(h["distance"]), payload=_payload(h.get("entity", {}))) for h in row]
                 for row in results]  # fmt: skip
 
+    def _query(self, name: str, filter: str, fields: list[str], **kw: Any) -> list[dict]:
+        return self._reading(name, lambda: self.client.query(name, filter=filter, output_fields=fields,
+                                                              consistency_level="Session", **kw))  # fmt: skip
+
+    def _by_ids(self, name: str, ids: Sequence[str], fields: list[str]) -> list[dict]:
+        return self._query(name, f"id in [{', '.join(quote(i) for i in ids)}]", fields) if ids else []
+
     def _count(self, name: str, flt: dict[str, list[str]]) -> int:
-        res = self.client.query(name, filter=expr(flt), output_fields=["count(*)"], consistency_level="Session")
-        return int(res[0]["count(*)"])
+        return int(self._query(name, expr(flt), ["count(*)"])[0]["count(*)"])
 
     def _existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
-        if not ids:
-            return set()
-        res = self.client.query(name, filter=f"id in [{', '.join(quote(i) for i in ids)}]", output_fields=["id"],
-                                consistency_level="Session")  # fmt: skip
-        return {r["id"] for r in res}
+        return {r["id"] for r in self._by_ids(name, ids, ["id"])}
 
     def _get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        if not ids:
-            return {}
-        res = self.client.query(name, filter=f"id in [{', '.join(quote(i) for i in ids)}]", output_fields=_OUTPUT,
-                                consistency_level="Session")  # fmt: skip
-        return {str(r["id"]): _payload(r) for r in res}
+        return {str(r["id"]): _payload(r) for r in self._by_ids(name, ids, _OUTPUT)}
 
     def _scroll(
         self, name: str, flt: dict[str, list[str]], cursor: Any, limit: int
     ) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
-        # primary-key paging (what pymilvus' query_iterator does, without its per-call mvcc warning)
+        # primary-key paging, as pymilvus' query_iterator pages: the "iterator" parameter makes the
+        # engine return the smallest keys above the cursor (Milvus Lite otherwise returns a page in
+        # storage order, and paging by key from it skipped 39 of 50 records)
         parts = [p for p in (expr(flt), f"id > {quote(cursor)}" if cursor is not None else "") if p]
-        res = self.client.query(name, filter=" and ".join(parts), limit=limit, output_fields=_OUTPUT,
-                                consistency_level="Session")  # fmt: skip
+        res = self._query(name, " and ".join(parts), _OUTPUT, limit=limit, iterator="True")
         page = sorted(((str(r["id"]), _payload(r)) for r in res), key=lambda x: x[0])
         return page, (page[-1][0] if len(page) == limit else None)
 

@@ -36,14 +36,21 @@ def _payload(r: Record) -> dict[str, Any]:
     return {**{k: v for k, v in r.payload.items() if v is not None}, "clair_id": r.id}
 
 
-def _hit(point: Any) -> Hit:
-    payload = dict(point.payload or {})
-    return Hit(id=str(payload.pop("clair_id", point.id)), score=float(point.score), payload=payload)
-
-
 def _record(point: Any) -> tuple[str, dict[str, Any]]:
     payload = dict(point.payload or {})
     return str(payload.pop("clair_id", point.id)), payload
+
+
+def _hit(point: Any) -> Hit:
+    rid, payload = _record(point)
+    return Hit(id=rid, score=float(point.score), payload=payload)
+
+
+def _must_match(models: Any, flt: dict[str, list[str]]) -> Any:
+    """The same filter for Qdrant Edge and qdrant-client, whose model classes share their names."""
+    if not flt:
+        return None
+    return models.Filter(must=[models.FieldCondition(key=k, match=models.MatchAny(any=list(vs))) for k, vs in flt.items()])
 
 
 class QdrantEdgeBackend(Backend):
@@ -106,10 +113,7 @@ class QdrantEdgeBackend(Backend):
         return self._shards[name]
 
     def _filter(self, flt: dict[str, list[str]]) -> Any:
-        if not flt:
-            return None
-        q = self.q
-        return q.Filter(must=[q.FieldCondition(key=k, match=q.MatchAny(any=list(vs))) for k, vs in flt.items()])
+        return _must_match(self.q, flt)
 
     def _create(self, info: CollectionInfo) -> None:
         q = self.q
@@ -130,7 +134,8 @@ class QdrantEdgeBackend(Backend):
     def _list(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return [p.name for p in self.root.iterdir() if (p / _INFO_FILE).is_file()]
+        # ".name.creating" directories are creations a crash interrupted, not collections
+        return [p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / _INFO_FILE).is_file()]
 
     def _load(self, name: str) -> None:
         self._shard(name)
@@ -189,15 +194,19 @@ class QdrantEdgeBackend(Backend):
         shutil.rmtree(self._dir(name))
 
     def close(self) -> None:
-        for shard in self._shards.values():
-            shard.flush()
-            shard.close()
-        self._shards.clear()
-        self._loaded.clear()
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        try:
+            for shard in self._shards.values():
+                try:
+                    shard.flush()
+                finally:
+                    shard.close()
+        finally:  # whatever a shard did, the lock goes: a failed flush must not lock the store for good
+            self._shards.clear()
+            self._loaded.clear()
+            if self._lock_fh is not None:
+                fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+                self._lock_fh.close()
+                self._lock_fh = None
 
 
 class QdrantClientBackend(Backend):
@@ -244,6 +253,10 @@ class QdrantClientBackend(Backend):
         # local mode creates its directory with the first collection, not on open
         return self._client if self._client is not None else self._open_local()
 
+    @property
+    def shared(self) -> bool:
+        return self.local_path is None
+
     def is_transient(self, exc: BaseException) -> bool:
         from qdrant_client.http.exceptions import ResponseHandlingException
 
@@ -262,8 +275,9 @@ class QdrantClientBackend(Backend):
             vectors_config={VECTOR: m.VectorParams(size=info.dim, distance=m.Distance.COSINE)},
             metadata={"clair_vec": info.to_json()},
         )
-        for key in ("domain", "label"):
-            self.client.create_payload_index(info.name, key, m.PayloadSchemaType.KEYWORD, wait=True)
+        if self.local_path is None:  # every filter key, so filters never scan (local mode has no indexes)
+            for key in ("domain", "label", "path", "pseudo_label"):
+                self.client.create_payload_index(info.name, key, m.PayloadSchemaType.KEYWORD, wait=True)
 
     def _read_info(self, name: str) -> CollectionInfo | None:
         if self._client is None or not self.client.collection_exists(name):
