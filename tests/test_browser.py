@@ -2,9 +2,9 @@
 serve` running as its own process on an index another process wrote.
 
 Draws a stroke on the canvas, waits for result thumbnails and checks each one loaded. A
-screenshot of the page with results is saved as an artifact: ``$CLAIR_VEC_ARTIFACTS`` (default:
-the test's temporary directory); the README's picture is docs/serve.png, refreshed with
-``CLAIR_VEC_ARTIFACTS=docs``.
+screenshot of the page with results is saved as an artifact: ``$CLAIR_VEC_ARTIFACTS/serve.png``
+(default: the test's temporary directory). The README's picture, docs/serve.png, is the same page
+serving the model `make demo` trains, whose bootstrapped CLIP gives results worth looking at.
 """
 
 from __future__ import annotations
