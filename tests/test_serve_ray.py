@@ -4,19 +4,13 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import httpx
 import pytest
 from conftest import UNSEEN
+from servers import free_port
 
 ray = pytest.importorskip("ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
