@@ -20,16 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .config import ClairConfig
+from .config import ClairConfig, parse_overrides
 from .data import MultiDomainDataset, split_dataset
-from .evaluation import hubness, mean_pairwise_cosine
+from .evaluation import diagnosed_metrics
 from .features import extract_features
 from .foundation import FoundationModel
 from .mapping import DomainMapping
-from .metrics import retrieval_metrics
 from .prompts import hand_crafted_text_embeddings
 from .trainer import ClairTrainer
 
@@ -53,8 +51,8 @@ def score(embed: Callable[[torch.Tensor, str], torch.Tensor], test: dict, pivot:
     out = []
     for q in queries:
         e = embed(test[q].clean, q).numpy()
-        m = retrieval_metrics(e, test[q].labels, g, test[pivot].labels, map_ks=(k,), prec_ks=(k,))
-        out += [m[f"mAP@{k}"], m[f"P@{k}"], mean_pairwise_cosine(e), hubness(np.argmax(e @ g.T, axis=1))]
+        m = diagnosed_metrics(e, test[q].labels, g, test[pivot].labels, k)
+        out += [m[f"mAP@{k}"], m[f"P@{k}"], m["mean_pairwise_cosine"], m["hubness"]]
     return out
 
 
@@ -162,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variants", default=None, help="JSON {name: [config changes, map queries]} instead of the §6.3 set")
     p.add_argument("--out", default=None, help="write the result JSON here")
     a = p.parse_args(argv)
-    config = {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in a.set}
+    config = parse_overrides(a.set)
     result = run(a.workdir if a.workdir or a.data else "clair_demo", data=a.data, clip_model=a.clip_model,
                  clip_pretrained=a.clip_pretrained, bootstrap_steps=a.bootstrap_steps, bootstrap_share=a.bootstrap_share,
                  seeds=a.seeds, epochs=a.epochs,

@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from .data import image_files
-from .ids import content_digest, record_id
+from .ids import file_record_id
+from .ray_gpus import gpus_each
+from .sources import printable, utf8_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +45,17 @@ def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.nda
     that is not valid UTF-8 reaches this point and is reported, not lost."""
     paths, ids, errors = [], [], []
     for raw in batch["path"]:
-        raw = bytes(raw)
-        path = os.fsdecode(raw)
-        paths.append(raw.decode("utf-8", "backslashreplace"))
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
+        path = os.fsdecode(bytes(raw))
+        paths.append(printable(path))
+        problem = utf8_problem(path)
+        if problem is None:
+            try:
+                ids.append(file_record_id(path, domain)[0])
+            except OSError as exc:
+                problem = f"{type(exc).__name__}: {exc.strerror or exc}"
+        if problem is not None:
             ids.append("")
-            errors.append("file name is not valid UTF-8, so no database can store it as text; rename the file to index it")
-            continue
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            ids.append("")
-            errors.append(f"{type(exc).__name__}: {exc.strerror or exc}")
-            continue
-        ids.append(record_id(domain, content_digest(data)))
-        errors.append("")
+        errors.append(problem or "")
     return {"path": np.array(paths, dtype=object), "label": batch["label"], "id": np.array(ids, dtype=object),
             "error": np.array(errors, dtype=object)}  # fmt: skip
 
@@ -83,9 +79,9 @@ class Writer:
         return self.be.upsert(self.collection, [Record(i, v, p) for i, v, p in records], model=model_id)
 
     def replace_stale(self, domain: str, current: dict[str, str]) -> int:
-        from .indexing import _stale_ids
+        from .indexing import stale_ids
 
-        stale = _stale_ids(self.be, self.collection, domain, current)
+        stale = stale_ids(self.be, self.collection, domain, current)
         return self.be.delete(self.collection, stale) if stale else 0
 
     def flush(self) -> None:
@@ -147,10 +143,9 @@ class EncodeActor:
                 continue
             moves += ids[i] in stored
             try:
-                data = Path(paths[i]).read_bytes()
                 # hashed again from the bytes decoded here: a file rewritten since the hashing task
                 # read it gets the id of what is stored, not of what was hashed
-                ids[i] = record_id(self.domain, content_digest(data))
+                ids[i], data = file_record_id(paths[i], self.domain)
                 items.append((i, decode_image(data, paths[i])))
             except OSError as exc:
                 error[i] = f"{type(exc).__name__}: {exc.strerror or exc}"
@@ -180,17 +175,6 @@ def _tally(summary: Any, batch: dict[str, np.ndarray]) -> None:
             summary.skipped.append((str(path), str(error)))
     summary.replaced += int(batch["replaced"].sum())
     summary.moved += int(batch["moved"].sum())
-
-
-def _gpus_per_actor(gpus: str, actors: int) -> float:
-    import ray
-
-    if gpus not in ("auto", "yes", "no"):
-        raise ValueError(f"gpus must be auto, yes or no, got {gpus!r}")
-    have = ray.cluster_resources().get("GPU", 0)
-    if gpus == "yes" and have < actors:
-        raise ValueError(f"{actors} GPU actors requested but the Ray cluster has {have:g} GPUs; lower --actors or pass --gpus no")
-    return 1.0 if gpus == "yes" or (gpus == "auto" and have >= actors) else 0.0
 
 
 def ray_index(
@@ -237,7 +221,7 @@ def ray_index(
         ray.init()
     store_actor = None
     try:
-        gpu = _gpus_per_actor(gpus, actors)
+        gpu = gpus_each(gpus, actors, "actors")
         be = get_backend(backend, uri)
         try:
             prepare_collection(be, collection, card)

@@ -25,30 +25,13 @@ def _filters(items: list[str] | None) -> dict[str, list[str]] | None:
     return out
 
 
-def _config_overrides(items: list[str] | None) -> dict:
-    """``--set key=value`` pairs for ClairConfig fields, values parsed as JSON where they parse."""
-    from .config import ClairConfig
-
-    known = set(ClairConfig.__dataclass_fields__)
-    out = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in known:
-            raise ClairVecError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
 def _train_config(a: argparse.Namespace):
-    from .config import ClairConfig
+    from .config import ClairConfig, parse_overrides
 
     pretrained = None if str(a.clip_pretrained).lower() == "none" else a.clip_pretrained
     try:
         return ClairConfig(clip_model=a.clip_model, clip_pretrained=pretrained, pivot_domain=a.pivot, epochs=a.epochs,
-                           batch_size=a.batch_size, seed=a.seed, **_config_overrides(a.set))  # fmt: skip
+                           batch_size=a.batch_size, seed=a.seed, **parse_overrides(a.set))  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise ClairVecError(str(exc)) from exc
 

@@ -109,3 +109,19 @@ class ClairConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs (``--set`` on the command lines) as ClairConfig keyword arguments;
+    values are parsed as JSON where they parse (numbers, booleans, lists), else kept as text."""
+    known = {f.name for f in dataclasses.fields(ClairConfig)}
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out

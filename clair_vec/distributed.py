@@ -22,7 +22,8 @@ from .data import MultiDomainDataset, load_images, plan_split
 from .features import DomainFeatures, encode_domain_images, extract_features
 from .foundation import FoundationModel
 from .model import ClairModel
-from .tensor_files import load_tensor_file
+from .ray_gpus import check_gpu_choice, gpus_each
+from .tensor_files import load_tensor_file, save_tensor_file
 from .train_job import choose, progress_record
 
 log = logging.getLogger(__name__)
@@ -189,25 +190,20 @@ def run_training(
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if gpus not in ("auto", "yes", "no"):
-        raise ValueError(f"gpus must be auto, yes or no, got {gpus!r}")
+    check_gpu_choice(gpus)
     split = plan_split(Path(data), config.seed, val_fraction)  # raises DatasetError naming a missing folder
     started = not ray.is_initialized()
     if started:
         ray.init()
     try:
-        cluster_gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus == "yes" and cluster_gpus < workers:
-            raise ValueError(f"{workers} GPU workers requested but the Ray cluster has {cluster_gpus:g} GPUs; "
-                             "lower --workers or pass --gpus no")  # fmt: skip
-        use_gpu = gpus == "yes" or (gpus == "auto" and cluster_gpus >= workers)
+        use_gpu = gpus_each(gpus, workers, "workers") > 0
         run_dir = Path(storage_path) / name
         run_dir.mkdir(parents=True, exist_ok=True)
         fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
         if fm.pretrained is None:  # random CLIP (tests): workers load it from a file like any checkpoint
             weights = run_dir / "foundation.pt"
-            if not weights.exists():
-                torch.save(fm.state_dict(), weights)
+            if not weights.exists():  # atomic: a run killed mid-write must not leave a torn file to resume from
+                save_tensor_file(fm.state_dict(), weights)
             config = config.replace(clip_pretrained=str(weights))
             fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
         common = {"seed": config.seed, "actors": feature_actors, "gpus_per_actor": 1.0 if use_gpu else 0.0,

@@ -67,7 +67,8 @@ def evaluation_classes(model: ClairModel, root: str | Path) -> tuple[MultiDomain
     return ds.subset(classes=classes), source
 
 
-def _metrics(q: np.ndarray, ql: Sequence[str], g: np.ndarray, gl: Sequence[str], k: int) -> dict[str, float]:
+def diagnosed_metrics(q: np.ndarray, ql: Sequence[str], g: np.ndarray, gl: Sequence[str], k: int) -> dict[str, float]:
+    """mAP@k, P@100, P@k (spec §5.5) and the two diagnostics, for one query domain against the gallery."""
     m = retrieval_metrics(q, ql, g, gl, map_ks=(k,), prec_ks=tuple(sorted({100, k})))
     top1 = np.argmax(q @ g.T, axis=1) if len(q) and len(g) else np.zeros(0, int)
     m.update(mean_pairwise_cosine=mean_pairwise_cosine(q), hubness=hubness(top1))
@@ -106,8 +107,8 @@ def evaluate(
         q_model = m.embed_features(f.clean, q).numpy()
         row = {"query": q, "gallery": pivot, "classes": ds.classes, "queries": len(f), "gallery_size": len(gallery),
                "shipped": m.record.get("shipped", "clair"),
-               "raw_clip": _metrics(f.clean.numpy(), f.labels, g_raw, gallery.labels, k),
-               "model": _metrics(q_model, f.labels, g_model, gallery.labels, k)}  # fmt: skip
+               "raw_clip": diagnosed_metrics(f.clean.numpy(), f.labels, g_raw, gallery.labels, k),
+               "model": diagnosed_metrics(q_model, f.labels, g_model, gallery.labels, k)}  # fmt: skip
         rows.append(row)
         pick = sorted(random.Random(seed).sample(range(len(f)), min(samples, len(f))))
         order = np.argsort(-(q_model[pick] @ g_model.T), axis=1)[:, :10]

@@ -102,7 +102,7 @@ def moved(stored: dict[str, dict], rid: str, path: str | None) -> bool:
     return path is not None and isinstance(old, str) and old != path and not old.startswith("<") and not os.path.exists(old)
 
 
-def _stale_ids(be: Backend, collection: str, domain: str, current: dict[str, str]) -> list[str]:
+def stale_ids(be: Backend, collection: str, domain: str, current: dict[str, str]) -> list[str]:
     """Ids stored for these paths (path -> current id) that are not the current ones."""
     if not current:
         return []
@@ -146,7 +146,7 @@ def index_sources(
             if todo:
                 summary.indexed += be.upsert(collection, encode_records(model, domain, todo, vocabulary), model=model.model_id)
             # after the write: a crash in between leaves the old record, which the re-run removes
-            stale = _stale_ids(be, collection, domain, {s.path: rid for s, rid, _ in read if s.path is not None})
+            stale = stale_ids(be, collection, domain, {s.path: rid for s, rid, _ in read if s.path is not None})
             if stale:
                 summary.replaced += be.delete(collection, stale)
             bar.update(len(chunk))
@@ -170,12 +170,9 @@ def prune(be: Backend, collection: str, roots: Sequence[str | Path], *, domain: 
     check_prune_roots(roots)
     bases = [os.path.abspath(r) for r in roots]
 
-    def under_a_root(path: str) -> bool:
-        p = os.path.abspath(path)
-        return any(p == b or p.startswith(b.rstrip(os.sep) + os.sep) for b in bases)
-
     def missing(path: object) -> bool:  # in-memory images are stored as "<image #i>": never files
-        return isinstance(path, str) and not path.startswith("<") and under_a_root(path) and not os.path.exists(path)
+        return (isinstance(path, str) and not path.startswith("<") and src_mod.is_under(os.path.abspath(path), bases)
+                and not os.path.exists(path))  # fmt: skip
 
     gone = [rid for rid, payload in be.records(collection, filter={"domain": domain}) if missing(payload.get("path"))]
     removed = be.delete(collection, gone) if gone else 0

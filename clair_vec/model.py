@@ -28,10 +28,10 @@ from .encoder import ClairHead
 from .errors import UnknownDomainError, WeightsNotFoundError
 from .foundation import FoundationModel
 from .mapping import DomainMapping
+from .model_card import FORMAT_VERSION, read_meta
 from .prompts import PromptLearner, combine_text_embeddings, hand_crafted_text_embeddings
 from .tensor_files import load_tensor_file
 
-FORMAT_VERSION = 1
 MODEL_ENV = "CLAIR_VEC_MODEL"
 _loaded: dict[str, ClairModel] = {}
 _load_lock = threading.Lock()
@@ -186,15 +186,7 @@ class ClairModel:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> ClairModel:
         path = Path(path)
-        meta_file = path / "clair.json"
-        if not meta_file.is_file():
-            raise WeightsNotFoundError(
-                f"{str(path)!r} is not a clair_vec checkpoint (no clair.json). Train one with "
-                "`clair-vec train` or `python ray_jobs/train.py`, or pass the directory they wrote."
-            )
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise WeightsNotFoundError(f"checkpoint {path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        meta = read_meta(path)
         state = load_tensor_file(path / "clair.pt", what="CLAIR checkpoint")
         if meta["clip_pretrained"] is None:
             foundation = FoundationModel.load(meta["clip_model"], None, device)

@@ -78,16 +78,16 @@ class Retriever:
         *,
         domain: str | None = None,
         label_from_folder: bool = False,
-        labels: Sequence[str] | None = None,
+        labels: Sequence[str] | str | Path | None = None,
         prune_missing: bool = False,
         batch_size: int = 64,
         progress: bool = True,
     ) -> IndexSummary:
         """Embed ``images`` of ``domain`` (default: the model's gallery domain) into ``collection``.
 
-        ``labels``: a vocabulary to tag each image with zero-shot (``pseudo_label``); without it
-        no tag is stored. ``prune_missing``: afterwards remove records of files under the given
-        folders that no longer exist.
+        ``labels``: a vocabulary (or a file of one label a line) to tag each image with zero-shot
+        (``pseudo_label``); without it no tag is stored. ``prune_missing``: afterwards remove
+        records of files under the given folders that no longer exist.
         """
         m = self.model
         domain = domain or m.pivot

@@ -52,6 +52,7 @@ from .errors import (
 )
 from .ids import ID_PATTERN, content_digest, record_id
 from .retriever import Retriever
+from .sources import is_under
 
 log = logging.getLogger(__name__)
 MAX_TOP_K = 200
@@ -100,7 +101,7 @@ class Thumbnails:
         if not isinstance(path, str) or not path or path.startswith("<"):
             raise HTTPProblem(404, f"record {rid} was indexed from an in-memory image; there is no file to show")
         real = os.path.realpath(path)
-        if self.roots and not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots):
+        if self.roots and not is_under(real, self.roots):
             raise HTTPProblem(404, f"the file of record {rid} is outside the served gallery folders")
         data = _read_regular_file(real, MAX_IMAGE_FILE)
         if data is None:
@@ -255,9 +256,7 @@ def create_app(
         flt = {"label": labels} if labels else None
         try:
             rows = retriever.search(collection, [image], domain=domain, top_k=k, filter=flt)
-        except UnknownDomainError as exc:
-            raise HTTPProblem(422, str(exc)) from None
-        except ValueError as exc:
+        except (UnknownDomainError, ValueError) as exc:
             raise HTTPProblem(422, str(exc)) from None
         hits = [{**h.payload, "id": h.id, "score": round(h.score, 6), "image_url": f"images/{h.id}"} for h in rows[0]]
         return {"hits": hits, "took_ms": round(1000 * (time.perf_counter() - t0), 2)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,9 @@ def printable(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def _utf8_problem(path: str) -> str | None:
+def utf8_problem(path: str) -> str | None:
+    """Why a file name cannot be stored as text, or None (names that are not valid UTF-8 reach
+    Python as surrogate escapes; no database takes them)."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -45,11 +47,17 @@ def _utf8_problem(path: str) -> str | None:
     return None
 
 
+def is_under(path: str, roots: Sequence[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or inside one (all already made absolute the same way:
+    a prefix test alone would put ``/data/gallery2`` inside ``/data/gallery``)."""
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
 def _file(path: Path, label_from_folder: bool) -> ImageSource:
     # stored absolute, so thumbnails, stale-path cleanup and prune do not depend on the directory
     # a later process runs from
     name = os.path.abspath(path)
-    problem = _utf8_problem(name)
+    problem = utf8_problem(name)
     if problem is None and not path.is_file():
         problem = "file does not exist"
     label = path.parent.name if label_from_folder and problem is None else ""

@@ -147,12 +147,14 @@ class ClairTrainer:
             weighting=c.confidence_weighting,
         )
 
-    def text_embeddings(self, *, grad: bool = False) -> dict[str, torch.Tensor]:
-        """Current ``t_c^d`` per domain: hand-crafted, plus the learned prompt when enabled."""
-        if self.prompts is None:
+    def text_embeddings(self, *, grad: bool = False, prompts: PromptLearner | None = None) -> dict[str, torch.Tensor]:
+        """``t_c^d`` per domain: hand-crafted, plus the learned prompt when enabled (the current one,
+        or ``prompts``, e.g. the best epoch's)."""
+        prompts = prompts if prompts is not None else self.prompts
+        if prompts is None:
             return dict(self.hand_text)
         with torch.set_grad_enabled(grad):
-            return {d: combine_text_embeddings(self.hand_text[d], self.prompts(self.classes, d)) for d in self.domains}
+            return {d: combine_text_embeddings(self.hand_text[d], prompts(self.classes, d)) for d in self.domains}
 
     def _prototypes(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if self.cfg.prototype_source == "text":
@@ -316,11 +318,7 @@ class ClairTrainer:
             if prompts is not None and self.best["prompts"] is not None:
                 prompts = PromptLearner(self.foundation, self.domains, self.cfg.n_ctx, self.cfg.templates)
                 prompts.load_state_dict(self.best["prompts"])
-        if prompts is None:
-            text = dict(self.hand_text)
-        else:
-            with torch.no_grad():
-                text = {d: combine_text_embeddings(self.hand_text[d], prompts(self.classes, d)) for d in self.domains}
+        text = self.text_embeddings(prompts=prompts)
         mapping = DomainMapping.fit(text, self.cfg.pivot_domain, self.cfg.mapping, self.cfg.mapping_lambda)
         return ClairModel(
             foundation=self.foundation,

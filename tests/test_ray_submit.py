@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("ray")
+
+from servers import free_port  # noqa: E402
 
 from clair_vec.model import ClairModel  # noqa: E402
 
@@ -32,17 +33,11 @@ def _stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_job_submit_against_a_local_head(shapes_root, tmp_path):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     temp = Path(f"/tmp/ray-t{os.getpid()}")  # short: Ray's socket paths must fit in 107 bytes
     head = [str(bin_dir / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats"]  # fmt: skip

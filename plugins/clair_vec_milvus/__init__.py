@@ -243,7 +243,12 @@ class MilvusBackend(Backend):
                     "(a server that just restarted loads its collections first); retry, or raise load_timeout"
                 )
             time.sleep(0.5)
-        client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        self._sync(name)
+
+    def _sync(self, name: str) -> None:
+        """One Strong read: every write acknowledged before it, in any process, is visible to this
+        handle's later Session reads."""
+        self.client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
 
     def _upsert(self, name: str, records: Sequence[Record]) -> None:
         rows = []
@@ -295,9 +300,8 @@ class MilvusBackend(Backend):
 
     def _delete(self, name: str, ids: Sequence[str]) -> None:
         self.client.delete(name, ids=list(ids))
-        # a 2.3 server's delete response carries no timestamp, so Session reads would not see it:
-        # one Strong read makes the delete visible to every later read of this handle
-        self.client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        # a 2.3 server's delete response carries no timestamp, so Session reads would not see it
+        self._sync(name)
 
     def _drop(self, name: str) -> None:
         self.client.drop_collection(name)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.backend import Backend, CollectionInfo, Hit, Record, point_uuid
+from clair_vec.backend import FILTER_KEYS, Backend, CollectionInfo, Hit, Record, point_uuid
 from clair_vec.errors import BackendUnavailableError, StoreLockedError
 from clair_vec.hookspecs import hookimpl
 
@@ -262,11 +262,8 @@ class QdrantClientBackend(Backend):
 
         return super().is_transient(exc) or isinstance(exc, ResponseHandlingException)
 
-    def _filter(self, flt: dict[str, list[Any]]) -> Any:
-        m = self.models
-        if not flt:
-            return None
-        return m.Filter(must=[m.FieldCondition(key=k, match=m.MatchAny(any=list(vs))) for k, vs in flt.items()])
+    def _filter(self, flt: dict[str, list[str]]) -> Any:
+        return _must_match(self.models, flt)
 
     def _create(self, info: CollectionInfo) -> None:
         m = self.models
@@ -276,7 +273,7 @@ class QdrantClientBackend(Backend):
             metadata={"clair_vec": info.to_json()},
         )
         if self.local_path is None:  # every filter key, so filters never scan (local mode has no indexes)
-            for key in ("domain", "label", "path", "pseudo_label"):
+            for key in FILTER_KEYS:
                 self.client.create_payload_index(info.name, key, m.PayloadSchemaType.KEYWORD, wait=True)
 
     def _read_info(self, name: str) -> CollectionInfo | None:
