@@ -26,7 +26,7 @@ import numpy as np
 
 from .data import image_files
 from .ids import file_record_id
-from .ray_gpus import gpus_each
+from .ray_runtime import gpus_each, ray_session
 from .sources import printable, utf8_problem
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,6 @@ def ray_index(
     from .indexing import IndexSummary, prepare_collection
     from .model_card import ModelCard
     from .plugin_manager import get_backend
-    from .progress import progress_bar
 
     if actors < 1:
         raise ValueError(f"actors must be >= 1, got {actors}")
@@ -216,11 +215,7 @@ def ray_index(
     if missing:
         raise FileNotFoundError(f"no such file or folder: {missing}")
     vocabulary = list(labels) if labels else None
-    started = not ray.is_initialized()
-    if started:
-        ray.init()
-    store_actor = None
-    try:
+    with ray_session():
         gpu = gpus_each(gpus, actors, "actors")
         be = get_backend(backend, uri)
         try:
@@ -228,58 +223,62 @@ def ray_index(
             embedded = not be.shared
         finally:
             be.close()
-        if embedded:  # one process may open the store: everyone writes through this actor
-            store_actor = ray.remote(num_cpus=0)(StoreActor).remote(backend, uri, collection)
-        summary = IndexSummary(collection, be.name)
-        # rows are ~200 bytes: at the default 128 MiB target a whole folder would be one block, fed to
-        # one actor; blocks of about a batch spread the work over the actor pool as it streams
-        context = ray.data.DataContext.get_current()
-        block_size, context.target_max_block_size = context.target_max_block_size, max(16 * 1024, batch_size * 256)
+        # one process may open an embedded store: everyone writes through this actor
+        store_actor = ray.remote(num_cpus=0)(StoreActor).remote(backend, uri, collection) if embedded else None
         try:
-            # listing and hashing ask for no CPU: they are I/O-light, must never wait for CPUs the
-            # encoding actors hold (on 2 cores, 2 actors hold both), and a resource spec unlike the
-            # actors' keeps Ray Data from fusing them into the actor processes, which import torch
-            ds = (
-                ray.data.from_items([{"input": str(i)} for i in inputs])
-                .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder}, num_cpus=0)
-                .map_batches(hash_batch, fn_kwargs={"domain": domain}, batch_size=batch_size, batch_format="numpy",
-                             num_cpus=0, compute=ray.data.TaskPoolStrategy(size=max(2, actors)))  # fmt: skip
-                .map_batches(
-                    EncodeActor,
-                    fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "domain": domain,
-                                           "collection": collection, "backend": backend, "uri": uri, "store": store_actor,
-                                           "vocabulary": vocabulary, "device": "cuda" if gpu else "cpu",
-                                           "threads": threads_per_actor},  # fmt: skip
-                    compute=ray.data.ActorPoolStrategy(size=actors),
-                    batch_size=batch_size,
-                    num_gpus=gpu,
-                    num_cpus=0 if gpu else 1,
-                    batch_format="numpy",
-                )
-            )
-            t0 = time.monotonic()
-            with progress_bar(total=0, desc=f"index {collection} on Ray", unit="img", enabled=progress) as bar:
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    _tally(summary, batch)
-                    bar.update(len(batch["path"]))
-                    if on_batch is not None:
-                        on_batch(summary)
-                    log.info("indexed %d, already present %d, skipped %d (%.1f s)", summary.indexed,
-                             summary.already_present, len(summary.skipped), time.monotonic() - t0)  # fmt: skip
+            summary = IndexSummary(collection, be.name)
+            actor_kwargs = {"model_dir": str(Path(model_dir).resolve()), "domain": domain, "collection": collection,
+                            "backend": backend, "uri": uri, "store": store_actor, "vocabulary": vocabulary,
+                            "device": "cuda" if gpu else "cpu", "threads": threads_per_actor}  # fmt: skip
+            _stream(summary, inputs, actor_kwargs, actors=actors, gpu=gpu, batch_size=batch_size,
+                    label_from_folder=label_from_folder, progress=progress, on_batch=on_batch)  # fmt: skip
+            if summary.indexed or summary.replaced:
+                if store_actor is not None:
+                    ray.get(store_actor.flush.remote())
+                else:
+                    with get_backend(backend, uri) as be:
+                        be.flush(collection)
+            return summary
         finally:
-            context.target_max_block_size = block_size
-        if summary.indexed or summary.replaced:
             if store_actor is not None:
-                ray.get(store_actor.flush.remote())
-            else:
-                with get_backend(backend, uri) as be:
-                    be.flush(collection)
-        return summary
+                try:
+                    ray.get(store_actor.close.remote(), timeout=60)
+                finally:
+                    ray.kill(store_actor)
+
+
+def _stream(summary: Any, inputs: Sequence[str], actor_kwargs: dict[str, Any], *, actors: int, gpu: float, batch_size: int,
+            label_from_folder: bool, progress: bool, on_batch: Callable[[Any], None] | None) -> None:  # fmt: skip
+    """Run the listing -> hashing -> encoding pipeline, adding each output batch to ``summary``."""
+    import ray
+
+    from .progress import progress_bar
+
+    domain, collection = actor_kwargs["domain"], actor_kwargs["collection"]
+    # rows are ~200 bytes: at the default 128 MiB target a whole folder would be one block, fed to
+    # one actor; blocks of about a batch spread the work over the actor pool as it streams
+    context = ray.data.DataContext.get_current()
+    block_size, context.target_max_block_size = context.target_max_block_size, max(16 * 1024, batch_size * 256)
+    try:
+        # listing and hashing ask for no CPU: they are I/O-light, must never wait for CPUs the
+        # encoding actors hold (on 2 cores, 2 actors hold both), and a resource spec unlike the
+        # actors' keeps Ray Data from fusing them into the actor processes, which import torch
+        ds = (
+            ray.data.from_items([{"input": str(i)} for i in inputs])
+            .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder}, num_cpus=0)
+            .map_batches(hash_batch, fn_kwargs={"domain": domain}, batch_size=batch_size, batch_format="numpy",
+                         num_cpus=0, compute=ray.data.TaskPoolStrategy(size=max(2, actors)))  # fmt: skip
+            .map_batches(EncodeActor, fn_constructor_kwargs=actor_kwargs, compute=ray.data.ActorPoolStrategy(size=actors),
+                         batch_size=batch_size, num_gpus=gpu, num_cpus=0 if gpu else 1, batch_format="numpy")  # fmt: skip
+        )
+        t0 = time.monotonic()
+        with progress_bar(total=0, desc=f"index {collection} on Ray", unit="img", enabled=progress) as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                _tally(summary, batch)
+                bar.update(len(batch["path"]))
+                if on_batch is not None:
+                    on_batch(summary)
+                log.info("indexed %d, already present %d, skipped %d (%.1f s)", summary.indexed,
+                         summary.already_present, len(summary.skipped), time.monotonic() - t0)  # fmt: skip
     finally:
-        if store_actor is not None:
-            try:
-                ray.get(store_actor.close.remote(), timeout=60)
-            finally:
-                ray.kill(store_actor)
-        if started:
-            ray.shutdown()
+        context.target_max_block_size = block_size

@@ -240,10 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
+        code = 0
     except (ClairVecError, ValueError, FileNotFoundError) as exc:
         print(f"clair-vec: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        code = 2
+    from .ray_runtime import exit_process, started_here
+
+    if started_here():  # `serve --ray` ran a Ray driver here: leave without the interpreter's teardown
+        exit_process(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from .data import MultiDomainDataset, load_images, plan_split
 from .features import DomainFeatures, encode_domain_images, extract_features
 from .foundation import FoundationModel
 from .model import ClairModel
-from .ray_gpus import check_gpu_choice, gpus_each
+from .ray_runtime import check_gpu_choice, gpus_each, ray_session
 from .tensor_files import load_tensor_file, save_tensor_file
 from .train_job import choose, progress_record
 
@@ -192,10 +192,7 @@ def run_training(
         raise ValueError(f"workers must be >= 1, got {workers}")
     check_gpu_choice(gpus)
     split = plan_split(Path(data), config.seed, val_fraction)  # raises DatasetError naming a missing folder
-    started = not ray.is_initialized()
-    if started:
-        ray.init()
-    try:
+    with ray_session():
         use_gpu = gpus_each(gpus, workers, "workers") > 0
         run_dir = Path(storage_path) / name
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +226,3 @@ def run_training(
         out = model.save(out)
         log.info("zero-shot classes held out of training: %s", split.unseen.classes)
         return TrainResult(out, dict(result.metrics), progress["history"], model.record)
-    finally:
-        if started:  # a Ray this call started ends with it: no worker or controller outlives the job
-            ray.shutdown()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ClairVecError
+from .ray_runtime import ray_session, sigterm_as_interrupt
 
 
 def _check_replicas(backend: str | None, uri: str | None, replicas: int) -> None:
@@ -78,28 +79,22 @@ def run(
     host: str,
     port: int,
     replicas: int,
-    blocking: bool = True,
     **options: Any,
 ) -> None:
-    """Start Ray Serve on this machine's Ray (a local one if none runs) and deploy the app."""
-    import ray
+    """Deploy the app on the Ray of ``RAY_ADDRESS``, or on a local Ray started for it, and serve
+    until interrupted (Ctrl-C or SIGTERM); then the app, and a Ray started here, are shut down."""
     from ray import serve
 
     _check_replicas(backend, uri, replicas)
     model = str(Path(model).resolve()) if model else None
-    started = not ray.is_initialized()
-    if started:
-        ray.init()
-    try:
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(deployment(replicas).bind(model, collection, backend, uri, options), name="clair_vec", route_prefix="/")
-        print(f"clair-vec serve: {collection!r} on Ray Serve, {replicas} replica(s), at http://{host}:{port}/", flush=True)
-        while blocking:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if blocking:
+    with ray_session(), sigterm_as_interrupt():  # after ray.init, which installs its own SIGTERM handler
+        try:
+            serve.start(http_options={"host": host, "port": port})
+            serve.run(deployment(replicas).bind(model, collection, backend, uri, options), name="clair_vec", route_prefix="/")
+            print(f"clair-vec serve: {collection!r} on Ray Serve, {replicas} replica(s), at http://{host}:{port}/", flush=True)
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
             serve.shutdown()
-            if started:
-                ray.shutdown()

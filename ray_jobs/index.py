@@ -51,4 +51,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from clair_vec.ray_runtime import exit_process
+
+    exit_process(main())  # a Ray driver ran here: see clair_vec.ray_runtime

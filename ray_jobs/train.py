@@ -38,20 +38,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=20, help="training epochs")
     p.add_argument("--batch-size", type=int, default=256, help="images per step over all workers, split evenly over domains")
     p.add_argument("--seed", type=int, default=0, help="seeds the class split (without split files) and training")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any ClairConfig field, e.g. lr=0.003")
+    p.add_argument("--json", action="store_true", help="print each epoch and the final metrics as JSON lines")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from clair_vec.config import ClairConfig
+    from clair_vec.config import ClairConfig, parse_overrides
     from clair_vec.distributed import run_training
     from clair_vec.errors import ClairVecError
 
     pretrained = None if args.clip_pretrained.lower() == "none" else args.clip_pretrained
     try:
         config = ClairConfig(clip_model=args.clip_model, clip_pretrained=pretrained, pivot_domain=args.pivot,
-                             epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+                             epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                             **parse_overrides(args.set))  # fmt: skip
         result = run_training(args.data, out=args.out, config=config, storage_path=args.storage_path, name=args.name,
                               workers=args.workers, gpus=args.gpus, val_fraction=args.val_fraction,
                               feature_actors=args.feature_actors)  # fmt: skip
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for epoch in result.history:
         print(json.dumps({k: v for k, v in epoch.items() if isinstance(v, (int, float))}))
+    if args.json:
+        print(json.dumps({"metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}))
     r = result.record
     if r.get("warning"):
         print(f"train.py: warning: {r['warning']}", file=sys.stderr)
@@ -69,4 +74,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from clair_vec.ray_runtime import exit_process
+
+    exit_process(main())  # a Ray driver ran here: see clair_vec.ray_runtime

@@ -24,6 +24,34 @@ UNSEEN = ["hexagon", "crescent", "arrow", "heart"]
 
 
 @pytest.fixture(scope="session")
+def ray_head():
+    """A Ray head shared by the session's Ray tests; their drivers are separate processes."""
+    pytest.importorskip("ray")
+    from ray_head import start_head
+
+    head = start_head()
+    yield head
+    head.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_backend_left_open():
+    """Every module closes the backends it opens: a native client left to the interpreter's
+    teardown crashed pytest at exit once. Checked after the module's own fixtures are gone."""
+    from clair_vec.backend import open_handles
+
+    before = {id(h) for h, _ in open_handles()}
+    yield
+    import gc
+
+    gc.collect()  # handles nobody references any more are not open: only live ones count
+    leaked = [(h, where) for h, where in open_handles() if id(h) not in before]
+    for h, _ in leaked:
+        h.close()
+    assert not leaked, "backends opened and never closed: " + "; ".join(f"{type(h).__name__} opened at {w}" for h, w in leaked)
+
+
+@pytest.fixture(scope="session")
 def tiny_clip():
     import torch
 

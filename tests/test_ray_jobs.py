@@ -1,10 +1,11 @@
-"""Ray Train / Ray Data: 2-worker training, equality with single-process training, and config
-errors before any worker starts. ``ray job submit`` is in test_ray_submit.py, bulk indexing in
-test_bulk_index.py."""
+"""Ray Train / Ray Data: 2-worker training, equality with single-process training, resume, and
+config errors before any worker starts. Every job is ``python ray_jobs/train.py`` in its own
+process against the session's Ray head, as ``ray job submit`` runs it (that command itself:
+test_ray_submit.py); bulk indexing: test_bulk_index.py."""
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,58 +13,51 @@ from pathlib import Path
 import pytest
 import torch
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
 from clair_vec.config import ClairConfig  # noqa: E402
 from clair_vec.data import hold_out_classes, scan_folder, zero_shot_split  # noqa: E402
-from clair_vec.distributed import run_training  # noqa: E402
-from clair_vec.errors import DatasetError  # noqa: E402
 from clair_vec.features import extract_features  # noqa: E402
 from clair_vec.foundation import FoundationModel  # noqa: E402
 from clair_vec.model import ClairModel  # noqa: E402
 from clair_vec.trainer import ClairTrainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = dict(clip_model="clair-tiny", clip_pretrained=None, batch_size=48, lr=3e-3)
+TRAIN = [sys.executable, str(ROOT / "ray_jobs" / "train.py")]
+TINY = ["--clip-model", "clair-tiny", "--clip-pretrained", "none", "--batch-size", "48", "--set", "lr=0.003", "--gpus", "no"]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    # address="local": a private cluster, never one a user (or another test) started on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def train(ray_head, shapes_root: Path, store: Path, name: str, *args: str) -> tuple[list[dict], dict, Path]:
+    """Run the training job; returns (per-epoch history, final metrics, model directory)."""
+    out = subprocess.run([*TRAIN, "--data", str(shapes_root), *TINY, "--storage-path", str(store), "--name", name,
+                          "--out", str(store / f"{name}-model"), "--json", *args],
+                         capture_output=True, text=True, timeout=600, env=ray_head.env)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert "model written to" in out.stdout
+    return [line for line in lines if "metrics" not in line], lines[-1]["metrics"], store / f"{name}-model"
 
 
-@pytest.fixture(scope="module")
-def two_worker_run(local_ray, shapes_root, tmp_path_factory):
-    store = tmp_path_factory.mktemp("ray")
-    result = run_training(shapes_root, out=store / "model", config=ClairConfig(epochs=4, **CFG), storage_path=store,
-                          name="two", workers=2, gpus="no")  # fmt: skip
-    return store, result
-
-
-def test_two_workers_lower_the_loss_and_checkpoint_round_trips(two_worker_run, shapes_root):
-    store, result = two_worker_run
-    losses = [h["loss"] for h in result.history]
+def test_two_workers_lower_the_loss_and_checkpoint_round_trips(ray_head, shapes_root, tmp_path):
+    history, metrics, model_dir = train(ray_head, shapes_root, tmp_path, "two", "--workers", "2", "--epochs", "4")
+    losses = [h["loss"] for h in history]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert {"loss_instance", "loss_cluster", "loss_domain", "loss_prompt", "kept_fraction", "mean_confidence",
-            "val_mAP@200", "samples_per_s"} <= set(result.metrics)  # fmt: skip
-    assert 0.0 <= result.metrics["val_mAP@200"] <= 1.0
-    model = ClairModel.load(result.model_dir)
+            "val_mAP@200", "samples_per_s"} <= set(metrics)  # fmt: skip
+    assert 0.0 <= metrics["val_mAP@200"] <= 1.0
+    model = ClairModel.load(model_dir)
     seen, _ = zero_shot_split(scan_folder(shapes_root), unseen=(shapes_root / "unseen_classes.txt").read_text().split())
-    train, val = hold_out_classes(seen, 0.1, seed=0)
-    assert model.classes == train.classes and not set(model.classes) & set(val.classes)  # validation classes never trained
+    train_set, val = hold_out_classes(seen, 0.1, seed=0)
+    assert model.classes == train_set.classes and not set(model.classes) & set(val.classes)  # validation never trained
     x = torch.nn.functional.normalize(torch.randn(3, model.dim), dim=-1)
     assert model.embed_features(x, "sketch").shape == (3, model.dim)
 
 
-def test_one_ray_worker_matches_single_process_training(local_ray, shapes_root, tmp_path):
-    cfg = ClairConfig(epochs=2, seed=3, **CFG)
-    result = run_training(shapes_root, out=tmp_path / "m", config=cfg, storage_path=tmp_path, name="one", workers=1,
-                          gpus="no", val_fraction=0.0)  # fmt: skip
-    ray_model = ClairModel.load(result.model_dir)
+def test_one_ray_worker_matches_single_process_training(ray_head, shapes_root, tmp_path):
+    _, _, model_dir = train(ray_head, shapes_root, tmp_path, "one", "--workers", "1", "--epochs", "2", "--seed", "3",
+                            "--val-fraction", "0")  # fmt: skip
+    ray_model = ClairModel.load(model_dir)
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, batch_size=48, lr=3e-3, epochs=2, seed=3)
     seen, _ = zero_shot_split(scan_folder(shapes_root), unseen=(shapes_root / "unseen_classes.txt").read_text().split())
     fm = FoundationModel.load("clair-tiny", str(tmp_path / "one" / "foundation.pt"))
     feats = extract_features(fm, seen, n_views=cfg.n_views, seed=cfg.seed, progress=False)
@@ -73,28 +67,21 @@ def test_one_ray_worker_matches_single_process_training(local_ray, shapes_root, 
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_bad_config_fails_before_any_worker_starts(local_ray, shapes_root, tmp_path):
-    with pytest.raises(DatasetError, match="does not exist"):
-        run_training(tmp_path / "no-data", out=tmp_path / "m", config=ClairConfig(**CFG), storage_path=tmp_path, name="x")
-    with pytest.raises(ValueError, match="2 GPU workers requested but the Ray cluster has 0 GPUs"):
-        run_training(shapes_root, out=tmp_path / "m", config=ClairConfig(**CFG), storage_path=tmp_path, name="y",
-                     workers=2, gpus="yes")  # fmt: skip
+def test_bad_input_fails_before_any_worker_starts(ray_head, shapes_root, tmp_path):
+    out = subprocess.run([*TRAIN, "--data", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "train.py: error:" in out.stderr and "does not exist" in out.stderr
+    assert "Started a local Ray instance" not in out.stderr + out.stdout  # refused before Ray was started
+    out = subprocess.run([*TRAIN, "--data", str(shapes_root), *TINY[:-2], "--workers", "2", "--gpus", "yes",
+                          "--storage-path", str(tmp_path), "--name", "y"],
+                         capture_output=True, text=True, timeout=300, env=ray_head.env)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "2 GPU workers requested but the Ray cluster has 0 GPUs" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "y").exists()  # nothing was computed or started
 
 
-def test_train_script_reports_bad_data_dir_without_starting_ray(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "ray_jobs" / "train.py"), "--data", str(tmp_path / "missing")],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert out.returncode == 2
-    assert "train.py: error:" in out.stderr and "does not exist" in out.stderr
-    assert "Started a local Ray instance" not in out.stderr + out.stdout
-
-
-def test_rerunning_with_the_same_name_resumes(local_ray, shapes_root, tmp_path):
-    cfg = ClairConfig(epochs=2, **CFG)
-    first = run_training(shapes_root, out=tmp_path / "m", config=cfg, storage_path=tmp_path, name="resume", gpus="no",
-                         val_fraction=0.0)  # fmt: skip
-    again = run_training(shapes_root, out=tmp_path / "m", config=cfg.replace(epochs=3), storage_path=tmp_path,
-                         name="resume", gpus="no", val_fraction=0.0)  # fmt: skip
-    assert [h["epoch"] for h in again.history] == [0, 1, 2]
-    assert [h["loss"] for h in again.history[:2]] == [h["loss"] for h in first.history]  # epochs 0-1 were not redone
+def test_rerunning_with_the_same_name_resumes(ray_head, shapes_root, tmp_path):
+    first, _, _ = train(ray_head, shapes_root, tmp_path, "resume", "--epochs", "2", "--val-fraction", "0")
+    again, _, _ = train(ray_head, shapes_root, tmp_path, "resume", "--epochs", "3", "--val-fraction", "0")
+    assert [h["epoch"] for h in again] == [0, 1, 2]
+    assert [h["loss"] for h in again[:2]] == [h["loss"] for h in first]  # epochs 0-1 were not redone

@@ -1,16 +1,22 @@
-"""The search app on Ray Serve: two replicas on a local Ray, against the Milvus server that
-`make test` starts, answer exactly what the single-process service answers."""
+"""`clair-vec serve --ray`: two replicas against the Milvus server that `make test` starts answer
+exactly what the single-process service answers; SIGTERM stops the service and every Ray process
+it started. The service runs as its own process, as users run it."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 
 import httpx
 import pytest
 from conftest import UNSEEN
 from servers import free_port
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +27,48 @@ def server_uri():
     return uri
 
 
-def test_two_replicas_answer_like_the_single_process_service(server_uri, model_dir, shapes_root):
-    import uuid
+def serve(model_dir, collection: str, uri: str, port: int, env: dict, replicas: int = 2) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "clair_vec.cli", "serve", "--ray", "--replicas", str(replicas),
+                             "--model", str(model_dir), "--collection", collection, "--uri", uri, "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
 
+
+def wait_ready(proc: subprocess.Popen, url: str, replicas: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"clair-vec serve --ray exited with {proc.returncode}:\n{proc.stdout.read()[-4000:]}")
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=5)
+            if r.status_code == 200:
+                seen.add(r.headers.get("x-served-by", ""))
+                if len(seen) >= min(replicas, 1):
+                    return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    pytest.fail(f"clair-vec serve --ray was not ready within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """SIGTERM, as a supervisor stops a service; returns what it printed."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"clair-vec serve --ray did not stop within {timeout} s of SIGTERM:\n{out[-3000:]}")
+    return out
+
+
+def test_two_replicas_answer_like_the_single_process_service(ray_head, server_uri, model_dir, shapes_root):
     from fastapi.testclient import TestClient
-    from ray import serve
 
     from clair_vec.retriever import Retriever
-    from clair_vec.serve_ray import run
     from clair_vec.service import create_app
 
     name = f"served_{uuid.uuid4().hex[:8]}"
@@ -39,15 +79,10 @@ def test_two_replicas_answer_like_the_single_process_service(server_uri, model_d
         expected = [local.post("/search", files={"image": ("q.png", q)}, data={"domain": "sketch", "top_k": "8"}).json()["hits"]
                     for q in queries]  # fmt: skip
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    url = f"http://127.0.0.1:{port}"
+    proc = serve(model_dir, name, server_uri, port, ray_head.env)
     try:
-        run(model_dir, name, backend="milvus", uri=server_uri, host="127.0.0.1", port=port, replicas=2, blocking=False,
-            gallery_roots=None, max_upload_bytes=10 * 2**20)  # fmt: skip
-        status = serve.status().applications["clair_vec"]
-        assert status.status == "RUNNING"
-        deployment = next(iter(status.deployments.values()))
-        assert deployment.replica_states.get("RUNNING") == 2
-        url = f"http://127.0.0.1:{port}"
+        wait_ready(proc, url, 2)
         served_by = set()
         with httpx.Client(timeout=60) as client:
             assert client.get(f"{url}/readyz").json()["count"] == 32
@@ -65,7 +100,52 @@ def test_two_replicas_answer_like_the_single_process_service(server_uri, model_d
             assert bad.status_code == 400 and "not an image" in bad.json()["detail"]
         assert len(served_by) == 2  # 16 requests over two replicas: both took some (all on one: p = 2**-15)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        out = stop(proc)
+        with Retriever(model_dir, uri=server_uri) as r:
+            r.backend.drop_collection(name)
+    assert proc.returncode == 0, out[-3000:]
+    assert "Traceback" not in out
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Processes whose environment carries ``marker`` (Ray hands its environment to all it starts)."""
+    found = []
+    for env in os.listdir("/proc"):
+        if not env.isdigit() or int(env) == os.getpid():
+            continue
+        try:
+            if marker.encode() in open(f"/proc/{env}/environ", "rb").read():
+                found.append(open(f"/proc/{env}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")[:120])
+        except OSError:
+            continue
+    return found
+
+
+def test_sigterm_stops_the_service_and_every_ray_process_it_started(server_uri, model_dir, shapes_root, tmp_path):
+    """Without RAY_ADDRESS the service starts its own local Ray; SIGTERM must leave none of it."""
+    name = f"sigterm_{uuid.uuid4().hex[:8]}"
+    from clair_vec.retriever import Retriever
+
+    with Retriever(model_dir, uri=server_uri) as r:
+        r.index(name, [shapes_root / "photo" / UNSEEN[0]], label_from_folder=True, progress=False)
+    marker = f"/tmp/ray-sig{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = marker
+    port = free_port()
+    proc = serve(model_dir, name, server_uri, port, env, replicas=1)
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}", 1)
+        assert len(_processes_with(f"RAY_TMPDIR={marker}")) >= 3  # raylet, GCS, the replica, ...
+        out = stop(proc)
+        assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+        deadline = time.monotonic() + 30
+        while (left := _processes_with(f"RAY_TMPDIR={marker}")) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert left == [], f"Ray processes outlived the service: {left}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         with Retriever(model_dir, uri=server_uri) as r:
             r.backend.drop_collection(name)
