@@ -10,24 +10,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .hookspecs import hookimpl
+from clair_vec.store.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 __all__ = ["hookimpl", "index", "search", "load_model", "get_backend", "Retriever", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import index, load_model, search
-    from .plugin_manager import get_backend
-    from .retriever import Retriever
+    from clair_vec.retrieval.api import index, load_model, search
+    from clair_vec.retrieval.retriever import Retriever
+    from clair_vec.store.plugins import get_backend
 
 
 def __getattr__(name: str) -> Any:
     if name in ("index", "search", "load_model", "Retriever"):
-        from . import api
+        from clair_vec.retrieval import api
 
         return getattr(api, name)
     if name == "get_backend":
-        from .plugin_manager import get_backend
+        from clair_vec.store.plugins import get_backend
 
         return get_backend
     raise AttributeError(f"module 'clair_vec' has no attribute {name!r}")

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import ClairVecError
+from clair_vec.errors import ClairVecError
 
 EPILOG = "Every option's default is shown. Errors are printed as 'clair-vec: error: ...' with exit status 2."
 
@@ -26,7 +26,7 @@ def _filters(items: list[str] | None) -> dict[str, list[str]] | None:
 
 
 def _train_config(a: argparse.Namespace):
-    from .config import ClairConfig, parse_overrides
+    from clair_vec.method.config import ClairConfig, parse_overrides
 
     pretrained = None if str(a.clip_pretrained).lower() == "none" else a.clip_pretrained
     try:
@@ -37,8 +37,8 @@ def _train_config(a: argparse.Namespace):
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from .data import plan_split
-    from .train_job import train_local
+    from clair_vec.datasets.folders import plan_split
+    from clair_vec.training.job import train_local
 
     cfg = _train_config(a)
     split = plan_split(Path(a.data), cfg.seed, a.val_fraction)
@@ -52,7 +52,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_index(a: argparse.Namespace) -> None:
-    from .retriever import Retriever
+    from clair_vec.retrieval.retriever import Retriever
 
     with Retriever(a.model, backend=a.backend, uri=a.uri) as r:
         s = r.index(a.collection, a.images, domain=a.domain, label_from_folder=a.label_from_folder, labels=a.labels,
@@ -61,7 +61,7 @@ def cmd_index(a: argparse.Namespace) -> None:
 
 
 def cmd_search(a: argparse.Namespace) -> None:
-    from .retriever import Retriever
+    from clair_vec.retrieval.retriever import Retriever
 
     with Retriever(a.model, backend=a.backend, uri=a.uri) as r:
         hits = r.search(a.collection, a.images, domain=a.domain, top_k=a.top_k, filter=_filters(a.filter))
@@ -70,7 +70,7 @@ def cmd_search(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from .evaluation import evaluate
+    from clair_vec.evaluation.zero_shot import evaluate
 
     result = evaluate(a.model, a.data, query_domains=a.query_domain, k=a.k, report_dir=a.report, samples=a.samples, seed=a.seed)
     for row in result["rows"]:
@@ -80,14 +80,14 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
-    from .service import serve
+    from clair_vec.service.app import serve
 
     serve(a.model, a.collection, backend=a.backend, uri=a.uri, host=a.host, port=a.port, ray=a.ray, replicas=a.replicas,
           gallery_roots=a.gallery_root, max_upload_mb=a.max_upload_mb)  # fmt: skip
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from clair_vec.demo import run_demo
 
     run_demo(a.workdir, data=a.data, backend=a.backend, uri=a.uri, epochs=a.epochs, per_class=a.per_class,
              bootstrap_steps=a.bootstrap_steps, clip_model=a.clip_model, clip_pretrained=a.clip_pretrained,
@@ -95,8 +95,8 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def cmd_bootstrap_clip(a: argparse.Namespace) -> None:
-    from .bootstrap_clip import bootstrap_clip
-    from .data import plan_split
+    from clair_vec.datasets.folders import plan_split
+    from clair_vec.training.bootstrap_clip import bootstrap_clip
 
     split = plan_split(Path(a.data), a.seed, 0.0)
     out = bootstrap_clip(split.train, a.out, arch=a.clip_model, steps=a.steps, batch_size=a.batch_size, seed=a.seed)
@@ -105,7 +105,7 @@ def cmd_bootstrap_clip(a: argparse.Namespace) -> None:
 
 
 def cmd_backends(a: argparse.Namespace) -> None:
-    from .plugin_manager import plugins
+    from clair_vec.store.plugins import plugins
 
     found = plugins()
     if a.json:
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ClairVecError, ValueError, FileNotFoundError) as exc:
         print(f"clair-vec: error: {exc}", file=sys.stderr)
         code = 2
-    from .ray_runtime import exit_process, started_here
+    from clair_vec.ray_runtime import exit_process, started_here
 
     if started_here():  # `serve --ray` ran a Ray driver here: leave without the interpreter's teardown
         exit_process(code)

@@ -15,17 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from .backend import CollectionInfo, Record
-from .bootstrap_clip import bootstrap_clip
-from .config import ClairConfig
-from .data import MultiDomainDataset, plan_split
-from .features import extract_features
-from .foundation import FoundationModel
-from .metrics import ranked_metrics
-from .plugin_manager import get_backend
-from .retriever import Retriever
-from .synthetic import make_shapes_dataset
-from .train_job import train_local
+from clair_vec.datasets.folders import MultiDomainDataset, plan_split
+from clair_vec.datasets.shapes import make_shapes_dataset
+from clair_vec.method.config import ClairConfig
+from clair_vec.method.foundation import FoundationModel
+from clair_vec.method.metrics import ranked_metrics
+from clair_vec.retrieval.retriever import Retriever
+from clair_vec.store.backend import CollectionInfo, Record
+from clair_vec.store.plugins import get_backend
+from clair_vec.training.bootstrap_clip import bootstrap_clip
+from clair_vec.training.features import extract_features
+from clair_vec.training.job import train_local
 
 log = logging.getLogger(__name__)
 RAW, CLAIR = "clip_raw_gallery", "clair_gallery"

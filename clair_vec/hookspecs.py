@@ -1,62 +1,8 @@
-"""The clair_vec plugin hooks.
+"""``clair_vec.hookspecs`` is ``clair_vec.store.hookspecs``: the plugin hooks, at the path plugins and
+users have always imported it from. The same module object, not a copy: patching one patches both."""
 
-A plugin is a module (or object) with functions decorated by :data:`clair_vec.hookimpl`, found
-through the ``clair_vec`` entry-point group::
+import sys
 
-    # pyproject.toml of your plugin
-    [project.entry-points.clair_vec]
-    mybackend = "clair_vec_mybackend"
+from clair_vec.store import hookspecs as _module
 
-The built-in Milvus and Qdrant backends are registered exactly this way. Hook names start with
-``clair_vec_``; an implementation may accept any subset of a hook's arguments, by name.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
-
-import pluggy
-
-hookspec = pluggy.HookspecMarker("clair_vec")
-hookimpl = pluggy.HookimplMarker("clair_vec")
-
-
-@hookspec
-def clair_vec_register_backends(register: Callable[..., None]) -> None:
-    """Register vector-database backends.
-
-    Called once, when the plugin manager is first built (the first ``clair_vec.index``,
-    ``clair_vec.search``, ``get_backend`` or ``clair-vec backends`` of a process, and again in
-    each Ray worker). Call ``register(name, factory)`` for every backend the plugin provides:
-    ``factory(uri=None, **options)`` must return a :class:`clair_vec.backend.Backend`. ``uri=None``
-    asks for the backend's embedded default. Names must be unique across plugins; a clash raises
-    an error naming both plugins.
-
-    Returns nothing.
-    """
-
-
-@hookspec
-def clair_vec_prepare_payload(payload: dict[str, Any], domain: str, model_id: str) -> dict[str, Any] | None:
-    """Add payload fields to every vector before it is written.
-
-    Called once per record by ``clair_vec.index``, after the built-in fields (``path``,
-    ``domain``, ``label``, ``pseudo_label``, ``confidence``, ``model``) are set and before the
-    backend is called. ``payload`` must not be modified in place.
-
-    Return a dict of extra JSON-scalar fields (merged in plugin registration order; built-in
-    keys cannot be overwritten), or None to add nothing.
-    """
-
-
-@hookspec
-def clair_vec_collection_created(backend_name: str, collection: str, info: dict[str, Any]) -> None:
-    """Notification that ``clair_vec.index`` created a new collection.
-
-    Called once, right after creation and before the first write, with the collection's spec
-    (``dim``, ``model``, ``metric``, ``target_domain``). Use it to create extra indexes, grant
-    access, or log. Not called when indexing into an existing collection.
-
-    Returns nothing.
-    """
+sys.modules[__name__] = _module

@@ -91,7 +91,7 @@ def exit_process(code: int) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    from .backend import close_open_handles
+    from clair_vec.store.backend import close_open_handles
 
     close_open_handles()
     os._exit(code)

@@ -60,7 +60,7 @@ def one(mode: str, actors: int, model: str, gallery: str, store: str, batch_size
     startup, marks = 0.0, Marks()
     if mode == "single":
         from clair_vec import indexing
-        from clair_vec.retriever import Retriever
+        from clair_vec.retrieval.retriever import Retriever
 
         original = indexing.log.info
 
@@ -80,7 +80,7 @@ def one(mode: str, actors: int, model: str, gallery: str, store: str, batch_size
     else:
         import ray
 
-        from clair_vec.bulk_index import ray_index
+        from clair_vec.retrieval.bulk_index import ray_index
 
         t0 = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
@@ -101,9 +101,9 @@ def one(mode: str, actors: int, model: str, gallery: str, store: str, batch_size
 
 def random_model(arch: str, out: Path) -> str:
     """A mapping-only model on random ``arch`` weights: the real per-image cost, no download."""
-    from clair_vec.config import ClairConfig
-    from clair_vec.foundation import FoundationModel
-    from clair_vec.selection import mapping_only_model
+    from clair_vec.method.config import ClairConfig
+    from clair_vec.method.foundation import FoundationModel
+    from clair_vec.training.selection import mapping_only_model
 
     fm = FoundationModel.load(arch, None)
     cfg = ClairConfig(clip_model=arch, clip_pretrained=None)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(one(mode, int(actors), a.model, gallery, store, a.batch_size)), flush=True)
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from clair_vec.synthetic import make_shapes_dataset
+    from clair_vec.datasets.shapes import make_shapes_dataset
 
     work = Path(tempfile.mkdtemp(prefix="clair-index-bench-"))
     try:

@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("CLAIR_VEC_PROGRESS", "0")
-    from clair_vec.config import ClairConfig
-    from clair_vec.distributed import run_training
+    from clair_vec.method.config import ClairConfig
+    from clair_vec.training.ray_train import run_training
 
     cfg = ClairConfig(clip_model=a.clip_model, clip_pretrained=None if a.clip_pretrained == "none" else a.clip_pretrained,
                       epochs=a.epochs, batch_size=a.batch_size)  # fmt: skip

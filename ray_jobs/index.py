@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from clair_vec.bulk_index import ray_index
-    from clair_vec.data import read_class_list
+    from clair_vec.datasets.folders import read_class_list
     from clair_vec.errors import ClairVecError
+    from clair_vec.retrieval.bulk_index import ray_index
 
     try:
         labels = read_class_list(args.labels) if args.labels else None

@@ -46,9 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from clair_vec.config import ClairConfig, parse_overrides
-    from clair_vec.distributed import run_training
     from clair_vec.errors import ClairVecError
+    from clair_vec.method.config import ClairConfig, parse_overrides
+    from clair_vec.training.ray_train import run_training
 
     pretrained = None if args.clip_pretrained.lower() == "none" else args.clip_pretrained
     try:

@@ -38,7 +38,7 @@ def ray_head():
 def no_backend_left_open():
     """Every module closes the backends it opens: a native client left to the interpreter's
     teardown crashed pytest at exit once. Checked after the module's own fixtures are gone."""
-    from clair_vec.backend import open_handles
+    from clair_vec.store.backend import open_handles
 
     before = {id(h) for h, _ in open_handles()}
     yield
@@ -55,7 +55,7 @@ def no_backend_left_open():
 def tiny_clip():
     import torch
 
-    from clair_vec.foundation import FoundationModel
+    from clair_vec.method.foundation import FoundationModel
 
     torch.manual_seed(0)
     return FoundationModel.load("clair-tiny", None)
@@ -63,7 +63,7 @@ def tiny_clip():
 
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory):
-    from clair_vec.synthetic import make_shapes_dataset
+    from clair_vec.datasets.shapes import make_shapes_dataset
 
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "data", per_class=8, seed=0)
 
@@ -71,8 +71,8 @@ def shapes_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def model_dir(shapes_root, tmp_path_factory) -> Path:
     """A small trained checkpoint (random tiny CLIP, 2 epochs), shared by the flow tests."""
-    from clair_vec.config import ClairConfig
-    from clair_vec.train_job import train_local
+    from clair_vec.method.config import ClairConfig
+    from clair_vec.training.job import train_local
 
     cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=2, batch_size=48, lr=3e-3)
     model = train_local(shapes_root, cfg, progress=False)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clair_vec import plugin_manager
-from clair_vec.testing import BackendConformance
+from clair_vec.store import plugins as plugin_manager
+from clair_vec.store.testing import BackendConformance
 
 
 class TestMilvusLite(BackendConformance):

@@ -1,4 +1,4 @@
-"""Bulk indexing on Ray (ray_jobs/index.py, clair_vec.bulk_index): streaming, torch-free hashing,
+"""Bulk indexing on Ray (ray_jobs/index.py, clair_vec.retrieval.bulk_index): streaming, torch-free hashing,
 skipped files, and exactly-once after kill -9 of the driver or of a worker, on an embedded store
 and on the Milvus server that `make test` starts. Jobs run as their own processes, as users run them."""
 
@@ -39,7 +39,7 @@ def ids_are_unique(backend: str, uri: str, collection: str) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def big_gallery(tmp_path_factory):
     """600 photos: enough that a job is still writing a second or two after its first batches."""
-    from clair_vec.synthetic import make_shapes_dataset
+    from clair_vec.datasets.shapes import make_shapes_dataset
 
     root = make_shapes_dataset(tmp_path_factory.mktemp("big") / "data", per_class=50, domains=("photo",), seed=1)
     return root / "photo"
@@ -50,7 +50,8 @@ def run_job(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_hashing_listing_and_the_driver_import_neither_torch_nor_open_clip():
-    code = ("import sys, clair_vec.bulk_index, clair_vec.ids, clair_vec.data, clair_vec.indexing, clair_vec.model_card; "
+    code = ("import sys, clair_vec.retrieval.bulk_index, clair_vec.store.ids, clair_vec.datasets.folders, clair_vec.retrieval.indexing, "
+            "clair_vec.method.model_card; "
             "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

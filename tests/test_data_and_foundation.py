@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clair_vec.data import load_images, read_class_list, scan_folder, zero_shot_split
+from clair_vec.datasets.folders import load_images, read_class_list, scan_folder, zero_shot_split
 from clair_vec.errors import DatasetError, WeightsNotFoundError
-from clair_vec.features import extract_features
-from clair_vec.foundation import FoundationModel
-from clair_vec.prompts import PromptLearner, clean_class_name, domain_templates, hand_crafted_text_embeddings
+from clair_vec.method.foundation import FoundationModel
+from clair_vec.method.prompts import PromptLearner, clean_class_name, domain_templates, hand_crafted_text_embeddings
+from clair_vec.training.features import extract_features
 
 
 def pacs_root() -> Path:

@@ -30,7 +30,7 @@ def test_demo_end_to_end_reports_metrics_for_both_methods(tmp_path, capsys, back
 
 
 def test_ablation_table_over_a_demo_workdir(tmp_path):
-    from clair_vec.ablation import VARIANTS, format_table, run
+    from clair_vec.evaluation.ablation import VARIANTS, format_table, run
 
     run_demo(tmp_path / "w", per_class=8, bootstrap_steps=20, epochs=1, batch_size=24, top_k=20, progress=False)
     res = run(tmp_path / "w", seeds=2, epochs=1, batch_size=24, k=20)

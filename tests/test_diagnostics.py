@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clair_vec.diagnostics import collapse_stats, pseudo_label_report
-from clair_vec.model import ClairModel
-from clair_vec.pseudo_labels import NORMS
+from clair_vec.evaluation.diagnostics import collapse_stats, pseudo_label_report
+from clair_vec.method.model import ClairModel
+from clair_vec.method.pseudo_labels import NORMS
 
 
 def _constant_residual(model_dir, value: torch.Tensor) -> ClairModel:
@@ -74,7 +74,7 @@ def test_pseudo_label_report_counts_what_each_rule_drops(model_dir, shapes_root)
 
 
 def test_the_command_prints_the_report_as_json(model_dir, shapes_root):
-    r = subprocess.run([sys.executable, "-m", "clair_vec.diagnostics", "collapse", "--model", str(model_dir), "--data",
+    r = subprocess.run([sys.executable, "-m", "clair_vec.evaluation.diagnostics", "collapse", "--model", str(model_dir), "--data",
                         str(shapes_root)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr
     m = ClairModel.load(model_dir)

@@ -13,10 +13,10 @@ import torch
 from conftest import UNSEEN, run_cli
 
 import clair_vec
-from clair_vec.config import ClairConfig
 from clair_vec.errors import UnknownDomainError, ZeroShotLeakError
-from clair_vec.evaluation import evaluate, hubness, mean_pairwise_cosine
-from clair_vec.model import ClairModel
+from clair_vec.evaluation.zero_shot import evaluate, hubness, mean_pairwise_cosine
+from clair_vec.method.config import ClairConfig
+from clair_vec.method.model import ClairModel
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,14 @@ def unsplit(shapes_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seed1_model(unsplit, tmp_path_factory):
-    from clair_vec.train_job import train_local
+    from clair_vec.training.job import train_local
 
     cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=1, batch_size=48, seed=1)
     return train_local(unsplit, cfg, progress=False).save(tmp_path_factory.mktemp("m1") / "model")
 
 
 def test_evaluate_scores_the_classes_the_checkpoint_held_out(seed1_model, unsplit):
-    from clair_vec.data import split_dataset
+    from clair_vec.datasets.folders import split_dataset
 
     model = ClairModel.load(seed1_model)
     held_out = model.record["unseen_classes"]
@@ -61,7 +61,7 @@ def test_evaluate_refuses_a_split_that_would_score_trained_classes(seed1_model, 
 
 
 def test_an_unknown_query_domain_fails_before_any_feature_is_computed(seed1_model, unsplit, monkeypatch):
-    import clair_vec.evaluation as ev
+    import clair_vec.evaluation.zero_shot as ev
 
     monkeypatch.setattr(ev, "extract_features", lambda *a, **k: pytest.fail("features were computed"))
     with pytest.raises(UnknownDomainError, match="'x-ray'"):
@@ -86,10 +86,10 @@ def test_diagnostics_measure_collapse_and_hubness():
 
 def test_a_head_worse_than_raw_clip_plus_mapping_is_not_shipped(tiny_clip, shapes_root, tmp_path):
     """Sabotage the trained head: the selection must ship B1 (mapping only), say so, and record both numbers."""
-    from clair_vec.data import plan_split
-    from clair_vec.features import DomainFeatures, extract_features
-    from clair_vec.train_job import choose, progress_record
-    from clair_vec.trainer import ClairTrainer
+    from clair_vec.datasets.folders import plan_split
+    from clair_vec.training.features import DomainFeatures, extract_features
+    from clair_vec.training.job import choose, progress_record
+    from clair_vec.training.trainer import ClairTrainer
 
     split = plan_split(shapes_root, 0, 0.25)
     cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=1, batch_size=48)
@@ -230,6 +230,6 @@ def test_bootstrap_clip_command_trains_on_seen_classes_only(shapes_root, tmp_pat
                   "--batch-size", "8")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "--clip-pretrained" in out.stdout and not any(c in out.stdout.split("classes")[1].split("only")[0] for c in UNSEEN)
-    from clair_vec.foundation import FoundationModel
+    from clair_vec.method.foundation import FoundationModel
 
     assert FoundationModel.load("clair-tiny", str(tmp_path / "clip.pt")).embed_dim > 0

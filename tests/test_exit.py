@@ -46,8 +46,8 @@ OPEN_EVERYTHING = textwrap.dedent("""
 SERVE_AND_EXIT = textwrap.dedent("""
     import sys
     from fastapi.testclient import TestClient
-    from clair_vec.retriever import Retriever
-    from clair_vec.service import create_app
+    from clair_vec.retrieval.retriever import Retriever
+    from clair_vec.service.app import create_app
 
     model, uri, image = sys.argv[1:4]
     r = Retriever(model, uri=uri)

@@ -53,7 +53,7 @@ def planted(model_dir, tmp_path, marker):
 
 
 def test_a_planted_checkpoint_is_refused_and_never_runs(planted, tmp_path, marker):
-    from clair_vec.model import ClairModel
+    from clair_vec.method.model import ClairModel
 
     with pytest.raises(UnsafeCheckpointError, match="refusing to load CLAIR checkpoint.*could run code"):
         ClairModel.load(planted)
@@ -66,9 +66,9 @@ def test_a_planted_checkpoint_is_refused_and_never_runs(planted, tmp_path, marke
 
 
 def test_planted_feature_cache_and_trainer_checkpoint_are_refused(tiny_clip, shapes_root, tmp_path, marker):
-    from clair_vec.data import scan_folder
-    from clair_vec.features import _cache_key, extract_features
-    from clair_vec.tensor_files import load_tensor_file
+    from clair_vec.datasets.folders import scan_folder
+    from clair_vec.method.tensor_files import load_tensor_file
+    from clair_vec.training.features import _cache_key, extract_features
 
     ds = scan_folder(shapes_root).subset(classes=["circle"], domains=["photo"])
     cache = tmp_path / "cache"
@@ -224,7 +224,7 @@ def test_a_store_in_use_says_so_and_the_writer_keeps_working(backend, model_dir,
 
 def test_kill_9_mid_index_then_rerun_stores_each_image_once(model_dir, tmp_path):
     """`clair-vec index` killed with -9 mid-run (single process), then run again."""
-    from clair_vec.synthetic import make_shapes_dataset
+    from clair_vec.datasets.shapes import make_shapes_dataset
 
     gallery = make_shapes_dataset(tmp_path / "data", per_class=25, domains=("photo",), seed=2) / "photo"
     uri = str(tmp_path / "g.db")

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clair_vec import losses
-from clair_vec.config import ClairConfig
-from clair_vec.encoder import ClairHead, momentum_copy, momentum_update
 from clair_vec.errors import UnknownDomainError
-from clair_vec.mapping import DomainMapping, fit_mapping, solve_sylvester_sym
-from clair_vec.metrics import average_precision, ranked_metrics, retrieval_metrics
-from clair_vec.pseudo_labels import confidence_scores, pseudo_label, refine_weights
+from clair_vec.method import losses
+from clair_vec.method.config import ClairConfig
+from clair_vec.method.head import ClairHead, momentum_copy, momentum_update
+from clair_vec.method.mapping import DomainMapping, fit_mapping, solve_sylvester_sym
+from clair_vec.method.metrics import average_precision, ranked_metrics, retrieval_metrics
+from clair_vec.method.pseudo_labels import confidence_scores, pseudo_label, refine_weights
 
 
 def unit(*shape, seed=0):
@@ -260,7 +260,7 @@ def test_domain_normalisation_keeps_the_gap_that_class_normalisation_erases():
 
 
 def test_a_centred_head_adds_no_shared_offset():
-    from clair_vec.encoder import ClairHead
+    from clair_vec.method.head import ClairHead
 
     torch.manual_seed(0)
     v = F.normalize(torch.randn(256, 16), dim=-1)
@@ -279,7 +279,7 @@ def test_a_centred_head_adds_no_shared_offset():
 
 
 def test_old_configs_load_with_the_behaviour_they_were_trained_with():
-    from clair_vec.config import ClairConfig
+    from clair_vec.method.config import ClairConfig
 
     old = {k: v for k, v in ClairConfig().to_dict().items() if k not in ("confidence_norm", "head_center")}
     assert ClairConfig.from_dict({**old, "per_class_norm": True}).confidence_norm == "class"

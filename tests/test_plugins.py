@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from clair_vec import plugin_manager
 from clair_vec.errors import UnknownBackendError
+from clair_vec.store import plugins as plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "clair_vec.cli"]
@@ -172,7 +172,7 @@ def test_example_plugin_installs_and_is_discovered(tmp_path):
     code = textwrap.dedent("""
         import numpy as np, clair_vec
         from clair_vec.backend import CollectionInfo, Record
-        from clair_vec.plugin_manager import backends
+        from clair_vec.store.plugins import backends
         assert backends()["numpy"][1] == "numpy", backends()
         b = clair_vec.get_backend("numpy")
         b.create_collection(CollectionInfo("c", 3, "m"))

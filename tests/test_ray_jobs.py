@@ -15,12 +15,12 @@ import torch
 
 pytest.importorskip("ray")
 
-from clair_vec.config import ClairConfig  # noqa: E402
-from clair_vec.data import hold_out_classes, scan_folder, zero_shot_split  # noqa: E402
-from clair_vec.features import extract_features  # noqa: E402
-from clair_vec.foundation import FoundationModel  # noqa: E402
-from clair_vec.model import ClairModel  # noqa: E402
-from clair_vec.trainer import ClairTrainer  # noqa: E402
+from clair_vec.datasets.folders import hold_out_classes, scan_folder, zero_shot_split  # noqa: E402
+from clair_vec.method.config import ClairConfig  # noqa: E402
+from clair_vec.method.foundation import FoundationModel  # noqa: E402
+from clair_vec.method.model import ClairModel  # noqa: E402
+from clair_vec.training.features import extract_features  # noqa: E402
+from clair_vec.training.trainer import ClairTrainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "ray_jobs" / "train.py")]

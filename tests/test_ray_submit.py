@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from clair_vec.model import ClairModel  # noqa: E402
+from clair_vec.method.model import ClairModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

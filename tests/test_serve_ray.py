@@ -68,8 +68,8 @@ def stop(proc: subprocess.Popen, timeout: float = 120) -> str:
 def test_two_replicas_answer_like_the_single_process_service(ray_head, server_uri, model_dir, shapes_root):
     from fastapi.testclient import TestClient
 
-    from clair_vec.retriever import Retriever
-    from clair_vec.service import create_app
+    from clair_vec.retrieval.retriever import Retriever
+    from clair_vec.service.app import create_app
 
     name = f"served_{uuid.uuid4().hex[:8]}"
     with Retriever(model_dir, uri=server_uri) as r:
@@ -124,7 +124,7 @@ def _processes_with(marker: str) -> list[str]:
 def test_sigterm_stops_the_service_and_every_ray_process_it_started(server_uri, model_dir, shapes_root, tmp_path):
     """Without RAY_ADDRESS the service starts its own local Ray; SIGTERM must leave none of it."""
     name = f"sigterm_{uuid.uuid4().hex[:8]}"
-    from clair_vec.retriever import Retriever
+    from clair_vec.retrieval.retriever import Retriever
 
     with Retriever(model_dir, uri=server_uri) as r:
         r.index(name, [shapes_root / "photo" / UNSEEN[0]], label_from_folder=True, progress=False)

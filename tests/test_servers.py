@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import docker_or_skip, run_cli
 
-from clair_vec.testing import BackendConformance
+from clair_vec.store.testing import BackendConformance
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 

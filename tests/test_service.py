@@ -14,8 +14,8 @@ from conftest import UNSEEN, run_cli
 from PIL import Image
 
 import clair_vec
-from clair_vec.retriever import Retriever
-from clair_vec.service import create_app
+from clair_vec.retrieval.retriever import Retriever
+from clair_vec.service.app import create_app
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import clair_vec
-from clair_vec.config import ClairConfig
-from clair_vec.data import scan_folder, zero_shot_split
+from clair_vec.datasets.folders import scan_folder, zero_shot_split
 from clair_vec.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -16,10 +15,11 @@ from clair_vec.errors import (
     UnknownBackendError,
     UnknownDomainError,
 )
-from clair_vec.features import extract_features
-from clair_vec.model import ClairModel
-from clair_vec.plugin_manager import get_backend
-from clair_vec.trainer import ClairTrainer
+from clair_vec.method.config import ClairConfig
+from clair_vec.method.model import ClairModel
+from clair_vec.store.plugins import get_backend
+from clair_vec.training.features import extract_features
+from clair_vec.training.trainer import ClairTrainer
 
 UNSEEN = ["hexagon", "crescent", "arrow", "heart"]
 
@@ -112,8 +112,8 @@ def test_index_then_search_across_domains(trained, split, tmp_path, backend):
     assert "pseudo_label" not in row[0].payload  # no vocabulary given: no (misleading) tag
     assert row[0].payload["label"] in UNSEEN
     # the backend's ranking equals exact cosine ranking of the same mapped vectors
-    g = model.embed_images([__import__("clair_vec.data", fromlist=["x"]).load_image(p) for p in gallery], "photo")
-    q = model.embed_images([__import__("clair_vec.data", fromlist=["x"]).load_image(queries[0])], "sketch")
+    g = model.embed_images([__import__("clair_vec.datasets.folders", fromlist=["x"]).load_image(p) for p in gallery], "photo")
+    q = model.embed_images([__import__("clair_vec.datasets.folders", fromlist=["x"]).load_image(queries[0])], "sketch")
     best = gallery[int(np.argmax(g @ q[0]))]
     assert row[0].payload["path"] == best
     filtered = clair_vec.search("gal", queries[:1], domain="sketch", top_k=50, filter={"label": "heart"},
@@ -132,7 +132,7 @@ def test_api_errors_say_what_to_do(trained, tmp_path):
         clair_vec.search("never_made", [np.zeros((8, 8, 3), np.uint8)], domain="sketch", backend="milvus", uri=uri, model=path)
     be = get_backend("milvus", uri)
     try:
-        from clair_vec.backend import CollectionInfo
+        from clair_vec.store.backend import CollectionInfo
 
         be.create_collection(CollectionInfo("other", model.dim, "some-other-model"))
     finally:
@@ -215,7 +215,7 @@ def test_cli_train_index_search_evaluate(shapes_root, tmp_path, capsys):
 
 
 def _random_clip(tmp_path):
-    from clair_vec.foundation import FoundationModel
+    from clair_vec.method.foundation import FoundationModel
 
     path = tmp_path / "clip.pt"
     torch.save(FoundationModel.load("clair-tiny", None).state_dict(), path)

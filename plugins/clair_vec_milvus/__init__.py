@@ -12,7 +12,7 @@ the server's next time tick, about 200 ms a query on a 2.3 standalone server.
 
 Index: exact (FLAT) by default, on Lite and servers alike: searches agree with brute-force
 cosine ranking, and a server's default AUTOINDEX gave recall@10 of 0.14-0.16 at 20k x 512-d
-(``python -m clair_vec.benchmark --uri ...``). Large galleries pass ``index_type="HNSW"``
+(``python -m clair_vec.benchmarks.backends --uri ...``). Large galleries pass ``index_type="HNSW"``
 with ``index_params`` / ``search_params`` and measure their recall with the same benchmark.
 """
 
@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.backend import Backend, CollectionInfo, Hit, Record
 from clair_vec.errors import BackendUnavailableError, CollectionMismatchError, StoreLockedError
-from clair_vec.hookspecs import hookimpl
+from clair_vec.store.backend import Backend, CollectionInfo, Hit, Record
+from clair_vec.store.hookspecs import hookimpl
 
 DEFAULT_URI = "./clair_vec_milvus.db"
 _FIELDS = ("domain", "label", "path")

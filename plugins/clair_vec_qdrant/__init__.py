@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.backend import FILTER_KEYS, Backend, CollectionInfo, Hit, Record, point_uuid
 from clair_vec.errors import BackendUnavailableError, StoreLockedError
-from clair_vec.hookspecs import hookimpl
+from clair_vec.store.backend import FILTER_KEYS, Backend, CollectionInfo, Hit, Record, point_uuid
+from clair_vec.store.hookspecs import hookimpl
 
 DEFAULT_PATH = "./clair_vec_qdrant"
 VECTOR = "clair"

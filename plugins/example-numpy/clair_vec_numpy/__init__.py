@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from clair_vec import hookimpl
-from clair_vec.backend import Backend, CollectionInfo, Hit, matches
+from clair_vec.store.backend import Backend, CollectionInfo, Hit, matches
 
 
 class NumpyBackend(Backend):

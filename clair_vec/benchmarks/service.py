@@ -1,0 +1,220 @@
+"""``clair-vec serve`` under load, against what its work costs without the service.
+
+    python -m clair_vec.benchmarks.service --model clair_demo/model --images 10000
+
+Indexes generated photos into the embedded default (Milvus Lite; ``--backend qdrant``: Qdrant
+Edge), then measures:
+
+1. the floor: one query's CLIP encode plus the engine's own search on an open client (pymilvus,
+   same parameters), p50 over the query set, in this process;
+2. ``clair-vec serve`` as its own process: QPS, p50 and p99 of ``POST /search`` at 1, 4 and 16
+   concurrent clients (threads of this process, over loopback);
+3. the server's resident memory before and after ``--requests`` more requests.
+
+On a 2-core machine the load generator shares the CPU with the server: read QPS as a floor.
+Speed only: no test asserts on these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def floor(model_dir: str, store: str, queries: list[bytes], top_k: int, backend: str) -> dict:
+    """p50 of (CLIP encode + head + mapping) and of the raw engine search, on open objects."""
+    from PIL import Image
+
+    from clair_vec.retrieval.retriever import Retriever
+
+    with Retriever(model_dir, backend=backend, uri=store) as r:
+        r.collection("gallery")
+        for _ in range(2):  # warm both up, as the service is warmed up before it is timed
+            for q in queries:
+                r.search("gallery", [Image.open(io.BytesIO(q)).convert("RGB")], domain="sketch", top_k=top_k)
+        encode, engine = [], []
+        for q in queries * 2:
+            im = Image.open(io.BytesIO(q)).convert("RGB")
+            t0 = time.perf_counter()
+            v = r.model.embed_images([im], "sketch")
+            encode.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            if backend == "milvus":  # pymilvus itself, same parameters as the plugin
+                r.backend.client.search("gallery", data=v.tolist(), limit=top_k, output_fields=["domain", "label", "path", "$meta"],
+                                        search_params={"metric_type": "COSINE"}, consistency_level="Session")  # fmt: skip
+            else:  # the plugin's engine primitive, without the checks around it
+                r.backend._search("gallery", v, top_k, {})
+            engine.append(time.perf_counter() - t0)
+    return {"encode_p50_ms": 1000 * statistics.median(encode), "engine_p50_ms": 1000 * statistics.median(engine)}
+
+
+def _start(model: str, store: str, backend: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clair_vec.cli", "serve", "--model", model, "--collection", "gallery",
+                             "--backend", backend, "--uri", store, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("clair-vec serve did not become ready")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _multipart(image: bytes, top_k: int) -> tuple[bytes, str]:
+    """A request body encoded once, as a load tester replays it (no per-request client work)."""
+    boundary = "clairbench0123456789"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
+             f"Content-Type: image/png\r\n\r\n".encode() + image + b"\r\n"]  # fmt: skip
+    for name, value in (("domain", "sketch"), ("top_k", str(top_k))):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def load(url: str, queries: list[bytes], clients: int, requests: int, top_k: int) -> dict:
+    """``clients`` threads, each on its own keep-alive connection, send ``requests`` searches in all."""
+    from http.client import HTTPConnection
+    from urllib.parse import urlparse
+
+    host = urlparse(url)
+    bodies = [_multipart(q, top_k) for q in queries]
+    lat: list[float] = []
+    took: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def worker() -> None:
+        conn = HTTPConnection(host.hostname, host.port, timeout=60)
+        try:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                body, ctype = bodies[i % len(bodies)]
+                t0 = time.perf_counter()
+                conn.request("POST", "/search", body=body, headers={"Content-Type": ctype})
+                r = conn.getresponse()
+                data = r.read()
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    lat.append(elapsed)
+                    errors[0] += r.status != 200
+                    if r.status == 200:
+                        took.append(json.loads(data)["took_ms"])
+        finally:
+            conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": len(lat), "errors": errors[0], "qps": round(len(lat) / wall, 1),
+            "p50_ms": round(1000 * statistics.median(lat), 1), "p99_ms": round(1000 * float(np.percentile(lat, 99)), 1),
+            "server_took_p50_ms": round(statistics.median(took), 1) if took else None}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint directory (e.g. clair_demo/model after `make demo`)")
+    p.add_argument("--images", type=int, default=10_000, help="gallery size")
+    p.add_argument("--queries", type=int, default=50, help="distinct query sketches")
+    p.add_argument("--per-level", type=int, default=200, help="requests at each concurrency level")
+    p.add_argument("--requests", type=int, default=2000, help="requests of the memory-growth run")
+    p.add_argument("--top-k", type=int, default=10, help="hits per query")
+    p.add_argument("--backend", default="milvus", help="an embedded backend: milvus (Lite, the default) or qdrant (Edge)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating floor / service rounds for the 1-client comparison")
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["CLAIR_VEC_PROGRESS"] = os.environ.get("CLAIR_VEC_PROGRESS", "1")
+    from clair_vec.datasets.shapes import make_shapes_dataset
+    from clair_vec.retrieval.api import index
+
+    work = Path(tempfile.mkdtemp(prefix="clair-serve-bench-"))
+    proc = None
+    try:
+        data = make_shapes_dataset(work / "data", per_class=-(-a.images // 12), domains=("photo", "sketch"), seed=11)
+        photos = sorted((data / "photo").rglob("*.png"))[: a.images]
+        store = str(work / ("gallery.db" if a.backend == "milvus" else "gallery"))
+        t0 = time.perf_counter()
+        s = index("gallery", photos, model=a.model, backend=a.backend, uri=store, label_from_folder=True)
+        print(json.dumps({"indexed": s.indexed, "index_s": round(time.perf_counter() - t0, 1)}), flush=True)
+        queries = [f.read_bytes() for f in sorted((data / "sketch").rglob("*.png"))[:: max(1, a.images // a.queries)][: a.queries]]
+        # the box is shared and noisy (the engine's own p50 moved 5-9 ms between minutes here): the
+        # floor and the 1-client service are measured in alternating rounds and compared by median
+        floors, singles, tooks = [], [], []
+        for _ in range(a.rounds):
+            floors.append(floor(a.model, store, queries, a.top_k, a.backend))
+            proc, url = _start(a.model, store, a.backend)
+            load(url, queries, 1, 100, a.top_k)  # warm-up
+            row = load(url, queries, 1, a.per_level, a.top_k)
+            singles.append(row["p50_ms"])
+            tooks.append(row["server_took_p50_ms"])
+            _stop(proc)
+            proc = None
+        floor_ms = statistics.median(f["encode_p50_ms"] + f["engine_p50_ms"] for f in floors)
+        print(json.dumps({"rounds": a.rounds, "floor_p50_ms": round(floor_ms, 2),
+                          "encode_p50_ms": round(statistics.median(f["encode_p50_ms"] for f in floors), 2),
+                          "engine_p50_ms": round(statistics.median(f["engine_p50_ms"] for f in floors), 2),
+                          "search_p50_ms_1_client": statistics.median(singles),
+                          "server_took_p50_ms": statistics.median(tooks),
+                          "ratio_to_floor": round(statistics.median(singles) / floor_ms, 2),
+                          "per_round": {"floor": [round(f["encode_p50_ms"] + f["engine_p50_ms"], 2) for f in floors],
+                                        "service": singles}}), flush=True)  # fmt: skip
+        proc, url = _start(a.model, store, a.backend)
+        load(url, queries, 1, 100, a.top_k)
+        for c in (1, 4, 16):
+            print(json.dumps(load(url, queries, c, a.per_level, a.top_k)), flush=True)
+        before = _rss_mb(proc.pid)
+        growth = load(url, queries, 4, a.requests, a.top_k)
+        after = _rss_mb(proc.pid)
+        print(json.dumps({"memory_run": growth, "server_rss_mb_before": round(before, 1), "server_rss_mb_after": round(after, 1),
+                          "growth_mb": round(after - before, 1)}), flush=True)  # fmt: skip
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Multi-domain image folders ``root/<domain>/<class>/<image>`` and zero-shot class splits.
+
+This is the layout of PACS, DomainNet, Sketchy, TU-Berlin and QuickDraw exports. Zero-shot hygiene
+(spec §8.1): unseen-class images never reach training; :func:`zero_shot_split` is the one place
+that decides which images are which.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from clair_vec.errors import CorruptImageError, DatasetError
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: str
+    domain: str
+    label: str
+
+
+@dataclass
+class MultiDomainDataset:
+    items: list[ImageItem]
+    root: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted({i.domain for i in self.items})
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({i.label for i in self.items})
+
+    def by_domain(self, domain: str) -> list[ImageItem]:
+        return [i for i in self.items if i.domain == domain]
+
+    def subset(self, *, classes: Iterable[str] | None = None, domains: Iterable[str] | None = None) -> MultiDomainDataset:
+        keep_c = set(classes) if classes is not None else None
+        keep_d = set(domains) if domains is not None else None
+        items = [
+            i for i in self.items if (keep_c is None or i.label in keep_c) and (keep_d is None or i.domain in keep_d)
+        ]
+        return MultiDomainDataset(items, self.root, list(self.skipped))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def scan_folder(root: str | Path, domains: Sequence[str] | None = None) -> MultiDomainDataset:
+    """Index ``root/<domain>/<class>/<image>``; files with non-image suffixes are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset folder {str(root)!r} does not exist; expected root/<domain>/<class>/<image> "
+            "(e.g. PACS or DomainNet unpacked), or run `clair-vec demo` to generate one."
+        )
+    wanted = set(domains) if domains else None
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if wanted and not wanted <= set(found):
+        raise DatasetError(f"domains {sorted(wanted - set(found))} not found under {root}; it has {found}")
+    items = []
+    for domain in found:
+        if wanted and domain not in wanted:
+            continue
+        for class_dir in sorted(p for p in (root / domain).iterdir() if p.is_dir()):
+            for f in sorted(class_dir.iterdir()):
+                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                    items.append(ImageItem(str(f), domain, class_dir.name))
+    if not items:
+        raise DatasetError(f"no images found under {root}; expected root/<domain>/<class>/<image>")
+    return MultiDomainDataset(items, str(root))
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder``, recursively, in sorted order."""
+    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+
+
+def read_class_list(path: str | Path) -> list[str]:
+    """One class name a line; blank lines and ``#`` comments ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"class split file {str(path)!r} does not exist")
+    names = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
+    return [n for n in names if n]
+
+
+def zero_shot_split(
+    dataset: MultiDomainDataset,
+    *,
+    unseen: Sequence[str] | None = None,
+    seen: Sequence[str] | None = None,
+    unseen_fraction: float = 0.25,
+    seed: int = 0,
+) -> tuple[MultiDomainDataset, MultiDomainDataset]:
+    """Split by class into (seen, unseen) datasets; classes never straddle the two.
+
+    ``unseen``/``seen`` name the classes (from split files); otherwise a seeded random
+    ``unseen_fraction`` of the classes is held out.
+    """
+    classes = dataset.classes
+    if unseen is None and seen is None:
+        rng = random.Random(seed)
+        n_unseen = max(1, round(len(classes) * unseen_fraction))
+        unseen = sorted(rng.sample(classes, n_unseen))
+    if unseen is None:
+        unseen = [c for c in classes if c not in set(seen)]
+    if seen is None:
+        seen = [c for c in classes if c not in set(unseen)]
+    overlap = set(seen) & set(unseen)
+    if overlap:
+        raise DatasetError(f"classes {sorted(overlap)} are listed both as seen and unseen")
+    missing = (set(seen) | set(unseen)) - set(classes)
+    if missing:
+        raise DatasetError(f"split names classes with no images: {sorted(missing)}")
+    return dataset.subset(classes=seen), dataset.subset(classes=unseen)
+
+
+def hold_out_classes(
+    dataset: MultiDomainDataset, fraction: float = 0.1, *, min_classes: int = 2, seed: int = 0
+) -> tuple[MultiDomainDataset, MultiDomainDataset | None]:
+    """(train, validation) by class: a seeded ``fraction`` of the classes, at least ``min_classes``
+    (fewer would make retrieval trivially correct), or no validation set where too few remain."""
+    classes = dataset.classes
+    n = max(min_classes, round(len(classes) * fraction))
+    if fraction <= 0 or len(classes) - n < 2:
+        return dataset, None
+    return zero_shot_split(dataset, unseen=sorted(random.Random(seed).sample(classes, n)))
+
+
+def split_dataset(root: str | Path, seed: int = 0) -> tuple[MultiDomainDataset, MultiDomainDataset]:
+    """Split by ``root/{seen,unseen}_classes.txt`` when present, else hold out a seeded 25% of classes."""
+    root = Path(root)
+    ds = scan_folder(root)
+    if (root / "unseen_classes.txt").is_file():
+        return zero_shot_split(ds, unseen=read_class_list(root / "unseen_classes.txt"))
+    if (root / "seen_classes.txt").is_file():
+        return zero_shot_split(ds, seen=read_class_list(root / "seen_classes.txt"))
+    return zero_shot_split(ds, seed=seed)
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode image bytes fully as RGB; any failure (corrupt, truncated, a decompression bomb)
+    raises :class:`CorruptImageError` naming ``name``. The one decode path for files and uploads."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception as exc:  # PIL raises many kinds, DecompressionBombError not among OSError's
+        raise CorruptImageError(name, f"{type(exc).__name__}: {exc}") from exc
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Read and decode an image file as RGB, raising :class:`CorruptImageError` with the path on failure."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CorruptImageError(str(path), f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+    return decode_image(data, str(path))
+
+
+def load_images(paths: Sequence[str]) -> tuple[list[Image.Image], list[int], list[tuple[str, str]]]:
+    """Load what can be loaded: returns (images, indices of those images in ``paths``, skipped)."""
+    images, ok, skipped = [], [], []
+    for i, p in enumerate(paths):
+        try:
+            images.append(load_image(p))
+            ok.append(i)
+        except CorruptImageError as exc:
+            log.warning("skipping %s", exc)
+            skipped.append((exc.path, exc.reason))
+    return images, ok, skipped
+
+
+@dataclass
+class Split:
+    """Who sees what: training classes, held-out seen classes for model selection, and the
+    zero-shot classes that only evaluation ever touches."""
+
+    train: MultiDomainDataset
+    validation: MultiDomainDataset | None
+    unseen: MultiDomainDataset
+    seed: int
+
+    def record(self) -> dict:
+        return {"seen_classes": self.train.classes, "validation_classes": self.validation.classes if self.validation else [],
+                "unseen_classes": self.unseen.classes, "split_seed": self.seed}  # fmt: skip
+
+
+def plan_split(root: str | Path, seed: int = 0, val_fraction: float = 0.1) -> Split:
+    """The one place training decides its classes: split files or a seeded hold-out, then a
+    seeded validation share of the seen classes."""
+    seen, unseen = split_dataset(root, seed)
+    train, val = hold_out_classes(seen, val_fraction, seed=seed)
+    return Split(train, val, unseen, seed)

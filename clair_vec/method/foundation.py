@@ -1,0 +1,187 @@
+"""The frozen CLIP foundation model: loading by pretrained tag or local checkpoint, batched encoding.
+
+Everything downstream (pseudo-labels, the CLAIR head, the text-only mapping) consumes the
+L2-normalised features this module produces, so normalisation happens here and only here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clair_vec.errors import WeightsNotFoundError
+from clair_vec.method._torchvision_shim import ensure_torchvision
+from clair_vec.progress import progress_bar
+
+ensure_torchvision()
+import open_clip  # noqa: E402
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(_CONFIG_DIR)
+#: Small random-initialisable architectures shipped for tests and the offline demo.
+TINY_ARCHS = tuple(sorted(p.stem for p in _CONFIG_DIR.glob("*.json")))
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return pretrained.endswith(_CHECKPOINT_SUFFIXES) or os.sep in pretrained or pretrained.startswith(".")
+
+
+class FoundationModel:
+    """A frozen open_clip model with the encode helpers CLAIR needs.
+
+    ``pretrained`` is an open_clip tag (``"openai"``), a local checkpoint file, or ``None`` for
+    random initialisation (tests and the bootstrap of the offline demo).
+    """
+
+    def __init__(self, model: Any, arch: str, pretrained: str | None, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.arch = arch
+        self.pretrained = pretrained
+        self.device = device
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        size = self.model.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.preprocess = open_clip.image_transform(self.image_size, is_train=False)
+
+    @classmethod
+    def load(cls, arch: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu") -> FoundationModel:
+        if arch not in open_clip.list_models():
+            raise ValueError(
+                f"unknown open_clip architecture {arch!r}; e.g. ViT-B-32, ViT-B-16, or a tiny test "
+                f"architecture {list(TINY_ARCHS)}. open_clip.list_models() lists all."
+            )
+        if pretrained is None:
+            model = open_clip.create_model(arch, pretrained=None)
+            return cls(model, arch, None, device)
+        if os.path.exists(pretrained):
+            pretrained = str(Path(pretrained).resolve())
+        elif _looks_like_path(pretrained):
+            raise WeightsNotFoundError(
+                f"CLIP checkpoint file {pretrained!r} does not exist. Pass the path of a downloaded "
+                f"open_clip checkpoint (.pt/.bin/.safetensors) for architecture {arch!r}."
+            )
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            if pretrained not in tags:
+                raise WeightsNotFoundError(
+                    f"open_clip has no pretrained tag {pretrained!r} for {arch!r}; known tags: {tags}. "
+                    "Or pass a local checkpoint path."
+                )
+        try:
+            model = open_clip.create_model(arch, pretrained=pretrained, load_weights=True)
+        except FileNotFoundError as exc:
+            raise WeightsNotFoundError(f"cannot load CLIP checkpoint {pretrained!r}: {exc}") from exc
+        except RuntimeError as exc:
+            if "download" not in str(exc).lower() and "hub" not in str(exc).lower():
+                raise
+            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+            raise WeightsNotFoundError(
+                f"CLIP weights {arch}/{pretrained} are not in the local cache and cannot be downloaded"
+                f"{' (HF_HUB_OFFLINE is set)' if offline else ''}. Download them on a connected machine "
+                "(open_clip caches under ~/.cache/huggingface) or pass the path of a local checkpoint "
+                f"file, e.g. --clip-pretrained /models/{arch}.pt"
+            ) from exc
+        return cls(model, arch, pretrained, device)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[1])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().clamp(max=100.0))
+
+    @property
+    def supports_prompt_learning(self) -> bool:
+        return hasattr(self.model, "token_embedding") and hasattr(self.model, "transformer")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    # ------------------------------------------------------------------ encoding
+    @torch.no_grad()
+    def encode_images(
+        self,
+        images: Sequence[Image.Image] | torch.Tensor,
+        *,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        seeds: Sequence[int] | None = None,
+        batch_size: int = 64,
+        progress: bool | str = False,
+    ) -> torch.Tensor:
+        """L2-normalised image features, ``(N, embed_dim)`` float32 on the CPU.
+
+        ``images`` are PIL images (transformed by ``transform``, default CLIP's eval preprocessing)
+        or an already preprocessed ``(N, 3, H, W)`` tensor. ``seeds`` seeds torch's RNG before each
+        image's transform, making random augmentations a function of the image, not of the order
+        or the worker it is processed in.
+        """
+        transform = transform or self.preprocess
+        n = len(images)
+        out = torch.empty(n, self.embed_dim)
+        desc = progress if isinstance(progress, str) else "CLIP image features"
+        with progress_bar(total=n, desc=desc, unit="img", enabled=bool(progress)) as bar:
+            for start in range(0, n, batch_size):
+                chunk = images[start : start + batch_size]
+                if isinstance(chunk, torch.Tensor):
+                    pixels = chunk
+                else:
+                    pixels = torch.stack([self._seeded(transform, im, seeds, start + j) for j, im in enumerate(chunk)])
+                feats = self.model.encode_image(pixels.to(self.device))
+                out[start : start + len(chunk)] = F.normalize(feats.float(), dim=-1).cpu()
+                bar.update(len(chunk))
+        return out
+
+    @staticmethod
+    def _seeded(transform: Callable[[Image.Image], torch.Tensor], image: Image.Image, seeds: Sequence[int] | None, i: int) -> torch.Tensor:
+        if seeds is not None:
+            torch.manual_seed(seeds[i])
+        return transform(image)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised text features, ``(N, embed_dim)`` float32 on the CPU."""
+        parts = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
+            parts.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
+        return torch.cat(parts) if parts else torch.empty(0, self.embed_dim)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.token_embedding(tokens.to(self.device))
+
+    def encode_token_embeddings(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the frozen text tower on given token embeddings (differentiable w.r.t. them).
+
+        Mirrors ``open_clip.CLIP.encode_text`` after its embedding lookup, so learned context
+        vectors (CoOp-style prompts) can replace some token embeddings. Returns normalised features.
+        """
+        if not self.supports_prompt_learning:
+            raise NotImplementedError(
+                f"{self.arch} has a custom (e.g. Hugging Face) text tower; learnable prompts need an "
+                "open_clip CLIP text transformer. Set prompt_side='none'."
+            )
+        m = self.model
+        cast = m.transformer.get_cast_dtype()
+        x = embeddings.to(cast) + m.positional_embedding.to(cast)
+        x = m.transformer(x, attn_mask=m.attn_mask)
+        x = m.ln_final(x)
+        x = open_clip.transformer.text_global_pool(
+            x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None)
+        )
+        if m.text_projection is not None:
+            x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
+        return F.normalize(x.float(), dim=-1)

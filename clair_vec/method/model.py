@@ -1,0 +1,231 @@
+"""The trained CLAIR model as one deployable object: CLIP -> head -> domain mapping.
+
+A checkpoint is a directory: ``clair.json`` (config, classes, domains, CLIP reference, model id,
+and the training record: held-out classes, validation numbers, what was shipped) and ``clair.pt``
+(head, prompts, text embeddings, mapping). Random-initialised CLIP weights are saved beside them
+as ``foundation.pt``; pretrained ones are referenced by tag or path, never copied. Tensor files
+load with ``weights_only=True``: a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clair_vec.errors import UnknownDomainError, WeightsNotFoundError
+from clair_vec.method.config import ClairConfig
+from clair_vec.method.foundation import FoundationModel
+from clair_vec.method.head import ClairHead
+from clair_vec.method.mapping import DomainMapping
+from clair_vec.method.model_card import FORMAT_VERSION, read_meta
+from clair_vec.method.prompts import PromptLearner, combine_text_embeddings, hand_crafted_text_embeddings
+from clair_vec.method.tensor_files import load_tensor_file
+
+MODEL_ENV = "CLAIR_VEC_MODEL"
+_loaded: dict[str, ClairModel] = {}
+_load_lock = threading.Lock()
+
+
+class ClairModel:
+    def __init__(
+        self,
+        foundation: FoundationModel,
+        head: ClairHead,
+        mapping: DomainMapping,
+        classes: Sequence[str],
+        text_embeddings: dict[str, torch.Tensor],
+        config: ClairConfig,
+        prompt_state: dict | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        self.foundation = foundation
+        self.head = head.eval()
+        self.mapping = mapping
+        self.classes = list(classes)
+        self.text_embeddings = {d: t.detach() for d, t in text_embeddings.items()}
+        self.config = config
+        self.prompt_state = prompt_state
+        #: how it was trained: held-out classes, split seed, validation numbers, what was shipped
+        self.record: dict[str, Any] = dict(record or {})
+        self._model_id: str | None = None
+        self._vocab_text: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
+
+    @property
+    def domains(self) -> list[str]:
+        return self.mapping.domains
+
+    @property
+    def pivot(self) -> str:
+        return self.mapping.pivot
+
+    @property
+    def dim(self) -> int:
+        return self.head.dim
+
+    @property
+    def clip_arch(self) -> str:
+        return self.foundation.arch
+
+    @property
+    def model_id(self) -> str:
+        """Names the exact vector space: backends refuse vectors of another model id."""
+        if self._model_id is None:
+            h = hashlib.sha256(f"{self.foundation.arch}|{self.foundation.pretrained}".encode())
+            for t in list(self.head.state_dict().values()) + [w for w, _ in self.mapping.maps.values()]:
+                h.update(t.detach().float().cpu().numpy().tobytes())
+            self._model_id = f"clair-{self.foundation.arch}-{h.hexdigest()[:12]}"
+        return self._model_id
+
+    def check_domain(self, domain: str) -> None:
+        if domain not in self.domains:
+            raise UnknownDomainError(domain, self.domains)
+
+    # ------------------------------------------------------------------ embedding
+    @torch.no_grad()
+    def embed_features(self, clip_feats: torch.Tensor, domain: str, *, map_domain: bool = True) -> torch.Tensor:
+        """CLAIR embeddings of CLIP features of ``domain``, mapped into the pivot domain."""
+        self.check_domain(domain)
+        z = self.head(clip_feats.float())
+        return self.mapping.apply(z, domain) if map_domain else z
+
+    @torch.no_grad()
+    def embed_images(
+        self, images: Sequence[Image.Image], domain: str, *, batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        """``(N, dim)`` float32 unit vectors, ready for a vector database."""
+        self.check_domain(domain)
+        feats = self.foundation.encode_images(images, batch_size=batch_size, progress=progress)
+        return self.embed_features(feats, domain).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def class_text_embeddings(self, names: Sequence[str], domain: str) -> torch.Tensor:
+        """``(C, D)`` text embeddings of any class names in ``domain``, built as in training: the
+        domain's hand-crafted templates, plus the learned prompt context when the model has one
+        (its context is class-agnostic, so it applies to names never seen in training)."""
+        self.check_domain(domain)
+        key = (domain, tuple(names))
+        if key not in self._vocab_text:
+            hand = hand_crafted_text_embeddings(self.foundation, names, domain, self.config.templates)
+            learned = None
+            if self.prompt_state is not None and self.foundation.supports_prompt_learning:
+                learner = PromptLearner(self.foundation, self.domains, self.config.n_ctx, self.config.templates)
+                learner.load_state_dict(self.prompt_state)
+                learned = learner(list(names), domain)
+            self._vocab_text[key] = combine_text_embeddings(hand, learned)
+        return self._vocab_text[key]
+
+    @torch.no_grad()
+    def zero_shot_labels(
+        self, clip_feats: torch.Tensor, domain: str, vocabulary: Sequence[str]
+    ) -> tuple[list[str], np.ndarray]:
+        """Each image's most likely name in ``vocabulary`` (the user's labels, seen in training
+        or not) and its softmax confidence over that vocabulary."""
+        if not vocabulary:
+            raise ValueError("the label vocabulary is empty")
+        text = self.class_text_embeddings(vocabulary, domain)
+        probs = torch.softmax(self.foundation.logit_scale * clip_feats.float() @ text.T, dim=-1)
+        conf, idx = probs.max(dim=1)
+        return [vocabulary[i] for i in idx.tolist()], conf.numpy()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint directory atomically: a crash never leaves a half-written model."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "model_id": self.model_id,
+                "clip_model": self.foundation.arch,
+                "clip_pretrained": self.foundation.pretrained,
+                "classes": self.classes,
+                "domains": self.domains,
+                "pivot": self.pivot,
+                "dim": self.dim,
+                "config": self.config.to_dict(),
+                "training": self.record,
+            }
+            (tmp / "clair.json").write_text(json.dumps(meta, indent=2))
+            torch.save(
+                {
+                    "head": self.head.state_dict(),
+                    "head_hidden": self.head.mlp[0].out_features,
+                    "mapping": self.mapping.state_dict(),
+                    "text_embeddings": self.text_embeddings,
+                    "prompts": self.prompt_state,
+                },
+                tmp / "clair.pt",
+            )
+            if self.foundation.pretrained is None:
+                torch.save(self.foundation.state_dict(), tmp / "foundation.pt")
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> ClairModel:
+        path = Path(path)
+        meta = read_meta(path)
+        state = load_tensor_file(path / "clair.pt", what="CLAIR checkpoint")
+        if meta["clip_pretrained"] is None:
+            foundation = FoundationModel.load(meta["clip_model"], None, device)
+            foundation.model.load_state_dict(load_tensor_file(path / "foundation.pt", what="CLIP weights", map_location=device))
+        else:
+            foundation = FoundationModel.load(meta["clip_model"], meta["clip_pretrained"], device)
+        config = ClairConfig.from_dict(meta["config"])
+        head = ClairHead(meta["dim"], state["head_hidden"], config.head_alpha_init, center=config.head_center)
+        head.load_state_dict(state["head"])
+        model = cls(
+            foundation,
+            head,
+            DomainMapping.from_state_dict(state["mapping"]),
+            meta["classes"],
+            state["text_embeddings"],
+            config,
+            state["prompts"],
+            meta.get("training"),
+        )
+        if model.model_id != meta["model_id"]:
+            raise WeightsNotFoundError(
+                f"checkpoint {path} loads as model {model.model_id} but was saved as {meta['model_id']}: "
+                "the CLIP weights it references changed. Point clip_pretrained at the original weights."
+            )
+        return model
+
+
+def load_model(model: str | Path | ClairModel | None = None) -> ClairModel:
+    """A :class:`ClairModel` from a checkpoint directory (cached per process), or ``$CLAIR_VEC_MODEL``."""
+    if isinstance(model, ClairModel):
+        return model
+    model = model or os.environ.get(MODEL_ENV)
+    if not model:
+        raise WeightsNotFoundError(
+            f"no CLAIR model given: pass model=<checkpoint dir> or set {MODEL_ENV}. Train one with "
+            "`clair-vec train` or `python ray_jobs/train.py`."
+        )
+    key = str(Path(model).resolve())
+    with _load_lock:
+        if key not in _loaded:
+            _loaded[key] = ClairModel.load(key)
+        return _loaded[key]

@@ -1,0 +1,284 @@
+"""Bulk indexing on Ray Data, streaming end to end.
+
+    list files (tasks) -> read + hash (tasks) -> look up, decode, CLIP + CLAIR, write (actor pool)
+
+- Nothing the size of the gallery passes through the driver: files are listed and read on
+  workers, and the driver only adds up small per-batch tallies.
+- Listing and hashing run on plain tasks that import neither torch nor open_clip (this module
+  imports neither at module level), so they start in well under a second.
+- Writers: with a server URI every encoding actor opens its own connection and writes its own
+  batches (parallel writers). An embedded store (Milvus Lite file, Qdrant Edge directory) opens
+  in one process only, so one ``StoreActor`` holds it and the encoding actors send it batches.
+- Resumable: ids are content hashes and writes are idempotent, so after a crash anywhere (driver
+  or worker killed with -9) a re-run skips what is stored and the collection holds each image once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clair_vec.datasets.folders import image_files
+from clair_vec.ray_runtime import gpus_each, ray_session
+from clair_vec.retrieval.sources import printable, utf8_problem
+from clair_vec.store.ids import file_record_id
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------- tasks: no torch here
+def list_files(row: dict[str, Any], *, label_from_folder: bool) -> list[dict[str, Any]]:
+    """Image files under one input (a folder, recursively and sorted; or a file)."""
+    root = Path(str(row["input"]))
+    files = image_files(root) if root.is_dir() else [root]
+    return [{"path": os.fsencode(str(f)), "label": f.parent.name if label_from_folder else ""} for f in files]
+
+
+def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.ndarray]:
+    """Read and hash each file: ``id`` or ``error`` per row. Paths travel as bytes, so a name
+    that is not valid UTF-8 reaches this point and is reported, not lost."""
+    paths, ids, errors = [], [], []
+    for raw in batch["path"]:
+        path = os.fsdecode(bytes(raw))
+        paths.append(printable(path))
+        problem = utf8_problem(path)
+        if problem is None:
+            try:
+                ids.append(file_record_id(path, domain)[0])
+            except OSError as exc:
+                problem = f"{type(exc).__name__}: {exc.strerror or exc}"
+        if problem is not None:
+            ids.append("")
+        errors.append(problem or "")
+    return {"path": np.array(paths, dtype=object), "label": batch["label"], "id": np.array(ids, dtype=object),
+            "error": np.array(errors, dtype=object)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- writing
+class Writer:
+    """Everything the pipeline asks of the store, on an open backend (torch-free)."""
+
+    def __init__(self, backend: str | None, uri: str | None, collection: str) -> None:
+        from clair_vec.store.plugins import get_backend
+
+        self.be = get_backend(backend, uri)
+        self.collection = collection
+
+    def stored(self, ids: list[str]) -> dict[str, dict]:
+        return self.be.get(self.collection, ids)
+
+    def write(self, records: list[tuple[str, np.ndarray, dict]], model_id: str) -> int:
+        from clair_vec.store.backend import Record
+
+        return self.be.upsert(self.collection, [Record(i, v, p) for i, v, p in records], model=model_id)
+
+    def replace_stale(self, domain: str, current: dict[str, str]) -> int:
+        from clair_vec.retrieval.indexing import stale_ids
+
+        stale = stale_ids(self.be, self.collection, domain, current)
+        return self.be.delete(self.collection, stale) if stale else 0
+
+    def flush(self) -> None:
+        self.be.flush(self.collection)
+
+    def close(self) -> None:
+        self.be.close()
+
+
+class StoreActor(Writer):
+    """The one process that opens an embedded store; encoding actors send it their batches."""
+
+
+class _Sink:
+    """The encoding actor's view of the store: its own Writer (server) or the StoreActor (embedded)."""
+
+    def __init__(self, writer: Writer | None = None, actor: Any = None) -> None:
+        self.writer, self.actor = writer, actor
+
+    def __call__(self, method: str, *args: Any) -> Any:
+        if self.writer is not None:
+            return getattr(self.writer, method)(*args)
+        import ray
+
+        return ray.get(getattr(self.actor, method).remote(*args))
+
+
+class EncodeActor:
+    """Holds one CLAIR model (and, with a server, its own connection): skips stored ids, decodes,
+    embeds and writes a batch, and returns one small status row per image."""
+
+    def __init__(self, model_dir: str, domain: str, collection: str, backend: str | None, uri: str | None,
+                 store: Any, vocabulary: list[str] | None, device: str, threads: int) -> None:  # fmt: skip
+        import torch
+
+        from clair_vec.method.model import ClairModel
+
+        torch.set_num_threads(threads)  # one actor per core: intra-op threads would oversubscribe it
+        self.model = ClairModel.load(model_dir, device=device)
+        self.domain, self.vocabulary = domain, vocabulary
+        self.sink = _Sink(actor=store) if store is not None else _Sink(writer=Writer(backend, uri, collection))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from clair_vec.datasets.folders import decode_image
+        from clair_vec.errors import CorruptImageError
+        from clair_vec.retrieval.indexing import encode_records, moved
+
+        n = len(batch["path"])
+        status = np.array(["skipped"] * n, dtype=object)
+        error = np.array([str(e) for e in batch["error"]], dtype=object)
+        ids = [str(i) for i in batch["id"]]
+        paths = [str(p) for p in batch["path"]]
+        ok = [i for i in range(n) if not error[i]]
+        stored = self.sink("stored", [ids[i] for i in ok])
+        items, moves = [], 0
+        for i in ok:
+            if ids[i] in stored and not moved(stored, ids[i], paths[i]):
+                status[i] = "present"
+                continue
+            moves += ids[i] in stored
+            try:
+                # hashed again from the bytes decoded here: a file rewritten since the hashing task
+                # read it gets the id of what is stored, not of what was hashed
+                ids[i], data = file_record_id(paths[i], self.domain)
+                items.append((i, decode_image(data, paths[i])))
+            except OSError as exc:
+                error[i] = f"{type(exc).__name__}: {exc.strerror or exc}"
+            except CorruptImageError as exc:
+                error[i] = exc.reason
+        if items:
+            records = encode_records(self.model, self.domain, [(ids[i], im, paths[i], str(batch["label"][i])) for i, im in items],
+                                     self.vocabulary)  # fmt: skip
+            self.sink("write", [(r.id, r.vector, r.payload) for r in records], self.model.model_id)
+            for i, _ in items:
+                status[i] = "indexed"
+        counts = np.zeros((n, 2), np.int64)  # (replaced, moved) of the batch, carried on its first row
+        if n:
+            counts[0] = (self.sink("replace_stale", self.domain, {paths[i]: ids[i] for i in ok if not error[i]}), moves)
+        return {"path": batch["path"], "status": status, "error": error, "replaced": counts[:, 0], "moved": counts[:, 1]}
+
+
+# ---------------------------------------------------------------------- the job
+def _tally(summary: Any, batch: dict[str, np.ndarray]) -> None:
+    """Add one output batch's status rows to the summary (the driver keeps counts, not rows)."""
+    for path, status, error in zip(batch["path"], batch["status"], batch["error"], strict=True):
+        if status == "indexed":
+            summary.indexed += 1
+        elif status == "present":
+            summary.already_present += 1
+        else:
+            summary.skipped.append((str(path), str(error)))
+    summary.replaced += int(batch["replaced"].sum())
+    summary.moved += int(batch["moved"].sum())
+
+
+def ray_index(
+    collection: str,
+    inputs: Sequence[str | Path],
+    *,
+    model_dir: str | Path,
+    domain: str | None = None,
+    backend: str | None = None,
+    uri: str | None = None,
+    actors: int = 1,
+    batch_size: int = 64,
+    label_from_folder: bool = False,
+    labels: Sequence[str] | None = None,
+    gpus: str = "auto",
+    threads_per_actor: int = 1,
+    progress: bool = True,
+    on_batch: Callable[[Any], None] | None = None,
+) -> Any:
+    """Index every image under ``inputs`` (folders or files) into ``collection`` on Ray.
+
+    Returns an :class:`~clair_vec.retrieval.indexing.IndexSummary`. A Ray instance is started if none is
+    connected, and shut down again at the end.
+    """
+    import ray
+
+    from clair_vec.method.model_card import ModelCard
+    from clair_vec.retrieval.indexing import IndexSummary, prepare_collection
+    from clair_vec.store.plugins import get_backend
+
+    if actors < 1:
+        raise ValueError(f"actors must be >= 1, got {actors}")
+    card = ModelCard.read(model_dir)  # the driver reads the checkpoint's metadata only: no torch, no CLIP
+    domain = domain or card.pivot
+    card.check_domain(domain)
+    inputs = [os.path.abspath(i) for i in inputs]  # workers may run elsewhere, from another directory
+    missing = [i for i in inputs if not Path(i).exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {missing}")
+    vocabulary = list(labels) if labels else None
+    with ray_session():
+        gpu = gpus_each(gpus, actors, "actors")
+        be = get_backend(backend, uri)
+        try:
+            prepare_collection(be, collection, card)
+            embedded = not be.shared
+        finally:
+            be.close()
+        # one process may open an embedded store: everyone writes through this actor
+        store_actor = ray.remote(num_cpus=0)(StoreActor).remote(backend, uri, collection) if embedded else None
+        try:
+            summary = IndexSummary(collection, be.name)
+            actor_kwargs = {"model_dir": str(Path(model_dir).resolve()), "domain": domain, "collection": collection,
+                            "backend": backend, "uri": uri, "store": store_actor, "vocabulary": vocabulary,
+                            "device": "cuda" if gpu else "cpu", "threads": threads_per_actor}  # fmt: skip
+            _stream(summary, inputs, actor_kwargs, actors=actors, gpu=gpu, batch_size=batch_size,
+                    label_from_folder=label_from_folder, progress=progress, on_batch=on_batch)  # fmt: skip
+            if summary.indexed or summary.replaced:
+                if store_actor is not None:
+                    ray.get(store_actor.flush.remote())
+                else:
+                    with get_backend(backend, uri) as be:
+                        be.flush(collection)
+            return summary
+        finally:
+            if store_actor is not None:
+                try:
+                    ray.get(store_actor.close.remote(), timeout=60)
+                finally:
+                    ray.kill(store_actor)
+
+
+def _stream(summary: Any, inputs: Sequence[str], actor_kwargs: dict[str, Any], *, actors: int, gpu: float, batch_size: int,
+            label_from_folder: bool, progress: bool, on_batch: Callable[[Any], None] | None) -> None:  # fmt: skip
+    """Run the listing -> hashing -> encoding pipeline, adding each output batch to ``summary``."""
+    import ray
+
+    from clair_vec.progress import progress_bar
+
+    domain, collection = actor_kwargs["domain"], actor_kwargs["collection"]
+    # rows are ~200 bytes: at the default 128 MiB target a whole folder would be one block, fed to
+    # one actor; blocks of about a batch spread the work over the actor pool as it streams
+    context = ray.data.DataContext.get_current()
+    block_size, context.target_max_block_size = context.target_max_block_size, max(16 * 1024, batch_size * 256)
+    try:
+        # listing and hashing ask for no CPU: they are I/O-light, must never wait for CPUs the
+        # encoding actors hold (on 2 cores, 2 actors hold both), and a resource spec unlike the
+        # actors' keeps Ray Data from fusing them into the actor processes, which import torch
+        ds = (
+            ray.data.from_items([{"input": str(i)} for i in inputs])
+            .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder}, num_cpus=0)
+            .map_batches(hash_batch, fn_kwargs={"domain": domain}, batch_size=batch_size, batch_format="numpy",
+                         num_cpus=0, compute=ray.data.TaskPoolStrategy(size=max(2, actors)))  # fmt: skip
+            .map_batches(EncodeActor, fn_constructor_kwargs=actor_kwargs, compute=ray.data.ActorPoolStrategy(size=actors),
+                         batch_size=batch_size, num_gpus=gpu, num_cpus=0 if gpu else 1, batch_format="numpy")  # fmt: skip
+        )
+        t0 = time.monotonic()
+        with progress_bar(total=0, desc=f"index {collection} on Ray", unit="img", enabled=progress) as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                _tally(summary, batch)
+                bar.update(len(batch["path"]))
+                if on_batch is not None:
+                    on_batch(summary)
+                log.info("indexed %d, already present %d, skipped %d (%.1f s)", summary.indexed,
+                         summary.already_present, len(summary.skipped), time.monotonic() - t0)  # fmt: skip
+    finally:
+        context.target_max_block_size = block_size

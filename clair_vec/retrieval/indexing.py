@@ -1,0 +1,181 @@
+"""Writing a gallery into a collection: hash, skip what is stored, decode, embed, write.
+
+Order matters for speed and safety: file bytes are hashed and looked up *before* anything is
+decoded (a re-run over an indexed folder costs reads and hashes, not decoding and CLIP), and
+each batch is written whole, so an interrupted run leaves whole batches that a re-run completes.
+A file whose bytes changed since it was indexed gets a new id; the record of its old bytes is
+removed, so a path is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from clair_vec.errors import CollectionMismatchError, CorruptImageError, DatasetError
+from clair_vec.method.model_card import ModelCard
+from clair_vec.progress import progress_bar
+from clair_vec.retrieval import sources as src_mod
+from clair_vec.retrieval.sources import ImageSource
+from clair_vec.store.backend import Backend, CollectionInfo, Record
+from clair_vec.store.plugins import extra_payload, get_plugin_manager
+
+if TYPE_CHECKING:  # the model (and torch) is needed to encode, not to write: Ray drivers import this module
+    from clair_vec.method.model import ClairModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexSummary:
+    collection: str
+    backend: str
+    indexed: int = 0
+    already_present: int = 0
+    replaced: int = 0  # records of files whose bytes changed, removed for the new version
+    moved: int = 0  # stored images found under a new path (renamed, or a duplicate outliving its twin)
+    pruned: int = 0  # records of files that no longer exist, removed by prune
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+
+    @property
+    def total(self) -> int:
+        return self.indexed + self.already_present + len(self.skipped)
+
+    def as_dict(self) -> dict:
+        return {"collection": self.collection, "backend": self.backend, "indexed": self.indexed,
+                "already_present": self.already_present, "replaced": self.replaced, "moved": self.moved,
+                "pruned": self.pruned, "skipped": self.skipped}  # fmt: skip
+
+
+def encode_records(
+    model: ClairModel,
+    domain: str,
+    items: Sequence[tuple[str, Image.Image, str, str]],
+    vocabulary: Sequence[str] | None = None,
+) -> list[Record]:
+    """Records of decoded images ``(id, image, path, label)``: mapped vectors plus payload.
+
+    With a ``vocabulary`` each record is tagged zero-shot over it (``pseudo_label`` and its
+    ``confidence``); without one no tag is stored: a tag chosen among the training classes
+    would label every unseen-class photo wrongly, with high confidence.
+    """
+    feats = model.foundation.encode_images([im for _, im, _, _ in items])
+    vectors = model.embed_features(feats, domain).numpy()
+    tags = model.zero_shot_labels(feats, domain, vocabulary) if vocabulary else None
+    records = []
+    for n, ((rid, _, path, label), vec) in enumerate(zip(items, vectors, strict=True)):
+        payload = {"path": path, "domain": domain, "label": label, "model": model.model_id}
+        if tags is not None:
+            payload.update(pseudo_label=tags[0][n], confidence=round(float(tags[1][n]), 6))
+        payload.update(extra_payload(payload, domain, model.model_id))
+        records.append(Record(rid, vec, payload))
+    return records
+
+
+def prepare_collection(be: Backend, collection: str, model: ClairModel | ModelCard) -> CollectionInfo:
+    """Create (announcing it to plugins) or open ``collection`` for ``model``'s vectors."""
+    info = CollectionInfo(collection, model.dim, model.model_id, target_domain=model.pivot, extra={"clip": model.clip_arch})
+    created = not be.has_collection(collection)
+    info = be.create_collection(info)
+    if created:
+        get_plugin_manager().hook.clair_vec_collection_created(
+            backend_name=be.name, collection=collection, info={k: getattr(info, k) for k in ("dim", "model", "metric", "target_domain")}
+        )
+    elif info.model != model.model_id:
+        raise CollectionMismatchError(
+            f"collection {collection!r} holds vectors of model {info.model!r}, not {model.model_id!r}; "
+            "index into a new collection or load the model that built it"
+        )
+    return info
+
+
+def moved(stored: dict[str, dict], rid: str, path: str | None) -> bool:
+    """Whether the stored record ``rid`` names a file that is gone while ``path`` holds the same
+    bytes: its payload must follow the file, or a prune would delete a live image."""
+    old = stored.get(rid, {}).get("path")
+    return path is not None and isinstance(old, str) and old != path and not old.startswith("<") and not os.path.exists(old)
+
+
+def stale_ids(be: Backend, collection: str, domain: str, current: dict[str, str]) -> list[str]:
+    """Ids stored for these paths (path -> current id) that are not the current ones."""
+    if not current:
+        return []
+    flt = {"domain": domain, "path": sorted(current)}
+    return [rid for rid, payload in be.records(collection, filter=flt) if current.get(payload.get("path")) != rid]
+
+
+def index_sources(
+    model: ClairModel,
+    be: Backend,
+    collection: str,
+    sources: Sequence[ImageSource],
+    *,
+    domain: str,
+    batch_size: int = 64,
+    vocabulary: Sequence[str] | None = None,
+    progress: bool = True,
+) -> IndexSummary:
+    summary = IndexSummary(collection, be.name)
+    with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar:
+        for start in range(0, len(sources), batch_size):
+            chunk = sources[start : start + batch_size]
+            read: list[tuple[ImageSource, str, bytes | None]] = []
+            for s in chunk:
+                try:
+                    rid, data = src_mod.read(s, domain)
+                    read.append((s, rid, data))
+                except CorruptImageError as exc:
+                    summary.skipped.append((exc.path, exc.reason))
+            stored = be.get(collection, [rid for _, rid, _ in read])
+            todo = []
+            for s, rid, data in read:
+                if rid in stored and not moved(stored, rid, s.path):
+                    summary.already_present += 1
+                    continue
+                summary.moved += rid in stored
+                try:
+                    todo.append((rid, src_mod.decode(s, data), s.name, s.label))
+                except CorruptImageError as exc:
+                    summary.skipped.append((exc.path, exc.reason))
+            if todo:
+                summary.indexed += be.upsert(collection, encode_records(model, domain, todo, vocabulary), model=model.model_id)
+            # after the write: a crash in between leaves the old record, which the re-run removes
+            stale = stale_ids(be, collection, domain, {s.path: rid for s, rid, _ in read if s.path is not None})
+            if stale:
+                summary.replaced += be.delete(collection, stale)
+            bar.update(len(chunk))
+            log.info("%s: %d/%d read; indexed %d, already present %d, skipped %d", collection, start + len(chunk),
+                     len(sources), summary.indexed, summary.already_present, len(summary.skipped))  # fmt: skip
+    if summary.indexed or summary.replaced:
+        be.flush(collection)
+    return summary
+
+
+def check_prune_roots(roots: Sequence[str | Path]) -> None:
+    missing = [str(r) for r in roots if not os.path.isdir(r)]
+    if missing or not roots:
+        raise DatasetError(f"--prune needs existing folders to compare against; not folders: {missing or '(none given)'} "
+                           "(is a disk unmounted?)")  # fmt: skip
+
+
+def prune(be: Backend, collection: str, roots: Sequence[str | Path], *, domain: str) -> int:
+    """Remove records of ``domain`` whose file under one of ``roots`` no longer exists. A root that
+    is not an existing folder is refused: an unmounted disk would otherwise empty the collection."""
+    check_prune_roots(roots)
+    bases = [os.path.abspath(r) for r in roots]
+
+    def missing(path: object) -> bool:  # in-memory images are stored as "<image #i>": never files
+        return (isinstance(path, str) and not path.startswith("<") and src_mod.is_under(os.path.abspath(path), bases)
+                and not os.path.exists(path))  # fmt: skip
+
+    gone = [rid for rid, payload in be.records(collection, filter={"domain": domain}) if missing(payload.get("path"))]
+    removed = be.delete(collection, gone) if gone else 0
+    if removed:
+        be.flush(collection)
+    return removed

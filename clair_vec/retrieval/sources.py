@@ -1,0 +1,134 @@
+"""What a user hands ``index`` and ``search``: files, folders, PIL images, arrays. No torch here.
+
+Each input becomes an :class:`ImageSource`. Problems that only concern one file (missing, a name
+that is not valid UTF-8, undecodable bytes) are reasons to skip that file, reported by name; a
+malformed array (NaN, floats outside [0, 1]) is a caller's bug and raises before anything runs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clair_vec.datasets.folders import decode_image, image_files, load_image
+from clair_vec.errors import CorruptImageError
+from clair_vec.store.ids import content_digest, file_record_id, record_id
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+@dataclass
+class ImageSource:
+    name: str  # the path, or "<image #i>" / "<array #i>" for in-memory images
+    path: str | None = None
+    image: Image.Image | None = None
+    label: str = ""
+    problem: str | None = None  # why it cannot be indexed, when known before reading it
+
+
+def printable(name: str) -> str:
+    """A file name as text even when it is not valid UTF-8 (undecodable bytes as ``\\xNN``)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def utf8_problem(path: str) -> str | None:
+    """Why a file name cannot be stored as text, or None (names that are not valid UTF-8 reach
+    Python as surrogate escapes; no database takes them)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8, so no database can store it as text; rename the file to index it"
+    return None
+
+
+def is_under(path: str, roots: Sequence[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or inside one (all already made absolute the same way:
+    a prefix test alone would put ``/data/gallery2`` inside ``/data/gallery``)."""
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def _file(path: Path, label_from_folder: bool) -> ImageSource:
+    # stored absolute, so thumbnails, stale-path cleanup and prune do not depend on the directory
+    # a later process runs from
+    name = os.path.abspath(path)
+    problem = utf8_problem(name)
+    if problem is None and not path.is_file():
+        problem = "file does not exist"
+    label = path.parent.name if label_from_folder and problem is None else ""
+    return ImageSource(printable(name) if problem else name, path=name, label=label, problem=problem)
+
+
+def array_to_image(arr: np.ndarray, i: int) -> Image.Image:
+    """An RGB image from ``(H, W)``/``(H, W, C)`` uint8 or float-in-[0, 1] data; anything else raises."""
+    where = f"image array #{i}"
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or 0 in arr.shape[:2]:
+        raise ValueError(f"{where} has shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
+    if arr.dtype == np.uint8:
+        data = arr
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{where} contains NaN or infinity; pass finite values in [0, 1] or uint8 in [0, 255]")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"{where} is float with values in [{lo:g}, {hi:g}]; float images must lie in [0, 1] "
+                "(divide 0-255 data by 255, or pass it as uint8)"
+            )
+        data = np.round(arr * 255).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer) and arr.size and 0 <= int(arr.min()) and int(arr.max()) <= 255:
+        data = arr.astype(np.uint8)
+    else:
+        raise ValueError(f"{where} has dtype {arr.dtype}; pass uint8 in [0, 255] or floats in [0, 1]")
+    return Image.fromarray(data).convert("RGB")
+
+
+def expand(images: ImageInput | Iterable[ImageInput], *, label_from_folder: bool = False) -> list[ImageSource]:
+    """Sources for files, folders (recursively, sorted), PIL images and arrays, in input order."""
+    if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+        images = [images]
+    out: list[ImageSource] = []
+    for i, item in enumerate(images):
+        if isinstance(item, (str, Path)):
+            p = Path(item)
+            if p.is_dir():
+                out += [_file(f, label_from_folder) for f in image_files(p)]
+            else:
+                out.append(_file(p, label_from_folder))
+        elif isinstance(item, Image.Image):
+            out.append(ImageSource(f"<image #{i}>", image=item.convert("RGB")))
+        elif isinstance(item, np.ndarray):
+            out.append(ImageSource(f"<array #{i}>", image=array_to_image(item, i)))
+        else:
+            raise TypeError(f"cannot read {type(item).__name__} as an image; pass paths, folders, PIL images or numpy arrays")
+    return out
+
+
+def read(src: ImageSource, domain: str) -> tuple[str, bytes | None]:
+    """``(record id, file bytes)`` without decoding; in-memory images hash their PNG encoding."""
+    if src.problem:
+        raise CorruptImageError(src.name, src.problem)
+    if src.image is not None:
+        buf = io.BytesIO()
+        src.image.save(buf, format="PNG")
+        return record_id(domain, content_digest(buf.getvalue())), None
+    try:
+        return file_record_id(src.path, domain)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise CorruptImageError(src.name, f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+
+
+def decode(src: ImageSource, data: bytes | None = None) -> Image.Image:
+    """The RGB image of a source (``data``: its file bytes, if already read)."""
+    if src.image is not None:
+        return src.image
+    if src.problem:
+        raise CorruptImageError(src.name, src.problem)
+    return load_image(src.path) if data is None else decode_image(data, src.name)  # type: ignore[arg-type]

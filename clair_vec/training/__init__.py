@@ -1,0 +1,8 @@
+"""Training CLAIR: cached CLIP features of a dataset, the training loop, model selection against
+raw CLIP, the single-process job behind ``clair-vec train`` and the demo, the stand-in CLIP
+bootstrap, and the same trainer on Ray Train (``ray_train``, used by ``ray_jobs/train.py``).
+
+May import: :mod:`clair_vec.method`, :mod:`clair_vec.datasets`, :mod:`clair_vec.errors`,
+:mod:`clair_vec.progress`, and Ray (lazily, in ``ray_train`` only). Never imports the store,
+retrieval or the service: a trained model is a checkpoint directory, not a collection.
+"""

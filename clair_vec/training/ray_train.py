@@ -1,0 +1,228 @@
+"""Ray: the CLIP feature pass on Ray Data actors and CLAIR training on Ray Train (bulk indexing:
+:mod:`clair_vec.retrieval.bulk_index`).
+
+Lives in the package (not in ``ray_jobs/``) because Ray workers import what they run; the
+scripts in ``ray_jobs/`` are thin command lines over these functions. Ray is imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clair_vec.datasets.folders import MultiDomainDataset, load_images, plan_split
+from clair_vec.method.config import ClairConfig
+from clair_vec.method.foundation import FoundationModel
+from clair_vec.method.model import ClairModel
+from clair_vec.method.tensor_files import load_tensor_file, save_tensor_file
+from clair_vec.ray_runtime import check_gpu_choice, gpus_each, ray_session
+from clair_vec.training.features import DomainFeatures, encode_domain_images, extract_features
+from clair_vec.training.job import choose, progress_record
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------- CLIP features on Ray Data
+class ClipFeatureActor:
+    """Holds one CLIP model; turns batches of image paths into clean and augmented-view features."""
+
+    def __init__(self, clip_model: str, clip_pretrained: str | None, n_views: int, seed: int, device: str = "cpu") -> None:
+        self.fm = FoundationModel.load(clip_model, clip_pretrained, device)
+        self.n_views, self.seed = n_views, seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n, dim = len(batch["path"]), self.fm.embed_dim
+        clean = np.zeros((n, dim), np.float32)
+        views = np.zeros((n, self.n_views, dim), np.float32)
+        error = np.array([""] * n, dtype=object)
+        for domain in sorted(set(batch["domain"].tolist())):
+            rows = np.flatnonzero(batch["domain"] == domain)
+            paths = [str(batch["path"][r]) for r in rows]
+            images, ok, skipped = load_images(paths)
+            for path, reason in skipped:
+                error[rows[paths.index(path)]] = reason
+            if images:
+                c, v = encode_domain_images(self.fm, images, [paths[i] for i in ok], domain, n_views=self.n_views, seed=self.seed)
+                clean[rows[ok]], views[rows[ok]] = c.numpy(), v.numpy()
+        return {**batch, "clean": clean, "views": views, "error": error}
+
+
+def ray_extract_features(
+    foundation: FoundationModel,
+    dataset: MultiDomainDataset,
+    *,
+    n_views: int,
+    seed: int,
+    actors: int = 1,
+    batch_size: int = 64,
+    gpus_per_actor: float = 0.0,
+    cache_dir: str | Path | None = None,
+) -> dict[str, DomainFeatures]:
+    """:func:`clair_vec.features.extract_features`, with the CLIP forward pass on a Ray Data actor pool.
+
+    Views are seeded per image, so the result equals the single-process pass (up to float
+    rounding of different batch compositions).
+    """
+    import ray
+
+    def compute() -> dict[str, DomainFeatures]:
+        items = [{"idx": i, "path": it.path, "domain": it.domain, "label": it.label} for i, it in enumerate(dataset.items)]
+        ds = ray.data.from_items(items).map_batches(
+            ClipFeatureActor,
+            fn_constructor_kwargs={"clip_model": foundation.arch, "clip_pretrained": foundation.pretrained,
+                                   "n_views": n_views, "seed": seed, "device": "cuda" if gpus_per_actor else "cpu"},  # fmt: skip
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            batch_size=batch_size,
+            num_gpus=gpus_per_actor,
+            batch_format="numpy",
+        )
+        rows: dict[str, list] = {}
+        for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):
+            for k, v in batch.items():
+                rows.setdefault(k, []).append(v)
+        cols = {k: np.concatenate(v) for k, v in rows.items()}
+        order = np.argsort(cols["idx"])
+        cols = {k: v[order] for k, v in cols.items()}
+        out = {}
+        for domain in dataset.domains:
+            sel = cols["domain"] == domain
+            good = sel & (cols["error"] == "")
+            skipped = [(str(p), str(e)) for p, e in zip(cols["path"][sel & ~good], cols["error"][sel & ~good], strict=True)]
+            for p, e in skipped:
+                log.warning("skipping cannot read image %r: %s", p, e)
+            out[domain] = DomainFeatures(
+                torch.from_numpy(cols["clean"][good]), torch.from_numpy(cols["views"][good]),
+                [str(x) for x in cols["label"][good]], [str(x) for x in cols["path"][good]], skipped,
+            )  # fmt: skip
+        return out
+
+    if foundation.pretrained is None:
+        raise ValueError("Ray feature actors load CLIP by tag or file; save random weights to a file first")
+    return extract_features(foundation, dataset, n_views=n_views, seed=seed, cache_dir=cache_dir, progress=False, compute=compute)
+
+
+# ---------------------------------------------------------------------- training on Ray Train
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the same :class:`ClairTrainer` as single-process training."""
+    import ray
+    import ray.train
+    import torch.distributed as dist
+    from ray.train.torch import prepare_model
+
+    from clair_vec.training.trainer import ClairTrainer
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    feats = ray.get(config["features"])
+    val = ray.get(config["val_features"]) if config["val_features"] is not None else None
+    cfg = ClairConfig.from_dict(config["clair"])
+    device = "cuda" if config["use_gpu"] else "cpu"
+    fm = FoundationModel.load(cfg.clip_model, cfg.clip_pretrained, device)
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        if world == 1:
+            return t
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def mean(t: torch.Tensor) -> None:
+        if world > 1:
+            dist.all_reduce(t)
+            t /= world
+
+    trainer = ClairTrainer(cfg, fm, config["classes"], feats, rank=rank, world_size=world, wrap_head=prepare_model,
+                           all_gather=gather, all_reduce_mean=mean, val_features=val, progress=False)  # fmt: skip
+    start = ray.train.get_checkpoint()
+    if start:
+        with start.as_directory() as d:
+            trainer.load_state_dict(load_tensor_file(Path(d) / "trainer.pt", what="Ray trainer checkpoint"))
+    while trainer.epoch < cfg.epochs:
+        stats = trainer.train_epoch()
+        metrics = {k: v for k, v in stats.as_dict().items() if isinstance(v, (int, float))}
+        metrics["samples_per_s"] = trainer.steps_per_epoch * trainer.per_domain_batch * len(trainer.domains) * world / stats.seconds
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                torch.save(trainer.state_dict(), Path(d) / "trainer.pt")
+                # the best validation epoch so far: what ships if the run stops here
+                trainer.build_model(best=True).save(Path(d) / "model")
+                (Path(d) / "progress.json").write_text(json.dumps(progress_record(trainer)))
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    record: dict[str, Any]
+
+
+def run_training(
+    data: str | Path,
+    *,
+    out: str | Path,
+    config: ClairConfig,
+    storage_path: str | Path,
+    name: str = "clair",
+    workers: int = 1,
+    gpus: str = "auto",
+    val_fraction: float = 0.1,
+    feature_actors: int = 1,
+) -> TrainResult:
+    """Validate, compute features once on Ray Data, train on ``workers`` Ray Train workers.
+
+    Bad input (missing data, more GPU workers than GPUs) raises before any worker starts.
+    Re-running with the same ``name`` and ``storage_path`` resumes from the last checkpoint.
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    check_gpu_choice(gpus)
+    split = plan_split(Path(data), config.seed, val_fraction)  # raises DatasetError naming a missing folder
+    with ray_session():
+        use_gpu = gpus_each(gpus, workers, "workers") > 0
+        run_dir = Path(storage_path) / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
+        if fm.pretrained is None:  # random CLIP (tests): workers load it from a file like any checkpoint
+            weights = run_dir / "foundation.pt"
+            if not weights.exists():  # atomic: a run killed mid-write must not leave a torn file to resume from
+                save_tensor_file(fm.state_dict(), weights)
+            config = config.replace(clip_pretrained=str(weights))
+            fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
+        common = {"seed": config.seed, "actors": feature_actors, "gpus_per_actor": 1.0 if use_gpu else 0.0,
+                  "cache_dir": run_dir / "features"}  # fmt: skip
+        feats = ray_extract_features(fm, split.train, n_views=config.n_views, **common)
+        val = ray_extract_features(fm, split.validation, n_views=0, **common) if split.validation is not None else None
+        loop_config = {"features": ray.put(feats), "val_features": ray.put(val) if val else None, "clair": config.to_dict(),
+                       "classes": split.train.classes, "use_gpu": use_gpu}  # fmt: skip
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+            # same name + storage_path = resume: workers get the last checkpoint via get_checkpoint()
+            run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
+        )
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        with result.checkpoint.as_directory() as d:
+            trained = ClairModel.load(Path(d) / "model")
+            progress = json.loads((Path(d) / "progress.json").read_text())
+        model = choose(trained, split, val, progress)
+        out = model.save(out)
+        log.info("zero-shot classes held out of training: %s", split.unseen.classes)
+        return TrainResult(out, dict(result.metrics), progress["history"], model.record)

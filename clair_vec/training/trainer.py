@@ -1,0 +1,359 @@
+"""Single-process CLAIR training over cached CLIP features (spec §3.9).
+
+The same :class:`ClairTrainer` runs inside Ray Train workers: ``rank``/``world_size`` pick the
+worker's slice of every batch, ``wrap_head`` lets Ray wrap the head in DDP, and
+``all_gather``/``all_reduce`` keep memory banks and prompt gradients identical across workers.
+With the defaults it is plain single-process training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+
+from clair_vec.errors import DatasetError
+from clair_vec.method import losses
+from clair_vec.method.config import ClairConfig
+from clair_vec.method.foundation import FoundationModel
+from clair_vec.method.head import ClairHead, momentum_copy, momentum_update
+from clair_vec.method.mapping import DomainMapping
+from clair_vec.method.metrics import retrieval_metrics
+from clair_vec.method.model import ClairModel
+from clair_vec.method.prompts import PromptLearner, combine_text_embeddings, hand_crafted_text_embeddings
+from clair_vec.method.pseudo_labels import PseudoLabels, pseudo_label
+from clair_vec.progress import progress_bar
+from clair_vec.training.features import DomainFeatures
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    terms: dict[str, float]
+    kept_fraction: float
+    mean_confidence: float
+    pseudo_label_accuracy: float  # against ground truth; monitoring only
+    seconds: float
+    lr: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update({f"loss_{k}": v for k, v in self.terms.items()})
+        d.update(self.extra)
+        return d
+
+
+VAL_KEY = "val_mAP@200"
+
+
+def _identity_gather(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _clone(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+class ClairTrainer:
+    def __init__(
+        self,
+        config: ClairConfig,
+        foundation: FoundationModel,
+        classes: Sequence[str],
+        features: dict[str, DomainFeatures],
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_head: Callable[[nn.Module], nn.Module] | None = None,
+        all_gather: Callable[[torch.Tensor], torch.Tensor] = _identity_gather,
+        all_reduce_mean: Callable[[torch.Tensor], None] | None = None,
+        val_features: dict[str, DomainFeatures] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = config
+        self.foundation = foundation
+        self.classes = list(classes)
+        self.domains = sorted(features)
+        if config.pivot_domain not in self.domains:
+            raise DatasetError(
+                f"pivot (gallery) domain {config.pivot_domain!r} has no training images; domains present: "
+                f"{self.domains}. Set pivot_domain to one of them."
+            )
+        empty = [d for d in self.domains if len(features[d]) == 0]
+        if empty:
+            raise DatasetError(f"domains {empty} have no readable training images")
+        self.features = features
+        self.val_features = val_features
+        self.rank, self.world_size = rank, world_size
+        self.all_gather, self.all_reduce_mean = all_gather, all_reduce_mean
+        self.progress = progress and rank == 0
+        torch.manual_seed(config.seed)
+        self.label_index = {c: i for i, c in enumerate(self.classes)}
+
+        self.hand_text = {
+            d: hand_crafted_text_embeddings(foundation, self.classes, d, config.templates) for d in self.domains
+        }
+        self.prompts = (
+            PromptLearner(foundation, self.domains, config.n_ctx, config.templates)
+            if config.prompt_side == "text" and config.w_prompt > 0
+            else None
+        )
+        self.pseudo: dict[str, PseudoLabels] = {d: self._label(d, self.hand_text[d]) for d in self.domains}
+
+        dim = foundation.embed_dim
+        self.head = ClairHead(dim, config.head_hidden, config.head_alpha_init, center=config.head_center)
+        self.key_head = momentum_copy(self.head)
+        self.train_head = wrap_head(self.head) if wrap_head else self.head
+        with torch.no_grad():
+            self.banks = {d: self.key_head(features[d].clean) for d in self.domains}
+        groups = [{"params": list(self.head.parameters()), "lr": config.lr}]
+        if self.prompts is not None:
+            groups.append({"params": list(self.prompts.parameters()), "lr": config.prompt_lr})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        self.per_domain_batch = max(1, config.batch_size // len(self.domains))
+        n_max = max(len(features[d]) for d in self.domains)
+        self.steps_per_epoch = max(1, math.ceil(n_max / (self.per_domain_batch * world_size)))
+        total = self.steps_per_epoch * config.epochs
+        warm = self.steps_per_epoch * config.lr_warmup_epochs
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.epoch = 0
+        self.history: list[EpochStats] = []
+        #: the epoch with the best mean validation mAP (when validating): what gets shipped
+        self.best: dict | None = None
+
+    # ------------------------------------------------------------------ pseudo-labels and text
+    def _label(self, domain: str, text: torch.Tensor) -> PseudoLabels:
+        c = self.cfg
+        return pseudo_label(
+            self.features[domain].clean,
+            text,
+            self.foundation.logit_scale,
+            method=c.confidence,
+            norm=c.confidence_norm,
+            threshold=c.confidence_threshold,
+            weighting=c.confidence_weighting,
+        )
+
+    def text_embeddings(self, *, grad: bool = False, prompts: PromptLearner | None = None) -> dict[str, torch.Tensor]:
+        """``t_c^d`` per domain: hand-crafted, plus the learned prompt when enabled (the current one,
+        or ``prompts``, e.g. the best epoch's)."""
+        prompts = prompts if prompts is not None else self.prompts
+        if prompts is None:
+            return dict(self.hand_text)
+        with torch.set_grad_enabled(grad):
+            return {d: combine_text_embeddings(self.hand_text[d], prompts(self.classes, d)) for d in self.domains}
+
+    def _prototypes(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if self.cfg.prototype_source == "text":
+            text = self.text_embeddings()
+            return {d: (text[d], torch.ones(len(self.classes), dtype=torch.bool)) for d in self.domains}
+        return {
+            d: losses.class_prototypes(self.banks[d], self.pseudo[d].labels, self.pseudo[d].weights, len(self.classes))
+            for d in self.domains
+        }
+
+    # ------------------------------------------------------------------ training
+    def _batch_indices(self, perm: torch.Tensor, step: int) -> torch.Tensor:
+        start = (step * self.world_size + self.rank) * self.per_domain_batch
+        return perm[torch.arange(start, start + self.per_domain_batch) % len(perm)]
+
+    def train_epoch(self) -> EpochStats:
+        c, epoch = self.cfg, self.epoch
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(c.seed * 100_003 + epoch)
+        perms = {d: torch.randperm(len(self.features[d]), generator=g) for d in self.domains}
+        protos = self._prototypes()
+        ramp = 1.0 if epoch >= c.cluster_warmup_epochs else 0.0
+        sums: dict[str, float] = defaultdict(float)
+        self.train_head.train()
+        with progress_bar(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{c.epochs}", unit="step", enabled=self.progress) as bar:
+            for step in range(self.steps_per_epoch):
+                batch = {d: self._batch_indices(perms[d], step) for d in self.domains}
+                vq, vk = [], []
+                for d in self.domains:
+                    views = self.features[d].views[batch[d]]  # (B, V, D)
+                    n_v = views.shape[1]
+                    a = torch.randint(n_v, (len(views),), generator=g)
+                    b = (a + 1 + torch.randint(max(n_v - 1, 1), (len(views),), generator=g)) % n_v if n_v > 1 else a
+                    rows = torch.arange(len(views))
+                    vq.append(views[rows, a])
+                    vk.append(views[rows, b])
+                # one forward over all domains: DDP expects a single forward per backward
+                q_all = self.train_head(torch.cat(vq))
+                with torch.no_grad():
+                    k_all = self.key_head(torch.cat(vk))
+                text = self.text_embeddings(grad=True) if self.prompts is not None else None
+                total = q_all.sum() * 0.0
+                offset = 0
+                keys = {}
+                for d in self.domains:
+                    idx = batch[d]
+                    q, k = q_all[offset : offset + len(idx)], k_all[offset : offset + len(idx)]
+                    offset += len(idx)
+                    keys[d] = (idx, k)
+                    pl = self.pseudo[d]
+                    y, w = pl.labels[idx], pl.weights[idx]
+                    terms = {
+                        "inst_disc": losses.instance_discrimination_loss(q, k, self.banks[d], idx, c.tau),
+                        "instance": losses.supervised_instance_loss(
+                            q, k, y, w, idx, self.banks[d], pl.labels, pl.kept, c.tau
+                        ),
+                        "cluster": ramp * losses.prototype_loss(q, y, w, *protos[d], c.tau_cluster),
+                    }
+                    dom_terms = []
+                    for e in self.domains:
+                        if e == d:
+                            continue
+                        if c.inter_domain == "instance":
+                            pe = self.pseudo[e]
+                            dom_terms.append(losses.inter_domain_loss(q, y, w, self.banks[e], pe.labels, pe.kept, c.tau))
+                        else:
+                            dom_terms.append(losses.prototype_loss(q, y, w, *protos[e], c.tau_cluster))
+                    terms["domain"] = torch.stack(dom_terms).mean() if dom_terms else q.sum() * 0.0
+                    if text is not None:
+                        v = self.features[d].clean[idx]
+                        terms["prompt"] = losses.prompt_loss(v, text[d], y, w, self.foundation.logit_scale)
+                    weights = {"inst_disc": c.w_inst_disc, "instance": c.w_instance, "cluster": c.w_cluster,
+                               "domain": c.w_domain, "prompt": c.w_prompt}  # fmt: skip
+                    for name, value in terms.items():
+                        total = total + weights[name] * value / len(self.domains)
+                        sums[name] += value.item() / len(self.domains)
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if self.prompts is not None and self.all_reduce_mean is not None:
+                    for p in self.prompts.parameters():
+                        if p.grad is not None:
+                            self.all_reduce_mean(p.grad)
+                self.optimizer.step()
+                self.scheduler.step()
+                momentum_update(self.key_head, self.head, c.momentum)
+                with torch.no_grad():
+                    for d, (idx, k) in keys.items():
+                        self.banks[d][self.all_gather(idx)] = self.all_gather(k)
+                sums["total"] += total.item()
+                bar.update(1)
+                bar.set_postfix(loss=f"{total.item():.3f}", refresh=False)
+        if c.relabel_each_epoch:
+            text_now = self.text_embeddings()
+            self.pseudo = {d: self._label(d, text_now[d]) for d in self.domains}
+        stats = self._stats(epoch, {k: v / self.steps_per_epoch for k, v in sums.items()}, time.perf_counter() - t0)
+        if self.val_features:
+            stats.extra.update(self.evaluate(self.val_features))
+            score = stats.extra.get(VAL_KEY, float("nan"))
+            if math.isfinite(score) and (self.best is None or score > self.best["score"]):
+                self.best = {"epoch": epoch, "score": score, "head": _clone(self.head.state_dict()),
+                             "prompts": _clone(self.prompts.state_dict()) if self.prompts is not None else None}  # fmt: skip
+        self.history.append(stats)
+        self.epoch += 1
+        return stats
+
+    def _stats(self, epoch: int, means: dict[str, float], seconds: float) -> EpochStats:
+        kept = torch.cat([self.pseudo[d].kept for d in self.domains]).float()
+        conf = torch.cat([self.pseudo[d].confidence for d in self.domains])
+        correct, known = 0, 0
+        for d in self.domains:
+            truth = [self.label_index.get(lbl, -1) for lbl in self.features[d].labels]
+            t = torch.tensor(truth)
+            known += int((t >= 0).sum())
+            correct += int(((self.pseudo[d].labels == t) & (t >= 0)).sum())
+        total = means.pop("total", 0.0)
+        return EpochStats(
+            epoch=epoch,
+            loss=total,
+            terms=means,
+            kept_fraction=float(kept.mean()),
+            mean_confidence=float(conf.mean()),
+            pseudo_label_accuracy=correct / known if known else float("nan"),
+            seconds=seconds,
+            lr=float(self.scheduler.get_last_lr()[0]),
+        )
+
+    def fit(self, on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+        while self.epoch < self.cfg.epochs:
+            stats = self.train_epoch()
+            if on_epoch:
+                on_epoch(stats)
+        return self.history
+
+    def evaluate(self, features: dict[str, DomainFeatures], k: int = 200) -> dict[str, float]:
+        """Retrieval of every other domain into the pivot domain with the current head and mapping:
+        ``val_mAP@k_<domain>``, ``val_P@k_<domain>`` and their means over query domains."""
+        model = self.build_model()
+        pivot = self.cfg.pivot_domain
+        if pivot not in features:
+            raise DatasetError(f"validation data has no {pivot!r} (gallery) images")
+        gallery = features[pivot]
+        g = model.embed_features(gallery.clean, pivot).numpy()
+        out: dict[str, float] = {}
+        for d in sorted(set(features) - {pivot}):
+            q = model.embed_features(features[d].clean, d).numpy()
+            m = retrieval_metrics(q, features[d].labels, g, gallery.labels, map_ks=(k,), prec_ks=(k,))
+            out[f"val_mAP@{k}_{d}"], out[f"val_P@{k}_{d}"] = m[f"mAP@{k}"], m[f"P@{k}"]
+        for name in (f"mAP@{k}", f"P@{k}"):
+            values = [v for key, v in out.items() if key.startswith(f"val_{name}_")]
+            out[f"val_{name}"] = sum(values) / len(values) if values else float("nan")
+        return out
+
+    # ------------------------------------------------------------------ results and resume
+    def build_model(self, *, best: bool = False) -> ClairModel:
+        """The deployable model: head, final text embeddings and the mapping fitted on them.
+        ``best``: the best validation epoch's weights instead of the current ones."""
+        head, prompts = self.head, self.prompts
+        if best and self.best is not None:
+            head = ClairHead(self.head.dim, self.cfg.head_hidden, self.cfg.head_alpha_init, center=self.cfg.head_center)
+            head.load_state_dict(self.best["head"])
+            if prompts is not None and self.best["prompts"] is not None:
+                prompts = PromptLearner(self.foundation, self.domains, self.cfg.n_ctx, self.cfg.templates)
+                prompts.load_state_dict(self.best["prompts"])
+        text = self.text_embeddings(prompts=prompts)
+        mapping = DomainMapping.fit(text, self.cfg.pivot_domain, self.cfg.mapping, self.cfg.mapping_lambda)
+        return ClairModel(
+            foundation=self.foundation,
+            head=head,
+            mapping=mapping,
+            classes=self.classes,
+            text_embeddings=text,
+            config=self.cfg,
+            prompt_state=prompts.state_dict() if prompts is not None else None,
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "head": self.head.state_dict(),
+            "key_head": self.key_head.state_dict(),
+            "prompts": self.prompts.state_dict() if self.prompts is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "banks": self.banks,
+            "pseudo": {d: vars(p) for d, p in self.pseudo.items()},
+            "history": [s.as_dict() for s in self.history],
+            "best": self.best,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.head.load_state_dict(state["head"])
+        self.key_head.load_state_dict(state["key_head"])
+        if self.prompts is not None and state["prompts"] is not None:
+            self.prompts.load_state_dict(state["prompts"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.banks = state["banks"]
+        self.pseudo = {d: PseudoLabels(**p) for d, p in state["pseudo"].items()}
+        fields = set(EpochStats.__dataclass_fields__)
+        self.history = [EpochStats(**{k: v for k, v in h.items() if k in fields}) for h in state["history"]]
+        self.best = state.get("best")
