@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clair_vec.datasets.folders import load_images, read_class_list, scan_folder, zero_shot_split
+from clair_vec.datasets.folders import read_class_list, scan_folder, zero_shot_split
+from clair_vec.datasets.images import load_images
 from clair_vec.errors import DatasetError, WeightsNotFoundError
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.prompts import PromptLearner, clean_class_name, domain_templates, hand_crafted_text_embeddings

@@ -112,8 +112,8 @@ def test_index_then_search_across_domains(trained, split, tmp_path, backend):
     assert "pseudo_label" not in row[0].payload  # no vocabulary given: no (misleading) tag
     assert row[0].payload["label"] in UNSEEN
     # the backend's ranking equals exact cosine ranking of the same mapped vectors
-    g = model.embed_images([__import__("clair_vec.datasets.folders", fromlist=["x"]).load_image(p) for p in gallery], "photo")
-    q = model.embed_images([__import__("clair_vec.datasets.folders", fromlist=["x"]).load_image(queries[0])], "sketch")
+    g = model.embed_images([__import__("clair_vec.datasets.images", fromlist=["x"]).load_image(p) for p in gallery], "photo")
+    q = model.embed_images([__import__("clair_vec.datasets.images", fromlist=["x"]).load_image(queries[0])], "sketch")
     best = gallery[int(np.argmax(g @ q[0]))]
     assert row[0].payload["path"] == best
     filtered = clair_vec.search("gal", queries[:1], domain="sketch", top_k=50, filter={"label": "heart"},

@@ -7,19 +7,16 @@ that decides which images are which.
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
-from clair_vec.errors import CorruptImageError, DatasetError
+from clair_vec.datasets.images import IMAGE_SUFFIXES
+from clair_vec.errors import DatasetError
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
@@ -83,11 +80,6 @@ def scan_folder(root: str | Path, domains: Sequence[str] | None = None) -> Multi
     return MultiDomainDataset(items, str(root))
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    """Every image file under ``folder``, recursively, in sorted order."""
-    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-
-
 def read_class_list(path: str | Path) -> list[str]:
     """One class name a line; blank lines and ``#`` comments ignored."""
     path = Path(path)
@@ -149,39 +141,6 @@ def split_dataset(root: str | Path, seed: int = 0) -> tuple[MultiDomainDataset, 
     if (root / "seen_classes.txt").is_file():
         return zero_shot_split(ds, seen=read_class_list(root / "seen_classes.txt"))
     return zero_shot_split(ds, seed=seed)
-
-
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Decode image bytes fully as RGB; any failure (corrupt, truncated, a decompression bomb)
-    raises :class:`CorruptImageError` naming ``name``. The one decode path for files and uploads."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except Exception as exc:  # PIL raises many kinds, DecompressionBombError not among OSError's
-        raise CorruptImageError(name, f"{type(exc).__name__}: {exc}") from exc
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Read and decode an image file as RGB, raising :class:`CorruptImageError` with the path on failure."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CorruptImageError(str(path), f"{type(exc).__name__}: {exc.strerror or exc}") from exc
-    return decode_image(data, str(path))
-
-
-def load_images(paths: Sequence[str]) -> tuple[list[Image.Image], list[int], list[tuple[str, str]]]:
-    """Load what can be loaded: returns (images, indices of those images in ``paths``, skipped)."""
-    images, ok, skipped = [], [], []
-    for i, p in enumerate(paths):
-        try:
-            images.append(load_image(p))
-            ok.append(i)
-        except CorruptImageError as exc:
-            log.warning("skipping %s", exc)
-            skipped.append((exc.path, exc.reason))
-    return images, ok, skipped
 
 
 @dataclass

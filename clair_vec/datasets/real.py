@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from clair_vec.datasets.folders import IMAGE_SUFFIXES
+from clair_vec.datasets.images import IMAGE_SUFFIXES
 from clair_vec.errors import DatasetError
 
 VLCS_CLASSES = {

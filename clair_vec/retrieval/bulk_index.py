@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.datasets.folders import image_files
+from clair_vec.datasets.images import image_files
 from clair_vec.ray_runtime import gpus_each, ray_session
 from clair_vec.retrieval.sources import printable, utf8_problem
 from clair_vec.store.ids import file_record_id
@@ -125,7 +125,7 @@ class EncodeActor:
         self.sink = _Sink(actor=store) if store is not None else _Sink(writer=Writer(backend, uri, collection))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from clair_vec.datasets.folders import decode_image
+        from clair_vec.datasets.images import decode_image
         from clair_vec.errors import CorruptImageError
         from clair_vec.retrieval.indexing import encode_records, moved
 

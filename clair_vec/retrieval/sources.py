@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clair_vec.datasets.folders import decode_image, image_files, load_image
+from clair_vec.datasets.images import decode_image, image_files, load_image
 from clair_vec.errors import CorruptImageError
 from clair_vec.store.ids import content_digest, file_record_id, record_id
 

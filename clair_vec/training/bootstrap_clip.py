@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clair_vec.datasets.folders import MultiDomainDataset, load_image
+from clair_vec.datasets.folders import MultiDomainDataset
+from clair_vec.datasets.images import load_image
 from clair_vec.errors import CorruptImageError, DatasetError
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.prompts import clean_class_name, domain_templates

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from clair_vec.datasets.folders import MultiDomainDataset, load_images
+from clair_vec.datasets.folders import MultiDomainDataset
+from clair_vec.datasets.images import load_images
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.tensor_files import load_tensor_file, save_tensor_file
 

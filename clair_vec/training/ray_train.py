@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clair_vec.datasets.folders import MultiDomainDataset, load_images, plan_split
+from clair_vec.datasets.folders import MultiDomainDataset, plan_split
+from clair_vec.datasets.images import load_images
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.model import ClairModel

@@ -1,0 +1,49 @@
+"""``clair-vec``: train, index, search, evaluate, serve, demo, bootstrap-clip, backends.
+
+One module per group of commands; each adds its subcommands to the parser with ``add_commands``.
+Commands import what they need when they run, so ``clair-vec --help`` and argument errors answer
+before torch or a database client is imported.
+
+May import: every other part of clair_vec (it is the top of the layout); nothing imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from clair_vec.cli import backends, evaluate, gallery, serve, train
+from clair_vec.cli.common import EPILOG, Formatter
+from clair_vec.errors import ClairVecError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clair-vec", description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=Formatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, helptext: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=helptext, description=helptext, formatter_class=Formatter, epilog=EPILOG)
+        sp.set_defaults(func=func)
+        return sp
+
+    for group in (train, gallery, evaluate, serve, backends):
+        group.add_commands(add)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+        code = 0
+    except (ClairVecError, ValueError, FileNotFoundError) as exc:
+        print(f"clair-vec: error: {exc}", file=sys.stderr)
+        code = 2
+    from clair_vec.ray_runtime import exit_process, started_here
+
+    if started_here():  # `serve --ray` ran a Ray driver here: leave without the interpreter's teardown
+        exit_process(code)
+    return code

@@ -1,0 +1,5 @@
+import sys
+
+from clair_vec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""``clair-vec train``, ``demo`` and ``bootstrap-clip``: making a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from clair_vec.cli.common import backend_args
+from clair_vec.errors import ClairVecError
+
+
+def _train_config(a: argparse.Namespace):
+    from clair_vec.method.config import ClairConfig, parse_overrides
+
+    pretrained = None if str(a.clip_pretrained).lower() == "none" else a.clip_pretrained
+    try:
+        return ClairConfig(clip_model=a.clip_model, clip_pretrained=pretrained, pivot_domain=a.pivot, epochs=a.epochs,
+                           batch_size=a.batch_size, seed=a.seed, **parse_overrides(a.set))  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise ClairVecError(str(exc)) from exc
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from clair_vec.datasets.folders import plan_split
+    from clair_vec.training.job import train_local
+
+    cfg = _train_config(a)
+    split = plan_split(Path(a.data), cfg.seed, a.val_fraction)
+    model = train_local(a.data, cfg, split=split, val_fraction=a.val_fraction, cache_dir=a.cache_dir,
+                        on_epoch=lambda s: print(json.dumps(s.as_dict()), flush=True))  # fmt: skip
+    path = model.save(a.out)
+    r = model.record
+    if r.get("warning"):
+        print(f"clair-vec: warning: {r['warning']}", file=sys.stderr)
+    print(f"saved {path}: shipped {r['shipped']} ({r['reason']}); held out for zero-shot evaluation: {split.unseen.classes}")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from clair_vec.demo import run_demo
+
+    run_demo(a.workdir, data=a.data, backend=a.backend, uri=a.uri, epochs=a.epochs, per_class=a.per_class,
+             bootstrap_steps=a.bootstrap_steps, clip_model=a.clip_model, clip_pretrained=a.clip_pretrained,
+             batch_size=a.batch_size, seed=a.seed)  # fmt: skip
+
+
+def cmd_bootstrap_clip(a: argparse.Namespace) -> None:
+    from clair_vec.datasets.folders import plan_split
+    from clair_vec.training.bootstrap_clip import bootstrap_clip
+
+    split = plan_split(Path(a.data), a.seed, 0.0)
+    out = bootstrap_clip(split.train, a.out, arch=a.clip_model, steps=a.steps, batch_size=a.batch_size, seed=a.seed)
+    print(f"wrote {out}: a {a.clip_model} CLIP trained on the seen classes {split.train.classes} only; "
+          f"use it with --clip-model {a.clip_model} --clip-pretrained {out}")  # fmt: skip
+
+
+def training_args(sp: argparse.ArgumentParser, *, clip_model: str, clip_pretrained: str | None, epochs: int,
+                  batch_size: int) -> None:  # fmt: skip
+    sp.add_argument("--clip-model", default=clip_model, help="open_clip architecture")
+    sp.add_argument("--clip-pretrained", default=clip_pretrained,
+                    help="open_clip pretrained tag, or a local .pt/.safetensors checkpoint file; 'none' = random weights")
+    sp.add_argument("--epochs", type=int, default=epochs, help="training epochs")
+    sp.add_argument("--batch-size", type=int, default=batch_size, help="images per step, split evenly over domains")
+    sp.add_argument("--seed", type=int, default=0, help="seeds the class split (without split files) and training")
+
+
+def add_commands(add) -> None:
+    t = add("train", cmd_train, "train CLAIR on root/<domain>/<class>/<image> (seen classes only)")
+    t.add_argument("--data", required=True, help="dataset root; optional seen_classes.txt / unseen_classes.txt")
+    t.add_argument("--out", required=True, help="checkpoint directory to write")
+    training_args(t, clip_model="ViT-B-32", clip_pretrained="openai", epochs=20, batch_size=256)
+    t.add_argument("--pivot", default="photo", help="gallery domain every other domain maps into")
+    t.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of seen classes held out to pick the best epoch and to check the head beats raw CLIP")
+    t.add_argument("--cache-dir", default=None, help="reuse CLIP features across runs (None: no cache)")
+    t.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any ClairConfig field, e.g. inter_domain=prototype")
+
+    d = add("demo", cmd_demo, "offline end-to-end run on generated data: bootstrap CLIP, train, index, search")
+    d.add_argument("--workdir", default="clair_demo", help="where data, model, store and results go")
+    d.add_argument("--data", default=None, help="use this dataset instead of generating one")
+    # the demo's defaults differ from train's on purpose: a tiny CLIP bootstrapped on ~1,400 generated
+    # images needs more, smaller steps than ViT-B-32 on a real dataset
+    training_args(d, clip_model="clair-tiny", clip_pretrained=None, epochs=30, batch_size=64)
+    d.add_argument("--per-class", type=int, default=60, help="generated images per class and domain")
+    d.add_argument("--bootstrap-steps", type=int, default=1200, help="steps of the stand-in CLIP bootstrap")
+    backend_args(d)
+    d.set_defaults(backend="milvus")
+
+    bc = add("bootstrap-clip", cmd_bootstrap_clip,
+             "train a small stand-in CLIP on a dataset's seen classes, for machines without CLIP weights")
+    bc.add_argument("--data", required=True, help="dataset root (unseen classes are never used)")
+    bc.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    bc.add_argument("--clip-model", default="clair-tiny", help="open_clip architecture to train from scratch")
+    bc.add_argument("--steps", type=int, default=1200, help="optimisation steps")
+    bc.add_argument("--batch-size", type=int, default=64, help="images per step")
+    bc.add_argument("--seed", type=int, default=0, help="seeds the class split and training")

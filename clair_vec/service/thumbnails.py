@@ -1,0 +1,93 @@
+"""``GET /images/{id}``: thumbnails of gallery images, served only as the exact bytes that were indexed.
+
+No path is taken from the request: the id is looked up in the collection, and the stored path is
+served only if its bytes still hash to that id (and, with ``gallery_roots``, only if it resolves,
+symlinks followed, under one of them).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+from clair_vec.datasets.images import decode_image
+from clair_vec.errors import CorruptImageError
+from clair_vec.retrieval.retriever import Retriever
+from clair_vec.retrieval.sources import is_under
+from clair_vec.service.problems import HTTPProblem
+from clair_vec.store.ids import ID_PATTERN, content_digest, record_id
+
+THUMB_SIZES = (64, 128, 160, 256, 512)
+MAX_IMAGE_FILE = 64 * 1024 * 1024  # a gallery file larger than this is not thumbnailed
+_ID = re.compile(ID_PATTERN)
+
+
+class Thumbnails:
+    """Verified, resized gallery images, cached by (id, size) in a bounded LRU."""
+
+    def __init__(self, retriever: Retriever, collection: str, roots: Sequence[str | Path] | None, capacity: int = 512):
+        self.retriever, self.collection = retriever, collection
+        self.roots = [os.path.realpath(r) for r in roots or []]
+        self.capacity = capacity
+        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, rid: str, size: int) -> bytes:
+        key = (rid, size)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        data = self._render(rid, size)
+        with self._lock:
+            self._cache[key] = data
+            while len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+        return data
+
+    def _render(self, rid: str, size: int) -> bytes:
+        if not _ID.fullmatch(rid):
+            raise HTTPProblem(404, f"no image {rid!r}: ids are 32 hex digits, as returned in search hits")
+        payload = self.retriever.get(self.collection, [rid]).get(rid)
+        if payload is None:
+            raise HTTPProblem(404, f"no record {rid} in collection {self.collection!r}")
+        path, domain = payload.get("path"), payload.get("domain", "")
+        if not isinstance(path, str) or not path or path.startswith("<"):
+            raise HTTPProblem(404, f"record {rid} was indexed from an in-memory image; there is no file to show")
+        real = os.path.realpath(path)
+        if self.roots and not is_under(real, self.roots):
+            raise HTTPProblem(404, f"the file of record {rid} is outside the served gallery folders")
+        data = read_regular_file(real, MAX_IMAGE_FILE)
+        if data is None:
+            raise HTTPProblem(404, f"the file of record {rid} is gone, not a regular file, or too large to thumbnail")
+        if record_id(domain, content_digest(data)) != rid:  # only ever the exact bytes that were indexed
+            raise HTTPProblem(404, f"the file of record {rid} changed since it was indexed; re-index the gallery")
+        try:
+            im = decode_image(data, path)
+        except CorruptImageError as exc:
+            raise HTTPProblem(404, f"the file of record {rid} cannot be decoded: {exc.reason}") from None
+        im.thumbnail((size, size))
+        out = io.BytesIO()
+        im.save(out, "JPEG", quality=85)
+        return out.getvalue()
+
+
+def read_regular_file(path: str, limit: int) -> bytes | None:
+    """The bytes of a regular file of at most ``limit`` bytes, opened once (no check-then-read race;
+    a FIFO or a device never blocks or floods a worker)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        data = fh.read(limit + 1)
+    return data if len(data) <= limit else None
