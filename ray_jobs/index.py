@@ -16,6 +16,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from clair_vec.cli.common import int_range
+    from clair_vec.retrieval.indexing import BATCH_SIZES
+
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     p.add_argument("--model", required=True, help="checkpoint directory from ray_jobs/train.py or clair-vec train")
@@ -23,10 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain", default=None, help="domain of the images (None: the model's gallery domain)")
     p.add_argument("--backend", default=None, help="milvus, qdrant or a plugin's name (None: milvus)")
     p.add_argument("--uri", default=None, help="server URL (parallel writers), or an embedded store path (one writer)")
-    p.add_argument("--actors", type=int, default=1, help="encoding actors (one CPU or GPU each)")
+    p.add_argument("--actors", type=int_range(1, 1024), default=1, help="encoding actors (one CPU or GPU each)")
     p.add_argument("--gpus", choices=["auto", "yes", "no"], default="auto", help="auto: one GPU per actor if the cluster has them")
-    p.add_argument("--threads-per-actor", type=int, default=1, help="torch threads in each actor")
-    p.add_argument("--batch-size", type=int, default=64, help="images per encode-and-write batch")
+    p.add_argument("--threads-per-actor", type=int_range(1, 256), default=1, help="torch threads in each actor")
+    p.add_argument("--batch-size", type=int_range(*BATCH_SIZES), default=64, help="images per encode-and-write batch")
     p.add_argument("--label-from-folder", action="store_true", help="store each image's folder name as its label")
     p.add_argument("--labels", default=None, metavar="FILE", help="label vocabulary file: tag each image zero-shot over it")
     p.add_argument("-v", "--verbose", action="store_true", help="log a progress line per batch")
@@ -34,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from clair_vec.datasets.folders import read_class_list
     from clair_vec.errors import ClairVecError
     from clair_vec.retrieval.bulk_index import ray_index
+    from clair_vec.retrieval.vocabulary import read_labels
 
     try:
-        labels = read_class_list(args.labels) if args.labels else None
+        labels = read_labels(args.labels) if args.labels else None
         s = ray_index(args.collection, args.images, model_dir=args.model, domain=args.domain, backend=args.backend,
                       uri=args.uri, actors=args.actors, batch_size=args.batch_size, label_from_folder=args.label_from_folder,
                       labels=labels, gpus=args.gpus, threads_per_actor=args.threads_per_actor)  # fmt: skip

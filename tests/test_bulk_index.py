@@ -64,6 +64,9 @@ def test_index_job_reports_skips_and_resumes(model_dir, shapes_root, tmp_path):
     for f in sorted((shapes_root / "photo" / "heart").iterdir()):
         (gallery / "heart" / f.name).write_bytes(f.read_bytes())
     (gallery / "heart" / "broken.png").write_bytes(b"not a png")
+    (gallery / "heart" / "notes.txt").write_text("not an image")
+    (gallery / "copy").mkdir()
+    (gallery / "copy" / "same.png").write_bytes((gallery / "heart" / "0003.png").read_bytes())
     bad_name = os.fsencode(str(gallery / "heart")) + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
     with open(bad_name, "wb") as fh:
         fh.write((shapes_root / "photo" / "arrow" / "0000.png").read_bytes())
@@ -76,10 +79,14 @@ def test_index_job_reports_skips_and_resumes(model_dir, shapes_root, tmp_path):
     reasons = dict(s["skipped"])
     assert "UnidentifiedImageError" in reasons[str(gallery / "heart" / "broken.png")]
     assert "not valid UTF-8" in reasons[str(gallery / "heart") + "/caf\\xe9.png"]
+    assert [tuple(d) for d in s["duplicates"]] == [(str(gallery / "heart" / "0003.png"), str(gallery / "copy" / "same.png"))] or \
+        [tuple(d) for d in s["duplicates"]] == [(str(gallery / "copy" / "same.png"), str(gallery / "heart" / "0003.png"))]
+    assert [p for p, r in s["ignored"]] == [str(gallery / "heart" / "notes.txt")] and "not an image file" in s["ignored"][0][1]
     assert count("qdrant", uri, "g") == 8
     again = run_job("--model", str(model_dir), "--collection", "g", "--backend", "qdrant", "--uri", uri, str(gallery))
     again = json.loads(again.stdout.splitlines()[-1])
     assert again["indexed"] == 0 and again["already_present"] == 8 and len(again["skipped"]) == 2
+    assert len(again["duplicates"]) == 1 and len(again["ignored"]) == 1
     bad = run_job("--model", str(model_dir), "--collection", "g", "--uri", uri, "--domain", "x-ray", str(gallery))
     assert bad.returncode == 2 and "unknown domain 'x-ray'" in bad.stderr and "Started a local Ray" not in bad.stderr
 

@@ -22,6 +22,42 @@ def model_arg(sp: argparse.ArgumentParser, required: bool = False) -> None:
                     "(None: $CLAIR_VEC_MODEL)")  # fmt: skip
 
 
+def int_range(lo: int, hi: int):
+    """An argparse type: an integer from ``lo`` to ``hi``, refused with the range in the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer from {lo} to {hi}, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer from {lo} to {hi}, got {value}")
+        return value
+
+    parse.__name__ = f"integer {lo}-{hi}"
+    return parse
+
+
+def number_range(lo: float, hi: float):
+    """An argparse type: a number in (``lo``, ``hi``], refused with the range in the message."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number above {lo:g} and at most {hi:g}, got {text!r}") from None
+        if not lo < value <= hi:
+            raise argparse.ArgumentTypeError(f"must be a number above {lo:g} and at most {hi:g}, got {value:g}")
+        return value
+
+    parse.__name__ = f"number {lo:g}-{hi:g}"
+    return parse
+
+
+#: what one query may ask for: the largest top_k of any built-in engine (Milvus: 16384)
+MAX_TOP_K = 16384
+
+
 def filters(items: list[str] | None) -> dict[str, list[str]] | None:
     """``--filter key=value`` options as a backend filter (a key repeated: OR; different keys: AND)."""
     if not items:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from clair_vec.cli.common import backend_args, filters, model_arg
+from clair_vec.cli.common import MAX_TOP_K, backend_args, filters, int_range, model_arg
+from clair_vec.retrieval.indexing import BATCH_SIZES
 
 
 def cmd_index(a: argparse.Namespace) -> None:
@@ -37,7 +38,7 @@ def add_commands(add) -> None:
     ix.add_argument("--labels", default=None, metavar="FILE",
                     help="label vocabulary, one a line: tag each image zero-shot over it (None: store no tag)")
     ix.add_argument("--prune", action="store_true", help="then remove records of files under these folders that no longer exist")
-    ix.add_argument("--batch-size", type=int, default=64, help="images per write")
+    ix.add_argument("--batch-size", type=int_range(*BATCH_SIZES), default=64, help="images per write")
 
     s = add("search", cmd_search, "query a collection with images of any domain; prints one JSON line per query")
     model_arg(s)
@@ -45,6 +46,6 @@ def add_commands(add) -> None:
     s.add_argument("--domain", required=True, help="domain of the query images (e.g. sketch)")
     s.add_argument("images", nargs="+", help="query image files")
     backend_args(s)
-    s.add_argument("--top-k", type=int, default=10, help="hits per query")
+    s.add_argument("--top-k", type=int_range(1, MAX_TOP_K), default=10, help="hits per query")
     s.add_argument("--filter", action="append", metavar="KEY=VALUE",
                    help="domain/label/path/pseudo_label=VALUE; repeat a key for OR, different keys AND")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.datasets.images import image_files
+from clair_vec.datasets.images import Listing, walk_images
 from clair_vec.ray_runtime import gpus_each, ray_session
 from clair_vec.retrieval.sources import printable, utf8_problem
 from clair_vec.store.ids import file_record_id
@@ -34,20 +34,23 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------- tasks: no torch here
 def list_files(row: dict[str, Any], *, label_from_folder: bool) -> list[dict[str, Any]]:
-    """Image files under one input (a folder, recursively and sorted; or a file)."""
+    """Image files under one input (a folder, recursively and sorted; or a file), and the entries
+    of a folder that are not image files, with ``ignored`` saying why (reported, not indexed)."""
     root = Path(str(row["input"]))
-    files = image_files(root) if root.is_dir() else [root]
-    return [{"path": os.fsencode(str(f)), "label": f.parent.name if label_from_folder else ""} for f in files]
+    listing = walk_images(root) if root.is_dir() else Listing(files=[root])
+    files = [{"path": os.fsencode(str(f)), "label": f.parent.name if label_from_folder else "", "ignored": ""}
+             for f in listing.files]  # fmt: skip
+    return files + [{"path": os.fsencode(p), "label": "", "ignored": reason} for p, reason in listing.ignored]
 
 
 def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.ndarray]:
     """Read and hash each file: ``id`` or ``error`` per row. Paths travel as bytes, so a name
     that is not valid UTF-8 reaches this point and is reported, not lost."""
     paths, ids, errors = [], [], []
-    for raw in batch["path"]:
+    for raw, ignored in zip(batch["path"], batch["ignored"], strict=True):
         path = os.fsdecode(bytes(raw))
         paths.append(printable(path))
-        problem = utf8_problem(path)
+        problem = str(ignored) or utf8_problem(path)
         if problem is None:
             try:
                 ids.append(file_record_id(path, domain)[0])
@@ -57,7 +60,7 @@ def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.nda
             ids.append("")
         errors.append(problem or "")
     return {"path": np.array(paths, dtype=object), "label": batch["label"], "id": np.array(ids, dtype=object),
-            "error": np.array(errors, dtype=object)}  # fmt: skip
+            "error": np.array(errors, dtype=object), "ignored": batch["ignored"]}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- writing
@@ -130,15 +133,20 @@ class EncodeActor:
         from clair_vec.retrieval.indexing import encode_records, moved
 
         n = len(batch["path"])
-        status = np.array(["skipped"] * n, dtype=object)
+        status = np.array(["ignored" if ignored else "skipped" for ignored in batch["ignored"]], dtype=object)
         error = np.array([str(e) for e in batch["error"]], dtype=object)
         ids = [str(i) for i in batch["id"]]
         paths = [str(p) for p in batch["path"]]
         ok = [i for i in range(n) if not error[i]]
         stored = self.sink("stored", [ids[i] for i in ok])
-        items, moves = [], 0
+        items, moves, first = [], 0, {}
         for i in ok:
-            if ids[i] in stored and not moved(stored, ids[i], paths[i]):
+            held = stored.get(ids[i], {}).get("path") if ids[i] in stored and not moved(stored, ids[i], paths[i]) else None
+            same = first.setdefault(ids[i], paths[i])
+            if same != paths[i] or (held is not None and held != paths[i]):  # a byte-identical copy: stored once
+                status[i], error[i] = "duplicate", same if same != paths[i] else held
+                continue
+            if held is not None:
                 status[i] = "present"
                 continue
             moves += ids[i] in stored
@@ -159,7 +167,7 @@ class EncodeActor:
                 status[i] = "indexed"
         counts = np.zeros((n, 2), np.int64)  # (replaced, moved) of the batch, carried on its first row
         if n:
-            counts[0] = (self.sink("replace_stale", self.domain, {paths[i]: ids[i] for i in ok if not error[i]}), moves)
+            counts[0] = (self.sink("replace_stale", self.domain, {paths[i]: ids[i] for i in ok if status[i] != "skipped"}), moves)
         return {"path": batch["path"], "status": status, "error": error, "replaced": counts[:, 0], "moved": counts[:, 1]}
 
 
@@ -171,6 +179,10 @@ def _tally(summary: Any, batch: dict[str, np.ndarray]) -> None:
             summary.indexed += 1
         elif status == "present":
             summary.already_present += 1
+        elif status == "duplicate":
+            summary.duplicates.append((str(path), str(error)))
+        elif status == "ignored":
+            summary.ignored.append((str(path), str(error)))
         else:
             summary.skipped.append((str(path), str(error)))
     summary.replaced += int(batch["replaced"].sum())

@@ -41,16 +41,21 @@ class IndexSummary:
     replaced: int = 0  # records of files whose bytes changed, removed for the new version
     moved: int = 0  # stored images found under a new path (renamed, or a duplicate outliving its twin)
     pruned: int = 0  # records of files that no longer exist, removed by prune
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason): image files that failed
+    #: (file, the file whose bytes it repeats): byte-identical copies, stored once under the first path
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (entry, reason): not image files at all
 
     @property
     def total(self) -> int:
-        return self.indexed + self.already_present + len(self.skipped)
+        """Every image file looked at: each is indexed, already present, a duplicate or skipped."""
+        return self.indexed + self.already_present + len(self.duplicates) + len(self.skipped)
 
     def as_dict(self) -> dict:
         return {"collection": self.collection, "backend": self.backend, "indexed": self.indexed,
                 "already_present": self.already_present, "replaced": self.replaced, "moved": self.moved,
-                "pruned": self.pruned, "skipped": self.skipped}  # fmt: skip
+                "pruned": self.pruned, "duplicates": self.duplicates, "skipped": self.skipped,
+                "ignored": self.ignored}  # fmt: skip
 
 
 def encode_records(
@@ -122,6 +127,7 @@ def index_sources(
     progress: bool = True,
 ) -> IndexSummary:
     summary = IndexSummary(collection, be.name)
+    seen: dict[str, str] = {}  # id -> the first source with those bytes in this run
     with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar:
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
@@ -135,8 +141,16 @@ def index_sources(
             stored = be.get(collection, [rid for _, rid, _ in read])
             todo = []
             for s, rid, data in read:
+                first = seen.setdefault(rid, s.name)
+                if first != s.name:  # the same bytes earlier in this run: stored once, under the first path
+                    summary.duplicates.append((s.name, first))
+                    continue
                 if rid in stored and not moved(stored, rid, s.path):
-                    summary.already_present += 1
+                    held = stored[rid].get("path")
+                    if s.path is not None and isinstance(held, str) and held != s.path:
+                        summary.duplicates.append((s.name, held))  # a copy of a file stored under its own path
+                    else:
+                        summary.already_present += 1
                     continue
                 summary.moved += rid in stored
                 try:
@@ -155,6 +169,17 @@ def index_sources(
     if summary.indexed or summary.replaced:
         be.flush(collection)
     return summary
+
+
+#: images per batch: each batch is decoded, encoded and written whole
+BATCH_SIZES = (1, 4096)
+
+
+def check_batch_size(batch_size: object) -> int:
+    lo, hi = BATCH_SIZES
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not lo <= batch_size <= hi:
+        raise ValueError(f"batch_size must be an integer from {lo} to {hi}, got {batch_size!r}")
+    return batch_size
 
 
 def check_prune_roots(roots: Sequence[str | Path]) -> None:

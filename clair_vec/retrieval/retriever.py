@@ -10,6 +10,7 @@ and the CPU model gain nothing from running concurrently in one process.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,12 +19,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clair_vec.errors import CollectionMismatchError
+from clair_vec.errors import CollectionMismatchError, DatasetError
 from clair_vec.method.model import ClairModel, load_model
 from clair_vec.retrieval import sources
-from clair_vec.retrieval.indexing import IndexSummary, check_prune_roots, index_sources, prepare_collection, prune
+from clair_vec.retrieval.indexing import (
+    IndexSummary,
+    check_batch_size,
+    check_prune_roots,
+    index_sources,
+    prepare_collection,
+    prune,
+)
 from clair_vec.retrieval.sources import ImageInput
-from clair_vec.store.backend import Backend, CollectionInfo, Hit
+from clair_vec.retrieval.vocabulary import vocabulary
+from clair_vec.store.backend import Backend, CollectionInfo, Hit, check_collection_name
 from clair_vec.store.plugins import get_backend
 
 
@@ -90,18 +99,27 @@ class Retriever:
         records of files under the given folders that no longer exist.
         """
         m = self.model
+        check_collection_name(collection)  # the cheap checks first: nothing is read before they pass
         domain = domain or m.pivot
         m.check_domain(domain)
-        vocabulary = _vocabulary(labels)
+        labels = vocabulary(labels)
+        check_batch_size(batch_size)
         images = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
         roots = [str(i) for i in images if isinstance(i, (str, Path))]
-        if prune_missing:
+        if prune_missing:  # first: its message says why a missing folder matters there
             check_prune_roots(roots)
-        items = sources.expand(images, label_from_folder=label_from_folder)  # array errors raise before any write
+        missing = [r for r in roots if not os.path.lexists(r)]
+        if missing:  # a typo: refused before anything is opened or written
+            raise DatasetError(f"no such file or folder: {', '.join(missing)}")
+        ignored: list[tuple[str, str]] = []
+        items = sources.expand(images, label_from_folder=label_from_folder, ignored=ignored)  # array errors raise here
+        if not items and not prune_missing:  # an empty --prune run is how a user clears deleted files
+            raise DatasetError(f"no images to index in {', '.join(roots) or 'the input'}" + _why_none(ignored))
         with self._lock:
             prepare_collection(self.backend, collection, m)
             summary = index_sources(m, self.backend, collection, items, domain=domain, batch_size=batch_size,
-                                    vocabulary=vocabulary, progress=progress)  # fmt: skip
+                                    vocabulary=labels, progress=progress)  # fmt: skip
+            summary.ignored = ignored
             if prune_missing:
                 summary.pruned = prune(self.backend, collection, roots, domain=domain)
         return summary
@@ -147,15 +165,8 @@ class Retriever:
             return self.backend.get(collection, ids)
 
 
-def _vocabulary(labels: Sequence[str] | str | Path | None) -> list[str] | None:
-    """A label list, or the lines of a labels file (``#`` comments and blank lines ignored)."""
-    if labels is None:
-        return None
-    if isinstance(labels, (str, Path)):
-        from clair_vec.datasets.folders import read_class_list
-
-        labels = read_class_list(labels)
-    names = list(dict.fromkeys(str(n).strip() for n in labels if str(n).strip()))
-    if not names:
-        raise ValueError("the label vocabulary is empty: give at least one label")
-    return names
+def _why_none(ignored: list[tuple[str, str]], shown: int = 3) -> str:
+    if not ignored:
+        return ": the folders are empty"
+    listed = "; ".join(f"{path}: {reason}" for path, reason in ignored[:shown])
+    return f": {len(ignored)} entries are not image files ({listed}{'; ...' if len(ignored) > shown else ''})"

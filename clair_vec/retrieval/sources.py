@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from clair_vec.datasets.images import decode_image, image_files, load_image
+from clair_vec.datasets.images import decode_image, load_image, not_an_image, to_rgb, walk_images
 from clair_vec.errors import CorruptImageError
 from clair_vec.store.ids import content_digest, file_record_id, record_id
 
@@ -59,7 +59,7 @@ def _file(path: Path, label_from_folder: bool) -> ImageSource:
     name = os.path.abspath(path)
     problem = utf8_problem(name)
     if problem is None and not path.is_file():
-        problem = "file does not exist"
+        problem = "file does not exist" if not os.path.lexists(name) else not_an_image(name, any_suffix=True) or "not a file"
     label = path.parent.name if label_from_folder and problem is None else ""
     return ImageSource(printable(name) if problem else name, path=name, label=label, problem=problem)
 
@@ -87,11 +87,17 @@ def array_to_image(arr: np.ndarray, i: int) -> Image.Image:
         data = arr.astype(np.uint8)
     else:
         raise ValueError(f"{where} has dtype {arr.dtype}; pass uint8 in [0, 255] or floats in [0, 1]")
-    return Image.fromarray(data).convert("RGB")
+    return to_rgb(Image.fromarray(data))
 
 
-def expand(images: ImageInput | Iterable[ImageInput], *, label_from_folder: bool = False) -> list[ImageSource]:
-    """Sources for files, folders (recursively, sorted), PIL images and arrays, in input order."""
+def expand(
+    images: ImageInput | Iterable[ImageInput],
+    *,
+    label_from_folder: bool = False,
+    ignored: list[tuple[str, str]] | None = None,
+) -> list[ImageSource]:
+    """Sources for files, folders (recursively, sorted), PIL images and arrays, in input order.
+    Entries of a folder that are not image files are appended to ``ignored`` with the reason."""
     if isinstance(images, (str, Path, Image.Image, np.ndarray)):
         images = [images]
     out: list[ImageSource] = []
@@ -99,11 +105,14 @@ def expand(images: ImageInput | Iterable[ImageInput], *, label_from_folder: bool
         if isinstance(item, (str, Path)):
             p = Path(item)
             if p.is_dir():
-                out += [_file(f, label_from_folder) for f in image_files(p)]
+                listing = walk_images(p)
+                out += [_file(f, label_from_folder) for f in listing.files]
+                if ignored is not None:
+                    ignored += [(printable(os.path.abspath(path)), reason) for path, reason in listing.ignored]
             else:
                 out.append(_file(p, label_from_folder))
         elif isinstance(item, Image.Image):
-            out.append(ImageSource(f"<image #{i}>", image=item.convert("RGB")))
+            out.append(ImageSource(f"<image #{i}>", image=to_rgb(ImageOps.exif_transpose(item))))
         elif isinstance(item, np.ndarray):
             out.append(ImageSource(f"<array #{i}>", image=array_to_image(item, i)))
         else:

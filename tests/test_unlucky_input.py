@@ -1,0 +1,230 @@
+"""Unlucky input that used to go wrong silently: wide and rotated images, folders with things in
+them that are not images, copies of the same file, label files as people write them, numbers out
+of range, typos. Flows run as separate `clair-vec` processes where users run them that way."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from PIL import Image
+
+from clair_vec.datasets.images import decode_image, walk_images
+from clair_vec.errors import DatasetError
+from clair_vec.retrieval.vocabulary import MAX_LABELS, read_labels, vocabulary
+
+
+def png(im: Image.Image, **params) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **params)
+    return buf.getvalue()
+
+
+def shape_image(size: int = 64) -> np.ndarray:
+    """An asymmetric grey shape (a rotated copy must differ from it)."""
+    a = np.full((size, size), 230, np.uint8)
+    a[8:20, 8 : size - 8] = 20  # a bar near the top
+    a[20 : size - 8, 8:16] = 90  # a leg on the left
+    return a
+
+
+def test_a_16_bit_png_decodes_like_its_8_bit_twin():
+    eight = shape_image()
+    wide = Image.fromarray(eight.astype(np.uint16) * 257)
+    assert wide.mode == "I;16"
+    got = np.asarray(decode_image(png(wide), "wide.png"))
+    want = np.asarray(decode_image(png(Image.fromarray(eight)), "eight.png"))
+    np.testing.assert_array_equal(got, want)  # PIL's own convert("RGB") made every pixel 255
+    buf = io.BytesIO()
+    Image.fromarray(eight.astype(np.int32) * 257, "I").save(buf, "TIFF")  # 32-bit integer pixels holding 16-bit values
+    np.testing.assert_array_equal(np.asarray(decode_image(buf.getvalue(), "int.tif")), want)
+
+
+def test_exif_orientation_is_applied_and_transparency_lies_on_white():
+    upright = Image.fromarray(shape_image()).convert("RGB")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera writes: pixels sideways + a tag
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    got = decode_image(png(stored, exif=exif), "phone.png")
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(upright))
+    assert not np.array_equal(np.asarray(decode_image(png(stored), "untagged.png")), np.asarray(upright))
+    sketch = Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # a black stroke on a transparent background
+    sketch.putpixel((5, 5), (0, 0, 0, 255))
+    rgb = np.asarray(decode_image(png(sketch), "sketch.png"))
+    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[5, 5].tolist() == [0, 0, 0]
+
+
+def test_a_rotated_upload_finds_what_the_upright_image_finds(model_dir, shapes_root, tmp_path):
+    """Through the service: the upload path uses the same decode."""
+    from fastapi.testclient import TestClient
+
+    import clair_vec
+    from clair_vec.retrieval.retriever import Retriever
+    from clair_vec.service.app import create_app
+
+    uri = str(tmp_path / "g.db")
+    clair_vec.index("g", [shapes_root / "photo" / "heart", shapes_root / "photo" / "arrow"], model=model_dir, uri=uri,
+                    progress=False)  # fmt: skip
+    upright = Image.open(shapes_root / "sketch" / "arrow" / "0000.png").convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 270 degrees clockwise to display
+    rotated = png(upright.transpose(Image.Transpose.ROTATE_270), exif=exif)
+    with Retriever(model_dir, uri=uri) as r:
+        client = TestClient(create_app(r, "g"))
+        a = client.post("/search", files={"image": ("a.png", png(upright))}, data={"domain": "sketch"}).json()["hits"]
+        b = client.post("/search", files={"image": ("b.png", rotated)}, data={"domain": "sketch"}).json()["hits"]
+    assert [h["id"] for h in a] == [h["id"] for h in b]
+
+
+def _unreadable_folder_listing(parent: Path, monkeypatch) -> dict[str, str]:
+    """walk_images over ``parent`` when ``parent/locked`` cannot be read. Root reads every folder
+    whatever its mode, so as root the listing of that one folder fails the way it fails for a user."""
+    locked = str(parent / "locked")
+    if os.geteuid() == 0:
+        real = os.scandir
+
+        def scandir(path="."):
+            if os.fspath(path) == locked:
+                raise PermissionError(13, "Permission denied", locked)
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    return dict(walk_images(parent).ignored)
+
+
+def test_every_entry_that_is_not_indexed_is_reported_with_its_reason(tmp_path, monkeypatch):
+    root = tmp_path / "walk"
+    (root / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "sub" / "ok.png")
+    (root / "notes.txt").write_text("hello")
+    os.mkfifo(root / "pipe.png")
+    os.symlink(root / "gone.png", root / "dangling.png")
+    os.symlink(root / "sub", root / "loop")
+    (root / "locked").mkdir()
+    listing = walk_images(root)
+    assert [p.name for p in listing.files] == ["ok.png"]
+    reasons = {Path(p).name: r for p, r in listing.ignored}
+    assert reasons["notes.txt"].startswith("not an image file name (suffix '.txt'")
+    assert reasons["pipe.png"] == "not a regular file: a FIFO (named pipe)"
+    assert reasons["dangling.png"] == "a symbolic link whose target does not exist"
+    assert "symbolic link to a folder, not followed" in reasons["loop"]
+    # a folder this process cannot read
+    (root / "locked").chmod(0)
+    try:
+        unreadable = _unreadable_folder_listing(root, monkeypatch)
+    finally:
+        (root / "locked").chmod(0o755)
+    assert unreadable[str(root / "locked")].startswith("cannot read this folder (Permission denied")
+
+
+def test_index_reports_ignored_entries_and_counts_duplicates(model_dir, shapes_root, tmp_path):
+    gallery = tmp_path / "gallery"
+    shutil.copytree(shapes_root / "photo" / "heart", gallery)
+    shutil.copyfile(gallery / "0000.png", gallery / "copy_of_0000.png")
+    (gallery / "sidecar.json").write_text("{}")
+    os.mkfifo(gallery / "stream.png")  # reading it would block forever
+    common = ["--model", str(model_dir), "--collection", "g", "--uri", str(tmp_path / "g.db")]
+    out = run_cli("index", *common, str(gallery))
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout.splitlines()[-1])
+    assert (s["indexed"], s["already_present"]) == (8, 0)
+    assert s["duplicates"] == [[str(gallery / "copy_of_0000.png"), str(gallery / "0000.png")]]
+    assert {Path(p).name: r.split(":")[0] for p, r in s["ignored"]} == {"sidecar.json": "not an image file name (suffix '.json'; indexed",
+                                                                      "stream.png": "not a regular file"}  # fmt: skip
+    again = json.loads(run_cli("index", *common, str(gallery)).stdout.splitlines()[-1])
+    assert (again["indexed"], again["already_present"], len(again["duplicates"])) == (0, 8, 1)  # 9 files, 8 images
+
+
+def test_typos_and_empty_inputs_are_errors_not_empty_successes(model_dir, tmp_path):
+    common = ["--model", str(model_dir), "--collection", "g", "--uri", str(tmp_path / "g.db")]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "readme.txt").write_text("no images here")
+    cases = {
+        str(tmp_path / "photos_typo"): f"no such file or folder: {tmp_path / 'photos_typo'}",
+        str(tmp_path / "empty"): "no images to index in " + str(tmp_path / "empty") + ": the folders are empty",
+        str(tmp_path / "text"): "1 entries are not image files (" + str(tmp_path / "text" / "readme.txt") + ": not an image file",
+    }
+    for path, message in cases.items():
+        out = run_cli("index", *common, path)
+        assert out.returncode == 2, out.stdout
+        assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "g.db").exists()  # refused before the store was touched
+    # an empty folder with --prune is how a user clears records of files that were all deleted
+    assert run_cli("index", *common, "--prune", str(tmp_path / "empty")).returncode == 0
+
+
+def test_label_files_are_read_verbatim_and_errors_name_the_file(model_dir, shapes_root, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\ufeffC#\n  heart  \n\n# not a comment\narrow\nheart\n", encoding="utf-8")
+    assert read_labels(labels) == ["C#", "heart", "# not a comment", "arrow"]
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("heart\ncaf\xe9\n".encode("latin-1"))
+    common = ["--model", str(model_dir), "--collection", "g", "--uri", str(tmp_path / "g.db"), str(shapes_root / "photo" / "heart")]
+    for path, message in ((bad, f"labels file '{bad}' is not valid UTF-8 (byte 0xe9 on line 2)"),
+                          (tmp_path / "nope.txt", f"labels file '{tmp_path / 'nope.txt'}' does not exist")):  # fmt: skip
+        out = run_cli("index", *common, "--labels", str(path))
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    with pytest.raises(DatasetError, match=f"has {MAX_LABELS + 1:,} labels; the limit is {MAX_LABELS:,}"):
+        vocabulary([f"label {i}" for i in range(MAX_LABELS + 1)])
+    with pytest.raises(DatasetError, match="is empty"):
+        vocabulary(["", "  "])
+    out = run_cli("index", *common, "--labels", str(labels))
+    assert out.returncode == 0, out.stderr
+    from clair_vec import get_backend
+
+    with get_backend("milvus", str(tmp_path / "g.db")) as be:
+        tags = {p["pseudo_label"] for _, p in be.records("g")}
+    assert tags <= {"C#", "heart", "# not a comment", "arrow"} and tags  # the tags are the labels as written
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["index", "--batch-size", "-1"], "argument --batch-size: must be an integer from 1 to 4096, got -1"),
+        (["index", "--batch-size", "0"], "argument --batch-size: must be an integer from 1 to 4096, got 0"),
+        (["search", "--domain", "sketch", "--top-k", "20000"], "argument --top-k: must be an integer from 1 to 16384, got 20000"),
+        (["search", "--domain", "sketch", "--top-k", "ten"], "argument --top-k: must be an integer from 1 to 16384, got 'ten'"),
+        (["serve", "--port", "70000"], "argument --port: must be an integer from 1 to 65535, got 70000"),
+        (["serve", "--replicas", "0"], "argument --replicas: must be an integer from 1 to 256, got 0"),
+        (["serve", "--max-upload-mb", "-5"], "argument --max-upload-mb: must be a number above 0 and at most 1024, got -5"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_with_the_range(args, message, tmp_path):
+    out = run_cli(args[0], "--model", str(tmp_path), "--collection", "g", *args[1:], *(["x.png"] if args[0] != "serve" else []))
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_the_ray_index_job_refuses_bad_numbers_before_starting_ray(tmp_path):
+    job = Path(__file__).resolve().parents[1] / "ray_jobs" / "index.py"
+    out = subprocess.run([sys.executable, str(job), "--model", str(tmp_path), "--collection", "g", "--actors", "0", "x"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and "argument --actors: must be an integer from 1 to 1024, got 0" in out.stderr
+
+
+def test_stat_helpers_agree_with_the_walk(tmp_path):
+    """A device node where the platform lets us make one: refused like a FIFO, never opened."""
+    dev = tmp_path / "disk.png"
+    try:
+        os.mknod(dev, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null's numbers
+    except (PermissionError, OSError) as exc:
+        pytest.skip(f"cannot make a device node here ({exc})")
+    reasons = dict(walk_images(tmp_path).ignored)
+    assert reasons[str(dev)] == "not a regular file: a character device"
+    code = textwrap.dedent(f"""
+        import clair_vec.retrieval.sources as s
+        (src,) = s.expand([{str(dev)!r}])
+        print(src.problem)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "not a regular file: a character device"
