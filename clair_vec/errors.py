@@ -67,10 +67,51 @@ class InvalidCollectionNameError(BackendError, ValueError):
     """A collection name that some engine would refuse; checked before any engine sees it."""
 
 
-class UnsafeCheckpointError(ClairVecError, ValueError):
+class AuthenticationError(BackendError, PermissionError):
+    """A server refused the credentials (or their rights). Never retried: the same token is
+    refused again. The message says where the credentials came from, never what they are."""
+
+
+class RecordNotFoundError(BackendError, LookupError):
+    """Ids asked for by id (``Backend.vectors``) that are not stored; ``.ids`` lists them all."""
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        super().__init__(message)
+        self.ids = list(ids)
+
+
+class CapabilityError(BackendError):
+    """The backend does not implement an optional primitive (vectors by id, aliases)."""
+
+
+class AliasError(BackendError, ValueError):
+    """An alias that would hide a collection, point at a missing one, or a collection that
+    aliases still point to."""
+
+
+class DiskFullError(BackendError, OSError):
+    """The file system of an embedded store has no room for a write (checked before writing,
+    or reported by the engine as ENOSPC)."""
+
+
+class StoreDamagedError(BackendError):
+    """An embedded store that its engine can no longer open (it crashed loading it); the
+    message says what happened and how to recover the data."""
+
+
+class CheckpointError(ClairVecError, ValueError):
+    """A model directory (``clair.json``, ``clair.pt``, ``foundation.pt``) or a CLIP weights file
+    does not hold what it must; the message names the file, the field and what was expected."""
+
+
+class UnsafeCheckpointError(CheckpointError):
     """A checkpoint or cache file holds something other than plain tensors and containers
     (e.g. a pickled object that would run code on load); it is refused, never executed."""
 
 
 class ZeroShotLeakError(ClairVecError, ValueError):
     """An evaluation would score a model on classes it was trained on."""
+
+
+class VocabularyTooLargeError(ClairVecError, ValueError):
+    """A label vocabulary longer than the model embeds at once (the limit is in the message)."""

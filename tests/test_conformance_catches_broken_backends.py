@@ -19,8 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 BROKEN = textwrap.dedent('''
     """Deliberately broken backends, registered as a plugin through CLAIR_VEC_PLUGINS."""
+    import os
+    import socket
+    import time
+    import unicodedata
+
     from clair_vec import hookimpl
     from clair_vec.backend import CollectionInfo
+    from clair_vec.errors import AuthenticationError
+    from clair_vec.store.redaction import redact_uri, register_secret
     from clair_vec_numpy import NumpyBackend
 
     _LOADED = set()  # per process, like Milvus Lite's load state: a new process starts with none loaded
@@ -75,10 +82,9 @@ BROKEN = textwrap.dedent('''
         """Deletes from the id list, but search still scans a stale copy of the vectors."""
 
         def _delete(self, name, ids):
-            c = self.data[name]
-            stale = dict(c)
+            stale = dict(self.data[name])
             super()._delete(name, ids)
-            c["stale"] = stale
+            self.data[name]["stale"] = stale
 
         def _search(self, name, vectors, top_k, flt):
             c = self.data[name]
@@ -134,10 +140,206 @@ BROKEN = textwrap.dedent('''
             return page, (page[-1][0] if len(page) == limit else None)
 
 
+    _DATA = ("_upsert", "_search", "_count", "_existing_ids", "_get", "_vectors", "_scroll", "_delete")
+
+
+    class OneTable(NumpyBackend):
+        """Keeps every collection's records in one table (the first collection's), as a plugin that
+        maps collections onto one SQL table and forgets the collection column would."""
+
+
+    for _p in _DATA:
+        setattr(OneTable, _p, lambda self, name, *a, _f=getattr(NumpyBackend, _p): _f(self, sorted(self.data)[0], *a))
+
+
+    def renaming(key):
+        """Stores collection ``name`` under ``key(name)``: a truncated or case-folded identifier."""
+
+        class Renames(NumpyBackend):
+            def _create(self, info):
+                super()._create(CollectionInfo(key(info.name), info.dim, info.model, info.metric, info.target_domain, info.extra))
+
+        for p in (*_DATA, "_read_info", "_drop", "_load", "_flush"):
+            setattr(Renames, p, lambda self, name, *a, _f=getattr(NumpyBackend, p): _f(self, key(name), *a))
+        return Renames
+
+
+    class RemembersLastCollection(NumpyBackend):
+        """Binds the handle to the collection it loaded last; later calls go there, whatever they name."""
+
+        _bound = None
+
+        def _load(self, name):
+            self._bound = name
+
+        def _search(self, name, *a):
+            return super()._search(self._bound or name, *a)
+
+        def _count(self, name, flt):
+            return super()._count(self._bound or name, flt)
+
+
+    def _nfc(v):
+        return unicodedata.normalize("NFC", v) if isinstance(v, str) else v
+
+
+    class NormalisesUnicode(NumpyBackend):
+        """NFC-normalises payload strings and filter values, as some text columns do."""
+
+        def _upsert(self, name, records):
+            for r in records:
+                r.payload = {k: _nfc(v) for k, v in r.payload.items()}
+            super()._upsert(name, records)
+
+        def _count(self, name, flt):
+            return super()._count(name, {k: [_nfc(v) for v in vs] for k, vs in flt.items()})
+
+        def _search(self, name, vectors, top_k, flt):
+            return super()._search(name, vectors, top_k, {k: [_nfc(v) for v in vs] for k, vs in flt.items()})
+
+
+    class CreatesOnOpen(NumpyBackend):
+        """Creates its directory when opened, before any collection."""
+
+        def __init__(self, uri=None, **options):
+            super().__init__(uri, **options)
+            if self.root:
+                self.root.mkdir(parents=True, exist_ok=True)
+
+
+    _KEPT = []
+
+
+    class LeaksConnections(NumpyBackend):
+        """Opens a connection per call and never closes it."""
+
+        def _count(self, name, flt):
+            _KEPT.append(socket.socketpair())
+            return super()._count(name, flt)
+
+
+    class DropsOpenFiles(NumpyBackend):
+        """Opens a file per search and leaves it to the garbage collector."""
+
+        def _search(self, *a):
+            open(os.devnull)
+            return super()._search(*a)
+
+
+    class SharedScratch(NumpyBackend):
+        """Keeps per-call state on the handle: threads overwrite each other's query."""
+
+        def _search(self, name, vectors, top_k, flt):
+            self._scratch = vectors
+            time.sleep(0.002)
+            return super()._search(name, self._scratch, top_k, flt)
+
+
+    class RetriesEverything(NumpyBackend):
+        """Calls every error transient, bad requests included."""
+
+        def is_transient(self, exc):
+            return True
+
+
+    RIGHT, WRONG = "right-password-42", "wrong-password-42"
+
+
+    class ChecksPassword(NumpyBackend):
+        """The control: refuses a wrong password at once, with AuthenticationError, naming no secret."""
+
+        def __init__(self, uri=None, *, password=None, **options):
+            register_secret(password)
+            if password != RIGHT:
+                raise AuthenticationError(f"the store at {redact_uri(uri)} refused the credentials (option password)")
+            super().__init__(uri, **options)
+
+
+    class RetriesRefusedPassword(NumpyBackend):
+        """Raises its client's PermissionError from every call, and calls it transient."""
+
+        def __init__(self, uri=None, *, password=None, **options):
+            super().__init__(uri, **options)
+            self._password = password
+
+        def _list(self):
+            if self._password != RIGHT:
+                raise PermissionError("password rejected")
+            return super()._list()
+
+        def is_transient(self, exc):
+            return isinstance(exc, PermissionError) or super().is_transient(exc)
+
+
+    class LeaksPassword(NumpyBackend):
+        """Refuses a wrong password with a message that quotes it."""
+
+        def __init__(self, uri=None, *, password=None, **options):
+            if password != RIGHT:
+                raise AuthenticationError(f"credentials refused: password {password!r} is wrong")
+            super().__init__(uri, **options)
+
+
+    class ClaimsSharedButLocks(NumpyBackend):
+        @property
+        def shared(self):
+            return True
+
+
+    class UnlockedNotShared(NumpyBackend):
+        """No lock: a second process opens the store and writes, yet shared stays False."""
+
+        def _lock(self):
+            if self.root:
+                self.root.mkdir(parents=True, exist_ok=True)
+
+
+    class CachesAliases(NumpyBackend):
+        """Resolves each alias once and keeps the answer for the handle's lifetime."""
+
+        def _alias_target(self, name):
+            cache = self.__dict__.setdefault("_alias_cache", {})
+            if name not in cache:
+                cache[name] = super()._alias_target(name)
+            return cache[name]
+
+
+    class DropsThenSetsAlias(NumpyBackend):
+        """Moves an alias in two steps: a reader in between finds no alias."""
+
+        def _set_alias(self, alias, collection):
+            self._drop_alias(alias)
+            time.sleep(0.01)
+            super()._set_alias(alias, collection)
+
+
+    class WrongVectors(NumpyBackend):
+        """Returns each stored vector with its components reversed."""
+
+        def _vectors(self, name, ids):
+            return {i: v[::-1].copy() for i, v in super()._vectors(name, ids).items()}
+
+
+    class NoStoragePath(NumpyBackend):
+        """An embedded store that does not say where it lives: its writes are never checked for space."""
+
+        @property
+        def storage_path(self):
+            return None
+
+
     VARIANTS = {
         "no_load": NoLoadOnReopen, "storage_order_pages": StorageOrderPages, "loses_spec": LosesSpec, "returns_deleted": ReturnsDeleted, "pads_hits": PadsHits,
         "mangled_text": MangledText, "quote_bug": QuoteBug,
         **{f"ignores_{k}_in_{w}": ignoring(k, w) for k in ("domain", "label", "path", "pseudo_label") for w in ("search", "count")},
+        "one_table": OneTable, "truncates_names": renaming(lambda n: n[:64]), "case_folds_names": renaming(str.lower),
+        "remembers_last_collection": RemembersLastCollection, "normalises_unicode": NormalisesUnicode,
+        "creates_on_open": CreatesOnOpen, "leaks_connections": LeaksConnections, "drops_open_files": DropsOpenFiles,
+        "shared_scratch": SharedScratch, "retries_bad_requests": RetriesEverything, "good_password": ChecksPassword,
+        "retries_refused_password": RetriesRefusedPassword, "leaks_password": LeaksPassword,
+        "claims_shared_but_locks": ClaimsSharedButLocks, "unlocked_not_shared": UnlockedNotShared,
+        "caches_aliases": CachesAliases, "drops_then_sets_alias": DropsThenSetsAlias, "wrong_vectors": WrongVectors,
+        "no_storage_path": NoStoragePath,
     }
 
 
@@ -149,7 +351,7 @@ BROKEN = textwrap.dedent('''
 
 SUITE = textwrap.dedent('''
     import pytest
-    from broken_backends import VARIANTS
+    from broken_backends import RIGHT, VARIANTS, WRONG
     from clair_vec.testing import BackendConformance
 
 
@@ -160,6 +362,18 @@ SUITE = textwrap.dedent('''
             @pytest.fixture
             def backend_uri(self, tmp_path):
                 return str(tmp_path / "store")
+
+            @pytest.fixture
+            def fresh_uri(self, tmp_path):
+                return str(tmp_path / "never" / "store")
+
+            @pytest.fixture
+            def backend_options(self):
+                return {"password": RIGHT} if "password" in name else {}
+
+            @pytest.fixture
+            def wrong_credentials(self):
+                return {"password": WRONG} if "password" in name else None
 
         T.__name__ = T.__qualname__ = f"Test_{name}"
         return T
@@ -180,14 +394,46 @@ EXPECTED = {
     "quote_bug": ["test_unicode_quotes_and_backslashes_survive_payloads_and_filters"],
     **{f"ignores_{k}_in_{w}": [f"test_every_filter_key_is_applied_in_search_and_count[{k}]"]
        for k in ("domain", "label", "path", "pseudo_label") for w in ("search", "count")},  # fmt: skip
+    "one_table": ["test_collections_stay_apart_while_a_handle_moves_between_them"],
+    "truncates_names": ["test_long_names_that_share_a_prefix_are_two_collections"],
+    "case_folds_names": ["test_names_that_differ_only_in_case_are_two_collections"],
+    "remembers_last_collection": ["test_collections_stay_apart_while_a_handle_moves_between_them"],
+    "normalises_unicode": ["test_strings_differing_only_in_unicode_normalisation_stay_distinct"],
+    "creates_on_open": ["test_reading_a_store_that_does_not_exist_creates_nothing"],
+    "leaks_connections": ["test_open_close_cycles_and_many_calls_leak_nothing"],
+    "drops_open_files": ["test_open_close_cycles_and_many_calls_leak_nothing"],
+    "shared_scratch": ["test_a_handle_shared_by_threads_answers_each_caller"],
+    "retries_bad_requests": ["test_a_request_the_engine_rejects_is_not_retried"],
+    "retries_refused_password": ["test_refused_credentials_are_not_retried_and_say_so"],
+    "leaks_password": ["test_refused_credentials_are_not_retried_and_say_so"],
+    "claims_shared_but_locks": ["test_shared_says_whether_a_second_process_can_write"],
+    "unlocked_not_shared": ["test_shared_says_whether_a_second_process_can_write"],
+    "caches_aliases": ["test_aliases_are_set_moved_listed_and_dropped"],
+    "drops_then_sets_alias": ["test_moving_an_alias_is_atomic_for_a_reader"],
+    "wrong_vectors": ["test_vectors_by_id_come_back_as_written_and_missing_ids_are_named"],
+    "no_storage_path": ["test_embedded_stores_check_free_space_before_writing"],
 }
+#: variants that do everything right: each must pass the promises listed
+CONTROLS = {"good_password": ["test_refused_credentials_are_not_retried_and_say_so"]}
+#: defect -> words its failure message must contain (what was expected and what came back, not bare ids)
+IN_WORDS = {
+    "one_table": "count() says", "truncates_names": "came back changed", "case_folds_names": "folds the case",
+    "remembers_last_collection": "count() says", "normalises_unicode": "never normalised", "creates_on_open": "created",
+    "leaks_connections": "never closes it", "drops_open_files": "garbage collector", "shared_scratch": "meant for others",
+    "retries_bad_requests": "is_transient() must say no", "retries_refused_password": "expected AuthenticationError",
+    "leaks_password": "shows the refused credentials", "claims_shared_but_locks": "says shared=True",
+    "unlocked_not_shared": "says shared=False", "caches_aliases": "after set_alias", "drops_then_sets_alias": "must be atomic",
+    "wrong_vectors": "came back", "no_storage_path": "storage_path",
+}  # fmt: skip
 
 
 def test_the_suite_fails_each_broken_backend_on_the_promise_it_breaks(tmp_path):
     (tmp_path / "broken_backends.py").write_text(BROKEN)
     (tmp_path / "test_broken.py").write_text(SUITE)
     targets = sorted({t for tests in EXPECTED.values() for t in tests})
-    nodes = [f"test_broken.py::Test_{v}::{t}" for v in ["numpy", *EXPECTED] for t in targets]
+    # the reference runs every promise a variant breaks; each variant only the promises it must break
+    runs = {"numpy": targets, **EXPECTED, **CONTROLS}
+    nodes = [f"test_broken.py::Test_{v}::{t}" for v, tests in runs.items() for t in tests]
     env = {**os.environ, "CLAIR_VEC_PLUGINS": "clair_vec_numpy,broken_backends",
            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "plugins" / "example-numpy")])}  # fmt: skip
     out = subprocess.run([sys.executable, "-m", "pytest", "-vv", "-p", "no:cacheprovider", "--junitxml", "report.xml", *nodes],
@@ -203,8 +449,12 @@ def test_the_suite_fails_each_broken_backend_on_the_promise_it_breaks(tmp_path):
             messages[variant, case.get("name")] = (problem.get("message") or "") + (problem.text or "")
     assert "numpy" not in failed, out.stdout[-4000:]  # the reference passes every one of these promises
     assert passed["numpy"] == set(targets)
+    for variant, must_pass in CONTROLS.items():
+        assert set(must_pass) == passed.get(variant), f"{variant} does it right but failed: {messages}"
     for variant, must_fail in EXPECTED.items():
         assert set(must_fail) <= failed.get(variant, set()), f"{variant} was not caught: {failed.get(variant)}"
+    for variant, words in IN_WORDS.items():
+        assert words in messages[variant, EXPECTED[variant][0]], (variant, messages[variant, EXPECTED[variant][0]][:1500])
     # and the failure message points at the defect, with values (the suite's asserts are rewritten)
     assert "is in state 'released'" in messages["no_load", EXPECTED["no_load"][0]]
     spec = messages["loses_spec", EXPECTED["loses_spec"][0]]

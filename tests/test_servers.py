@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import docker_or_skip, run_cli
 
-from clair_vec.store.testing import BackendConformance
+from clair_vec.store.testing import PREFIX, BackendConformance, FreshNamespace
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 
@@ -77,7 +78,33 @@ class TestQdrantServer(BackendConformance):
         return qdrant_url
 
 
-class TestMilvusServer(BackendConformance):
+class MilvusNamespace:
+    """A fresh Milvus database per test, for the promise that opening a backend creates nothing."""
+
+    @pytest.fixture
+    def fresh_namespace(self, backend_uri, backend_options):
+        from pymilvus import MilvusClient
+
+        db = f"{PREFIX}{uuid.uuid4().hex[:10]}"
+        token = backend_options.get("token", "")
+        admin = MilvusClient(uri=backend_uri, token=token)
+        admin.create_database(db)
+        inside = MilvusClient(uri=backend_uri, token=token, db_name=db)
+
+        def contents() -> list[str]:
+            return sorted(inside.list_collections()) + sorted(inside.list_aliases().get("aliases") or [])
+
+        try:
+            yield FreshNamespace(backend_uri, {**backend_options, "db_name": db}, contents)
+        finally:
+            for name in inside.list_collections():
+                inside.drop_collection(name)
+            inside.close()
+            admin.drop_database(db)
+            admin.close()
+
+
+class TestMilvusServer(MilvusNamespace, BackendConformance):
     backend_name = "milvus"
 
     @pytest.fixture
@@ -85,7 +112,7 @@ class TestMilvusServer(BackendConformance):
         return milvus_uri
 
 
-class TestMilvusLiteServerProcess(BackendConformance):
+class TestMilvusLiteServerProcess(MilvusNamespace, BackendConformance):
     """A Lite store served by `milvus-lite server`: how several processes share one Lite store."""
 
     backend_name = "milvus"
@@ -113,7 +140,7 @@ def test_index_then_search_in_new_processes_against_the_server(milvus_uri, model
     again = run_cli("index", *common, "--label-from-folder", *photos)
     assert json.loads(again.stdout.splitlines()[-1]) | {"skipped": []} == {
         "collection": name, "backend": "milvus", "indexed": 0, "already_present": 16, "replaced": 0, "moved": 0, "pruned": 0,
-        "skipped": []}
+        "skipped": [], "duplicates": [], "ignored": []}
     from clair_vec import get_backend
 
     with get_backend("milvus", milvus_uri) as be:
@@ -153,7 +180,7 @@ def test_unreachable_servers_fail_with_a_clear_error():
 
     from clair_vec.errors import BackendUnavailableError
 
-    with pytest.raises(BackendUnavailableError, match="cannot reach Qdrant.*docker compose"):
+    with pytest.raises(BackendUnavailableError, match="cannot reach Qdrant at .http://127.0.0.1:9.*Start the server or check the address"):
         QdrantClientBackend("http://127.0.0.1:9", timeout=2)
 
 

@@ -1,12 +1,20 @@
-"""``clair-vec backends``: the installed backend plugins, and the ones that failed to load."""
+"""``clair-vec backends``: the installed backend plugins, and the ones that failed to load;
+``clair-vec backends --check NAME --uri URI``: the backend conformance suite against a deployment."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from clair_vec.errors import ClairVecError
 
 
-def cmd_backends(a: argparse.Namespace) -> None:
+def cmd_backends(a: argparse.Namespace) -> int:
+    if a.check:
+        return cmd_check(a)
+    if a.uri or a.option or a.wrong_credential or a.promises:
+        raise ClairVecError("--uri, --option, --wrong-credential and -k go with --check NAME")
     from clair_vec.store.plugins import plugins
 
     found = plugins()
@@ -27,8 +35,38 @@ def cmd_backends(a: argparse.Namespace) -> None:
         for p in broken:
             where = f"{p.distribution} {p.version}" if p.distribution else p.source
             print(f"  {p.name} ({where}): {p.error}")
+    return 0
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    """Exit 0 when every promise holds, 1 with the broken ones listed, 2 (an error) on bad arguments
+    or a deployment that cannot even be opened."""
+    from clair_vec.store.deployment_check import Target, format_report, parse_options, run_check
+
+    if not a.uri:
+        raise ClairVecError("--check needs --uri: the server URL, or the path of an embedded store, to check")
+    target = Target(a.check, a.uri, parse_options(a.option),
+                     parse_options(a.wrong_credential) if a.wrong_credential else None)  # fmt: skip
+    print(f"checking backend {a.check!r} against the conformance suite (collections named conformance_*; all dropped "
+          "afterwards)...", file=sys.stderr, flush=True)  # fmt: skip
+    report = run_check(target, select=a.promises)
+    print(format_report(report))
+    return 0 if report.ok else 1
 
 
 def add_commands(add) -> None:
-    b = add("backends", cmd_backends, "list backend plugins: distribution, version, hooks, and any that failed to load")
+    b = add("backends", cmd_backends, "list backend plugins (distribution, version, hooks, and any that failed to load), or "
+            "check a deployment against the backend contract with --check")  # fmt: skip
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    b.add_argument("--check", metavar="NAME", help="run the backend conformance suite against plugin NAME at --uri (a live "
+                   "server or an embedded store path): exit 0 when every promise holds, 1 listing the broken ones; "
+                   "it creates collections named conformance_* and drops them all")  # fmt: skip
+    b.add_argument("--uri", help="with --check: the server URL or store path to check")
+    b.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --check: a backend option (repeatable), e.g. timeout=5 or db_name=staging; credentials "
+                   "come from the environment as usual (e.g. MILVUS_TOKEN), which keeps them out of the process list")  # fmt: skip
+    b.add_argument("--wrong-credential", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --check: options with credentials the server must refuse (e.g. token=nobody:wrong), to "
+                   "check that refused credentials fail at once and say so")  # fmt: skip
+    b.add_argument("-k", dest="promises", metavar="EXPR", help="with --check: only the promises whose test name matches "
+                   "this pytest -k expression (e.g. 'alias or vectors')")  # fmt: skip

@@ -2,7 +2,9 @@
 
 A backend subclasses :class:`Backend` and implements the ``_``-prefixed primitives. The public
 methods around them own the behaviour users rely on whatever the engine: dimension and model
-checks, byte-bounded batching, bounded retries of transient errors, payload filters.
+checks, byte-bounded batching, bounded retries of transient errors (and nothing else), payload
+filters, aliases resolved at every call, free-space checks for embedded stores, and URIs shown
+without their credentials.
 """
 
 from __future__ import annotations
@@ -26,11 +28,25 @@ from typing import Any, ClassVar
 import numpy as np
 
 from clair_vec.errors import (
+    AliasError,
+    BackendError,
     BackendUnavailableError,
+    CapabilityError,
     CollectionMismatchError,
     CollectionNotFoundError,
+    DiskFullError,
     InvalidCollectionNameError,
+    RecordNotFoundError,
     TransientBackendError,
+)
+from clair_vec.store.disk_space import DEFAULT_MARGIN_MB, check_room, disk_full_error, is_disk_full
+from clair_vec.store.redaction import (
+    install_log_filter,
+    is_secret_name,
+    redact_uri,
+    register_secret,
+    scrub,
+    uri_secrets,
 )
 
 log = logging.getLogger(__name__)
@@ -43,6 +59,8 @@ FILTER_KEYS = ("domain", "label", "path", "pseudo_label")
 #: digits, underscores, a non-digit first) and Qdrant accept, and safe as a directory name.
 _NAME_RULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 METRICS = ("cosine",)
+#: optional capabilities -> the primitives that provide them (see :meth:`Backend.supports`)
+FEATURES = {"vectors": ("_vectors",), "aliases": ("_set_alias", "_drop_alias", "_list_aliases")}
 
 
 #: every handle opened and not yet closed, in opening order: what :func:`close_open_handles` closes
@@ -211,9 +229,19 @@ class Backend(ABC):
 
     Subclasses set ``name`` and implement the primitives. ``uri`` selects the engine instance
     (a local file or directory for embedded engines, a URL for servers); ``None`` means the
-    backend's embedded default. Opening a backend never creates a store: an embedded engine
-    creates its file or directory with its first collection, so a search against a path that
-    does not exist fails with :class:`CollectionNotFoundError` and leaves nothing behind.
+    backend's embedded default (an engine that is only a server has none: it reads its address
+    from the environment or refuses with the fix). Opening a backend never creates a store: an
+    embedded engine creates its file or directory with its first collection, so a search against
+    a path that does not exist fails with :class:`CollectionNotFoundError` and leaves nothing
+    behind; a server backend creates nothing on the server until the first collection.
+
+    Threads: one handle is called from several threads at once (the service calls it from a
+    worker thread and from Starlette's thread pool), so primitives must be thread-safe; the base
+    class serialises only the first open of each collection.
+
+    Credentials: the URI and the options whose names say credential (``token``, ``api_key``,
+    ``password``...) are registered as secrets (:mod:`~clair_vec.store.redaction`); messages show
+    :attr:`display_uri`, never ``uri``.
     """
 
     name: ClassVar[str] = ""
@@ -222,6 +250,8 @@ class Backend(ABC):
     max_batch_records: ClassVar[int] = 4096
     max_retries: ClassVar[int] = 3
     retry_base_delay: ClassVar[float] = 0.2
+    #: the most hits the engine returns for one query (None: no limit); checked before the engine sees it
+    max_top_k: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -232,10 +262,30 @@ class Backend(ABC):
 
     def __init__(self, uri: str | None = None, **options: Any) -> None:
         self.uri = uri
+        margin = float(options.pop("disk_margin_mb", DEFAULT_MARGIN_MB))
+        if margin < 0:
+            raise ValueError(f"disk_margin_mb must be >= 0, got {margin}")
+        #: free space kept on an embedded store's disk beyond what a write needs (option ``disk_margin_mb``)
+        self.disk_margin_bytes = int(margin * 2**20)
         self.options = options
+        for secret in uri_secrets(uri):
+            register_secret(secret)
+        for key, value in options.items():
+            if is_secret_name(key):
+                register_secret(value)
+        install_log_filter("clair_vec", type(self).__module__.split(".")[0])
         self._infos: dict[str, CollectionInfo] = {}
         self._loaded: set[str] = set()
+        self._open_lock = threading.RLock()
         _track(self)
+
+    @property
+    def display_uri(self) -> str:
+        """The URI as messages show it: user info and credential query parameters as ``***``."""
+        return redact_uri(self.uri)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} at {self.display_uri}>"
 
     # ------------------------------------------------------------------ primitives to implement
     @abstractmethod
@@ -283,6 +333,29 @@ class Backend(ABC):
     def _list(self) -> list[str]:
         return []
 
+    def _vectors(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Optional: the stored vectors of ``ids`` (absent ids left out); see :meth:`vectors`."""
+        raise CapabilityError(f"backend {self.name!r} does not implement _vectors")
+
+    def _set_alias(self, alias: str, collection: str) -> None:
+        """Optional: create ``alias`` or move it to ``collection``, atomically (a reader resolving
+        the alias meanwhile gets the old collection or the new one). Names are checked already."""
+        raise CapabilityError(f"backend {self.name!r} does not implement _set_alias")
+
+    def _drop_alias(self, alias: str) -> None:
+        """Optional: remove an alias that exists."""
+        raise CapabilityError(f"backend {self.name!r} does not implement _drop_alias")
+
+    def _list_aliases(self) -> dict[str, str]:
+        """Optional: every ``alias -> collection`` of the store (``{}`` when there is none)."""
+        return {}
+
+    def _alias_target(self, name: str) -> str | None:
+        """The collection alias ``name`` points to, None if ``name`` is no alias. Called for
+        every name a handle has not seen as a collection: override when the engine answers
+        for one alias more cheaply than it lists them all."""
+        return self._list_aliases().get(name)
+
     def _flush(self, name: str) -> None:  # noqa: B027 - optional; engines that persist on write need nothing
         """Seal pending writes (durable, and searchable at full speed)."""
 
@@ -292,14 +365,37 @@ class Backend(ABC):
         interpreter exits is closed then (newest first), before the engines' own exit hooks run."""
 
     def is_transient(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is worth retrying. Subclasses add their client's timeout/busy errors."""
+        """Whether ``exc`` is worth retrying. Subclasses add their client's timeout/busy errors;
+        a request the engine rejects and refused credentials are never transient (the same call
+        fails the same way), and clair_vec's own errors other than TransientBackendError are
+        never retried whatever this says."""
         return isinstance(exc, (TransientBackendError, TimeoutError))
+
+    def translate_error(self, exc: BaseException) -> Exception | None:
+        """The clair_vec error a client exception stands for, or None to leave it as it is.
+        Called for every exception a primitive raises, before the retry decision: return an
+        :class:`~clair_vec.errors.AuthenticationError` for refused credentials, a
+        :class:`~clair_vec.errors.BackendUnavailableError` for a server that cannot be reached
+        (after the client's own retries), a ``ValueError`` for a request the engine rejects, a
+        :class:`~clair_vec.errors.TransientBackendError` for something worth retrying. What it
+        returns is raised from ``exc`` (and retried only if transient)."""
+        return None
 
     @property
     def shared(self) -> bool:
-        """Whether several processes may use this store at once (a server). Embedded stores open in
-        one process at a time: a service runs one replica on them, bulk indexing one writer."""
+        """Whether several processes may open and write this store at the same time (a server).
+        Part of the contract, checked from behaviour by the conformance suite: a store a second
+        process can open and write while this handle has it must say True (else the service refuses
+        replicas, Ray bulk indexing funnels every write through one actor, and the service runs
+        database calls on its event loop); a store that refuses a second process
+        (:class:`~clair_vec.errors.StoreLockedError`) must say False."""
         return False
+
+    @property
+    def storage_path(self) -> Path | None:
+        """The directory or file of an embedded store (its free space is checked before each
+        write); None for a server."""
+        return None
 
     # ------------------------------------------------------------------ public API
     def __enter__(self) -> Backend:
@@ -308,39 +404,65 @@ class Backend(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def supports(self, feature: str) -> bool:
+        """Whether this backend implements an optional capability: ``"vectors"`` (:meth:`vectors`)
+        or ``"aliases"`` (:meth:`set_alias` and friends). Without it, those methods raise
+        :class:`~clair_vec.errors.CapabilityError`; reads then take no aliases."""
+        if feature not in FEATURES:
+            raise ValueError(f"unknown feature {feature!r}; features are {sorted(FEATURES)}")
+        return all(getattr(type(self), p) is not getattr(Backend, p) for p in FEATURES[feature])
+
     def create_collection(self, info: CollectionInfo, *, exist_ok: bool = True) -> CollectionInfo:
-        """Create ``info.name``, or return the existing one if it was created with the same spec."""
-        existing = self._call(self._read_info, check_collection_name(info.name))
+        """Create ``info.name``, or return the existing one if it was created with the same spec.
+        A name that is an alias is refused (:class:`~clair_vec.errors.AliasError`)."""
+        name = check_collection_name(info.name)
+        target = self._call(self._alias_target, name) if self.supports("aliases") else None
+        if target is not None:
+            raise AliasError(
+                f"{name!r} is an alias of collection {target!r}; a collection cannot take an alias's name (an alias "
+                "never hides a collection). Choose another collection name, or drop the alias first (drop_alias)."
+            )
+        existing = self._call(self._read_info, name)
         if existing is not None:
             if not exist_ok:
-                raise CollectionMismatchError(f"collection {info.name!r} already exists ({self.name} at {self.uri})")
+                raise CollectionMismatchError(f"collection {name!r} already exists ({self.name} at {self.display_uri})")
             self._check_same(existing, info)
-            self._infos[info.name] = existing
+            self._infos[name] = existing
             return existing
+        self._check_room(0)
         self._call(self._create, info)
-        self._infos[info.name] = info
+        self._infos[name] = info
         return info
 
     def open_collection(self, name: str) -> CollectionInfo:
-        """The spec of an existing collection, readable by this handle from now on;
-        :class:`CollectionNotFoundError` if there is none."""
-        if name in self._infos and name in self._loaded:
-            return self._infos[name]
-        info = self._infos.get(name) or self._call(self._read_info, check_collection_name(name))
-        if info is None:
-            known = self._call(self._list)
-            raise CollectionNotFoundError(
-                f"no collection {name!r} in {self.name} at {self.uri or '(embedded default)'}"
-                f"{'; collections there: ' + str(sorted(known)) if known else ''}. "
-                "Create it by indexing a gallery first (clair_vec.index / `clair-vec index`)."
-            )
-        self._infos[name] = info
-        self._call(self._load, name)
-        self._loaded.add(name)
+        """The spec of an existing collection (or of the collection an alias points to now),
+        readable by this handle from now on; :class:`CollectionNotFoundError` if there is none."""
+        return self._open(self.resolve(name), name)
+
+    def _open(self, target: str, asked: str | None = None) -> CollectionInfo:
+        info = self._infos.get(target)
+        if info is not None and target in self._loaded:
+            return info
+        with self._open_lock:  # one first open per collection, however many threads ask at once
+            info = self._infos.get(target) or self._call(self._read_info, target)
+            if info is None:
+                known = self._call(self._list)
+                via = f" (alias {asked!r} points to it)" if asked not in (None, target) else ""
+                raise CollectionNotFoundError(
+                    f"no collection {target!r}{via} in {self.name} at {self.display_uri}"
+                    f"{'; collections there: ' + str(sorted(known)) if known else ''}. "
+                    "Create it by indexing a gallery first (clair_vec.index / `clair-vec index`)."
+                )
+            self._infos[target] = info
+            if target not in self._loaded:
+                self._call(self._load, target)
+                self._loaded.add(target)
         return info
 
     def has_collection(self, name: str) -> bool:
-        return name in self._infos or self._call(self._read_info, check_collection_name(name)) is not None
+        """Whether ``name`` is a collection, or an alias of one."""
+        target = self.resolve(name)
+        return target in self._infos or self._call(self._read_info, target) is not None
 
     def list_collections(self) -> list[str]:
         return sorted(self._call(self._list))
@@ -351,7 +473,8 @@ class Backend(ABC):
         Refuses vectors whose dimension differs from the collection's, and (when ``model`` is
         given) vectors of another model, before anything is written.
         """
-        info = self.open_collection(name)
+        target = self.resolve(name)
+        info = self._open(target, name)
         if model is not None and model != info.model:
             raise CollectionMismatchError(
                 f"collection {name!r} holds vectors of model {info.model!r}, not {model!r}. "
@@ -363,23 +486,31 @@ class Backend(ABC):
         seen: dict[str, Record] = {r.id: r for r in records}  # the last write of an id wins, as in the engines
         written = 0
         for batch in self._batches(list(seen.values())):
-            self._call(self._upsert, name, batch)
+            self._check_room(sum(_record_bytes(r) for r in batch))
+            self._call(self._upsert, target, batch)
             written += len(batch)
         return written
 
     def flush(self, name: str) -> None:
         """Call after a bulk write. Writes are visible without it; Milvus searches its unsealed
         segments about 10x slower (0.7 s vs 0.06 s a query at 20k x 512-d in Milvus Lite)."""
-        self.open_collection(name)
-        self._call(self._flush, name)
+        target = self.resolve(name)
+        self._open(target, name)
+        self._call(self._flush, target)
 
     def search(
         self, name: str, vectors: np.ndarray, *, top_k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[list[Hit]]:
         """Nearest neighbours by cosine similarity, best first, for each row of ``vectors``."""
-        info = self.open_collection(name)
+        target = self.resolve(name)
+        info = self._open(target, name)
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        if self.max_top_k is not None and top_k > self.max_top_k:
+            raise ValueError(
+                f"top_k {top_k} is above the {self.name} backend's limit of {self.max_top_k}; ask for fewer hits or "
+                "page with offset"
+            )
         flt = normalize_filter(filter)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.size == 0:
@@ -392,54 +523,156 @@ class Backend(ABC):
             )
         if not np.all(np.isfinite(vectors)):
             raise ValueError("query vectors contain NaN or infinity")
-        return self._call(self._search, name, vectors, int(top_k), flt)
+        return self._call(self._search, target, vectors, int(top_k), flt)
 
     def count(self, name: str, *, filter: Mapping[str, Any] | None = None) -> int:
-        self.open_collection(name)
-        return self._call(self._count, name, normalize_filter(filter))
+        target = self.resolve(name)
+        self._open(target, name)
+        return self._call(self._count, target, normalize_filter(filter))
 
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are stored already (what a resumed indexing run can skip)."""
-        self.open_collection(name)
+        target = self.resolve(name)
+        self._open(target, name)
         found: set[str] = set()
         for start in range(0, len(ids), 1024):
-            found |= self._call(self._existing_ids, name, list(ids[start : start + 1024]))
+            found |= self._call(self._existing_ids, target, list(ids[start : start + 1024]))
         return found
 
     def get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``{id: payload}`` of the stored ``ids``; ids that are not stored are left out."""
-        self.open_collection(name)
+        target = self.resolve(name)
+        self._open(target, name)
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), 1024):
-            found.update(self._call(self._get, name, list(ids[start : start + 1024])))
+            found.update(self._call(self._get, target, list(ids[start : start + 1024])))
         return found
+
+    def vectors(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{id: float32 vector}`` of the stored ``ids``, in the order asked. Engines may return
+        vectors normalised to unit length (cosine collections). Any id that is not stored raises
+        :class:`~clair_vec.errors.RecordNotFoundError` (its ``ids`` lists them); a backend without
+        the primitive raises :class:`~clair_vec.errors.CapabilityError`."""
+        if not self.supports("vectors"):
+            raise CapabilityError(
+                f"backend {self.name!r} cannot search by stored id (it does not implement _vectors); search with an "
+                "image or a vector instead, or use a backend that supports it (milvus, qdrant, numpy)"
+            )
+        target = self.resolve(name)
+        info = self._open(target, name)
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(wanted), 1024):
+            found.update(self._call(self._vectors, target, wanted[start : start + 1024]))
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise RecordNotFoundError(
+                f"{len(missing)} of the {len(wanted)} ids asked for are not stored in collection {name!r}: {shown}. "
+                "Index those images first, or leave their ids out.",
+                missing,
+            )
+        return {i: np.asarray(found[i], dtype=np.float32).reshape(info.dim) for i in wanted}
 
     def records(
         self, name: str, *, filter: Mapping[str, Any] | None = None, page_size: int = 1000
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every ``(id, payload)`` matching ``filter``, page by page (memory bounded by a page)."""
-        self.open_collection(name)
+        target = self.resolve(name)
+        self._open(target, name)
         flt, cursor = normalize_filter(filter), None
         while True:
-            page, cursor = self._call(self._scroll, name, flt, cursor, page_size)
+            page, cursor = self._call(self._scroll, target, flt, cursor, page_size)
             yield from page
             if cursor is None or not page:
                 return
 
     def delete(self, name: str, ids: Sequence[str]) -> int:
-        self.open_collection(name)
-        present = self.existing_ids(name, ids)
+        target = self.resolve(name)
+        self._open(target, name)
+        present = self.existing_ids(target, ids)
         if present:
-            self._call(self._delete, name, sorted(present))
+            self._call(self._delete, target, sorted(present))
         return len(present)
 
     def drop_collection(self, name: str) -> bool:
-        """Remove a collection; False if there was none."""
+        """Remove a collection; False if there was none. Refused for an alias (drop_alias removes
+        one) and for a collection that aliases still point to (the message names them): move or
+        drop those first, so no reader is left resolving to nothing."""
+        check_collection_name(name)
+        if self.supports("aliases"):
+            target = self._call(self._alias_target, name)
+            if target is not None:
+                raise AliasError(
+                    f"{name!r} is an alias (of collection {target!r}), not a collection: drop_alias({name!r}) removes "
+                    f"the alias, drop_collection({target!r}) the collection"
+                )
+            pointing = sorted(a for a, c in self._call(self._list_aliases).items() if c == name)
+            if pointing:
+                raise AliasError(
+                    f"collection {name!r} is the target of alias(es) {pointing}: move them to another collection "
+                    "(set_alias) or drop them (drop_alias) first"
+                )
         self._infos.pop(name, None)
         self._loaded.discard(name)
-        if self._call(self._read_info, check_collection_name(name)) is None:
+        if self._call(self._read_info, name) is None:
             return False
         self._call(self._drop, name)
+        return True
+
+    # ------------------------------------------------------------------ aliases
+    def resolve(self, name: str) -> str:
+        """The collection ``name`` stands for now: itself for a collection (or an unknown name),
+        the target for an alias. Never cached across calls for an alias (another process may
+        move it); free for a name this handle has opened as a collection."""
+        check_collection_name(name)
+        if name in self._infos or not self.supports("aliases"):
+            return name
+        target = self._call(self._alias_target, name)
+        return name if target is None else target
+
+    def aliases(self) -> dict[str, str]:
+        """Every ``alias -> collection`` of the store, sorted by alias."""
+        if not self.supports("aliases"):
+            return {}
+        return dict(sorted(self._call(self._list_aliases).items()))
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point ``alias`` at ``collection``: create it, or move it atomically (a reader sees the
+        old collection or the new one). Alias names follow the collection-name rule; an alias
+        never hides a collection of the same name, and points at a collection, not an alias."""
+        check_collection_name(alias)
+        check_collection_name(collection)
+        if not self.supports("aliases"):
+            raise CapabilityError(
+                f"backend {self.name!r} cannot keep aliases (it does not implement _set_alias); serve the collection "
+                "by its own name, or use a backend that supports aliases (milvus, qdrant, numpy)"
+            )
+        if alias == collection:
+            raise AliasError(f"alias {alias!r} cannot point at itself")
+        further = self._call(self._alias_target, collection)
+        if further is not None:
+            raise AliasError(
+                f"{collection!r} is itself an alias (of {further!r}); point {alias!r} at a collection: "
+                f"set_alias({alias!r}, {further!r})"
+            )
+        if self._call(self._read_info, collection) is None:
+            raise CollectionNotFoundError(
+                f"cannot point alias {alias!r} at {collection!r}: no such collection in {self.name} at {self.display_uri}"
+            )
+        if self._call(self._alias_target, alias) is None and self._call(self._read_info, alias) is not None:
+            raise AliasError(
+                f"{alias!r} is a collection; an alias never hides a collection of the same name. Choose another alias "
+                "name, or drop that collection first."
+            )
+        self._call(self._set_alias, alias, collection)
+
+    def drop_alias(self, alias: str) -> bool:
+        """Remove an alias (never the collection it points to); False if there was none."""
+        check_collection_name(alias)
+        if not self.supports("aliases") or self._call(self._alias_target, alias) is None:
+            return False
+        self._call(self._drop_alias, alias)
         return True
 
     # ------------------------------------------------------------------ shared machinery
@@ -465,11 +698,17 @@ class Backend(ABC):
             raise ValueError("vector contains NaN or infinity; refusing to store it")
         return v
 
+    def _check_room(self, batch_bytes: int) -> None:
+        """Embedded stores: refuse a write the disk cannot hold, before the engine starts it."""
+        path = self.storage_path
+        if path is not None:
+            check_room(path, batch_bytes, self.disk_margin_bytes, f"the {self.name} store {self.display_uri}")
+
     def _batches(self, records: Sequence[Record]) -> Iterator[list[Record]]:
         batch: list[Record] = []
         size = 0
         for r in records:
-            rsize = r.vector.nbytes + len(json.dumps(r.payload, default=str)) + len(r.id) + 64
+            rsize = _record_bytes(r)
             if batch and (size + rsize > self.max_batch_bytes or len(batch) >= self.max_batch_records):
                 yield batch
                 batch, size = [], 0
@@ -479,20 +718,43 @@ class Backend(ABC):
             yield batch
 
     def _call(self, fn: Any, *args: Any) -> Any:
-        """Run a primitive, retrying transient errors with exponential backoff, a bounded number of times."""
+        """Run a primitive, retrying transient errors with exponential backoff, a bounded number of
+        times. clair_vec's own errors are never retried (but TransientBackendError), nor is anything
+        ``is_transient`` does not name; an engine's "no space left on device" becomes DiskFullError."""
         for attempt in range(self.max_retries + 1):
             try:
                 return fn(*args)
-            except (CollectionNotFoundError, CollectionMismatchError, BackendUnavailableError, NotImplementedError):
+            except NotImplementedError:
                 raise
-            except Exception as exc:
-                if not self.is_transient(exc):
+            except BackendError as exc:
+                if not isinstance(exc, TransientBackendError):
                     raise
-                if attempt == self.max_retries:
-                    raise BackendUnavailableError(
-                        f"{self.name} at {self.uri or '(embedded default)'} still failed after {attempt + 1} attempts: {exc}"
+                error: Exception = exc
+            except Exception as exc:
+                mapped = self.translate_error(exc)
+                if mapped is not None and not isinstance(mapped, TransientBackendError):
+                    raise mapped from exc
+                if is_disk_full(exc):
+                    path = self.storage_path
+                    if path is not None:
+                        raise disk_full_error(path, f"the {self.name} store {self.display_uri}", exc) from exc
+                    raise DiskFullError(
+                        f"the server behind {self.name} at {self.display_uri} reports that its disk is full; free space "
+                        "on the server (or give it a bigger volume), then repeat the write"
                     ) from exc
-                delay = self.retry_base_delay * 2**attempt
-                log.warning("%s: transient error (%s); retry %d/%d in %.1fs", self.name, exc, attempt + 1, self.max_retries, delay)
-                time.sleep(delay)
+                if mapped is None and not self.is_transient(exc):
+                    raise
+                error = mapped or exc
+            if attempt == self.max_retries:
+                raise BackendUnavailableError(
+                    f"{self.name} at {self.display_uri} still failed after {attempt + 1} attempts: {scrub(str(error))}"
+                ) from error
+            delay = self.retry_base_delay * 2**attempt
+            log.warning("%s: transient error (%s); retry %d/%d in %.1fs", self.name, error, attempt + 1, self.max_retries, delay)
+            time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+def _record_bytes(r: Record) -> int:
+    """About what one record weighs in a write request."""
+    return r.vector.nbytes + len(json.dumps(r.payload, default=str)) + len(r.id) + 64

@@ -30,8 +30,11 @@ def clair_vec_register_backends(register: Callable[..., None]) -> None:
     ``clair_vec.search``, ``get_backend`` or ``clair-vec backends`` of a process, and again in
     each Ray worker). Call ``register(name, factory)`` for every backend the plugin provides:
     ``factory(uri=None, **options)`` must return a :class:`clair_vec.store.backend.Backend`. ``uri=None``
-    asks for the backend's embedded default. Names must be unique across plugins; a clash raises
-    an error naming both plugins.
+    asks for the backend's embedded default (an engine that is only a server reads its address
+    from the environment, or refuses with a message naming the variable). Options carry
+    connection settings; credentials come from options or the environment (see
+    ``plugins/WRITING_A_BACKEND.md``, *Server engines*). Names must be unique across plugins; a
+    clash raises an error naming both plugins.
 
     Returns nothing.
     """

@@ -164,12 +164,26 @@ def get_backend(name: str | None = None, uri: str | None = None, **options: Any)
                 f"failed to load: {match.error}. Install what it needs, or reinstall it."
             )
         installed = sorted(registered) or ["(none)"]
+        suggestion = _closest(name, sorted(registered))
+        if suggestion is not None:
+            raise UnknownBackendError(f"unknown backend {name!r}; did you mean {suggestion!r}? Installed backends: {installed}")
         failed = f"; plugins that failed to load: {sorted(p.name for p in broken)}" if broken else ""
         raise UnknownBackendError(
             f"unknown backend {name!r}; installed backends: {installed}{failed}. Install a plugin that provides it "
             f"(pip install clair-vec-{name}), or, where entry points are unavailable, set {PLUGINS_ENV} to its module."
         )
     return registered[name][0](uri=uri, **options)
+
+
+def _closest(name: str, names: list[str]) -> str | None:
+    """The installed name a typo most likely meant: same letters in another case first, then a near spelling."""
+    import difflib
+
+    folded = {n.casefold(): n for n in names}
+    if name.casefold() in folded:
+        return folded[name.casefold()]
+    near = difflib.get_close_matches(name.casefold(), list(folded), n=1, cutoff=0.75)
+    return folded[near[0]] if near else None
 
 
 def extra_payload(payload: dict[str, Any], domain: str, model_id: str) -> dict[str, Any]:

@@ -14,6 +14,15 @@ Index: exact (FLAT) by default, on Lite and servers alike: searches agree with b
 cosine ranking, and a server's default AUTOINDEX gave recall@10 of 0.14-0.16 at 20k x 512-d
 (``python -m clair_vec.benchmarks.backends --uri ...``). Large galleries pass ``index_type="HNSW"``
 with ``index_params`` / ``search_params`` and measure their recall with the same benchmark.
+
+Credentials (servers only): option ``token`` (``user:password``), or ``user`` and ``password``,
+else ``$CLAIR_VEC_MILVUS_TOKEN``, then ``$MILVUS_TOKEN`` (each also as ``*_FILE``, a file holding
+it). Refused credentials raise :class:`~clair_vec.errors.AuthenticationError` at once, never
+retried. ``db_name`` selects a database (default: the server's default database).
+
+Limits: ``top_k`` at most 16384 (the server's limit; Milvus Lite took 47 s for a top_k of 10^9
+over 200 records, so the same bound holds there). Aliases are Milvus's own (create_alias /
+alter_alias, atomic on the server).
 """
 
 from __future__ import annotations
@@ -30,11 +39,19 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.errors import BackendUnavailableError, CollectionMismatchError, StoreLockedError
+from clair_vec.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    CollectionMismatchError,
+    StoreLockedError,
+)
 from clair_vec.store.backend import Backend, CollectionInfo, Hit, Record
+from clair_vec.store.credentials import NO_SECRET, Secret, find_secret
 from clair_vec.store.hookspecs import hookimpl
+from clair_vec.store.redaction import register_secret, scrub
 
 DEFAULT_URI = "./clair_vec_milvus.db"
+TOKEN_ENV = ("CLAIR_VEC_MILVUS_TOKEN", "MILVUS_TOKEN")
 _FIELDS = ("domain", "label", "path")
 #: scalar fields and the dynamic-field map: every payload key, never the stored vector
 _OUTPUT = [*_FIELDS, "$meta"]
@@ -42,6 +59,11 @@ _OUTPUT = [*_FIELDS, "$meta"]
 #: (nor releases its file lock) on close, so the last handle to close stops it
 _lite_handles: Counter[str] = Counter()
 _lite_lock = threading.Lock()
+# pymilvus pings every 10 s even with no call in flight; gRPC servers (milvus-lite's among them)
+# answer an idle client that pings more often than every 5 minutes with GOAWAY "too_many_pings",
+# and the next call on that channel fails. Ping only while calls are in flight, and rarely.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
+
 
 
 class _DropUnimplementedProbe(logging.Filter):
@@ -71,6 +93,19 @@ def _is_lite(uri: str) -> bool:
     return uri.endswith(".db")  # pymilvus' own rule: a path ending in .db is a Milvus Lite store
 
 
+def _rpc_code(exc: BaseException) -> Any:
+    """The gRPC status code behind a pymilvus error (it wraps the RpcError as its cause)."""
+    import grpc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+            return exc.code()
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _locked_by_another_process(path: Path) -> bool:
     """Whether Milvus Lite's advisory lock on ``path`` is held by another process right now."""
     from milvus_lite.server_manager import server_manager_instance
@@ -89,12 +124,16 @@ def _locked_by_another_process(path: Path) -> bool:
 
 class MilvusBackend(Backend):
     name = "milvus"
+    max_top_k = 16384
 
     def __init__(
         self,
         uri: str | None = None,
         *,
-        token: str = "",
+        token: str | None = None,
+        user: str = "",
+        password: str | None = None,
+        db_name: str = "",
         timeout: float = 10.0,
         index_type: str = "FLAT",
         index_params: dict[str, Any] | None = None,
@@ -103,15 +142,19 @@ class MilvusBackend(Backend):
         **options: Any,
     ) -> None:
         uri = uri or os.environ.get("CLAIR_VEC_MILVUS_URI") or DEFAULT_URI
+        register_secret(token)
+        register_secret(password)
         super().__init__(uri, **options)
         self.lite = _is_lite(uri)
         self.index_type = index_type
         self.index_params = dict(index_params or {})
         self.search_params = dict(search_params or {})
         self.load_timeout = load_timeout
+        self.db_name = db_name
         self._timeout = timeout
-        self._token = token
+        self._credential = self._find_credential(token, user, password)
         self._client: Any = None
+        self._connect_lock = threading.Lock()
         if self.lite:
             grpc_log = logging.getLogger("grpc._server")
             if not any(isinstance(f, _DropUnimplementedProbe) for f in grpc_log.filters):
@@ -122,37 +165,97 @@ class MilvusBackend(Backend):
             self._connect()
 
     # ------------------------------------------------------------------ connection
+    def _find_credential(self, token: str | None, user: str, password: str | None) -> Secret:
+        if self.lite:  # an embedded store has no users
+            return NO_SECRET
+        if password:
+            if not user:
+                raise ValueError("option password needs option user (or pass token='user:password')")
+            register_secret(f"{user}:{password}")
+            return Secret(f"{user}:{password}", "options user/password")
+        return find_secret(token, "token", TOKEN_ENV)
+
     def _connect(self) -> Any:
         if self._client is not None:
             return self._client
         from pymilvus import MilvusClient
 
-        # checked first, so the user gets this message rather than milvus_lite's logged traceback
-        if self.lite and _locked_by_another_process(Path(self.uri)):
-            raise self._locked()
-        try:
-            self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self._timeout)
+        with self._connect_lock:  # two threads of one handle must not open two clients
+            if self._client is not None:
+                return self._client
+            # checked first, so the user gets this message rather than milvus_lite's logged traceback
+            if self.lite and _locked_by_another_process(Path(self.uri)):
+                raise self._locked()
+            try:
+                client = MilvusClient(uri=self.uri, token=self._credential.value, db_name=self.db_name, timeout=self._timeout,
+                                      grpc_options=GRPC_OPTIONS)  # fmt: skip
+            except Exception as exc:
+                if self.lite and _locked_by_another_process(Path(self.uri)):
+                    raise self._locked() from exc
+                raise self._connect_error(exc) from exc
             if self.lite:
                 with _lite_lock:
                     _lite_handles[os.path.abspath(self.uri)] += 1
-        except Exception as exc:
-            if self.lite and _locked_by_another_process(Path(self.uri)):
-                raise self._locked() from exc
-            hint = (
-                "pass the path of a Milvus Lite store (e.g. gallery.db)"
-                if self.lite
-                else "start a server (docker compose -f docker/milvus.yml up -d) or pass a local path ending in .db "
-                "to use embedded Milvus Lite"
-            )
-            raise BackendUnavailableError(f"cannot reach Milvus at {self.uri!r}: {exc}. {hint}.") from exc
+            self._client = client
         return self._client
+
+    def _connect_error(self, exc: Exception) -> Exception:
+        refused = self._refused(exc)
+        if refused is not None:
+            return refused
+        hint = (
+            "pass the path of a Milvus Lite store (e.g. gallery.db)"
+            if self.lite
+            else "start the server, check the address, or pass a local path ending in .db to use embedded Milvus Lite"
+        )
+        return BackendUnavailableError(f"cannot reach Milvus at {self.display_uri!r}: {scrub(str(exc))}. {hint}.")
+
+    def _refused(self, exc: BaseException) -> AuthenticationError | None:
+        """The AuthenticationError for a server's "unauthenticated" / "permission denied" answer."""
+        import grpc
+
+        code = _rpc_code(exc)
+        text = str(exc).lower()
+        if code == grpc.StatusCode.UNAUTHENTICATED or "auth check failure" in text:
+            given = (
+                f"from {self._credential.source}"
+                if self._credential
+                else f"none were given: pass option token, or set ${TOKEN_ENV[0]} or ${TOKEN_ENV[1]} (or *_FILE)"
+            )
+            return AuthenticationError(
+                f"the server at {self.display_uri} refused the credentials ({given}); check the user name and "
+                f"password in the token (user:password) and that this user exists on the server (db {self.db_name or 'default'!r})"
+            )
+        if code == grpc.StatusCode.PERMISSION_DENIED or "permission deny" in text or "privilege" in text:
+            return AuthenticationError(
+                f"the server at {self.display_uri} accepted the credentials (from {self._credential.source}) but refused "
+                "this user the request (permission denied); grant the user's role the privilege, or use another user"
+            )
+        return None
+
+    def translate_error(self, exc: BaseException) -> Exception | None:
+        from pymilvus.exceptions import MilvusException
+
+        refused = self._refused(exc)
+        if refused is not None:
+            return refused
+        if isinstance(exc, MilvusException):
+            text = str(exc)
+            if "Retry timeout" in text or "Retry run out" in text:  # pymilvus has retried for the whole timeout
+                return BackendUnavailableError(
+                    f"Milvus at {self.display_uri} did not answer within {self._timeout:g} s (option timeout): "
+                    f"{scrub(text)}. Check that the server runs and is reachable."
+                )
+            if "topk" in text.lower() and "invalid" in text.lower():
+                return ValueError(f"the Milvus server at {self.display_uri} refused top_k: {scrub(text)}; ask for fewer hits")
+        return None
 
     def _locked(self) -> StoreLockedError:
         return StoreLockedError(
             f"Milvus Lite store {self.uri!r} is locked by another process: Milvus Lite opens a store in one "
-            "process at a time. Stop that process, or serve the store to every process with "
-            f"`milvus-lite server --data-dir {self.uri} --port 19531` and pass --uri http://127.0.0.1:19531 "
-            "(or use a Milvus server)."
+            "process at a time. Stop that process, or use a server backend that several processes share: serve "
+            f"this store with `milvus-lite server --data-dir {self.uri} --port PORT` and pass --uri "
+            "http://127.0.0.1:PORT, or use a Milvus server."
         )
 
     @property
@@ -162,6 +265,10 @@ class MilvusBackend(Backend):
     @property
     def shared(self) -> bool:
         return not self.lite
+
+    @property
+    def storage_path(self) -> Path | None:
+        return Path(self.uri) if self.lite else None
 
     def _exists(self) -> bool:
         """False for a Lite store that was never created: reads then find nothing, and create nothing."""
@@ -239,7 +346,7 @@ class MilvusBackend(Backend):
         while client.get_load_state(name)["state"] != LoadState.Loaded:
             if time.monotonic() > deadline:
                 raise BackendUnavailableError(
-                    f"Milvus collection {name!r} at {self.uri} is still not loaded after {self.load_timeout:.0f} s "
+                    f"Milvus collection {name!r} at {self.display_uri} is still not loaded after {self.load_timeout:.0f} s "
                     "(a server that just restarted loads its collections first); retry, or raise load_timeout"
                 )
             time.sleep(0.5)
@@ -284,6 +391,9 @@ class MilvusBackend(Backend):
     def _get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {str(r["id"]): _payload(r) for r in self._by_ids(name, ids, _OUTPUT)}
 
+    def _vectors(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return {str(r["id"]): np.asarray(r["vector"], np.float32) for r in self._by_ids(name, ids, ["id", "vector"])}
+
     def _scroll(
         self, name: str, flt: dict[str, list[str]], cursor: Any, limit: int
     ) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
@@ -305,6 +415,44 @@ class MilvusBackend(Backend):
 
     def _drop(self, name: str) -> None:
         self.client.drop_collection(name)
+
+    # ------------------------------------------------------------------ aliases (Milvus's own)
+    def _alias_names(self) -> list[str]:
+        return list(self.client.list_aliases().get("aliases") or []) if self._exists() else []
+
+    def _list_aliases(self) -> dict[str, str]:
+        found = {}
+        for alias in self._alias_names():
+            target = self._alias_target(alias)
+            if target is not None:
+                found[alias] = target
+        return found
+
+    def _alias_target(self, name: str) -> str | None:
+        from pymilvus.exceptions import MilvusException
+
+        if name not in self._alias_names():  # listing first: describing a non-alias logs an RPC error
+            return None
+        try:
+            return str(self.client.describe_alias(name)["collection_name"])
+        except MilvusException:  # dropped meanwhile
+            return None
+
+    def _set_alias(self, alias: str, collection: str) -> None:
+        from pymilvus.exceptions import MilvusException
+
+        if alias in self._alias_names():
+            self.client.alter_alias(collection, alias)
+            return
+        try:
+            self.client.create_alias(collection, alias)
+        except MilvusException as exc:
+            if "exist" not in str(exc).lower():
+                raise
+            self.client.alter_alias(collection, alias)  # another process created it meanwhile: move it
+
+    def _drop_alias(self, alias: str) -> None:
+        self.client.drop_alias(alias)
 
     def close(self) -> None:
         if self._client is None:

@@ -8,6 +8,24 @@
 
 Qdrant point ids must be UUIDs or integers: content-hash ids map to ``uuid5`` and are kept in
 the ``clair_id`` payload field.
+
+Credentials (servers): option ``api_key``, else ``$CLAIR_VEC_QDRANT_API_KEY``, then
+``$QDRANT_API_KEY`` (each also as ``*_FILE``). A refused key raises
+:class:`~clair_vec.errors.AuthenticationError`, never retried.
+
+Aliases: a Qdrant server's own (``update_collection_aliases``, one atomic request); qdrant-client
+local mode keeps them in its ``meta.json``; Qdrant Edge, which has none, in ``aliases.json`` next
+to the collections (:mod:`clair_vec.store.alias_file`). No ``top_k`` limit: Qdrant Edge and local
+mode answered a top_k of 10^9 over 200 records at once with the 200.
+
+Full disks: Qdrant Edge's write-ahead log is memory-mapped, and a write that cannot grow it dies
+of SIGBUS, as does every later open of that store while the disk stays full. So writes are
+checked against the free space first (``disk_margin_mb``, default 64: the log grows in 32 MiB
+files), run inside a :class:`~clair_vec.store.crash_marker.WriteMarker`, and a store whose last
+write never finished is loaded in a child process first, which turns the crash into
+:class:`~clair_vec.errors.DiskFullError` or :class:`~clair_vec.errors.StoreDamagedError` with the
+way out (free space, or copy the store to a bigger disk: a copy of a store that crashed this way
+opened with every finished write).
 """
 
 from __future__ import annotations
@@ -15,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,14 +41,30 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.errors import BackendUnavailableError, StoreLockedError
+from clair_vec.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    CollectionMismatchError,
+    DiskFullError,
+    StoreDamagedError,
+    StoreLockedError,
+)
+from clair_vec.store.alias_file import ALIASES_FILE, AliasFile
 from clair_vec.store.backend import FILTER_KEYS, Backend, CollectionInfo, Hit, Record, point_uuid
+from clair_vec.store.crash_marker import WriteMarker, probe
+from clair_vec.store.credentials import find_secret
+from clair_vec.store.disk_space import free_bytes, mount_point
 from clair_vec.store.hookspecs import hookimpl
+from clair_vec.store.redaction import register_secret, scrub
 
 DEFAULT_PATH = "./clair_vec_qdrant"
 VECTOR = "clair"
+API_KEY_ENV = ("CLAIR_VEC_QDRANT_API_KEY", "QDRANT_API_KEY")
 _INFO_FILE = "clair_collection.json"
 _LOCK_FILE = ".clair_vec.lock"
+#: loads one shard and closes it: what a probe child runs before this process risks loading a
+#: store whose last write never finished
+_PROBE = "import sys, qdrant_edge\nfor p in sys.argv[1:]:\n    qdrant_edge.EdgeShard.load(p).close()\n"
 
 
 def _payload(r: Record) -> dict[str, Any]:
@@ -44,6 +79,11 @@ def _record(point: Any) -> tuple[str, dict[str, Any]]:
 def _hit(point: Any) -> Hit:
     rid, payload = _record(point)
     return Hit(id=rid, score=float(point.score), payload=payload)
+
+
+def _vector(point: Any) -> np.ndarray:
+    v = point.vector
+    return np.asarray(v[VECTOR] if isinstance(v, dict) else v, np.float32)
 
 
 def _must_match(models: Any, flt: dict[str, list[str]]) -> Any:
@@ -74,10 +114,58 @@ class QdrantEdgeBackend(Backend):
         self.q = qdrant_edge
         self.root = Path(uri)
         self._shards: dict[str, Any] = {}
+        self._shard_lock = threading.RLock()
         self._lock_fh: Any = None
         self._last_flush: dict[str, float] = {}
+        self._writing = WriteMarker(self.root)
+        self._aliases = AliasFile(self.root / ALIASES_FILE)
         if self.root.exists():  # an existing store is locked now, so a conflict shows at once
             self._lock()
+            try:
+                self._check_last_write()
+            except BaseException:
+                self._unlock()
+                raise
+
+    @property
+    def storage_path(self) -> Path:
+        return self.root
+
+    def _check_last_write(self) -> None:
+        """A write that never finished (its process died: SIGBUS on a full disk, a kill), or a
+        disk too full to load the store: load it in a child first, so a crash is a message here."""
+        stale = self._writing.stale()
+        low = free_bytes(self.root) < self.disk_margin_bytes
+        if stale is None and not low:
+            return
+        shards = [str(self._dir(n) / "shard") for n in sorted(self._list())]
+        died = probe(_PROBE, *shards) if shards else None
+        if died is None:
+            self._writing.clear()
+            return
+        free = free_bytes(self.root) / 2**20
+        what = f"its last write never finished ({stale.split('. ')[0]})" if stale else "the disk is almost full"
+        recover = (
+            f"Its data up to the last finished write is intact: free space on {mount_point(self.root)} (the engine needs "
+            f"about {self.disk_margin_bytes / 2**20:.0f} MiB to open it), or copy the whole directory to a bigger disk "
+            f"(cp -a {str(self.root)!r} /bigger/disk/) and open the copy."
+        )
+        if free * 2**20 < self.disk_margin_bytes:
+            raise DiskFullError(
+                f"the Qdrant Edge store {str(self.root)!r} cannot be opened: {what}, and loading it now crashed a test "
+                f"process ({died}) with only {free:.1f} MiB free on {mount_point(self.root)}. {recover}"
+            )
+        raise StoreDamagedError(
+            f"the Qdrant Edge store {str(self.root)!r} cannot be opened: {what}, and loading it crashed a test process "
+            f"({died}) although {free:.0f} MiB are free. {recover} If the copy fails the same way, restore the store "
+            "from a backup or re-index."
+        )
+
+    def _unlock(self) -> None:
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
 
     def _lock(self) -> None:
         if self._lock_fh is not None:
@@ -93,8 +181,8 @@ class QdrantEdgeBackend(Backend):
             raise StoreLockedError(
                 f"Qdrant Edge store {str(self.root)!r} is in use by another process or handle (pid {holder}; lock file "
                 f"{self.root / _LOCK_FILE}): the embedded engine takes one process at a time. Close the other handle or "
-                "stop that process, or run a Qdrant server (docker compose -f docker/qdrant.yml up -d) and pass "
-                "--uri http://localhost:6333 to share the collection between processes."
+                "stop that process, or use a server backend that several processes share (a Qdrant server: pass its "
+                "URL as --uri)."
             ) from None
         fh.seek(0)
         fh.truncate()
@@ -106,11 +194,15 @@ class QdrantEdgeBackend(Backend):
         return self.root / name
 
     def _shard(self, name: str) -> Any:
-        if name not in self._shards:
-            self._lock()
-            self._shards[name] = self.q.EdgeShard.load(str(self._dir(name) / "shard"))
-            self._last_flush[name] = time.monotonic()
-        return self._shards[name]
+        shard = self._shards.get(name)
+        if shard is None:
+            with self._shard_lock:  # two threads loading one shard would open it twice
+                if name not in self._shards:
+                    self._lock()
+                    self._shards[name] = self.q.EdgeShard.load(str(self._dir(name) / "shard"))
+                    self._last_flush[name] = time.monotonic()
+                shard = self._shards[name]
+        return shard
 
     def _filter(self, flt: dict[str, list[str]]) -> Any:
         return _must_match(self.q, flt)
@@ -119,11 +211,12 @@ class QdrantEdgeBackend(Backend):
         q = self.q
         self._lock()
         d = self._dir(info.name)
-        tmp = d.with_name(f".{info.name}.creating")
+        tmp = d.with_name(f".creating-{point_uuid(info.name)}")  # short: the name itself may take all 255 bytes
         shutil.rmtree(tmp, ignore_errors=True)
         config = q.EdgeConfig(vectors={VECTOR: q.EdgeVectorParams(size=info.dim, distance=q.Distance.Cosine)})
-        shard = q.EdgeShard.create(str(tmp / "shard"), config)
-        shard.close()
+        with self._writing:
+            shard = q.EdgeShard.create(str(tmp / "shard"), config)
+            shard.close()
         (tmp / _INFO_FILE).write_text(info.to_json())
         os.replace(tmp, d)  # a collection directory exists whole or not at all
 
@@ -134,7 +227,7 @@ class QdrantEdgeBackend(Backend):
     def _list(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        # ".name.creating" directories are creations a crash interrupted, not collections
+        # ".creating-*" directories are creations a crash interrupted, not collections
         return [p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / _INFO_FILE).is_file()]
 
     def _load(self, name: str) -> None:
@@ -149,8 +242,9 @@ class QdrantEdgeBackend(Backend):
         q = self.q
         points = [q.Point(id=point_uuid(r.id), vector={VECTOR: r.vector.tolist()}, payload=_payload(r)) for r in records]
         shard = self._shard(name)
-        shard.update(q.UpdateOperation.upsert_points(points))
-        self._written(name, shard)
+        with self._writing:
+            shard.update(q.UpdateOperation.upsert_points(points))
+            self._written(name, shard)
 
     def _search(self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[str]]) -> list[list[Hit]]:
         q = self.q
@@ -170,6 +264,11 @@ class QdrantEdgeBackend(Backend):
         found = self._shard(name).retrieve([point_uuid(i) for i in ids], with_payload=True, with_vector=False)
         return dict(_record(r) for r in found)
 
+    def _vectors(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        by_uuid = {point_uuid(i): i for i in ids}
+        found = self._shard(name).retrieve(list(by_uuid), with_payload=False, with_vector=True)
+        return {by_uuid[str(r.id)]: _vector(r) for r in found}
+
     def _scroll(
         self, name: str, flt: dict[str, list[str]], cursor: Any, limit: int
     ) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
@@ -178,35 +277,84 @@ class QdrantEdgeBackend(Backend):
         return [_record(p) for p in points], (str(nxt) if nxt is not None else None)
 
     def _flush(self, name: str) -> None:
-        self._shard(name).flush()
+        shard = self._shard(name)
+        with self._writing:
+            shard.flush()
         self._last_flush[name] = time.monotonic()
 
     def _delete(self, name: str, ids: Sequence[str]) -> None:
         shard = self._shard(name)
-        shard.update(self.q.UpdateOperation.delete_points([point_uuid(i) for i in ids]))
-        self._written(name, shard)
+        with self._writing:
+            shard.update(self.q.UpdateOperation.delete_points([point_uuid(i) for i in ids]))
+            self._written(name, shard)
 
     def _drop(self, name: str) -> None:
         self._lock()
-        shard = self._shards.pop(name, None)
+        with self._shard_lock:
+            shard = self._shards.pop(name, None)
         if shard is not None:
             shard.close()
         shutil.rmtree(self._dir(name))
 
+    def _list_aliases(self) -> dict[str, str]:
+        return self._aliases.read()
+
+    def _alias_target(self, name: str) -> str | None:
+        return self._aliases.target(name)  # one stat while the map is unchanged
+
+    def _set_alias(self, alias: str, collection: str) -> None:
+        self._lock()
+        self._aliases.update({alias: collection})
+
+    def _drop_alias(self, alias: str) -> None:
+        self._lock()
+        self._aliases.update(drop=(alias,))
+
     def close(self) -> None:
         try:
-            for shard in self._shards.values():
+            with self._shard_lock:
+                shards = list(self._shards.values())
+                self._shards.clear()
+            if shards:
                 try:
-                    shard.flush()
+                    self._writing.__enter__()
+                    marked = True
+                except OSError:  # no room even for the marker: close anyway, as a handle always did
+                    marked = False
+                try:
+                    for shard in shards:
+                        try:
+                            shard.flush()
+                        finally:
+                            shard.close()
                 finally:
-                    shard.close()
+                    if marked:
+                        self._writing.__exit__(None)
         finally:  # whatever a shard did, the lock goes: a failed flush must not lock the store for good
-            self._shards.clear()
             self._loaded.clear()
-            if self._lock_fh is not None:
-                fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-                self._lock_fh.close()
-                self._lock_fh = None
+            self._unlock()
+
+
+class _OneCallAtATime:
+    """qdrant-client's local mode is not thread-safe: its one SQLite connection refused concurrent
+    writes ("cannot start a transaction within a transaction") and its in-place NumPy arrays gave
+    a thread another thread's hit (seen by the conformance suite's threads promise). Every call
+    of the wrapped client holds one lock; local mode is the slow fallback anyway."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return call
 
 
 class QdrantClientBackend(Backend):
@@ -215,20 +363,28 @@ class QdrantClientBackend(Backend):
     name = "qdrant"
 
     def __init__(self, uri: str | None = None, *, api_key: str | None = None, timeout: int = 10, **options: Any) -> None:
+        register_secret(api_key)
         super().__init__(uri, **options)
         from qdrant_client import QdrantClient, models
 
         self.models = models
         self.local_path = Path(uri[len("local:") :]) if uri and uri.startswith("local:") else None
         self._client: Any = None
+        self._open_lock = threading.Lock()
+        self._api_key = find_secret(api_key, "api_key", API_KEY_ENV) if self.local_path is None else None
         if self.local_path is None:
-            self._client = QdrantClient(url=uri, api_key=api_key, timeout=timeout)
+            self._client = QdrantClient(url=uri, api_key=self._api_key.value or None, timeout=timeout)
             try:
                 self._client.get_collections()
             except Exception as exc:
+                client, self._client = self._client, None
+                client.close()
+                refused = self.translate_error(exc)
+                if isinstance(refused, AuthenticationError):
+                    raise refused from exc
                 raise BackendUnavailableError(
-                    f"cannot reach Qdrant at {uri!r}: {exc}. Start a server (docker compose -f docker/qdrant.yml up -d) "
-                    "or leave the URI unset to use the embedded engine."
+                    f"cannot reach Qdrant at {self.display_uri!r}: {scrub(str(exc))}. Start the server or check the "
+                    "address, or leave the URI unset to use the embedded engine."
                 ) from exc
         elif self.local_path.exists():
             self._open_local()
@@ -236,16 +392,19 @@ class QdrantClientBackend(Backend):
     def _open_local(self) -> Any:
         from qdrant_client import QdrantClient
 
-        try:
-            self._client = QdrantClient(path=str(self.local_path))
-        except RuntimeError as exc:
-            if "already accessed" not in str(exc):
-                raise
-            raise StoreLockedError(
-                f"qdrant-client local store {str(self.local_path)!r} is in use by another process: local mode takes one "
-                "process at a time. Stop that process, or run a Qdrant server (docker compose -f docker/qdrant.yml up -d) "
-                "and pass --uri http://localhost:6333."
-            ) from exc
+        with self._open_lock:  # two threads of one handle must not open the store twice
+            if self._client is not None:
+                return self._client
+            try:
+                self._client = _OneCallAtATime(QdrantClient(path=str(self.local_path)))
+            except RuntimeError as exc:
+                if "already accessed" not in str(exc):
+                    raise
+                raise StoreLockedError(
+                    f"qdrant-client local store {str(self.local_path)!r} is in use by another process: local mode takes "
+                    "one process at a time. Stop that process, or use a server backend that several processes share (a "
+                    "Qdrant server: pass its URL as --uri)."
+                ) from exc
         return self._client
 
     @property
@@ -257,10 +416,32 @@ class QdrantClientBackend(Backend):
     def shared(self) -> bool:
         return self.local_path is None
 
-    def is_transient(self, exc: BaseException) -> bool:
-        from qdrant_client.http.exceptions import ResponseHandlingException
+    @property
+    def storage_path(self) -> Path | None:
+        return self.local_path
 
+    def is_transient(self, exc: BaseException) -> bool:
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+        if isinstance(exc, UnexpectedResponse):  # the server answered: only "busy" is worth asking again
+            return exc.status_code in (429, 502, 503, 504)
         return super().is_transient(exc) or isinstance(exc, ResponseHandlingException)
+
+    def translate_error(self, exc: BaseException) -> Exception | None:
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        if isinstance(exc, UnexpectedResponse) and exc.status_code in (401, 403):
+            source = self._api_key.source if self._api_key else "none was given"
+            if exc.status_code == 401:
+                return AuthenticationError(
+                    f"the server at {self.display_uri} refused the credentials (API key from {source}); check the key, "
+                    f"or set ${API_KEY_ENV[0]} / ${API_KEY_ENV[1]} (or *_FILE)"
+                )
+            return AuthenticationError(
+                f"the server at {self.display_uri} accepted the API key (from {source}) but refused the request "
+                "(403 forbidden): use a key with write access, or a read-only request"
+            )
+        return None
 
     def _filter(self, flt: dict[str, list[str]]) -> Any:
         return _must_match(self.models, flt)
@@ -281,7 +462,7 @@ class QdrantClientBackend(Backend):
             return None
         meta = self.client.get_collection(name).config.metadata or {}
         if "clair_vec" not in meta:
-            raise BackendUnavailableError(f"Qdrant collection {name!r} was not created by clair_vec; choose another name")
+            raise CollectionMismatchError(f"Qdrant collection {name!r} was not created by clair_vec; choose another name")
         return CollectionInfo.from_json(meta["clair_vec"])
 
     def _list(self) -> list[str]:
@@ -309,6 +490,28 @@ class QdrantClientBackend(Backend):
     def _get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         found = self.client.retrieve(name, ids=[point_uuid(i) for i in ids], with_payload=True, with_vectors=False)
         return dict(_record(r) for r in found)
+
+    def _vectors(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        by_uuid = {point_uuid(i): i for i in ids}
+        found = self.client.retrieve(name, ids=list(by_uuid), with_payload=False, with_vectors=[VECTOR])
+        return {by_uuid[str(r.id)]: _vector(r) for r in found}
+
+    def _list_aliases(self) -> dict[str, str]:
+        if self._client is None:  # a local store not created yet has none
+            return {}
+        return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+
+    def _set_alias(self, alias: str, collection: str) -> None:
+        m = self.models
+        ops = [m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=alias))] if alias in self._list_aliases() else []
+        ops.append(m.CreateAliasOperation(create_alias=m.CreateAlias(collection_name=collection, alias_name=alias)))
+        self.client.update_collection_aliases(change_aliases_operations=ops)  # one request: the move is atomic
+
+    def _drop_alias(self, alias: str) -> None:
+        m = self.models
+        self.client.update_collection_aliases(
+            change_aliases_operations=[m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=alias))]
+        )
 
     def _scroll(
         self, name: str, flt: dict[str, list[str]], cursor: Any, limit: int

@@ -1,0 +1,82 @@
+"""Free space for embedded stores: refuse a write the disk cannot hold, and name ENOSPC.
+
+An embedded engine that runs out of space mid-write fails badly: Milvus Lite loses the
+in-memory view of the batch (its count read 0 until reopened), Qdrant Edge dies of SIGBUS
+writing its memory-mapped write-ahead log. So before each batch the base class compares the
+free space of the store's file system with what the batch needs, about three times its size
+(the log, then the segment it is sealed into), plus a safety margin for the engine's log
+files (Qdrant Edge's are 32 MiB each), and stops with :class:`DiskFullError` first.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+from clair_vec.errors import DiskFullError
+
+DEFAULT_MARGIN_MB = 64.0
+#: bytes on disk per byte of a batch: the write-ahead log, then the sealed segment, then slack
+WRITE_AMPLIFICATION = 3
+_MIB = 2**20
+
+
+def existing_ancestor(path: str | os.PathLike) -> Path:
+    """``path`` or its nearest existing parent: where a store that is not created yet will live."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def mount_point(path: str | os.PathLike) -> Path:
+    p = existing_ancestor(path)
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    return shutil.disk_usage(existing_ancestor(path)).free
+
+
+def check_room(path: str | os.PathLike, batch_bytes: int, margin_bytes: int, store: str) -> None:
+    """Raise :class:`DiskFullError` unless the file system of ``path`` holds a write of
+    ``batch_bytes`` (amplified) plus ``margin_bytes``."""
+    free = free_bytes(path)
+    need = batch_bytes * WRITE_AMPLIFICATION + margin_bytes
+    if free < need:
+        raise DiskFullError(
+            f"not enough free space for {store}: {free / _MIB:.1f} MiB free on {mount_point(path)}, this write needs "
+            f"about {need / _MIB:.1f} MiB (the batch plus a {margin_bytes / _MIB:.0f} MiB safety margin for the engine's "
+            "write-ahead log; option disk_margin_mb). Free space, or move the store to a bigger disk."
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is the engine's ENOSPC, however it
+    was wrapped (Milvus Lite sends it back through gRPC as text)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFullError):
+            return False  # already said
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "[Errno 28]" in text or "Disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_error(path: str | os.PathLike, store: str, exc: BaseException) -> DiskFullError:
+    """The :class:`DiskFullError` for an engine's own ENOSPC."""
+    free = free_bytes(path)
+    return DiskFullError(
+        f"the disk holding {store} is full ({free / _MIB:.1f} MiB free on {mount_point(path)}): the engine could not "
+        f"write ({type(exc).__name__}: no space left on device). What was written before this batch is kept. Free "
+        "space, or copy the store to a bigger disk and open it there, then repeat the write."
+    )

@@ -1,0 +1,164 @@
+"""Credentials never leave the process in a message.
+
+- :func:`redact_uri` is how a backend shows its URI: user info and credential-like query
+  parameters become ``***``, so ``http://user:pw@h:19530/?token=x&db=a`` is shown as
+  ``http://***@h:19530/?token=***&db=a`` (the placeholders say that credentials were given,
+  which helps whoever reads the message, without saying what they are).
+- :func:`register_secret` remembers a secret of this process (a token, an API key, a
+  password); :class:`~clair_vec.store.backend.Backend` registers those of its URI and options.
+- :func:`scrub` replaces every registered secret, and anything shaped like credentials (URI
+  user info, ``?token=...``, ``Bearer ...``, ``password=...``), with ``***``. Every output
+  boundary (service bodies, CLI errors, logs) runs text through it.
+
+A registered secret shorter than :data:`MIN_SECRET_LENGTH` characters is scrubbed only where it
+stands in a credential position (URI user info, a ``token=`` parameter), not from free text:
+Milvus's well-known default password is ``Milvus``, and scrubbing it everywhere would erase the
+engine's name from every message while protecting nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
+
+MASK = "***"
+MIN_SECRET_LENGTH = 8
+#: the last ``_``/``-`` separated part of a query parameter name that marks it as a credential
+#: (``token``, ``api_key``, ``access_token``, ``X-Amz-Signature``, ``client_secret`` ...)
+_SECRET_WORDS = r"token|key|apikey|password|passwd|pwd|secret|sig|signature|auth|authorization|credentials?"
+_SECRET_PARAM = re.compile(rf"(?i)^(?:.*[_-])?(?:{_SECRET_WORDS})$")
+_URI_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
+_QUERY_SECRET = re.compile(rf"(?i)(?P<key>[?&;](?:[A-Za-z0-9]+[_-])*(?:{_SECRET_WORDS})=)[^&#\s'\"<>]+")
+#: ``password=x``, ``"api_key": "x"``, ``token: x`` in free text (headers, reprs of options)
+_ASSIGNED_SECRET = re.compile(
+    r"(?i)(?P<key>\b(?:[A-Za-z0-9]+[_-])*(?:token|api[_-]?key|password|passwd|secret)[\"']?\s*[:=]\s*[\"']?)"
+    r"(?P<value>[^\s'\",;&)}\]]+)"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+
+
+def register_secret(value: object) -> None:
+    """Remember ``value`` as a secret of this process: :func:`scrub` hides it from now on
+    (and its URL-encoded form). Empty values and non-strings are ignored."""
+    global _pattern
+    if not isinstance(value, str) or not value:
+        return
+    forms = {value, quote(value, safe="")} - {""}
+    with _lock:
+        if forms <= _secrets:
+            return
+        _secrets.update(forms)
+        _pattern = None
+
+
+def _secret_pattern() -> re.Pattern[str] | None:
+    global _pattern
+    with _lock:
+        if _pattern is None:
+            long_enough = sorted((s for s in _secrets if len(s) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+            _pattern = re.compile("|".join(map(re.escape, long_enough))) if long_enough else re.compile(r"(?!x)x")
+        return _pattern
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret and anything shaped like credentials replaced by ``***``."""
+    if not isinstance(text, str) or not text:
+        return text
+    pattern = _secret_pattern()
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    text = _URI_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{MASK}", text)
+    text = _ASSIGNED_SECRET.sub(lambda m: m["key"] + (m["value"] if m["value"] == MASK else MASK), text)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an option or query parameter called ``name`` holds a credential (``token``,
+    ``api_key``, ``password``, ``client_secret``...)."""
+    return bool(_SECRET_PARAM.match(name))
+
+
+def _is_url(parts: SplitResult) -> bool:
+    return bool(parts.scheme and (parts.netloc or parts.query))
+
+
+def redact_uri(uri: str | None) -> str:
+    """How a URI is shown: user info and credential-like query parameters as ``***``; paths,
+    ``local:`` URIs and anything without credentials unchanged. ``None`` is the embedded default."""
+    if uri is None:
+        return "(embedded default)"
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # not a URL at all: show it scrubbed
+        return scrub(uri)
+    if not _is_url(parts):
+        return uri
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(
+        f"{k}={MASK}" if is_secret_name(unquote(k)) and sep else f"{k}{sep}{v}"
+        for k, sep, v in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def uri_secrets(uri: str | None) -> list[str]:
+    """The secrets a URI carries: its password (or its whole user info when there is no
+    password, e.g. a token as user name) and the values of credential-like query parameters."""
+    if not uri:
+        return []
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return []
+    if not _is_url(parts):
+        return []
+    found = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        user, _, password = userinfo.partition(":")
+        found += [unquote(userinfo), userinfo] + ([unquote(password), password] if password else [unquote(user)])
+    for pair in parts.query.split("&"):
+        key, sep, value = pair.partition("=")
+        if sep and value and is_secret_name(unquote(key)):
+            found += [value, unquote(value)]
+    return [s for s in dict.fromkeys(found) if s]
+
+
+class ScrubFilter(logging.Filter):
+    """Scrubs a log record's message and its formatted exception before any handler sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is the logging module's to report
+            return True
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+_FILTER = ScrubFilter()
+
+
+def install_log_filter(*prefixes: str) -> None:
+    """Attach the scrubbing filter to the loggers named ``prefixes`` and every logger below
+    them that exists now. A logger's filter only sees records logged to that very logger, so
+    each one gets it; called again when a backend opens, it covers loggers created since."""
+    names = set(prefixes)
+    names |= {n for n in list(logging.root.manager.loggerDict) if any(n.startswith(p + ".") for p in prefixes)}
+    for name in names:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
