@@ -3,11 +3,14 @@
 The frozen-CLIP features are computed once on a Ray Data actor pool and cached under
 ``--storage-path/--name``; a Ray Train TorchTrainer then runs the same ClairTrainer as
 single-process training on every worker (head in DDP, batch slices per rank, memory banks kept
-in sync). Each epoch reports every loss term, pseudo-label confidence statistics and validation
-mAP@200 on held-out seen classes, and checkpoints trainer state and the best epoch's model.
-Re-running with the same --name resumes. At the end the best epoch is compared with raw CLIP +
-the text mapping on the validation classes, and the better one is written to --out (with a
-warning when that is the mapping alone), ready for ``clair_vec.index(..., model=OUT)``.
+in sync). Before that, the model selection trains one model per rotating fold of the seen classes
+(Ray tasks, side by side; cached under the run for a resume) and picks, on their held-out classes,
+the epoch and per query domain whether the head beats raw CLIP by more than the fold-to-fold
+spread. Each epoch of the final training (every seen class, up to that epoch) reports every loss
+term and pseudo-label confidence statistics, and checkpoints trainer state and the model.
+Re-running with the same --name resumes. The model with the per-domain decision is written to
+--out (with a warning naming the domains that keep raw CLIP), ready for
+``clair_vec.index(..., model=OUT)``.
 Without CLIP weights on the machine, ``clair-vec bootstrap-clip`` makes a stand-in.
 """
 
@@ -31,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (one GPU each with --gpus yes/auto)")
     p.add_argument("--gpus", choices=["auto", "yes", "no"], default="auto", help="auto: one GPU per worker if the cluster has them")
     p.add_argument("--feature-actors", type=int, default=1, help="Ray Data actors for the CLIP forward pass")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="seen classes held out for validation mAP@200")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of seen classes each selection fold holds out (0: no selection, the head ships unchecked)")
     p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture")
     p.add_argument("--clip-pretrained", default="openai", help="open_clip tag or local checkpoint; 'none' = random")
     p.add_argument("--pivot", default="photo", help="gallery domain every other domain maps into")
@@ -59,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                               workers=args.workers, gpus=args.gpus, val_fraction=args.val_fraction,
                               feature_actors=args.feature_actors)  # fmt: skip
     except (ClairVecError, ValueError) as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
+        from clair_vec.store.redaction import scrub
+
+        print(f"train.py: error: {scrub(str(exc))}", file=sys.stderr)  # a storage URI's password stays out of job logs
         return 2
     for epoch in result.history:
         print(json.dumps({k: v for k, v in epoch.items() if isinstance(v, (int, float))}))

@@ -207,6 +207,9 @@ def test_cli_train_index_search_evaluate(shapes_root, tmp_path, capsys):
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["query"] == query and len(row["hits"]) == 3 and all(h["label"] == "heart" for h in row["hits"])
     assert main(["evaluate", "--model", str(out), "--data", str(shapes_root)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["query", "→", "gallery", "queries"] and {t.split()[0] for t in table[2:4]} == {"clipart", "sketch"}
+    assert main(["evaluate", "--model", str(out), "--data", str(shapes_root), "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert {x["query"] for x in lines} == {"clipart", "sketch"}
     assert all(0 <= x["model"]["mAP@all"] <= 1 and set(x["classes"]) == set(UNSEEN) for x in lines)

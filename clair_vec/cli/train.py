@@ -28,13 +28,31 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     cfg = _train_config(a)
     split = plan_split(Path(a.data), cfg.seed, a.val_fraction)
-    model = train_local(a.data, cfg, split=split, val_fraction=a.val_fraction, cache_dir=a.cache_dir,
-                        on_epoch=lambda s: print(json.dumps(s.as_dict()), flush=True))  # fmt: skip
+    on_epoch = (lambda s: print(json.dumps(s.as_dict()), flush=True)) if a.json else (lambda s: print(epoch_line(s, cfg.epochs), flush=True))
+    model = train_local(a.data, cfg, split=split, val_fraction=a.val_fraction, cache_dir=a.cache_dir, on_epoch=on_epoch)
     path = model.save(a.out)
     r = model.record
+    from clair_vec.evaluation.report import filter_summary
+
+    if a.json:
+        print(json.dumps({"saved": str(path), "shipped": r["shipped"], "reason": r["reason"], "warning": r.get("warning"),
+                          "filter": filter_summary(r), "unseen_classes": list(split.unseen.classes)}))  # fmt: skip
+        return
+    if filter_summary(r):
+        print(f"pseudo-label confidence filter: {filter_summary(r)}")
+    # the warning is the reason when raw CLIP ships: say it once, on stderr where warnings go
+    reason = "" if r.get("warning") == r["reason"] else f" ({r['reason']})"
+    print(f"saved {path}: shipped {r['shipped']}{reason}; held out for zero-shot evaluation: {list(split.unseen.classes)}")
     if r.get("warning"):
         print(f"clair-vec: warning: {r['warning']}", file=sys.stderr)
-    print(f"saved {path}: shipped {r['shipped']} ({r['reason']}); held out for zero-shot evaluation: {split.unseen.classes}")
+
+
+def epoch_line(stats, epochs: int) -> str:
+    """One short line per epoch; the full record stays available with --json."""
+    d = stats.as_dict()
+    val = next((f"  val mAP@200 {v:.3f}" for k, v in d.items() if k.startswith("val_mAP") and isinstance(v, float)), "")
+    return (f"epoch {stats.epoch + 1}/{epochs}  loss {stats.loss:.4f}  pseudo-labels kept {stats.kept_fraction:.0%}"
+            f"{val}  {stats.seconds:.1f}s")  # fmt: skip
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -72,9 +90,11 @@ def add_commands(add) -> None:
     training_args(t, clip_model="ViT-B-32", clip_pretrained="openai", epochs=20, batch_size=256)
     t.add_argument("--pivot", default="photo", help="gallery domain every other domain maps into")
     t.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of seen classes held out to pick the best epoch and to check the head beats raw CLIP")
-    t.add_argument("--cache-dir", default=None, help="reuse CLIP features across runs (None: no cache)")
+                   help="share of seen classes each validation fold holds out (at least 2; folds rotate over every seen "
+                        "class) to pick the epoch and, per query domain, whether the head beats raw CLIP; 0: ship unchecked")
+    t.add_argument("--cache-dir", default=None, help="reuse CLIP features across runs (default: no cache)")
     t.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any ClairConfig field, e.g. inter_domain=prototype")
+    t.add_argument("--json", action="store_true", help="print each epoch's full record and the result as JSON lines")
 
     d = add("demo", cmd_demo, "offline end-to-end run on generated data: bootstrap CLIP, train, index, search")
     d.add_argument("--workdir", default="clair_demo", help="where data, model, store and results go")

@@ -20,7 +20,8 @@ THUMB = 112
 METRICS = ("mAP@all", "mAP@{k}", "P@100", "P@{k}", "mean_pairwise_cosine", "hubness")
 
 CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+body{font-family:system-ui,sans-serif;margin:16px;color:#222;max-width:1200px}
+img{max-width:100%;height:auto}.wide{overflow-x:auto}
 table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}.better{font-weight:bold}
 .row{display:flex;gap:6px;align-items:center;margin:6px 0;flex-wrap:wrap}
@@ -52,11 +53,18 @@ def _bar_chart(result: dict[str, Any], out: Path) -> str:
     k = result["k"]
     names = [f"mAP@{k}", f"P@{k}", "mAP@all"]
     rows = result["rows"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.2), squeeze=False)
-    for ax, row in zip(axes[0], rows, strict=True):
+    # at most three charts a row keeps the figure inside a 1280 px window at 100 dpi
+    cols = min(3, len(rows))
+    lines = -(-len(rows) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.8 * cols, 3.2 * lines), squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows, strict=False):
         x = range(len(names))
         ax.bar([i - 0.2 for i in x], [row["raw_clip"][n] for n in names], 0.4, label="raw CLIP", color="#999")
         ax.bar([i + 0.2 for i in x], [row["model"][n] for n in names], 0.4, label=f"model ({row['shipped']})", color="#2a6fdb")
+        if row.get("chance") is not None:
+            ax.axhline(row["chance"], color="#d22", linestyle="--", linewidth=1, label=f"chance {row['chance']:.2f}")
         ax.set_xticks(list(x), names)
         ax.set_ylim(0, 1)
         ax.set_title(f"{row['query']} → {row['gallery']}")
@@ -92,6 +100,42 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
+def filter_summary(record: dict[str, Any]) -> str:
+    """How much the pseudo-label confidence filter dropped per domain, from the training record."""
+    domains = (record.get("stats") or {}).get("domains") or {}
+    parts = [f"{d} dropped {1 - s['kept_fraction']:.0%} (pseudo-label accuracy {s['pseudo_label_accuracy']:.2f})"
+             for d, s in domains.items() if isinstance(s.get("kept_fraction"), float)]  # fmt: skip
+    return "; ".join(parts)
+
+
+def selection_section(record: dict[str, Any]) -> str:
+    """The per-domain decision: folds, epoch, threshold, and per query domain the choice, its gain
+    over raw CLIP, the fold-to-fold spread and the mean fold scores of each path."""
+    e = html.escape
+    sel = record["selection"]
+    folds = sel.get("folds") or []
+    out = [f"<h2>Model selection</h2><p>Shipped: <b>{e(str(record.get('shipped', '?')))}</b>. {e(str(record.get('reason', '')))}</p>"]
+    if not folds:
+        return "".join(out)
+    out.append(f"<p>{len(folds)} folds of the seen classes (held out: "
+               f"{e('; '.join(', '.join(f['validation_classes']) for f in folds))}); epoch {sel.get('epoch', 0) + 1} chosen on "
+               f"them; confidence threshold {e(str(sel.get('threshold', {}).get('chosen')))}; gallery blend "
+               f"{sel.get('gallery_blend', 0):g} (0: raw CLIP, 1: the head); margin {sel.get('margin', 0):g}. "
+               f"{e(str(sel.get('rule', '')))}.</p>")  # fmt: skip
+    out.append("<table><tr><th class=l>query domain</th><th class=l>decision</th><th>blend</th><th class=l>mapping</th>"
+               "<th>gain over raw CLIP</th><th>fold spread</th><th>raw CLIP</th><th>B1</th><th>head</th><th>shipped</th></tr>")  # fmt: skip
+    for d, p in sel.get("domains", {}).items():
+        means = {m: (sum(v) / len(v) if v else float("nan")) for m, v in p.get("folds", {}).items()}
+        out.append(f"<tr><td class=l>{e(d)}</td><td class=l>{'trusted' if p.get('trusted') else 'raw CLIP kept'}</td>"
+                   f"<td>{p['blend']:g}</td><td class=l>{e(p['mapping'])}</td><td>{_fmt(p.get('gain'))}</td>"
+                   f"<td>{_fmt(p.get('spread'))}</td>"
+                   + "".join(f"<td>{_fmt(means.get(m, float('nan')))}</td>" for m in ("raw_clip", "mapping_only", "clair", "chosen"))
+                   + "</tr>")  # fmt: skip
+    out.append("</table><p class=muted>Scores: mean mAP@200 over the folds' held-out seen classes. Gain and spread: mean "
+               "and standard deviation over folds of (shipped - raw CLIP).</p>")  # fmt: skip
+    return "".join(out)
+
+
 def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,19 +149,28 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     record = result.get("record") or {}
     if record.get("warning"):
         parts.append(f"<p class='warn'>{e(record['warning'])}</p>")
-    if record.get("validation"):
+    if record.get("selection"):
+        parts.append(selection_section(record))
+    elif record.get("validation"):  # checkpoints from before the per-domain selection
         v = record["validation"]
         parts.append(f"<p>Shipped: <b>{e(record.get('shipped', '?'))}</b> — validation {e(v.get('metric', ''))}: "
                      f"trained head {_fmt(v['clair']['mean'])}, raw CLIP + mapping {_fmt(v['mapping_only']['mean'])} "
                      f"(best epoch {e(str(record.get('best_epoch')))}).</p>")  # fmt: skip
+    else:
+        parts.append(f"<p>Shipped: <b>{e(record.get('shipped', '?'))}</b> — {e(record.get('reason', 'no validation record'))}</p>")
+    filt = filter_summary(record)
+    if filt:
+        parts.append(f"<p>Pseudo-label confidence filter: {e(filt)}.</p>")
     head = "".join(f"<th>{e(m)}</th>" for m in metrics)
-    parts.append(f"<table><tr><th class=l>query → gallery</th><th class=l>method</th>{head}<th>queries</th><th>gallery</th></tr>")
+    parts.append(f"<div class=wide><table><tr><th class=l>query → gallery</th><th class=l>method</th>{head}<th>chance</th>"
+                 "<th>queries</th><th>gallery</th></tr>")
     for row in result["rows"]:
         for method, label in (("raw_clip", "raw CLIP"), ("model", f"model ({row['shipped']})")):
             cells = "".join(f"<td>{_fmt(row[method][m])}</td>" for m in metrics)
             parts.append(f"<tr><td class=l>{e(row['query'])} → {e(row['gallery'])}</td><td class=l>{e(label)}</td>{cells}"
-                         f"<td>{row['queries']}</td><td>{row['gallery_size']}</td></tr>")  # fmt: skip
-    parts.append("</table><p class=muted>mAP@k and P@k as in the UCDR protocol (spec §5.5). mean_pairwise_cosine: of "
+                         f"<td>{_fmt(row.get('chance', ''))}</td><td>{row['queries']}</td><td>{row['gallery_size']}</td></tr>")  # fmt: skip
+    parts.append("</table></div><p class=muted>mAP@k and P@k as in the UCDR protocol. chance: what a random ranking "
+                 "scores (the share of the gallery in the query's class). mean_pairwise_cosine: of "
                  "the query embeddings (near 1 = collapsed). hubness: share of queries whose top-1 is the most common top-1.</p>")
     if result["rows"]:
         parts.append(f"<h2>Per domain</h2><img alt='metrics per query domain' src='{_bar_chart(result, out)}'>")

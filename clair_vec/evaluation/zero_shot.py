@@ -75,6 +75,30 @@ def diagnosed_metrics(q: np.ndarray, ql: Sequence[str], g: np.ndarray, gl: Seque
     return m
 
 
+def chance_level(query_labels: Sequence[Any], gallery_labels: Sequence[Any]) -> float:
+    """What a random ranking scores: its expected precision at every rank, hence its mAP, is the
+    share of the gallery in the query's class, averaged over the queries."""
+    counts = Counter(gallery_labels)
+    n = max(1, len(gallery_labels))
+    return float(np.mean([counts[q] / n for q in query_labels])) if len(query_labels) else 0.0
+
+
+def spread_over_classes(labels: Sequence[Any], n: int, seed: int) -> list[int]:
+    """``n`` query indices taken round-robin over the classes (seeded), so a report's samples show
+    every class rather than whichever one a uniform draw happened to favour."""
+    rng = random.Random(seed)
+    by_class: dict[Any, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    pools = [rng.sample(v, len(v)) for _, v in sorted(by_class.items(), key=lambda kv: str(kv[0]))]
+    picked: list[int] = []
+    while len(picked) < n and any(pools):
+        for pool in pools:
+            if pool and len(picked) < n:
+                picked.append(pool.pop())
+    return sorted(picked)
+
+
 def evaluate(
     model: str | Path | ClairModel,
     data: str | Path,
@@ -106,11 +130,13 @@ def evaluate(
         f = feats[q]
         q_model = m.embed_features(f.clean, q).numpy()
         row = {"query": q, "gallery": pivot, "classes": ds.classes, "queries": len(f), "gallery_size": len(gallery),
-               "shipped": m.record.get("shipped", "clair"),
+               "shipped": m.record.get("shipped", "clair"), "blend": m.routing.get(q), "gallery_blend": m.routing.get(pivot),
+               "decision": ((m.record.get("selection") or {}).get("domains") or {}).get(q),
                "raw_clip": diagnosed_metrics(f.clean.numpy(), f.labels, g_raw, gallery.labels, k),
                "model": diagnosed_metrics(q_model, f.labels, g_model, gallery.labels, k)}  # fmt: skip
+        row["chance"] = chance_level(f.labels, gallery.labels)
         rows.append(row)
-        pick = sorted(random.Random(seed).sample(range(len(f)), min(samples, len(f))))
+        pick = spread_over_classes(f.labels, samples, seed)
         order = np.argsort(-(q_model[pick] @ g_model.T), axis=1)[:, :10]
         shown[q] = [{"query": f.paths[i], "label": f.labels[i],
                      "hits": [{"path": gallery.paths[j], "label": gallery.labels[j]} for j in order[n]]}

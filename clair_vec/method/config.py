@@ -70,6 +70,17 @@ class ClairConfig:
     n_views: int = 2
     image_batch_size: int = 64
     seed: int = 0
+    # regulariser, not in the spec: weight of mean ||head(v) - v||^2, pulling the head toward the
+    # identity (raw CLIP) where the losses do not pull elsewhere. 0: the spec's objective
+    identity_decay: float = 0.0
+    # model selection (clair_vec.training.selection), the product's guard, not the method: rotating
+    # folds of the seen classes (at most this many; 0: none, the trained head ships unchecked), the
+    # least gain over raw CLIP beyond the fold-to-fold spread, the blends of raw CLIP and head
+    # tried per domain, and confidence thresholds tried on the folds ([]: confidence_threshold)
+    selection_folds: int = 5
+    selection_margin: float = 0.005
+    selection_blends: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    selection_thresholds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +99,15 @@ class ClairConfig:
                 raise ValueError(f"ClairConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError("ClairConfig.momentum must lie in [0, 1)")
+        if self.identity_decay < 0 or self.selection_margin < 0:
+            raise ValueError("ClairConfig.identity_decay and selection_margin must be >= 0")
+        if isinstance(self.selection_folds, bool) or not isinstance(self.selection_folds, int) or self.selection_folds < 0:
+            raise ValueError(f"ClairConfig.selection_folds must be an integer >= 0, got {self.selection_folds!r}")
+        blends = self.selection_blends
+        if not isinstance(blends, list) or 0.0 not in blends or not all(_unit(b, closed=True) for b in blends):
+            raise ValueError(f"ClairConfig.selection_blends must be a list of numbers in [0, 1] holding 0 (raw CLIP), got {blends!r}")
+        if not isinstance(self.selection_thresholds, list) or not all(_unit(t) for t in self.selection_thresholds):
+            raise ValueError(f"ClairConfig.selection_thresholds must be a list of numbers in [0, 1), got {self.selection_thresholds!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,6 +129,11 @@ class ClairConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _unit(x: Any, *, closed: bool = False) -> bool:
+    ok_type = isinstance(x, (int, float)) and not isinstance(x, bool)
+    return ok_type and 0.0 <= x and (x <= 1.0 if closed else x < 1.0)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

@@ -6,8 +6,12 @@ L2-normalised features this module produces, so normalisation happens here and o
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Callable, Sequence
+import pickle
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clair_vec.errors import WeightsNotFoundError
+from clair_vec.errors import CheckpointError, WeightsNotFoundError
 from clair_vec.method._torchvision_shim import ensure_torchvision
 from clair_vec.progress import progress_bar
 
@@ -29,8 +33,34 @@ TINY_ARCHS = tuple(sorted(p.stem for p in _CONFIG_DIR.glob("*.json")))
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
+class _RandomInitFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _without_random_init_warning() -> Iterator[None]:
+    quiet = _RandomInitFilter()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def _looks_like_path(pretrained: str) -> bool:
     return pretrained.endswith(_CHECKPOINT_SUFFIXES) or os.sep in pretrained or pretrained.startswith(".")
+
+
+def _offline_error(arch: str, pretrained: str) -> WeightsNotFoundError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    return WeightsNotFoundError(
+        f"CLIP weights {arch}/{pretrained} are not in the local cache and cannot be downloaded"
+        f"{' (HF_HUB_OFFLINE is set)' if offline else ''}. Download them on a connected machine "
+        "(open_clip caches under ~/.cache/huggingface) or pass the path of a local checkpoint "
+        f"file, e.g. --clip-pretrained /models/{arch}.pt"
+    )
 
 
 class FoundationModel:
@@ -60,7 +90,10 @@ class FoundationModel:
                 f"architecture {list(TINY_ARCHS)}. open_clip.list_models() lists all."
             )
         if pretrained is None:
-            model = open_clip.create_model(arch, pretrained=None)
+            # random weights are what the caller asked for (tests, benchmarks, the bootstrap's
+            # starting point): open_clip's root-logger warning about them is noise in every run
+            with _without_random_init_warning():
+                model = open_clip.create_model(arch, pretrained=None)
             return cls(model, arch, None, device)
         if os.path.exists(pretrained):
             pretrained = str(Path(pretrained).resolve())
@@ -78,18 +111,22 @@ class FoundationModel:
                 )
         try:
             model = open_clip.create_model(arch, pretrained=pretrained, load_weights=True)
+        except (AssertionError, KeyError, IndexError, TypeError, EOFError, pickle.UnpicklingError, struct.error, RuntimeError,
+                UnicodeDecodeError) as exc:
+            if not os.path.isfile(pretrained):
+                if isinstance(exc, RuntimeError) and ("download" in str(exc).lower() or "hub" in str(exc).lower()):
+                    raise _offline_error(arch, pretrained) from exc
+                raise
+            # open_clip reports a file of another architecture as an assert deep in its loader
+            # ("text pos_embed width changed!") or a state_dict key list of hundreds of lines
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(
+                f"CLIP weights file {pretrained!r} does not fit architecture {arch!r} ({type(exc).__name__}: {reason}). "
+                f"Pass the --clip-model the weights were made for (a bootstrap-clip file: the --clip-model it was "
+                f"trained with, e.g. clair-tiny), or a checkpoint of {arch}."
+            ) from None
         except FileNotFoundError as exc:
             raise WeightsNotFoundError(f"cannot load CLIP checkpoint {pretrained!r}: {exc}") from exc
-        except RuntimeError as exc:
-            if "download" not in str(exc).lower() and "hub" not in str(exc).lower():
-                raise
-            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-            raise WeightsNotFoundError(
-                f"CLIP weights {arch}/{pretrained} are not in the local cache and cannot be downloaded"
-                f"{' (HF_HUB_OFFLINE is set)' if offline else ''}. Download them on a connected machine "
-                "(open_clip caches under ~/.cache/huggingface) or pass the path of a local checkpoint "
-                f"file, e.g. --clip-pretrained /models/{arch}.pt"
-            ) from exc
         return cls(model, arch, pretrained, device)
 
     # ------------------------------------------------------------------ properties
@@ -151,17 +188,37 @@ class FoundationModel:
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
         """L2-normalised text features, ``(N, embed_dim)`` float32 on the CPU."""
-        parts = []
+        out = torch.empty(len(texts), self.embed_dim)
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
-            parts.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
-        return torch.cat(parts) if parts else torch.empty(0, self.embed_dim)
+            if self.supports_prompt_learning:
+                out[start : start + len(tokens)] = self.encode_token_embeddings(self.token_embeddings(tokens), tokens).cpu()
+            else:
+                out[start : start + len(tokens)] = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
+        return out
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts)).to(self.device)
 
     def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.token_embedding(tokens.to(self.device))
+
+    def _text_length(self, tokens: torch.Tensor) -> int:
+        """Positions the text tower must run: up to the last end-of-text token of the batch.
+
+        The tower's attention is causal and the feature is read at the end-of-text token, so the
+        padding after it never changes the result; labels are a few tokens of a 77-token context,
+        and skipping the padding makes a large vocabulary several times cheaper to embed.
+        """
+        m = self.model
+        full = tokens.shape[1]
+        if m.attn_mask is None or m.text_pool_type not in ("argmax", "eos") or not len(tokens):
+            return full
+        if m.text_pool_type == "argmax":
+            last = int(tokens.argmax(dim=-1).max())
+        else:
+            last = int((tokens == m.text_eos_id).int().argmax(dim=-1).max())
+        return min(full, last + 1)
 
     def encode_token_embeddings(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Run the frozen text tower on given token embeddings (differentiable w.r.t. them).
@@ -176,8 +233,10 @@ class FoundationModel:
             )
         m = self.model
         cast = m.transformer.get_cast_dtype()
-        x = embeddings.to(cast) + m.positional_embedding.to(cast)
-        x = m.transformer(x, attn_mask=m.attn_mask)
+        n = self._text_length(tokens)
+        embeddings, tokens = embeddings[:, :n], tokens[:, :n]
+        x = embeddings.to(cast) + m.positional_embedding[:n].to(cast)
+        x = m.transformer(x, attn_mask=None if m.attn_mask is None else m.attn_mask[:n, :n])
         x = m.ln_final(x)
         x = open_clip.transformer.text_global_pool(
             x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None)

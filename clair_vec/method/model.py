@@ -4,7 +4,10 @@ A checkpoint is a directory: ``clair.json`` (config, classes, domains, CLIP refe
 and the training record: held-out classes, validation numbers, what was shipped) and ``clair.pt``
 (head, prompts, text embeddings, mapping). Random-initialised CLIP weights are saved beside them
 as ``foundation.pt``; pretrained ones are referenced by tag or path, never copied. Tensor files
-load with ``weights_only=True``: a checkpoint is data, never code.
+load with ``weights_only=True``: a checkpoint is data, never code. Every file is validated before
+use (:mod:`.checkpoint_schema`, :mod:`.checkpoint_tensors`): a wrong or tampered one is one
+:class:`CheckpointError` naming the file, the field and what was expected. ``routing`` (in
+``clair.json``) holds the shipped per-domain blend of raw CLIP and the head (:mod:`.routing`).
 """
 
 from __future__ import annotations
@@ -15,24 +18,30 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from clair_vec.errors import UnknownDomainError, WeightsNotFoundError
+from clair_vec.errors import ClairVecError, UnknownDomainError, WeightsNotFoundError
+from clair_vec.method.checkpoint_schema import FORMAT_VERSION, fail
+from clair_vec.method.checkpoint_tensors import check_prompts, check_state, load_foundation_weights
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.head import ClairHead
 from clair_vec.method.mapping import DomainMapping
-from clair_vec.method.model_card import FORMAT_VERSION, read_meta
+from clair_vec.method.model_card import read_meta
 from clair_vec.method.prompts import PromptLearner, combine_text_embeddings, hand_crafted_text_embeddings
+from clair_vec.method.routing import check_routing, is_default
 from clair_vec.method.tensor_files import load_tensor_file
+from clair_vec.method.vocabulary import TextCache, batched_text_embeddings, check_vocabulary_size
 
 MODEL_ENV = "CLAIR_VEC_MODEL"
+ZERO_SHOT_ROWS = 256
 _loaded: dict[str, ClairModel] = {}
 _load_lock = threading.Lock()
 
@@ -48,6 +57,7 @@ class ClairModel:
         config: ClairConfig,
         prompt_state: dict | None = None,
         record: dict[str, Any] | None = None,
+        routing: Mapping[str, float] | None = None,
     ) -> None:
         self.foundation = foundation
         self.head = head.eval()
@@ -58,8 +68,10 @@ class ClairModel:
         self.prompt_state = prompt_state
         #: how it was trained: held-out classes, split seed, validation numbers, what was shipped
         self.record: dict[str, Any] = dict(record or {})
+        #: per-domain blend of raw CLIP and the head (clair_vec.method.routing); head everywhere by default
+        self.routing = check_routing(dict(routing or {}), mapping.domains)
         self._model_id: str | None = None
-        self._vocab_text: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
+        self._vocab_text = TextCache()  # bounded: a long-lived service sees many vocabularies
 
     @property
     def domains(self) -> list[str]:
@@ -84,6 +96,8 @@ class ClairModel:
             h = hashlib.sha256(f"{self.foundation.arch}|{self.foundation.pretrained}".encode())
             for t in list(self.head.state_dict().values()) + [w for w, _ in self.mapping.maps.values()]:
                 h.update(t.detach().float().cpu().numpy().tobytes())
+            if not is_default(self.routing):  # a blend is part of the vector space; head-only ids stay as they were
+                h.update(json.dumps(self.routing, sort_keys=True).encode())
             self._model_id = f"clair-{self.foundation.arch}-{h.hexdigest()[:12]}"
         return self._model_id
 
@@ -94,9 +108,18 @@ class ClairModel:
     # ------------------------------------------------------------------ embedding
     @torch.no_grad()
     def embed_features(self, clip_feats: torch.Tensor, domain: str, *, map_domain: bool = True) -> torch.Tensor:
-        """CLAIR embeddings of CLIP features of ``domain``, mapped into the pivot domain."""
+        """CLAIR embeddings of CLIP features of ``domain``, mapped into the pivot domain.
+
+        The domain's blend (:attr:`routing`) decides how much of the head it uses: 0 is raw CLIP."""
         self.check_domain(domain)
-        z = self.head(clip_feats.float())
+        v = clip_feats.float()
+        blend = self.routing[domain]
+        if blend == 1.0:
+            z = self.head(v)
+        elif blend == 0.0:
+            z = F.normalize(v, dim=-1)
+        else:
+            z = F.normalize((1.0 - blend) * F.normalize(v, dim=-1) + blend * self.head(v), dim=-1)
         return self.mapping.apply(z, domain) if map_domain else z
 
     @torch.no_grad()
@@ -114,16 +137,23 @@ class ClairModel:
         domain's hand-crafted templates, plus the learned prompt context when the model has one
         (its context is class-agnostic, so it applies to names never seen in training)."""
         self.check_domain(domain)
+        check_vocabulary_size(len(names))
         key = (domain, tuple(names))
-        if key not in self._vocab_text:
-            hand = hand_crafted_text_embeddings(self.foundation, names, domain, self.config.templates)
-            learned = None
-            if self.prompt_state is not None and self.foundation.supports_prompt_learning:
-                learner = PromptLearner(self.foundation, self.domains, self.config.n_ctx, self.config.templates)
-                learner.load_state_dict(self.prompt_state)
-                learned = learner(list(names), domain)
-            self._vocab_text[key] = combine_text_embeddings(hand, learned)
-        return self._vocab_text[key]
+        cached = self._vocab_text.get(key)
+        if cached is not None:
+            return cached
+        learner = None
+        if self.prompt_state is not None and self.foundation.supports_prompt_learning:
+            learner = PromptLearner(self.foundation, self.domains, self.config.n_ctx, self.config.templates)
+            learner.load_state_dict(self.prompt_state)
+
+        def embed(chunk: Sequence[str]) -> torch.Tensor:
+            hand = hand_crafted_text_embeddings(self.foundation, chunk, domain, self.config.templates)
+            return combine_text_embeddings(hand, learner(list(chunk), domain) if learner is not None else None)
+
+        text = batched_text_embeddings(names, embed, self.dim, desc=f"label embeddings ({domain})")
+        self._vocab_text.put(key, text)
+        return text
 
     @torch.no_grad()
     def zero_shot_labels(
@@ -134,9 +164,14 @@ class ClairModel:
         if not vocabulary:
             raise ValueError("the label vocabulary is empty")
         text = self.class_text_embeddings(vocabulary, domain)
-        probs = torch.softmax(self.foundation.logit_scale * clip_feats.float() @ text.T, dim=-1)
-        conf, idx = probs.max(dim=1)
-        return [vocabulary[i] for i in idx.tolist()], conf.numpy()
+        labels: list[str] = []
+        confidence = np.empty(len(clip_feats), np.float32)
+        for start in range(0, len(clip_feats), ZERO_SHOT_ROWS):  # (rows x C) logits at a time, not (N x C)
+            probs = torch.softmax(self.foundation.logit_scale * clip_feats[start : start + ZERO_SHOT_ROWS].float() @ text.T, dim=-1)
+            conf, idx = probs.max(dim=1)
+            labels += [vocabulary[i] for i in idx.tolist()]
+            confidence[start : start + len(idx)] = conf.numpy()
+        return labels, confidence
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
@@ -154,6 +189,7 @@ class ClairModel:
                 "domains": self.domains,
                 "pivot": self.pivot,
                 "dim": self.dim,
+                "routing": self.routing,
                 "config": self.config.to_dict(),
                 "training": self.record,
             }
@@ -185,14 +221,28 @@ class ClairModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> ClairModel:
+        """The model in checkpoint directory ``path``, every file validated before use: one
+        :class:`CheckpointError` naming the file, the field and what was expected when it is wrong."""
         path = Path(path)
         meta = read_meta(path)
-        state = load_tensor_file(path / "clair.pt", what="CLAIR checkpoint")
-        if meta["clip_pretrained"] is None:
-            foundation = FoundationModel.load(meta["clip_model"], None, device)
-            foundation.model.load_state_dict(load_tensor_file(path / "foundation.pt", what="CLIP weights", map_location=device))
-        else:
-            foundation = FoundationModel.load(meta["clip_model"], meta["clip_pretrained"], device)
+        state = check_state(load_tensor_file(path / "clair.pt", what="CLAIR checkpoint"), meta, path)
+        try:
+            if meta["clip_pretrained"] is None:
+                foundation = FoundationModel.load(meta["clip_model"], None, device)
+                weights = load_tensor_file(path / "foundation.pt", what="CLIP weights", map_location=device)
+                load_foundation_weights(foundation.model, weights, meta["clip_model"], path)
+            else:
+                foundation = FoundationModel.load(meta["clip_model"], meta["clip_pretrained"], device)
+        except ValueError as exc:
+            if isinstance(exc, ClairVecError):
+                raise
+            raise fail(path, "clair.json", "clip_model", f"is {meta['clip_model']!r}, which open_clip does not know",
+                       "an open_clip architecture, e.g. ViT-B-32") from None  # fmt: skip
+        if foundation.embed_dim != meta["dim"]:
+            raise fail(path, "clair.json", "dim", f"is {meta['dim']} but CLIP {meta['clip_model']} embeds {foundation.embed_dim}",
+                       "the embedding width of clip_model")  # fmt: skip
+        if foundation.supports_prompt_learning:
+            check_prompts(state, meta, int(foundation.model.token_embedding.embedding_dim), path)
         config = ClairConfig.from_dict(meta["config"])
         head = ClairHead(meta["dim"], state["head_hidden"], config.head_alpha_init, center=config.head_center)
         head.load_state_dict(state["head"])
@@ -205,6 +255,7 @@ class ClairModel:
             config,
             state["prompts"],
             meta.get("training"),
+            meta.get("routing"),
         )
         if model.model_id != meta["model_id"]:
             raise WeightsNotFoundError(

@@ -7,29 +7,26 @@ and hundreds of MB.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clair_vec.errors import UnknownDomainError, WeightsNotFoundError
-
-FORMAT_VERSION = 1
+from clair_vec.method.checkpoint_schema import check_meta, parse_meta
+from clair_vec.method.routing import check_routing
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """The parsed ``clair.json`` of a checkpoint directory, refused with a clear error when the
-    directory is not a checkpoint or was written in another format."""
+    """The parsed and validated ``clair.json`` of a checkpoint directory: refused with
+    :class:`WeightsNotFoundError` when the directory is not a checkpoint, and with
+    :class:`CheckpointError` naming the field when a field is missing or wrong."""
     meta_file = Path(path) / "clair.json"
     if not meta_file.is_file():
         raise WeightsNotFoundError(
             f"{str(path)!r} is not a clair_vec checkpoint (no clair.json). Train one with "
             "`clair-vec train` or `python ray_jobs/train.py`, or pass the directory they wrote."
         )
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise WeightsNotFoundError(f"checkpoint {path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
-    return meta
+    return check_meta(parse_meta(path), path)
 
 
 @dataclass(frozen=True)
@@ -41,12 +38,14 @@ class ModelCard:
     clip_arch: str
     classes: list[str]
     record: dict[str, Any] = field(default_factory=dict)
+    routing: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: str | Path) -> ModelCard:
         meta = read_meta(path)
+        routing = check_routing(meta.get("routing") or {}, meta["domains"])
         return cls(meta["model_id"], int(meta["dim"]), meta["pivot"], list(meta["domains"]), meta["clip_model"],
-                   list(meta["classes"]), meta.get("training") or {})  # fmt: skip
+                   list(meta["classes"]), meta.get("training") or {}, routing)  # fmt: skip
 
     def check_domain(self, domain: str) -> None:
         if domain not in self.domains:

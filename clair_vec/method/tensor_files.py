@@ -21,6 +21,11 @@ def load_tensor_file(path: str | Path, *, what: str = "checkpoint", map_location
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"{what} file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head not in (b"PK", b"\x80\x02") and head[:1] != b"\x80":  # torch files: a zip archive, or a legacy pickle
+        raise UnsafeCheckpointError(f"{what} {str(path)!r} is truncated or not a torch file (it starts with {head!r}); "
+                                    "expected a file written by clair-vec")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -29,8 +34,11 @@ def load_tensor_file(path: str | Path, *, what: str = "checkpoint", map_location
             f"loading them could run code ({str(exc).splitlines()[0]}). clair_vec never writes such files: if it came "
             "from elsewhere, do not trust it; re-create it with clair-vec (train / bootstrap-clip)."
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise UnsafeCheckpointError(f"{what} {str(path)!r} is truncated or not a torch file: {exc}") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UnsafeCheckpointError(
+            f"{what} {str(path)!r} is truncated or not a torch file ({first}); expected a file written by clair-vec"
+        ) from None
 
 
 def save_tensor_file(obj: Any, path: str | Path) -> Path:

@@ -1,5 +1,6 @@
 """The single-process training job behind ``clair-vec train`` and the demo: split, CLIP features,
-CLAIR training with per-epoch validation, model selection, and the training record."""
+CLAIR training on rotating folds of the seen classes, the per-domain selection, the final model
+on every seen class, and the training record."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from typing import Any
 
 import torch
 
-from clair_vec.datasets.folders import Split, plan_split
+from clair_vec.datasets.folders import MultiDomainDataset, Split, plan_split
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.model import ClairModel
 from clair_vec.training.features import extract_features
-from clair_vec.training.selection import mapping_only_model, select
+from clair_vec.training.folds import MIN_TRAINING_CLASSES, MIN_VALIDATION_CLASSES, class_folds, run_folds
+from clair_vec.training.selection import select_on_folds, ship
 from clair_vec.training.trainer import ClairTrainer, EpochStats
 
 HIST_BINS = 20
@@ -42,11 +44,30 @@ def progress_record(trainer: ClairTrainer) -> dict[str, Any]:
             "history": [h.as_dict() for h in trainer.history], "stats": training_stats(trainer)}  # fmt: skip
 
 
-def choose(trained: ClairModel, split: Split, val_features: dict | None, progress: dict[str, Any]) -> ClairModel:
-    """Best validation epoch vs mapping only (B1); the shipped model carries the whole record."""
-    baseline = mapping_only_model(trained.foundation, trained.classes, trained.domains, trained.config)
-    model, record = select(trained, baseline, val_features)
-    model.record = {**split.record(), **record, **progress}
+def seen_dataset(split: Split) -> MultiDomainDataset:
+    """Every seen class: the folds rotate over them all, and the final model trains on them all."""
+    if split.validation is None:
+        return split.train
+    return MultiDomainDataset(split.train.items + split.validation.items, split.train.root, list(split.train.skipped))
+
+
+def plan_folds(seen: MultiDomainDataset, config: ClairConfig, val_fraction: float) -> tuple[list[list[str]], str]:
+    """The folds' validation classes, and why there are none when there are none."""
+    if val_fraction <= 0 or config.selection_folds <= 0:
+        return [], "disabled"
+    folds = class_folds(seen.classes, fraction=val_fraction, seed=config.seed, max_folds=config.selection_folds)
+    why = (f"the {len(seen.classes)} seen classes are too few for validation folds (each fold holds out at least "
+           f"{MIN_VALIDATION_CLASSES} and trains on at least {MIN_TRAINING_CLASSES})")  # fmt: skip
+    return folds, "" if folds else why
+
+
+def choose(trained: ClairModel, split: Split, selection: dict[str, Any] | None, progress: dict[str, Any], *,
+           why_none: str = "disabled") -> ClairModel:  # fmt: skip
+    """The shipped model (the selection applied to the final head) carrying the whole record."""
+    model, record = ship(trained, selection, why_none=why_none)
+    folds = selection["folds"] if selection else []
+    model.record = {**split.record(), "validation_classes": sorted({c for f in folds for c in f["validation_classes"]}),
+                    **record, **progress}  # fmt: skip
     return model
 
 
@@ -61,10 +82,18 @@ def train_local(
     on_epoch: Callable[[EpochStats], None] | None = None,
     split: Split | None = None,
 ) -> ClairModel:
+    """Folds (selection evidence), then the final model on every seen class up to the folds' best
+    epoch, with the per-domain decision applied."""
     split = split or plan_split(data, config.seed, val_fraction)
     fm = foundation or FoundationModel.load(config.clip_model, config.clip_pretrained)
-    feats = extract_features(fm, split.train, n_views=config.n_views, seed=config.seed, cache_dir=cache_dir, progress=progress)
-    val = extract_features(fm, split.validation, n_views=0, cache_dir=cache_dir, progress=False) if split.validation else None
-    trainer = ClairTrainer(config, fm, split.train.classes, feats, val_features=val, progress=progress)
-    trainer.fit(on_epoch)
-    return choose(trainer.build_model(best=True), split, val, progress_record(trainer))
+    seen = seen_dataset(split)
+    feats = extract_features(fm, seen, n_views=config.n_views, seed=config.seed, cache_dir=cache_dir, progress=progress)
+    folds, why_none = plan_folds(seen, config, val_fraction)
+    runs, thresholds = run_folds(config, fm, feats, folds, progress=progress)
+    selection = None
+    if runs:
+        config = config.replace(confidence_threshold=thresholds["chosen"])
+        selection = select_on_folds(runs, fm, config, feats, thresholds)
+    trainer = ClairTrainer(config, fm, seen.classes, feats, progress=progress)
+    trainer.fit(on_epoch, until=selection["epoch"] + 1 if selection else None)
+    return choose(trainer.build_model(), split, selection, progress_record(trainer), why_none=why_none)

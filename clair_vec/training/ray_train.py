@@ -25,7 +25,9 @@ from clair_vec.method.model import ClairModel
 from clair_vec.method.tensor_files import load_tensor_file, save_tensor_file
 from clair_vec.ray_runtime import check_gpu_choice, gpus_each, ray_session
 from clair_vec.training.features import DomainFeatures, encode_domain_images, extract_features
-from clair_vec.training.job import choose, progress_record
+from clair_vec.training.folds import FoldRun, run_fold, run_folds
+from clair_vec.training.job import choose, plan_folds, progress_record, seen_dataset
+from clair_vec.training.selection import select_on_folds
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if start:
         with start.as_directory() as d:
             trainer.load_state_dict(load_tensor_file(Path(d) / "trainer.pt", what="Ray trainer checkpoint"))
-    while trainer.epoch < cfg.epochs:
+    while trainer.epoch < min(cfg.epochs, config["until"]):
         stats = trainer.train_epoch()
         metrics = {k: v for k, v in stats.as_dict().items() if isinstance(v, (int, float))}
         metrics["samples_per_s"] = trainer.steps_per_epoch * trainer.per_domain_batch * len(trainer.domains) * world / stats.seconds
@@ -153,11 +155,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 torch.save(trainer.state_dict(), Path(d) / "trainer.pt")
-                # the best validation epoch so far: what ships if the run stops here
-                trainer.build_model(best=True).save(Path(d) / "model")
+                trainer.build_model().save(Path(d) / "model")
                 (Path(d) / "progress.json").write_text(json.dumps(progress_record(trainer)))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def fold_task(clair: dict[str, Any], features: dict[str, DomainFeatures], validation_classes: list[str]) -> FoldRun:
+    """One selection fold as a Ray task: folds are independent trainings, so they run side by side."""
+    cfg = ClairConfig.from_dict(clair)
+    return run_fold(cfg, FoundationModel.load(cfg.clip_model, cfg.clip_pretrained), features, validation_classes)
+
+
+def _ray_folds(config: ClairConfig, fm: FoundationModel, feats: dict[str, DomainFeatures], folds: list[list[str]],
+               run_dir: Path) -> tuple[list[FoldRun], dict[str, Any]]:  # fmt: skip
+    """The folds on Ray tasks, cached in the run directory so that a resumed run does not redo them."""
+    import hashlib
+
+    import ray
+
+    key = hashlib.sha256(json.dumps([config.to_dict(), folds], sort_keys=True).encode()).hexdigest()[:16]
+    cache = run_dir / f"folds-{key}.pt"
+    if cache.exists():
+        saved = load_tensor_file(cache, what="selection folds")
+        return [FoldRun(**r) for r in saved["runs"]], saved["thresholds"]
+    task = ray.remote(num_cpus=1)(fold_task)
+    ref = ray.put(feats)
+
+    def runner(jobs: list[tuple[ClairConfig, list[str]]]) -> list[FoldRun]:
+        return ray.get([task.remote(c.to_dict(), ref, f) for c, f in jobs])
+
+    runs, thresholds = run_folds(config, fm, feats, folds, runner=runner)
+    save_tensor_file({"runs": [vars(r) for r in runs], "thresholds": thresholds}, cache)
+    return runs, thresholds
 
 
 @dataclass
@@ -206,10 +236,17 @@ def run_training(
             fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
         common = {"seed": config.seed, "actors": feature_actors, "gpus_per_actor": 1.0 if use_gpu else 0.0,
                   "cache_dir": run_dir / "features"}  # fmt: skip
-        feats = ray_extract_features(fm, split.train, n_views=config.n_views, **common)
-        val = ray_extract_features(fm, split.validation, n_views=0, **common) if split.validation is not None else None
-        loop_config = {"features": ray.put(feats), "val_features": ray.put(val) if val else None, "clair": config.to_dict(),
-                       "classes": split.train.classes, "use_gpu": use_gpu}  # fmt: skip
+        seen = seen_dataset(split)
+        feats = ray_extract_features(fm, seen, n_views=config.n_views, **common)
+        folds, why_none = plan_folds(seen, config, val_fraction)
+        selection = None
+        if folds:
+            runs, thresholds = _ray_folds(config, fm, feats, folds, run_dir)
+            config = config.replace(confidence_threshold=thresholds["chosen"])
+            selection = select_on_folds(runs, fm, config, feats, thresholds)
+        loop_config = {"features": ray.put(feats), "val_features": None, "clair": config.to_dict(),
+                       "classes": seen.classes, "use_gpu": use_gpu,
+                       "until": selection["epoch"] + 1 if selection else config.epochs}  # fmt: skip
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
@@ -223,7 +260,7 @@ def run_training(
         with result.checkpoint.as_directory() as d:
             trained = ClairModel.load(Path(d) / "model")
             progress = json.loads((Path(d) / "progress.json").read_text())
-        model = choose(trained, split, val, progress)
+        model = choose(trained, split, selection, progress, why_none=why_none)
         out = model.save(out)
         log.info("zero-shot classes held out of training: %s", split.unseen.classes)
         return TrainResult(out, dict(result.metrics), progress["history"], model.record)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from clair_vec.errors import DatasetError
 from clair_vec.method import losses
@@ -76,6 +77,8 @@ class ClairTrainer:
         all_reduce_mean: Callable[[torch.Tensor], None] | None = None,
         val_features: dict[str, DomainFeatures] | None = None,
         progress: bool = True,
+        keep_snapshots: bool = False,
+        label: str = "",
     ) -> None:
         self.cfg = config
         self.foundation = foundation
@@ -94,6 +97,7 @@ class ClairTrainer:
         self.rank, self.world_size = rank, world_size
         self.all_gather, self.all_reduce_mean = all_gather, all_reduce_mean
         self.progress = progress and rank == 0
+        self.label = label  # e.g. "fold 2/4 ": prefixes the progress bars
         torch.manual_seed(config.seed)
         self.label_index = {c: i for i, c in enumerate(self.classes)}
 
@@ -131,8 +135,12 @@ class ClairTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.epoch = 0
         self.history: list[EpochStats] = []
-        #: the epoch with the best mean validation mAP (when validating): what gets shipped
+        #: the epoch with the best mean validation mAP (when validating)
         self.best: dict | None = None
+        #: head and prompt weights after every epoch (``keep_snapshots``): the selection's folds pick
+        #: one epoch for all of them, so each fold keeps them all (a head is ~2 MB at ViT-B-32 width)
+        self.keep_snapshots = keep_snapshots
+        self.snapshots: list[dict] = []
 
     # ------------------------------------------------------------------ pseudo-labels and text
     def _label(self, domain: str, text: torch.Tensor) -> PseudoLabels:
@@ -179,7 +187,7 @@ class ClairTrainer:
         ramp = 1.0 if epoch >= c.cluster_warmup_epochs else 0.0
         sums: dict[str, float] = defaultdict(float)
         self.train_head.train()
-        with progress_bar(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{c.epochs}", unit="step", enabled=self.progress) as bar:
+        with progress_bar(total=self.steps_per_epoch, desc=f"{self.label}epoch {epoch + 1}/{c.epochs}", unit="step", enabled=self.progress) as bar:
             for step in range(self.steps_per_epoch):
                 batch = {d: self._batch_indices(perms[d], step) for d in self.domains}
                 vq, vk = [], []
@@ -226,8 +234,10 @@ class ClairTrainer:
                     if text is not None:
                         v = self.features[d].clean[idx]
                         terms["prompt"] = losses.prompt_loss(v, text[d], y, w, self.foundation.logit_scale)
+                    if c.identity_decay > 0:  # ||head(v) - v||^2 of unit vectors: 2 - 2 cos
+                        terms["identity"] = (2.0 - 2.0 * (q * F.normalize(vq[self.domains.index(d)], dim=-1)).sum(-1)).mean()
                     weights = {"inst_disc": c.w_inst_disc, "instance": c.w_instance, "cluster": c.w_cluster,
-                               "domain": c.w_domain, "prompt": c.w_prompt}  # fmt: skip
+                               "domain": c.w_domain, "prompt": c.w_prompt, "identity": c.identity_decay}  # fmt: skip
                     for name, value in terms.items():
                         total = total + weights[name] * value / len(self.domains)
                         sums[name] += value.item() / len(self.domains)
@@ -256,6 +266,9 @@ class ClairTrainer:
             if math.isfinite(score) and (self.best is None or score > self.best["score"]):
                 self.best = {"epoch": epoch, "score": score, "head": _clone(self.head.state_dict()),
                              "prompts": _clone(self.prompts.state_dict()) if self.prompts is not None else None}  # fmt: skip
+        if self.keep_snapshots:
+            self.snapshots.append({"head": _clone(self.head.state_dict()),
+                                   "prompts": _clone(self.prompts.state_dict()) if self.prompts is not None else None})  # fmt: skip
         self.history.append(stats)
         self.epoch += 1
         return stats
@@ -281,8 +294,11 @@ class ClairTrainer:
             lr=float(self.scheduler.get_last_lr()[0]),
         )
 
-    def fit(self, on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
-        while self.epoch < self.cfg.epochs:
+    def fit(self, on_epoch: Callable[[EpochStats], None] | None = None, *, until: int | None = None) -> list[EpochStats]:
+        """Train to the end of the schedule, or only its first ``until`` epochs (the learning-rate
+        schedule stays the full one's, so stopping there equals a fold's snapshot at that epoch)."""
+        stop = self.cfg.epochs if until is None else min(until, self.cfg.epochs)
+        while self.epoch < stop:
             stats = self.train_epoch()
             if on_epoch:
                 on_epoch(stats)
@@ -299,6 +315,8 @@ class ClairTrainer:
         g = model.embed_features(gallery.clean, pivot).numpy()
         out: dict[str, float] = {}
         for d in sorted(set(features) - {pivot}):
+            if not len(features[d]) or not len(gallery):  # a fold whose classes this domain lacks: no evidence
+                continue
             q = model.embed_features(features[d].clean, d).numpy()
             m = retrieval_metrics(q, features[d].labels, g, gallery.labels, map_ks=(k,), prec_ks=(k,))
             out[f"val_mAP@{k}_{d}"], out[f"val_P@{k}_{d}"] = m[f"mAP@{k}"], m[f"P@{k}"]

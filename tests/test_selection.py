@@ -1,0 +1,266 @@
+"""Model selection on rotating folds, decided per query domain (issue 22): a head that hurts one
+query domain is not shipped for it, the decision survives save/load and reaches index/search."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clair_vec
+from clair_vec.method.config import ClairConfig
+from clair_vec.method.head import ClairHead
+from clair_vec.method.mapping import DomainMapping
+from clair_vec.method.model import ClairModel
+from clair_vec.method.model_card import ModelCard
+from clair_vec.method.prompts import hand_crafted_text_embeddings
+from clair_vec.training.features import DomainFeatures
+from clair_vec.training.folds import FoldRun, class_folds
+from clair_vec.training.selection import MAP_NONE, MAP_TEXT, apply_selection, decide, select_on_folds, ship
+from clair_vec.training.trainer import VAL_KEY
+
+CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
+DOMAINS = ["clipart", "photo", "sketch"]
+
+
+# ---------------------------------------------------------------------- folds
+def test_folds_rotate_over_every_seen_class():
+    classes = [f"c{i}" for i in range(11)]
+    folds = class_folds(classes, fraction=0.2, seed=3, max_folds=10)
+    assert len(folds) == 6 and all(len(f) == 2 for f in folds)  # ceil(11 / 2): every class held out at least once
+    assert {c for f in folds for c in f} == set(classes)
+    assert folds == class_folds(classes, fraction=0.2, seed=3, max_folds=10) != class_folds(classes, fraction=0.2, seed=4, max_folds=10)
+    assert len(class_folds(classes, fraction=0.2, seed=3, max_folds=3)) == 3
+    assert class_folds(["a", "b", "c"], fraction=0.1, seed=0, max_folds=5) == []  # 2 held out would leave 1 to train on
+    assert class_folds(classes, fraction=0.0, seed=0, max_folds=5) == []
+
+
+# ---------------------------------------------------------------------- the decision rule
+def table(scores: dict[tuple[float, str, float, str], float]) -> dict:
+    """Every option of blends {0, 1} x maps {none, text}: B0 scores 0.5, the rest as given, else 0.4."""
+    out = {}
+    for bp in (0.0, 1.0):
+        for d in ("clipart", "sketch"):
+            for bd in (0.0, 1.0):
+                for m in (MAP_NONE, MAP_TEXT):
+                    out[(bp, d, bd, m)] = 0.5 if (bp, bd, m) == (0.0, 0.0, MAP_NONE) else scores.get((bp, d, bd, m), 0.4)
+    return out
+
+
+def test_a_domain_keeps_raw_clip_unless_the_gain_beats_the_fold_spread():
+    folds = [table({(0.0, "clipart", 1.0, MAP_NONE): 0.60 + e, (0.0, "sketch", 1.0, MAP_NONE): s})
+             for e, s in ((0.00, 0.70), (0.01, 0.45), (-0.01, 0.40))]  # fmt: skip
+    plan = decide(folds, margin=0.005)
+    assert plan["gallery_blend"] == 0.0
+    clipart, sketch = plan["domains"]["clipart"], plan["domains"]["sketch"]
+    assert (clipart["blend"], clipart["mapping"], clipart["trusted"]) == (1.0, MAP_NONE, True)
+    assert clipart["gain"] == pytest.approx(0.10) and clipart["spread"] == pytest.approx(0.01)
+    # sketch: +0.2, -0.05, -0.1 -> a mean gain of +0.017 inside a spread of 0.16: raw CLIP stays, exactly
+    assert (sketch["blend"], sketch["mapping"], sketch["trusted"]) == (0.0, MAP_NONE, False)
+
+
+def test_a_changed_gallery_needs_a_trusted_option_for_every_query_domain():
+    better = {(1.0, "clipart", 1.0, MAP_NONE): 0.9, (1.0, "sketch", 1.0, MAP_NONE): 0.9}
+    assert decide([table(better)] * 2 + [table({k: v - 0.01 for k, v in better.items()})], margin=0.0)["gallery_blend"] == 1.0
+    only_clipart = {(1.0, "clipart", 1.0, MAP_NONE): 0.9}
+    plan = decide([table(only_clipart), table({k: v - 0.01 for k, v in only_clipart.items()})], margin=0.0)
+    assert plan["gallery_blend"] == 0.0 and plan["domains"]["sketch"]["blend"] == 0.0
+
+
+def test_b1_ships_for_a_domain_where_the_mapping_alone_is_the_trusted_win():
+    folds = [table({(0.0, "sketch", 0.0, MAP_TEXT): 0.55 + e, (0.0, "sketch", 1.0, MAP_NONE): 0.56 + 3 * e})
+             for e in (0.0, 0.01, -0.01)]  # fmt: skip
+    sketch = decide(folds, margin=0.005)["domains"]["sketch"]
+    assert (sketch["blend"], sketch["mapping"]) == (0.0, MAP_TEXT)  # the head's larger mean is not worth its spread
+
+
+# ---------------------------------------------------------------------- a head sabotaged on one query domain
+def synthetic(dim: int, seed: int = 0) -> tuple[dict[str, DomainFeatures], ClairHead]:
+    """Features where one head helps clipart and ruins sketch, and leaves photo (the gallery) alone.
+
+    Class signal lives in dims 8+. Clipart carries a large random nuisance along one direction u of
+    that space (raw retrieval is poor); sketch a constant +2 on e0, orthogonal to the gallery and so
+    harmless to raw retrieval. The head removes u (clipart gets clean, the others barely change)
+    and, wherever e0 is on, adds one big fixed direction (every sketch collapses onto it)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(len(CLASSES), dim, generator=g) * (torch.arange(dim) >= 8), dim=-1)
+    e0 = torch.eye(dim)[0]
+    u = F.normalize(torch.randn(dim, generator=g) * (torch.arange(dim) >= 8), dim=-1)
+    feats = {}
+    for d in DOMAINS:
+        n = 12
+        labels = [c for c in CLASSES for _ in range(n)]
+        x = centres.repeat_interleave(n, 0) + 0.05 * torch.randn(len(labels), dim, generator=g) * (torch.arange(dim) >= 8)
+        if d == "clipart":
+            x = x + 20.0 * torch.randn(len(labels), 1, generator=g) * u
+        elif d == "sketch":
+            x = x + 2.0 * e0
+        x = F.normalize(x, dim=-1)
+        feats[d] = DomainFeatures(x, x.new_empty(len(x), 0, dim), labels, [f"{d}/{i}" for i in range(len(x))])
+    head = ClairHead(dim, 3, 1.0)
+    junk = F.normalize(torch.randn(dim, generator=g) * (torch.arange(dim) >= 8), dim=-1)
+    with torch.no_grad():
+        head.mlp[0].weight.copy_(torch.stack([u, -u, e0]))
+        head.mlp[0].bias.copy_(torch.tensor([0.0, 0.0, -0.1]))
+        head.mlp[2].weight.copy_(torch.stack([-u, u, 10.0 * junk], dim=1))
+        head.mlp[2].bias.zero_()
+    return feats, head
+
+
+def sabotaged_selection(tiny_clip):
+    feats, head = synthetic(tiny_clip.embed_dim)
+    folds = class_folds(CLASSES, fraction=0.3, seed=0, max_folds=5)
+    runs = [FoldRun(f, [c for c in CLASSES if c not in f], 0.2, [{VAL_KEY: 0.5}], [{"head": head.state_dict(), "prompts": None}])
+            for f in folds]  # fmt: skip
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, prompt_side="none")
+    return select_on_folds(runs, tiny_clip, cfg, feats), feats, head, cfg
+
+
+def test_a_head_sabotaged_on_one_query_domain_is_not_shipped_for_that_domain(tiny_clip):
+    selection, *_ = sabotaged_selection(tiny_clip)
+    clipart, sketch = selection["domains"]["clipart"], selection["domains"]["sketch"]
+    assert len(selection["folds"]) == 3 and selection["epoch"] == 0
+    assert clipart["blend"] > 0 and clipart["trusted"] and clipart["gain"] > 0.2  # the head fixes clipart, on every fold
+    assert sketch["blend"] == 0.0  # and is kept away from sketch, where it collapses every query
+    assert np.mean(sketch["folds"]["clair"]) < np.mean(sketch["folds"]["raw_clip"]) - 0.2
+    assert selection["gallery_blend"] == 0.0
+
+
+def test_a_head_that_collapses_every_domain_ships_nowhere(tiny_clip):
+    feats, _ = synthetic(tiny_clip.embed_dim)
+    head = ClairHead(tiny_clip.embed_dim, 3, 1000.0)
+    with torch.no_grad():  # every image lands next to one point: rankings no longer depend on the query
+        head.mlp[2].weight.zero_()
+        head.mlp[2].bias.fill_(5.0)
+    runs = [FoldRun(f, [c for c in CLASSES if c not in f], 0.2, [{VAL_KEY: 0.1}], [{"head": head.state_dict(), "prompts": None}])
+            for f in class_folds(CLASSES, fraction=0.3, seed=1, max_folds=5)]  # fmt: skip
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, prompt_side="none")
+    selection = select_on_folds(runs, tiny_clip, cfg, feats)
+    text = {d: hand_crafted_text_embeddings(tiny_clip, CLASSES, d) for d in DOMAINS}
+    model, record = ship(ClairModel(tiny_clip, head, DomainMapping.fit(text, "photo"), CLASSES, text, cfg), selection, why_none="")
+    assert record["shipped"] in ("raw_clip", "mapping_only") and "['clipart', 'sketch']" in record["warning"]
+    assert set(model.routing.values()) == {0.0} and model.head.alpha.item() == 0.0  # the identity head: raw CLIP
+    v = record["validation"]
+    assert v["clair"]["mean"] < 0.7 < v["raw_clip"]["mean"] <= v["chosen"]["mean"]
+
+
+def test_the_decision_survives_save_and_load_and_reaches_embed_features(tiny_clip, tmp_path):
+    selection, feats, head, cfg = sabotaged_selection(tiny_clip)
+    text = {d: hand_crafted_text_embeddings(tiny_clip, CLASSES, d) for d in DOMAINS}
+    trained = ClairModel(tiny_clip, head, DomainMapping.fit(text, "photo"), CLASSES, text, cfg)
+    model, record = ship(trained, selection, why_none="")
+    assert record["shipped"] == "per_domain" and "['sketch']" in record["warning"]
+    assert model.routing == {"clipart": selection["domains"]["clipart"]["blend"], "photo": 0.0, "sketch": 0.0}
+    model.record = record
+    again = ClairModel.load(model.save(tmp_path / "m"))
+    assert again.routing == model.routing and again.model_id == model.model_id
+    assert again.model_id != trained.model_id  # another vector space: backends must not mix them
+    assert json.loads((tmp_path / "m" / "clair.json").read_text())["routing"] == model.routing
+    assert ModelCard.read(tmp_path / "m").routing == model.routing
+    x = feats["sketch"].clean
+    want = x if selection["domains"]["sketch"]["mapping"] == MAP_NONE else again.mapping.apply(x, "sketch")
+    torch.testing.assert_close(again.embed_features(x, "sketch"), want)  # raw CLIP for sketch
+    assert (again.embed_features(x, "sketch") @ head(x).T).diagonal().mean() < 0.5  # not the head's collapse
+    c = feats["clipart"].clean
+    b = model.routing["clipart"]
+    torch.testing.assert_close(again.embed_features(c, "clipart", map_domain=False),
+                               F.normalize((1 - b) * c + b * head(c), dim=-1))  # fmt: skip
+
+
+def test_index_and_search_embed_through_the_decision(tiny_clip, shapes_root, tmp_path):
+    """A head far from the identity, shipped for clipart only: the stored gallery vectors are raw
+    CLIP, sketch queries are raw CLIP, and the hits' scores are those of the routed vectors."""
+    text = {d: hand_crafted_text_embeddings(tiny_clip, CLASSES, d) for d in DOMAINS}
+    torch.manual_seed(0)
+    head = ClairHead(tiny_clip.embed_dim, 16, 5.0)
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, prompt_side="none")
+    trained = ClairModel(tiny_clip, head, DomainMapping.fit(text, "photo"), CLASSES, text, cfg)
+    selection = {"gallery_blend": 0.0, "folds": [],
+                 "domains": {"clipart": {"blend": 1.0, "mapping": MAP_TEXT}, "sketch": {"blend": 0.0, "mapping": MAP_NONE}}}  # fmt: skip
+    path = apply_selection(trained, selection).save(tmp_path / "m")
+    uri = str(tmp_path / "g.db")
+    gallery = sorted(str(p) for p in (shapes_root / "photo" / "heart").iterdir())[:6]
+    clair_vec.index("g", gallery, backend="milvus", uri=uri, model=path, progress=False)
+    query = str(sorted((shapes_root / "sketch" / "heart").iterdir())[0])
+    hits = clair_vec.search("g", [query], domain="sketch", top_k=6, backend="milvus", uri=uri, model=path)[0]
+    from clair_vec.datasets.images import load_image
+
+    g_raw = tiny_clip.encode_images([load_image(p) for p in gallery])
+    q_raw = tiny_clip.encode_images([load_image(query)])
+    routed = {gallery[i]: float(s) for i, s in enumerate((g_raw @ q_raw[0]).tolist())}
+    for h in hits:
+        assert h.score == pytest.approx(routed[h.payload["path"]], abs=1e-4)
+    # had either side gone through the head (as an unrouted model sends every domain), the scores would differ
+    for other in ((head(q_raw)[0] @ g_raw.T).tolist(), (q_raw[0] @ head(g_raw).T).tolist()):
+        assert max(abs(h.score - other[gallery.index(h.payload["path"])]) for h in hits) > 0.05
+
+
+# ---------------------------------------------------------------------- the training job end to end
+@pytest.fixture(scope="module")
+def selected(shapes_root, tmp_path_factory):
+    from clair_vec.training.job import train_local
+
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=2, batch_size=48, lr=3e-3,
+                      confidence="cosine", confidence_norm="none", selection_thresholds=[0.2, 0.95], selection_blends=[0.0, 1.0])  # fmt: skip
+    model = train_local(shapes_root, cfg, progress=False)
+    return model, model.save(tmp_path_factory.mktemp("sel") / "m")
+
+
+def test_training_records_folds_spread_and_decision_per_domain(selected, shapes_root):
+    model, path = selected
+    r = json.loads((path / "clair.json").read_text())["training"]
+    sel = r["selection"]
+    seen = (shapes_root / "seen_classes.txt").read_text().split()
+    assert len(sel["folds"]) == 4 and {c for f in sel["folds"] for c in f["validation_classes"]} == set(seen)
+    assert sorted(r["validation_classes"]) == sorted(seen) and model.classes == sorted(seen)  # the final model trains on all
+    assert sel["epoch"] in (0, 1) and r["epochs"] == sel["epoch"] + 1  # early stopping on the folds
+    assert set(sel["domains"]) == {"clipart", "sketch"}
+    for d in sel["domains"].values():
+        assert {"blend", "mapping", "gain", "spread", "folds"} <= set(d) and len(d["folds"]["raw_clip"]) == 4
+        assert d["blend"] in (0.0, 1.0) and d["mapping"] in ("none", "text", "text+prompts")
+    assert model.routing == {"photo": sel["gallery_blend"], **{k: v["blend"] for k, v in sel["domains"].items()}}
+    t = sel["threshold"]
+    assert t["chosen"] in (0.2, 0.95) and set(t["thresholds"]) == {"0.2", "0.95"}
+    assert t["thresholds"]["0.95"]["kept_fraction"] < t["thresholds"]["0.2"]["kept_fraction"]
+    assert model.config.confidence_threshold == t["chosen"]
+
+
+def test_too_few_seen_classes_ship_raw_clip_and_say_why(shapes_root, tmp_path):
+    from clair_vec.datasets.folders import scan_folder
+    from clair_vec.datasets.shapes import make_shapes_dataset
+    from clair_vec.training.job import train_local
+
+    root = make_shapes_dataset(tmp_path / "d", classes=["circle", "square", "star", "heart", "ring"], per_class=3,
+                               unseen=["heart", "ring"])  # fmt: skip
+    assert len(scan_folder(root).classes) == 5
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=1, batch_size=24)
+    model = train_local(root, cfg, progress=False)
+    assert model.record["shipped"] == "raw_clip" and "3 seen classes are too few" in model.record["warning"]
+    assert set(model.routing.values()) == {0.0} and model.head.alpha.item() == 0.0
+    unchecked = train_local(root, cfg, progress=False, val_fraction=0.0)
+    assert unchecked.record["shipped"] == "clair" and "ships unchecked" in unchecked.record["warning"]
+    assert set(unchecked.routing.values()) == {1.0}
+
+
+def test_identity_decay_keeps_the_head_closer_to_raw_clip(tiny_clip):
+    from clair_vec.training.trainer import ClairTrainer
+
+    feats, _ = synthetic(tiny_clip.embed_dim)
+    g = torch.Generator().manual_seed(1)
+    for f in feats.values():  # two augmented views: the clean feature plus a little noise
+        f.views = F.normalize(f.clean[:, None, :] + 0.05 * torch.randn(len(f), 2, f.clean.shape[1], generator=g), dim=-1)
+    closeness, terms = {}, {}
+    for decay in (0.0, 5.0):
+        cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=4, batch_size=36, lr=1e-2,
+                          head_alpha_init=1.0, identity_decay=decay, prompt_side="none")  # fmt: skip
+        trainer = ClairTrainer(cfg, tiny_clip, CLASSES, feats, progress=False)
+        trainer.fit()
+        v = torch.cat([f.clean for f in feats.values()])
+        with torch.no_grad():
+            closeness[decay] = float((trainer.head(v) * v).sum(-1).mean())
+        terms[decay] = set(trainer.history[0].terms)
+    assert "identity" in terms[5.0] and "identity" not in terms[0.0]  # the spec's objective is untouched by default
+    assert closeness[5.0] > closeness[0.0] + 0.01
