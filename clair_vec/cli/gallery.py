@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 
-from clair_vec.cli.common import MAX_TOP_K, backend_args, filters, int_range, model_arg
+from clair_vec.cli.common import MAX_TOP_K, backend_args, filters, int_range, model_arg, require_model
+from clair_vec.errors import ClairVecError
 from clair_vec.retrieval.indexing import BATCH_SIZES
+from clair_vec.store.ids import ID_PATTERN
+
+_ID = re.compile(ID_PATTERN)
 
 
 def cmd_index(a: argparse.Namespace) -> None:
+    require_model(a)
     from clair_vec.retrieval.retriever import Retriever
 
     with Retriever(a.model, backend=a.backend, uri=a.uri) as r:
@@ -18,34 +25,73 @@ def cmd_index(a: argparse.Namespace) -> None:
     print(json.dumps(s.as_dict()))
 
 
+def search_queries(a: argparse.Namespace) -> tuple[list, list]:
+    """The queries a ``search`` command line asks for, and what to print as each one's ``query``.
+
+    Images alone are one query each (the classic cross-domain search). With ``--text``,
+    ``--like`` or ``--unlike`` everything given forms one query: a sketch and a word, a liked
+    hit minus an unliked one."""
+    from clair_vec.retrieval.queries import Part, Query
+
+    if a.unlike and not (a.images or a.text or a.like):
+        raise ClairVecError("--unlike says what to avoid: also give what to search for (images, --text or --like)")
+    if not (a.images or a.text or a.like):
+        raise ClairVecError("nothing to search with: give query images, --text TEXT or --like ID")
+    image_unlikes = [u for u in a.unlike or [] if not _ID.fullmatch(u)]
+    if (a.images or image_unlikes) and not a.domain:
+        raise ClairVecError("--domain is required with query images: the domain they were drawn in (e.g. sketch)")
+    options = {"top_k": a.top_k, "offset": a.offset, "min_score": a.min_score, "filter": filters(a.filter), "rerank": a.rerank}
+    if not (a.text or a.like or a.unlike):
+        return [Query.of(Part.image(i, a.domain), **options) for i in a.images], list(a.images)
+    parts = [Part.image(i, a.domain) for i in a.images] + [Part.text(t, a.text_weight) for t in a.text or []]
+    parts += [Part.like(i) for i in a.like or []]
+    parts += [Part.unlike(u) if _ID.fullmatch(u) else Part.image(u, a.domain, -1.0) for u in a.unlike or []]
+    shown = {k: v for k, v in (("images", a.images), ("text", a.text), ("like", a.like), ("unlike", a.unlike)) if v}
+    return [Query.of(*parts, **options)], [shown]
+
+
 def cmd_search(a: argparse.Namespace) -> None:
+    require_model(a)
+    from clair_vec.retrieval.queries import empty_filter_note
     from clair_vec.retrieval.retriever import Retriever
 
+    queries, shown = search_queries(a)
     with Retriever(a.model, backend=a.backend, uri=a.uri) as r:
-        hits = r.search(a.collection, a.images, domain=a.domain, top_k=a.top_k, filter=filters(a.filter))
-    for query, row in zip(a.images, hits, strict=True):
+        rows = r.run(a.collection, queries)
+        note = empty_filter_note(r, a.collection, queries[0].filter) if queries[0].filter and not any(rows) else None
+    for query, row in zip(shown, rows, strict=True):
         print(json.dumps({"query": query, "hits": [{"id": h.id, "score": round(h.score, 5), **h.payload} for h in row]}))
+    if note:
+        print(f"clair-vec: note: {note}", file=sys.stderr)
 
 
 def add_commands(add) -> None:
     ix = add("index", cmd_index, "embed images into a collection (creating it), skipping what is stored")
     model_arg(ix)
     ix.add_argument("--collection", required=True, help="collection name: letters, digits, underscores")
-    ix.add_argument("--domain", default=None, help="domain of the images (None: the model's gallery domain)")
+    ix.add_argument("--domain", default=None, help="domain of the images (default: the model's gallery domain)")
     ix.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     backend_args(ix)
     ix.add_argument("--label-from-folder", action="store_true", help="store each image's folder name as its label")
     ix.add_argument("--labels", default=None, metavar="FILE",
-                    help="label vocabulary, one a line: tag each image zero-shot over it (None: store no tag)")
+                    help="label vocabulary, one a line: tag each image zero-shot over it (default: store no tag)")
     ix.add_argument("--prune", action="store_true", help="then remove records of files under these folders that no longer exist")
     ix.add_argument("--batch-size", type=int_range(*BATCH_SIZES), default=64, help="images per write")
 
-    s = add("search", cmd_search, "query a collection with images of any domain; prints one JSON line per query")
+    s = add("search", cmd_search, "query a collection with images of any domain, text, or stored hits; "
+            "prints one JSON line per query")  # fmt: skip
     model_arg(s)
     s.add_argument("--collection", required=True, help="collection to search")
-    s.add_argument("--domain", required=True, help="domain of the query images (e.g. sketch)")
-    s.add_argument("images", nargs="+", help="query image files")
+    s.add_argument("--domain", default=None, help="domain of the query images (e.g. sketch); required with images")
+    s.add_argument("images", nargs="*", help="query image files: each its own query, or parts of one with --text/--like/--unlike")
     backend_args(s)
+    s.add_argument("--text", action="append", metavar="TEXT", help="search with words too (repeatable), e.g. --text guitar")
+    s.add_argument("--text-weight", type=float, default=1.0, help="weight of each --text against an image's 1")
+    s.add_argument("--like", action="append", metavar="ID", help="more like this stored record (repeatable)")
+    s.add_argument("--unlike", action="append", metavar="ID|IMAGE", help="less like this record or image (repeatable)")
     s.add_argument("--top-k", type=int_range(1, MAX_TOP_K), default=10, help="hits per query")
+    s.add_argument("--offset", type=int_range(0, MAX_TOP_K), default=0, help="skip this many hits first (paging)")
+    s.add_argument("--min-score", type=float, default=None, help="only hits with at least this cosine similarity (-1 to 1)")
+    s.add_argument("--rerank", choices=["aqe"], default=None, help="re-query with the top hits (alpha query expansion)")
     s.add_argument("--filter", action="append", metavar="KEY=VALUE",
                    help="domain/label/path/pseudo_label=VALUE; repeat a key for OR, different keys AND")

@@ -10,17 +10,20 @@ and the CPU model gain nothing from running concurrently in one process.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from clair_vec.errors import CollectionMismatchError, DatasetError
-from clair_vec.method.model import ClairModel, load_model
+from clair_vec.errors import BackendError, CollectionMismatchError, CorruptImageError, DatasetError, RecordNotFoundError
+from clair_vec.method.model import MODEL_ENV, ClairModel, load_model
+from clair_vec.method.prompts import domain_templates
 from clair_vec.retrieval import sources
 from clair_vec.retrieval.indexing import (
     IndexSummary,
@@ -30,9 +33,10 @@ from clair_vec.retrieval.indexing import (
     prepare_collection,
     prune,
 )
+from clair_vec.retrieval.queries import AQE_TOP, Part, Query, QueryError, combine, expand_query, text_token_problem
 from clair_vec.retrieval.sources import ImageInput
 from clair_vec.retrieval.vocabulary import vocabulary
-from clair_vec.store.backend import Backend, CollectionInfo, Hit, check_collection_name
+from clair_vec.store.backend import Backend, CollectionInfo, Hit, check_collection_name, normalize_filter
 from clair_vec.store.plugins import get_backend
 
 
@@ -46,14 +50,20 @@ class Retriever:
         backend: str | Backend | None = None,
         uri: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
+        text_through_head: bool = False,
     ) -> None:
         self.model = load_model(model)
+        #: where the model was loaded from (recorded in the collections it creates); None for an object
+        self.model_dir = None if isinstance(model, ClairModel) else os.path.abspath(model or os.environ.get(MODEL_ENV, ""))
         if isinstance(backend, Backend):
             self.backend, self._owns_backend = backend, False
         else:
             self.backend, self._owns_backend = get_backend(backend, uri, **dict(backend_options or {})), True
         self._lock = threading.RLock()
         self._checked: dict[str, CollectionInfo] = {}
+        self._texts: dict[str, np.ndarray] = {}
+        #: pass text embeddings through the CLAIR head too (the head is trained on images only)
+        self.text_through_head = text_through_head
 
     def __enter__(self) -> Retriever:
         return self
@@ -116,7 +126,7 @@ class Retriever:
         if not items and not prune_missing:  # an empty --prune run is how a user clears deleted files
             raise DatasetError(f"no images to index in {', '.join(roots) or 'the input'}" + _why_none(ignored))
         with self._lock:
-            prepare_collection(self.backend, collection, m)
+            prepare_collection(self.backend, collection, m, self.model_dir)
             summary = index_sources(m, self.backend, collection, items, domain=domain, batch_size=batch_size,
                                     vocabulary=labels, progress=progress)  # fmt: skip
             summary.ignored = ignored
@@ -124,25 +134,15 @@ class Retriever:
                 summary.pruned = prune(self.backend, collection, roots, domain=domain)
         return summary
 
-    def count(self, collection: str) -> int:
+    def count(self, collection: str, *, filter: Mapping[str, Any] | None = None) -> int:
         with self._lock:
-            return self.backend.count(collection)
+            return self.backend.count(collection, filter=filter)
 
     def list_collections(self) -> list[str]:
         with self._lock:
             return self.backend.list_collections()
 
     # ------------------------------------------------------------------ reading
-    def embed_queries(self, queries: ImageInput | Sequence[ImageInput], domain: str) -> np.ndarray:
-        """Query vectors of ``domain``, mapped into the gallery domain. An unreadable query raises
-        :class:`CorruptImageError` naming it: a dropped query would misalign results with inputs."""
-        self.model.check_domain(domain)
-        images = [sources.decode(s) for s in sources.expand(queries)]
-        if not images:
-            return np.zeros((0, self.model.dim), np.float32)
-        with self._lock:
-            return self.model.embed_images(images, domain)
-
     def search(
         self,
         collection: str,
@@ -152,17 +152,183 @@ class Retriever:
         top_k: int = 10,
         filter: Mapping[str, Any] | None = None,
     ) -> list[list[Hit]]:
-        """Ranked hits for each query image of ``domain``, mapped into the gallery's domain first."""
+        """Ranked hits for each query image of ``domain`` (files, folders, PIL images, arrays), mapped
+        into the gallery's domain first. An unreadable query raises :class:`CorruptImageError`
+        naming it: a dropped query would misalign results with inputs."""
         self.model.check_domain(domain)
+        images = sources.expand(queries)
+        return self.run(collection, [Query.of(Part.image(s, domain), top_k=top_k, filter=filter) for s in images])
+
+    def query(self, collection: str, query: Query) -> list[Hit]:
+        """The hits of one :class:`~clair_vec.retrieval.queries.Query` (image, text, stored ids)."""
+        return self.run(collection, [query])[0]
+
+    def run(self, collection: str, queries: Sequence[Query], *, return_errors: bool = False) -> list[Any]:
+        """The hits of each query, computed together: one CLIP pass per image domain, one text pass,
+        one stored-vector lookup, one engine call per distinct filter. With ``return_errors`` a
+        query that fails takes its exception as its result and the others are answered (the
+        service batches many users' requests); otherwise the first failure is raised."""
+        results: list[Any] = [None] * len(queries)
         with self._lock:
             self.collection(collection)
-        vectors = self.embed_queries(queries, domain)
-        with self._lock:
-            return self.backend.search(collection, vectors, top_k=top_k, filter=filter)
+            plan = _Plan(self, collection, queries, results)
+            plan.encode()
+            plan.search()
+        if not return_errors:
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+        return results
+
+    def text_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """``(N, dim)`` unit vectors of texts in the gallery domain's space (see :mod:`.queries`)."""
+        m = self.model
+        missing = [t for t in dict.fromkeys(texts) if t not in self._texts]
+        if missing:
+            templates = domain_templates(m.pivot, m.config.templates)
+            extra = m.config.n_ctx if m.prompt_state is not None else 0
+            for t in missing:
+                problem = text_token_problem(m.foundation.tokenizer, t, templates, extra)
+                if problem:
+                    raise QueryError(f"text {t[:60]!r}: {problem}")
+            vecs = m.class_text_embeddings(missing, m.pivot)
+            if self.text_through_head:
+                vecs = m.embed_features(vecs, m.pivot)
+            for t, v in zip(missing, vecs.numpy().astype(np.float32), strict=True):
+                self._texts[t] = v
+                if len(self._texts) > _TEXT_CACHE:
+                    self._texts.pop(next(iter(self._texts)))
+        return np.stack([self._texts[t] for t in texts]) if texts else np.zeros((0, m.dim), np.float32)
 
     def get(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         with self._lock:
             return self.backend.get(collection, ids)
+
+    def records(self, collection: str, *, page_size: int = 1000) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every ``(id, payload)`` of the collection, a page at a time (the lock is held per page)."""
+        pages = self.backend.records(collection, page_size=page_size)
+        while True:
+            with self._lock:
+                page = list(itertools.islice(pages, page_size))
+            yield from page
+            if len(page) < page_size:
+                return
+
+
+#: texts whose embeddings a retriever keeps (a service sees the same few words again and again)
+_TEXT_CACHE = 4096
+
+
+class _Plan:
+    """One batch of queries on their way through the encoders and the engine (:meth:`Retriever.run`)."""
+
+    def __init__(self, r: Retriever, collection: str, queries: Sequence[Query], results: list[Any]) -> None:
+        self.r, self.collection, self.queries, self.results = r, collection, queries, results
+        self.live: list[int] = []
+        for i, q in enumerate(queries):
+            try:
+                q.validate(r.model.domains)
+                normalize_filter(q.filter)
+                self.live.append(i)
+            except (QueryError, ValueError) as exc:
+                results[i] = exc
+        self.vectors: dict[tuple[int, int], np.ndarray] = {}
+
+    def _fail(self, i: int, exc: Exception) -> None:
+        if self.results[i] is None:
+            self.results[i] = exc
+
+    def _alive(self) -> list[int]:
+        return [i for i in self.live if self.results[i] is None]
+
+    def encode(self) -> None:
+        r = self.r
+        by_domain: dict[str, list[tuple[tuple[int, int], Image.Image]]] = {}
+        texts: dict[str, list[tuple[int, int]]] = {}
+        ids: dict[str, list[tuple[int, int]]] = {}
+        for i in self._alive():
+            for j, part in enumerate(self.queries[i].parts):
+                key = (i, j)
+                try:
+                    if part.kind == "image":
+                        src = part.value if isinstance(part.value, sources.ImageSource) else sources.expand([part.value])[0]
+                        by_domain.setdefault(part.domain, []).append((key, sources.decode(src)))
+                    elif part.kind == "text":
+                        texts.setdefault(part.value, []).append(key)
+                    else:
+                        ids.setdefault(part.value, []).append(key)
+                except (CorruptImageError, TypeError, ValueError) as exc:
+                    self._fail(i, exc)
+        for domain, items in by_domain.items():
+            vecs = r.model.embed_images([im for _, im in items], domain)
+            self.vectors.update({key: v for (key, _), v in zip(items, vecs, strict=True)})
+        for text, keys in texts.items():
+            try:
+                (v,) = r.text_vectors([text])
+                self.vectors.update({key: v for key in keys})
+            except QueryError as exc:
+                for i, _ in keys:
+                    self._fail(i, exc)
+        if ids:
+            for rid, v in self._stored(list(ids)).items():
+                if isinstance(v, Exception):
+                    for i, _ in ids[rid]:
+                        self._fail(i, v)
+                else:
+                    self.vectors.update({key: v for key in ids[rid]})
+
+    def _stored(self, ids: list[str]) -> dict[str, Any]:
+        """Stored vectors by id; an id that is not stored maps to the error that says so."""
+        try:
+            return dict(self.r.backend.vectors(self.collection, ids))
+        except RecordNotFoundError as exc:
+            missing = set(exc.ids)
+            found = self._stored([i for i in ids if i not in missing]) if len(missing) < len(ids) else {}
+            return {**found, **{m: _missing(self.collection, m) for m in missing}}
+
+    def search(self) -> None:
+        live = self._alive()
+        combined = {}
+        for i in live:
+            q = self.queries[i]
+            try:
+                combined[i] = combine(q.parts, [self.vectors[(i, j)] for j in range(len(q.parts))])
+            except QueryError as exc:
+                self._fail(i, exc)
+        first = self._engine(combined)
+        expand = {i: rows for i, rows in first.items() if self.queries[i].rerank == "aqe" and rows}
+        if expand:
+            top = {i: rows[:AQE_TOP] for i, rows in expand.items()}
+            stored = self._stored(sorted({h.id for rows in top.values() for h in rows}))
+            again = {i: expand_query(combined[i], np.stack([stored[h.id] for h in rows]), [h.score for h in rows])
+                     for i, rows in top.items() if not any(isinstance(stored.get(h.id), Exception) for h in rows)}  # fmt: skip
+            first.update(self._engine(again))
+        for i, rows in first.items():
+            q = self.queries[i]
+            rows = [h for h in rows if h.id not in q.exclude][q.offset : q.offset + q.top_k]
+            self.results[i] = [h for h in rows if q.min_score is None or h.score >= q.min_score]
+
+    def _engine(self, vectors: dict[int, np.ndarray]) -> dict[int, list[Hit]]:
+        """One engine call per distinct filter, each asking for the largest window of its queries."""
+        groups: dict[str, list[int]] = {}
+        for i in vectors:
+            groups.setdefault(json.dumps(normalize_filter(self.queries[i].filter), sort_keys=True), []).append(i)
+        out: dict[int, list[Hit]] = {}
+        for members in groups.values():
+            window = max(self.queries[i].window for i in members)
+            flt = self.queries[members[0]].filter
+            try:
+                rows = self.r.backend.search(self.collection, np.stack([vectors[i] for i in members]), top_k=window, filter=flt)
+            except (ValueError, BackendError) as exc:
+                for i in members:
+                    self._fail(i, exc)
+                continue
+            out.update(zip(members, rows, strict=True))
+        return out
+
+
+def _missing(collection: str, rid: str) -> RecordNotFoundError:
+    return RecordNotFoundError(f"no record {rid} in collection {collection!r}: use an id a search returned", ids=[rid])
 
 
 def _why_none(ignored: list[tuple[str, str]], shown: int = 3) -> str:
