@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-from-folder", action="store_true", help="store each image's folder name as its label")
     p.add_argument("--labels", default=None, metavar="FILE", help="label vocabulary file: tag each image zero-shot over it")
     p.add_argument("-v", "--verbose", action="store_true", help="log a progress line per batch")
-    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--from-collection", default=None, metavar="OLD",
+                   help="re-embed the files this collection's records name (their labels kept) instead of folders")
+    p.add_argument("images", nargs="*", help="image files or folders")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -45,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         labels = read_labels(args.labels) if args.labels else None
         s = ray_index(args.collection, args.images, model_dir=args.model, domain=args.domain, backend=args.backend,
                       uri=args.uri, actors=args.actors, batch_size=args.batch_size, label_from_folder=args.label_from_folder,
-                      labels=labels, gpus=args.gpus, threads_per_actor=args.threads_per_actor)  # fmt: skip
+                      labels=labels, gpus=args.gpus, threads_per_actor=args.threads_per_actor,
+                      from_collection=args.from_collection)  # fmt: skip
     except (ClairVecError, ValueError, FileNotFoundError) as exc:
-        print(f"index.py: error: {exc}", file=sys.stderr)
+        from clair_vec.store.redaction import scrub
+
+        print(f"index.py: error: {scrub(str(exc))}", file=sys.stderr)
         return 2
     print(json.dumps(s.as_dict()))
     return 0

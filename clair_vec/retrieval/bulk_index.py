@@ -15,10 +15,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +206,11 @@ def ray_index(
     threads_per_actor: int = 1,
     progress: bool = True,
     on_batch: Callable[[Any], None] | None = None,
+    from_collection: str | None = None,
 ) -> Any:
-    """Index every image under ``inputs`` (folders or files) into ``collection`` on Ray.
+    """Index every image under ``inputs`` (folders or files) into ``collection`` on Ray; or, with
+    ``from_collection``, re-embed the files that collection's records (of ``domain``) name, keeping
+    their labels (the Ray form of ``clair-vec reindex``).
 
     Returns an :class:`~clair_vec.retrieval.indexing.IndexSummary`. A Ray instance is started if none is
     connected, and shut down again at the end.
@@ -226,13 +230,19 @@ def ray_index(
     missing = [i for i in inputs if not Path(i).exists()]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {missing}")
+    if (from_collection is None) == (not inputs):
+        raise ValueError("give image folders or --from-collection OLD, one of the two")
     vocabulary = list(labels) if labels else None
-    with ray_session():
+    with ray_session(), _small_blocks(batch_size):
         gpu = gpus_each(gpus, actors, "actors")
         be = get_backend(backend, uri)
         try:
-            prepare_collection(be, collection, card)
+            prepare_collection(be, collection, card, model_dir)
             embedded = not be.shared
+            # read before the store actor opens an embedded store: it takes one process at a time
+            rows = (_collection_rows(be, from_collection, domain) if from_collection is not None else
+                    ray.data.from_items([{"input": str(i)} for i in inputs])
+                    .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder}, num_cpus=0))  # fmt: skip
         finally:
             be.close()
         # one process may open an embedded store: everyone writes through this actor
@@ -242,8 +252,8 @@ def ray_index(
             actor_kwargs = {"model_dir": str(Path(model_dir).resolve()), "domain": domain, "collection": collection,
                             "backend": backend, "uri": uri, "store": store_actor, "vocabulary": vocabulary,
                             "device": "cuda" if gpu else "cpu", "threads": threads_per_actor}  # fmt: skip
-            _stream(summary, inputs, actor_kwargs, actors=actors, gpu=gpu, batch_size=batch_size,
-                    label_from_folder=label_from_folder, progress=progress, on_batch=on_batch)  # fmt: skip
+            _stream(summary, rows, actor_kwargs, actors=actors, gpu=gpu, batch_size=batch_size, progress=progress,
+                    on_batch=on_batch)  # fmt: skip
             if summary.indexed or summary.replaced:
                 if store_actor is not None:
                     ray.get(store_actor.flush.remote())
@@ -259,38 +269,65 @@ def ray_index(
                     ray.kill(store_actor)
 
 
-def _stream(summary: Any, inputs: Sequence[str], actor_kwargs: dict[str, Any], *, actors: int, gpu: float, batch_size: int,
-            label_from_folder: bool, progress: bool, on_batch: Callable[[Any], None] | None) -> None:  # fmt: skip
-    """Run the listing -> hashing -> encoding pipeline, adding each output batch to ``summary``."""
+def _collection_rows(be: Any, collection: str, domain: str) -> Any:
+    """The files a collection's records of ``domain`` name, as rows like :func:`list_files` makes,
+    a page at a time into Ray's object store (the driver never holds the whole listing)."""
+    import ray
+
+    parts = []
+    page: list[dict[str, Any]] = []
+    for _, payload in be.records(be.resolve(collection), filter={"domain": domain}):
+        path = payload.get("path")
+        if isinstance(path, str) and path and not path.startswith("<"):
+            page.append({"path": os.fsencode(path), "label": str(payload.get("label") or ""), "ignored": ""})
+        if len(page) >= 4096:
+            parts.append(ray.data.from_items(page))
+            page = []
+    if page or not parts:
+        parts.append(ray.data.from_items(page))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _stream(summary: Any, rows: Any, actor_kwargs: dict[str, Any], *, actors: int, gpu: float, batch_size: int,
+            progress: bool, on_batch: Callable[[Any], None] | None) -> None:  # fmt: skip
+    """Run the hashing -> encoding pipeline over ``rows`` (files to index), adding each output
+    batch to ``summary``."""
     import ray
 
     from clair_vec.progress import progress_bar
 
     domain, collection = actor_kwargs["domain"], actor_kwargs["collection"]
-    # rows are ~200 bytes: at the default 128 MiB target a whole folder would be one block, fed to
-    # one actor; blocks of about a batch spread the work over the actor pool as it streams
+    # the block size comes from _small_blocks, set when ``rows`` was made
+    # listing and hashing ask for no CPU: they are I/O-light, must never wait for CPUs the
+    # encoding actors hold (on 2 cores, 2 actors hold both), and a resource spec unlike the
+    # actors' keeps Ray Data from fusing them into the actor processes, which import torch
+    ds = (
+        rows.map_batches(hash_batch, fn_kwargs={"domain": domain}, batch_size=batch_size, batch_format="numpy",
+                     num_cpus=0, compute=ray.data.TaskPoolStrategy(size=max(2, actors)))  # fmt: skip
+        .map_batches(EncodeActor, fn_constructor_kwargs=actor_kwargs, compute=ray.data.ActorPoolStrategy(size=actors),
+                     batch_size=batch_size, num_gpus=gpu, num_cpus=0 if gpu else 1, batch_format="numpy")  # fmt: skip
+    )
+    t0 = time.monotonic()
+    with progress_bar(total=0, desc=f"index {collection} on Ray", unit="img", enabled=progress) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            _tally(summary, batch)
+            bar.update(len(batch["path"]))
+            if on_batch is not None:
+                on_batch(summary)
+            log.info("indexed %d, already present %d, skipped %d (%.1f s)", summary.indexed,
+                     summary.already_present, len(summary.skipped), time.monotonic() - t0)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _small_blocks(batch_size: int) -> Iterator[None]:
+    """Rows are ~200 bytes: at Ray Data's default 128 MiB target a whole folder would be one block,
+    fed to one actor; blocks of about a batch spread the work over the actor pool as it streams.
+    Set while the dataset is built: a Ray dataset keeps the context it was created under."""
+    import ray
+
     context = ray.data.DataContext.get_current()
     block_size, context.target_max_block_size = context.target_max_block_size, max(16 * 1024, batch_size * 256)
     try:
-        # listing and hashing ask for no CPU: they are I/O-light, must never wait for CPUs the
-        # encoding actors hold (on 2 cores, 2 actors hold both), and a resource spec unlike the
-        # actors' keeps Ray Data from fusing them into the actor processes, which import torch
-        ds = (
-            ray.data.from_items([{"input": str(i)} for i in inputs])
-            .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder}, num_cpus=0)
-            .map_batches(hash_batch, fn_kwargs={"domain": domain}, batch_size=batch_size, batch_format="numpy",
-                         num_cpus=0, compute=ray.data.TaskPoolStrategy(size=max(2, actors)))  # fmt: skip
-            .map_batches(EncodeActor, fn_constructor_kwargs=actor_kwargs, compute=ray.data.ActorPoolStrategy(size=actors),
-                         batch_size=batch_size, num_gpus=gpu, num_cpus=0 if gpu else 1, batch_format="numpy")  # fmt: skip
-        )
-        t0 = time.monotonic()
-        with progress_bar(total=0, desc=f"index {collection} on Ray", unit="img", enabled=progress) as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                _tally(summary, batch)
-                bar.update(len(batch["path"]))
-                if on_batch is not None:
-                    on_batch(summary)
-                log.info("indexed %d, already present %d, skipped %d (%.1f s)", summary.indexed,
-                         summary.already_present, len(summary.skipped), time.monotonic() - t0)  # fmt: skip
+        yield
     finally:
         context.target_max_block_size = block_size

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,9 +83,14 @@ def encode_records(
     return records
 
 
-def prepare_collection(be: Backend, collection: str, model: ClairModel | ModelCard) -> CollectionInfo:
-    """Create (announcing it to plugins) or open ``collection`` for ``model``'s vectors."""
-    info = CollectionInfo(collection, model.dim, model.model_id, target_domain=model.pivot, extra={"clip": model.clip_arch})
+def prepare_collection(be: Backend, collection: str, model: ClairModel | ModelCard, model_dir: str | Path | None = None) -> CollectionInfo:
+    """Create (announcing it to plugins) or open ``collection`` for ``model``'s vectors. The
+    collection records where its model lives (``extra["model_dir"]``, when known): a service that
+    follows an alias to it loads that model before it answers from it."""
+    extra: dict[str, str] = {"clip": model.clip_arch}
+    if model_dir is not None:
+        extra["model_dir"] = os.path.abspath(model_dir)
+    info = CollectionInfo(collection, model.dim, model.model_id, target_domain=model.pivot, extra=extra)
     created = not be.has_collection(collection)
     info = be.create_collection(info)
     if created:
@@ -125,9 +130,16 @@ def index_sources(
     batch_size: int = 64,
     vocabulary: Sequence[str] | None = None,
     progress: bool = True,
+    summary: IndexSummary | None = None,
+    seen: dict[str, str] | None = None,
+    on_read: Callable[[ImageSource, str], None] | None = None,
+    flush: bool = True,
 ) -> IndexSummary:
-    summary = IndexSummary(collection, be.name)
-    seen: dict[str, str] = {}  # id -> the first source with those bytes in this run
+    """Index ``sources`` of ``domain``; ``summary`` and ``seen`` carry counts and the ids of this
+    run across calls (a caller feeding pages), ``on_read`` sees each source with the id of its
+    bytes before anything is decoded."""
+    summary = summary if summary is not None else IndexSummary(collection, be.name)
+    seen = seen if seen is not None else {}  # id -> the first source with those bytes in this run
     with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar:
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
@@ -138,6 +150,9 @@ def index_sources(
                     read.append((s, rid, data))
                 except CorruptImageError as exc:
                     summary.skipped.append((exc.path, exc.reason))
+                    continue
+                if on_read is not None:
+                    on_read(s, rid)
             stored = be.get(collection, [rid for _, rid, _ in read])
             todo = []
             for s, rid, data in read:
@@ -166,7 +181,7 @@ def index_sources(
             bar.update(len(chunk))
             log.info("%s: %d/%d read; indexed %d, already present %d, skipped %d", collection, start + len(chunk),
                      len(sources), summary.indexed, summary.already_present, len(summary.skipped))  # fmt: skip
-    if summary.indexed or summary.replaced:
+    if flush and (summary.indexed or summary.replaced):
         be.flush(collection)
     return summary
 

@@ -1,0 +1,99 @@
+"""Re-embedding a gallery with a new model: every record of an old collection, read again from
+its file and written into a new collection, ready for an alias to move to it.
+
+Streamed: the old collection is read a page at a time (nothing the size of the gallery is held),
+each page indexed like ``clair-vec index`` indexes a folder (hash, skip what the new collection
+holds, decode, encode, write whole batches). Resumable: ids are content hashes, so after a crash
+(even ``kill -9``) a re-run skips what was written. Each record keeps its path, domain and
+``label``; zero-shot tags belong to the model that computed them, so they are re-computed over
+``labels`` when given, and dropped otherwise. A file that is gone, or whose bytes changed since
+it was indexed, is reported by name (a changed file is indexed as it is now).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from clair_vec.progress import progress_bar
+from clair_vec.retrieval.indexing import IndexSummary, check_batch_size, index_sources, prepare_collection
+from clair_vec.retrieval.retriever import Retriever
+from clair_vec.retrieval.sources import ImageSource, printable, utf8_problem
+from clair_vec.retrieval.vocabulary import vocabulary
+from clair_vec.store.backend import Backend, check_collection_name
+
+PAGE = 512
+
+
+@dataclass
+class ReindexSummary(IndexSummary):
+    source: str = ""
+    read: int = 0  # records of the old collection looked at
+    changed: list[tuple[str, str]] = field(default_factory=list)  # (path, why): indexed with their bytes of now
+    no_file: list[tuple[str, str]] = field(default_factory=list)  # (record id, why): nothing to read again
+
+    def as_dict(self) -> dict:
+        return {"from": self.source, **super().as_dict(), "read": self.read, "changed": self.changed, "no_file": self.no_file}
+
+
+def _pages(records: Iterator, size: int) -> Iterator[list]:
+    while page := list(islice(records, size)):
+        yield page
+
+
+def reindex(
+    source: Backend,
+    old: str,
+    target: Retriever,
+    new: str,
+    *,
+    labels: Sequence[str] | str | Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> ReindexSummary:
+    """Re-embed every record of ``old`` (on ``source``) with ``target``'s model into ``new`` (on
+    ``target``'s backend, often the same handle). ``old`` may be an alias."""
+    check_collection_name(new)
+    check_batch_size(batch_size)
+    tags = vocabulary(labels)
+    old = source.resolve(old)
+    if old == target.backend.resolve(new) and source is target.backend:
+        raise ValueError(f"--from and --to are the same collection {old!r}: re-embed into a new collection, then move the alias")
+    source.open_collection(old)
+    m, be = target.model, target.backend
+    prepare_collection(be, new, m, target.model_dir)
+    summary = ReindexSummary(new, be.name, source=old)
+    seen: dict[str, str] = {}
+    with progress_bar(total=source.count(old), desc=f"reindex {old} -> {new}", unit="img", enabled=progress) as bar:
+        for page in _pages(source.records(old, page_size=PAGE), PAGE):
+            summary.read += len(page)
+            by_domain: dict[str, list[ImageSource]] = {}
+            was: dict[str, str] = {}  # path -> the id its bytes had when the old collection indexed them
+            for rid, payload in page:
+                path, domain = payload.get("path"), payload.get("domain") or m.pivot
+                if not isinstance(path, str) or not path or path.startswith("<"):
+                    summary.no_file.append((rid, "indexed from an in-memory image: there is no file to read again"))
+                elif domain not in m.domains:
+                    summary.skipped.append((path, f"domain {domain!r} is not one the new model knows ({m.domains})"))
+                else:
+                    problem = utf8_problem(path)
+                    exists = problem is None and os.path.isfile(path)
+                    by_domain.setdefault(domain, []).append(ImageSource(
+                        printable(path) if problem else path, path=path, label=str(payload.get("label") or ""),
+                        problem=problem or (None if exists else "the file is gone (it was indexed from here)")))  # fmt: skip
+                    was[path] = rid
+
+            def changed(src: ImageSource, rid: str, was: dict[str, str] = was) -> None:
+                if was.get(src.path or "") not in (None, rid):
+                    summary.changed.append((src.name, "its bytes changed since the old collection indexed it; indexed as it is now"))
+
+            for domain, items in by_domain.items():
+                index_sources(m, be, new, items, domain=domain, batch_size=batch_size, vocabulary=tags, progress=False,
+                              summary=summary, seen=seen, on_read=changed, flush=False)  # fmt: skip
+            bar.update(len(page))
+    if summary.indexed or summary.replaced:
+        be.flush(new)
+    return summary
