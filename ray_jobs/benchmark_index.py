@@ -99,17 +99,6 @@ def one(mode: str, actors: int, model: str, gallery: str, store: str, batch_size
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # fmt: skip
 
 
-def random_model(arch: str, out: Path) -> str:
-    """A mapping-only model on random ``arch`` weights: the real per-image cost, no download."""
-    from clair_vec.method.config import ClairConfig
-    from clair_vec.method.foundation import FoundationModel
-    from clair_vec.training.selection import mapping_only_model
-
-    fm = FoundationModel.load(arch, None)
-    cfg = ClairConfig(clip_model=arch, clip_pretrained=None)
-    return str(mapping_only_model(fm, ["circle", "square", "star"], ["photo", "sketch"], cfg).save(out))
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint directory (default: a random-weight --clip-model)")
@@ -131,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="clair-index-bench-"))
     try:
+        from clair_vec.benchmarks.models import random_model
+
         model = a.model or random_model(a.clip_model, work / "model")
         gallery = make_shapes_dataset(work / "data", per_class=-(-a.images // 12), domains=("photo",), seed=7) / "photo"
         for f in sorted(gallery.rglob("*.png"))[a.images :]:

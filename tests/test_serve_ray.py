@@ -29,7 +29,7 @@ def server_uri():
 
 def serve(model_dir, collection: str, uri: str, port: int, env: dict, replicas: int = 2) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "clair_vec.cli", "serve", "--ray", "--replicas", str(replicas),
-                             "--model", str(model_dir), "--collection", collection, "--uri", uri, "--port", str(port)],
+                             "--model", str(model_dir), "--collection", collection, "--uri", uri, "--port", str(port), "--replica-header"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
 

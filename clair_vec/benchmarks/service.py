@@ -1,18 +1,22 @@
 """``clair-vec serve`` under load, against what its work costs without the service.
 
     python -m clair_vec.benchmarks.service --model clair_demo/model --images 10000
+    python -m clair_vec.benchmarks.service --clip-model ViT-B-32 --images 2000        # a ViT-B-32-shaped model
+    python -m clair_vec.benchmarks.service --model clair_demo/model --uri http://127.0.0.1:19530   # a Milvus server
 
 Indexes generated photos into the embedded default (Milvus Lite; ``--backend qdrant``: Qdrant
-Edge), then measures:
+Edge) or the server at ``--uri``, then measures:
 
 1. the floor: one query's CLIP encode plus the engine's own search on an open client (pymilvus,
    same parameters), p50 over the query set, in this process;
-2. ``clair-vec serve`` as its own process: QPS, p50 and p99 of ``POST /search`` at 1, 4 and 16
-   concurrent clients (threads of this process, over loopback);
+2. ``clair-vec serve`` as its own process: QPS, p50 and p99 of ``POST /search`` at 1, 4, 16 and
+   64 concurrent clients (threads of this process, over loopback, each on its own keep-alive
+   connection), and the p99 of ``GET /healthz`` polled meanwhile (is the event loop free?);
 3. the server's resident memory before and after ``--requests`` more requests.
 
-On a 2-core machine the load generator shares the CPU with the server: read QPS as a floor.
-Speed only: no test asserts on these numbers.
+Without ``--model``, a mapping-only model on random ``--clip-model`` weights (no download; a real
+architecture's compute per query). On a 2-core machine the load generator shares the CPU with the
+server: read QPS as a floor. Speed only: no test asserts on these numbers.
 """
 
 from __future__ import annotations
@@ -75,10 +79,10 @@ def floor(model_dir: str, store: str, queries: list[bytes], top_k: int, backend:
     return {"encode_p50_ms": 1000 * statistics.median(encode), "engine_p50_ms": 1000 * statistics.median(engine)}
 
 
-def _start(model: str, store: str, backend: str) -> tuple[subprocess.Popen, str]:
+def _start(model: str, store: str, backend: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "clair_vec.cli", "serve", "--model", model, "--collection", "gallery",
-                             "--backend", backend, "--uri", store, "--port", str(port)],
+                             "--backend", backend, "--uri", store, "--port", str(port), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -106,8 +110,21 @@ def _multipart(image: bytes, top_k: int) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def poll_health(url: str, stop: threading.Event, out: list[float], every: float = 0.05) -> None:
+    """GET /healthz until ``stop``, recording each answer's latency (a busy event loop shows here)."""
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=10):
+                out.append(time.perf_counter() - t0)
+        except OSError:
+            out.append(float("inf"))
+        stop.wait(every)
+
+
 def load(url: str, queries: list[bytes], clients: int, requests: int, top_k: int) -> dict:
-    """``clients`` threads, each on its own keep-alive connection, send ``requests`` searches in all."""
+    """``clients`` threads, each on its own keep-alive connection, send ``requests`` searches in all,
+    while another thread polls /healthz."""
     from http.client import HTTPConnection
     from urllib.parse import urlparse
 
@@ -141,25 +158,37 @@ def load(url: str, queries: list[bytes], clients: int, requests: int, top_k: int
         finally:
             conn.close()
 
+    health: list[float] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=poll_health, args=(url, stop, health))
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(clients)]
+    poller.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    stop.set()
+    poller.join()
     return {"clients": clients, "requests": len(lat), "errors": errors[0], "qps": round(len(lat) / wall, 1),
             "p50_ms": round(1000 * statistics.median(lat), 1), "p99_ms": round(1000 * float(np.percentile(lat, 99)), 1),
-            "server_took_p50_ms": round(statistics.median(took), 1) if took else None}  # fmt: skip
+            "server_took_p50_ms": round(statistics.median(took), 1) if took else None,
+            "healthz_p99_ms": round(1000 * float(np.percentile(health, 99)), 1) if health else None}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint directory (e.g. clair_demo/model after `make demo`)")
+    p.add_argument("--model", default=None, help="checkpoint directory (e.g. clair_demo/model after `make demo`; "
+                   "None: a random-weight --clip-model)")  # fmt: skip
+    p.add_argument("--clip-model", default="ViT-B-32", help="architecture of the random-weight model without --model")
+    p.add_argument("--uri", default=None, help="a server to index into and serve from (None: the embedded default)")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64], help="concurrency levels")
+    p.add_argument("--serve-args", default="", help="extra `clair-vec serve` options, e.g. '--batch-size 1'")
     p.add_argument("--images", type=int, default=10_000, help="gallery size")
     p.add_argument("--queries", type=int, default=50, help="distinct query sketches")
     p.add_argument("--per-level", type=int, default=200, help="requests at each concurrency level")
-    p.add_argument("--requests", type=int, default=2000, help="requests of the memory-growth run")
+    p.add_argument("--requests", type=int, default=5000, help="requests of the memory-growth run")
     p.add_argument("--top-k", type=int, default=10, help="hits per query")
     p.add_argument("--backend", default="milvus", help="an embedded backend: milvus (Lite, the default) or qdrant (Edge)")
     p.add_argument("--rounds", type=int, default=3, help="alternating floor / service rounds for the 1-client comparison")
@@ -171,10 +200,20 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="clair-serve-bench-"))
     proc = None
+    extra = a.serve_args.split()
     try:
+        if a.model is None:
+            from clair_vec.benchmarks.models import random_model
+
+            a.model = random_model(a.clip_model, work / "model")
         data = make_shapes_dataset(work / "data", per_class=-(-a.images // 12), domains=("photo", "sketch"), seed=11)
         photos = sorted((data / "photo").rglob("*.png"))[: a.images]
-        store = str(work / ("gallery.db" if a.backend == "milvus" else "gallery"))
+        store = a.uri or str(work / ("gallery.db" if a.backend == "milvus" else "gallery"))
+        if a.uri:
+            from clair_vec.store.plugins import get_backend
+
+            with get_backend(a.backend, a.uri) as be:
+                be.drop_collection("gallery")
         t0 = time.perf_counter()
         s = index("gallery", photos, model=a.model, backend=a.backend, uri=store, label_from_folder=True)
         print(json.dumps({"indexed": s.indexed, "index_s": round(time.perf_counter() - t0, 1)}), flush=True)
@@ -184,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         floors, singles, tooks = [], [], []
         for _ in range(a.rounds):
             floors.append(floor(a.model, store, queries, a.top_k, a.backend))
-            proc, url = _start(a.model, store, a.backend)
+            proc, url = _start(a.model, store, a.backend, extra)
             load(url, queries, 1, 100, a.top_k)  # warm-up
             row = load(url, queries, 1, a.per_level, a.top_k)
             singles.append(row["p50_ms"])
@@ -200,10 +239,14 @@ def main(argv: list[str] | None = None) -> None:
                           "ratio_to_floor": round(statistics.median(singles) / floor_ms, 2),
                           "per_round": {"floor": [round(f["encode_p50_ms"] + f["engine_p50_ms"], 2) for f in floors],
                                         "service": singles}}), flush=True)  # fmt: skip
-        proc, url = _start(a.model, store, a.backend)
+        proc, url = _start(a.model, store, a.backend, extra)
         load(url, queries, 1, 100, a.top_k)
-        for c in (1, 4, 16):
-            print(json.dumps(load(url, queries, c, a.per_level, a.top_k)), flush=True)
+        levels = {}
+        for c in a.clients:
+            levels[c] = load(url, queries, c, max(a.per_level, 4 * c), a.top_k)
+            print(json.dumps(levels[c]), flush=True)
+        if 1 in levels:
+            print(json.dumps({f"qps_{c}_over_1": round(levels[c]["qps"] / levels[1]["qps"], 2) for c in levels if c != 1}), flush=True)
         before = _rss_mb(proc.pid)
         growth = load(url, queries, 4, a.requests, a.top_k)
         after = _rss_mb(proc.pid)
@@ -213,6 +256,11 @@ def main(argv: list[str] | None = None) -> None:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+        if a.uri:
+            from clair_vec.store.plugins import get_backend
+
+            with get_backend(a.backend, a.uri) as be:
+                be.drop_collection("gallery")
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -4,25 +4,70 @@ from __future__ import annotations
 
 import argparse
 
-from clair_vec.cli.common import backend_args, int_range, model_arg, number_range
+from clair_vec.cli.common import backend_args, int_range, model_arg, number_range, require_model
+from clair_vec.errors import ClairVecError
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
+    require_model(a)
     from clair_vec.service.server import serve
+    from clair_vec.service.settings import ServiceSettings, read_api_key
 
-    serve(a.model, a.collection, backend=a.backend, uri=a.uri, host=a.host, port=a.port, ray=a.ray, replicas=a.replicas,
-          gallery_roots=a.gallery_root, max_upload_mb=a.max_upload_mb)  # fmt: skip
+    if a.ray and (a.ssl_certfile or a.ssl_keyfile):
+        # Ray Serve's HTTP proxy, not uvicorn, listens with --ray: the flags would be silently ignored
+        raise ClairVecError("--ssl-certfile/--ssl-keyfile do not apply with --ray: terminate TLS at a load balancer or "
+                            "proxy in front of Ray Serve, or serve without --ray")  # fmt: skip
+    key = None if a.ray else read_api_key(a.api_key_file)  # Ray replicas read it on their own nodes
+    settings = ServiceSettings(gallery_roots=a.gallery_root, max_upload_bytes=int(a.max_upload_mb * 2**20),
+                               max_inflight=a.max_inflight, batch_size=a.batch_size, batch_wait_ms=a.batch_wait_ms,
+                               max_connections=a.max_connections, header_timeout_s=a.header_timeout,
+                               idle_timeout_s=a.idle_timeout, api_key=key, cors_origins=tuple(a.cors_origin or ()),
+                               docs=a.docs, replica_header=a.replica_header, follow_interval_s=a.follow_interval)  # fmt: skip
+    if a.ray:
+        from clair_vec.service.ray_serve import run
+
+        run(a.model, a.collection, backend=a.backend, uri=a.uri, host=a.host, port=a.port, replicas=a.replicas,
+            settings=settings, api_key_file=a.api_key_file)  # fmt: skip
+        return
+    serve(a.model, a.collection, settings, backend=a.backend, uri=a.uri, host=a.host, port=a.port, replicas=a.replicas,
+          ssl_certfile=a.ssl_certfile, ssl_keyfile=a.ssl_keyfile)  # fmt: skip
 
 
 def add_commands(add) -> None:
     sv = add("serve", cmd_serve, "HTTP search service and drawing page for one collection")
     model_arg(sv)
-    sv.add_argument("--collection", required=True, help="collection to serve (must exist)")
+    sv.add_argument("--collection", required=True, help="collection to serve, or an alias to follow (must exist)")
+    sv.add_argument("--follow-interval", type=number_range(-1e-9, 3600), default=2.0,
+                    help="seconds between checks of where an alias points (0: never re-check)")  # fmt: skip
     backend_args(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sv.add_argument("--port", type=int_range(1, 65535), default=8000, help="port to listen on")
     sv.add_argument("--gallery-root", action="append", default=None, metavar="DIR",
-                    help="serve thumbnails only of files under DIR (repeatable; None: any indexed file whose bytes still match)")
+                    help="serve thumbnails only of files under DIR, and show hits' paths relative to it (repeatable; "
+                    "default: any indexed file whose bytes still match, shown by file name)")  # fmt: skip
     sv.add_argument("--max-upload-mb", type=number_range(0, 1024), default=10.0, help="largest query image accepted")
+    sec = sv.add_argument_group("security")
+    sec.add_argument("--api-key-file", default=None, metavar="FILE",
+                     help="require this file's API key on every route but /healthz, /readyz and the page "
+                     "(default: $CLAIR_VEC_API_KEY if set, else no key)")  # fmt: skip
+    sec.add_argument("--ssl-certfile", default=None, metavar="PEM", help="serve HTTPS with this certificate")
+    sec.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="the certificate's private key")
+    sec.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                     help="let web pages of ORIGIN (e.g. https://app.example.com) call the service (repeatable; "
+                     "default: cross-origin requests are refused)")  # fmt: skip
+    sec.add_argument("--docs", action="store_true", help="serve the OpenAPI page at /docs and /openapi.json")
+    sec.add_argument("--replica-header", action="store_true", help="send x-served-by: host:pid (load-balancer debugging)")
+    lim = sv.add_argument_group("limits")
+    lim.add_argument("--max-inflight", type=int_range(1, 100_000), default=64,
+                     help="searches queued or running at once; past it, 503 with Retry-After")  # fmt: skip
+    lim.add_argument("--batch-size", type=int_range(1, 1024), default=16,
+                     help="concurrent searches served by one CLIP pass and one engine call")  # fmt: skip
+    lim.add_argument("--batch-wait-ms", type=number_range(-1e-9, 1000), default=2.0,
+                     help="longest wait for more searches to batch with, only while others are arriving")  # fmt: skip
+    lim.add_argument("--max-connections", type=int_range(1, 1_000_000), default=512,
+                     help="open connections; past it, new requests get 503")  # fmt: skip
+    lim.add_argument("--header-timeout", type=number_range(0, 3600), default=10.0,
+                     help="seconds a connection has to send a whole request head")  # fmt: skip
+    lim.add_argument("--idle-timeout", type=number_range(0, 3600), default=5.0, help="seconds an idle keep-alive connection stays")
     sv.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of one uvicorn process")
     sv.add_argument("--replicas", type=int_range(1, 256), default=1, help="Ray Serve replicas (needs a server backend when > 1)")

@@ -1,14 +1,19 @@
 """What the service tells an operator about itself, and the outer edge of every request.
 
-:class:`Metrics` holds the Prometheus instruments. :func:`edge` is a pure ASGI middleware
-(Starlette's BaseHTTPMiddleware costs about a millisecond a request) that counts and times every
-request by route, answers every error itself (so it is counted too), and refuses a body over the
-limit as it streams in, whether or not it declared its length.
+- :class:`Metrics`: the Prometheus instruments.
+- :class:`Outage`: a database outage is logged once when it starts and once when it ends, with
+  how many requests it cost, instead of a traceback per request.
+- :class:`Edge`: a pure ASGI middleware (Starlette's BaseHTTPMiddleware costs about a millisecond
+  a request) that counts and times every request by route, answers every error itself (so it is
+  counted too, and never shows a traceback or a secret), refuses a body over the limit as it
+  streams in whether or not it declared its length, and a body that stops arriving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +21,9 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from clair_vec.errors import BackendUnavailableError
+from clair_vec.errors import AuthenticationError, BackendUnavailableError
 from clair_vec.service.problems import too_large
+from clair_vec.store.redaction import scrub
 
 log = logging.getLogger("clair_vec.service")
 
@@ -30,9 +36,47 @@ class Metrics:
         self.latency = Histogram("clair_vec_http_request_seconds", "HTTP request latency by route", ["route"],
                                  registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
         self.gallery = Gauge("clair_vec_gallery_size", "records in the served collection", ["collection"], registry=self.registry)
+        self.batch_size = Histogram("clair_vec_search_batch_size", "searches served by one encode and one engine call",
+                                    registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))  # fmt: skip
+        self.inflight = Gauge("clair_vec_searches_in_flight", "searches being read, queued or run", registry=self.registry)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class Outage:
+    """Database availability as the service sees it: one log line when calls start failing, one
+    when they succeed again."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.since: float | None = None
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def failed_call(self, exc: BaseException) -> None:
+        with self._lock:
+            self.failed += 1
+            if self.since is not None:
+                return
+            self.since = self.clock()
+        log.error("the vector database does not answer (%s); requests get 503 until it does", scrub(str(exc)))
+
+    def ok(self) -> None:
+        with self._lock:
+            if self.since is None:
+                return
+            seconds, failed, self.since, self.failed = self.clock() - self.since, self.failed, None, 0
+        log.warning("the vector database answers again after %.0f s; %d requests were answered 503 meanwhile", seconds, failed)
+
+
+def database_problem(exc: BaseException) -> tuple[int, str] | None:
+    """The answer for a database failure, or None if ``exc`` is something else."""
+    if isinstance(exc, AuthenticationError):
+        return 503, "the vector database refused the service's credentials; the operator must fix them"
+    if isinstance(exc, BackendUnavailableError):
+        return 503, f"the vector database does not answer: {scrub(str(exc))}"
+    return None
 
 
 class _TooLarge(Exception):
@@ -41,30 +85,42 @@ class _TooLarge(Exception):
         self.size = size
 
 
-class Edge:
-    """ASGI middleware: ``Edge(app, handler=...)`` hands each HTTP request to the handler."""
+class _BodyTimeout(Exception):
+    pass
 
-    def __init__(self, app: Any, metrics: Metrics, route_of: Callable[[str], str], max_upload_bytes: int,
-                 headers: list[tuple[bytes, bytes]]) -> None:  # fmt: skip
-        self.app, self.metrics, self.route_of = app, metrics, route_of
+
+class Edge:
+    """ASGI middleware around the whole app (see the module docstring)."""
+
+    def __init__(self, app: Any, metrics: Metrics, outage: Outage, route_of: Callable[[str], str], max_upload_bytes: int,
+                 body_timeout: float, headers: list[tuple[bytes, bytes]], on_request: Callable[[], None] | None = None) -> None:  # fmt: skip
+        self.app, self.metrics, self.outage, self.route_of = app, metrics, outage, route_of
+        self.on_request = on_request
         self.max_upload_bytes = max_upload_bytes
         # a body may be the image base64-encoded in JSON (4/3 of its size) plus a form's framing
         self.body_limit = max_upload_bytes * 4 // 3 + 64 * 1024
+        self.body_timeout = body_timeout
         self.headers = headers
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.on_request is not None:
+            self.on_request()
         t0, status, size = time.perf_counter(), [0], [0]
 
         async def tagged(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+                if self.headers:
+                    message = {**message, "headers": [*message.get("headers", []), *self.headers]}
             await send(message)
 
         async def limited():
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                raise _BodyTimeout from None
             size[0] += len(message.get("body", b""))
             if size[0] > self.body_limit:
                 raise _TooLarge(size[0])
@@ -78,16 +134,20 @@ class Edge:
         except Exception as exc:
             if status[0]:  # the response has started: nothing more can be said to this client
                 raise
-            if isinstance(exc, _TooLarge):
-                response = JSONResponse({"detail": too_large(exc.size, self.max_upload_bytes)}, status_code=413)
-            elif isinstance(exc, BackendUnavailableError):
-                response = JSONResponse({"detail": f"the vector database does not answer: {exc}"}, status_code=503)
-            else:
-                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-                response = JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has the details"},
-                                        status_code=500)  # fmt: skip
-            await response(scope, receive, tagged)
+            await self.answer(exc, scope)(scope, receive, tagged)
         finally:
             route = self.route_of(scope["path"])
             self.metrics.requests.labels(scope["method"], route, str(status[0] or 500)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+
+    def answer(self, exc: Exception, scope: Any) -> JSONResponse:
+        if isinstance(exc, _TooLarge):
+            return JSONResponse({"detail": too_large(exc.size, self.max_upload_bytes)}, status_code=413)
+        if isinstance(exc, _BodyTimeout):
+            return JSONResponse({"detail": f"the request body stopped arriving for {self.body_timeout:g} s"}, status_code=408)
+        known = database_problem(exc)
+        if known is not None:
+            self.outage.failed_call(exc)
+            return JSONResponse({"detail": known[1]}, status_code=known[0], headers={"retry-after": "5"})
+        log.exception("unhandled error on %s %s", scope["method"], scope["path"])  # a bug: the operator needs the trace
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has the details"}, status_code=500)

@@ -8,13 +8,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clair_vec.store.redaction import scrub
+
 
 class HTTPProblem(Exception):
-    """An answer other than 200: raised anywhere below a route, answered as ``{"detail": ...}``."""
+    """An answer other than 200: raised anywhere below a route, answered as ``{"detail": ...}``
+    (scrubbed of anything that looks like a credential) with ``headers``."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers
 
 
 def too_large(size: int, limit: int) -> str:
@@ -24,7 +27,7 @@ def too_large(size: int, limit: int) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPProblem)
     async def problem(_request: Request, exc: HTTPProblem):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"detail": scrub(exc.detail)}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError):

@@ -11,6 +11,8 @@ at a time; with them Ray Serve runs one replica, and more are refused with the r
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,27 +31,41 @@ def _check_replicas(backend: str | None, uri: str | None, replicas: int) -> None
             shared = be.shared
         if not shared:
             raise ClairVecError(
-                f"{replicas} replicas need a database server (--uri http://host:19530 or http://host:6333): the "
-                f"embedded store {be.uri!r} opens in one process at a time. Use one replica, or a server."
+                f"{replicas} replicas need a database server (a server backend, whose store several processes share): "
+                f"the embedded {be.name} store {be.display_uri!r} opens in one process at a time. Use one replica, or a "
+                "server backend (--uri of its server)."
             )
+
+
+def _forwarded_env() -> dict[str, str]:
+    """Environment variables a replica needs that a remote Ray node does not have: the paths of
+    credential files (``*_FILE``), never a secret itself (a runtime_env is visible to anyone who
+    can read the cluster's state). Replicas of a Ray started here inherit the environment anyway."""
+    return {k: v for k, v in os.environ.items() if k.endswith("_FILE") and k.startswith(("CLAIR_VEC_", "MILVUS_", "QDRANT_"))}
 
 
 def deployment(replicas: int = 1) -> Any:
     from ray import serve
 
-    @serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": 0.5})
+    env = _forwarded_env()
+    options: dict[str, Any] = {"num_cpus": 0.5, **({"runtime_env": {"env_vars": env}} if env else {})}
+
+    @serve.deployment(num_replicas=replicas, ray_actor_options=options)
     @serve.ingress()
     class ClairSearch:
-        def __init__(self, model: str, collection: str, backend: str | None, uri: str | None, options: dict) -> None:
+        def __init__(self, model: str, collection: str, backend: str | None, uri: str | None, settings: Any,
+                     api_key_file: str | None) -> None:  # fmt: skip
             from clair_vec.service.app import open_retriever
+            from clair_vec.service.settings import read_api_key
 
-            self.collection, self.options = collection, options
+            # the key is read here, on the replica's node: it never travels through the cluster's state
+            self.collection, self.settings = collection, dataclasses.replace(settings, api_key=read_api_key(api_key_file))
             self.retriever = open_retriever(model, collection, backend=backend, uri=uri)
 
         def __serve_build_asgi_app__(self) -> Any:
             from clair_vec.service.app import create_app
 
-            return create_app(self.retriever, self.collection, **self.options)
+            return create_app(self.retriever, self.collection, self.settings)
 
         def __del__(self) -> None:
             self.retriever.close()
@@ -59,15 +75,20 @@ def deployment(replicas: int = 1) -> Any:
 
 def build(args: dict[str, str]) -> Any:
     """Application builder for ``serve run clair_vec.serve_ray:build key=value ...``."""
-    unknown = set(args) - {"model", "collection", "backend", "uri", "replicas", "gallery_roots", "max_upload_mb"}
+    from clair_vec.service.settings import ServiceSettings
+
+    known = {"model", "collection", "backend", "uri", "replicas", "gallery_roots", "max_upload_mb", "api_key_file"}
+    unknown = set(args) - known
     if unknown or "collection" not in args:
-        raise ClairVecError(f"serve run ... build collection=NAME [model=DIR uri=URL backend=NAME replicas=N]; unknown: {sorted(unknown)}")
+        raise ClairVecError(f"serve run ... build collection=NAME [model=DIR uri=URL backend=NAME replicas=N]; "
+                            f"unknown: {sorted(unknown)}; known: {sorted(known)}")  # fmt: skip
     replicas = int(args.get("replicas", 1))
     _check_replicas(args.get("backend"), args.get("uri"), replicas)
     roots = args["gallery_roots"].split(",") if args.get("gallery_roots") else None
-    options = {"gallery_roots": roots, "max_upload_bytes": int(float(args.get("max_upload_mb", 10)) * 2**20)}
+    settings = ServiceSettings(gallery_roots=roots, max_upload_bytes=int(float(args.get("max_upload_mb", 10)) * 2**20))
     model = str(Path(args["model"]).resolve()) if args.get("model") else None
-    return deployment(replicas).bind(model, args["collection"], args.get("backend"), args.get("uri"), options)
+    return deployment(replicas).bind(model, args["collection"], args.get("backend"), args.get("uri"), settings,
+                                     args.get("api_key_file"))  # fmt: skip
 
 
 def run(
@@ -79,7 +100,8 @@ def run(
     host: str,
     port: int,
     replicas: int,
-    **options: Any,
+    settings: Any,
+    api_key_file: str | None = None,
 ) -> None:
     """Deploy the app on the Ray of ``RAY_ADDRESS``, or on a local Ray started for it, and serve
     until interrupted (Ctrl-C or SIGTERM); then the app, and a Ray started here, are shut down."""
@@ -87,10 +109,12 @@ def run(
 
     _check_replicas(backend, uri, replicas)
     model = str(Path(model).resolve()) if model else None
+    settings = dataclasses.replace(settings, api_key=None)  # each replica reads the key itself
     with ray_session(), sigterm_as_interrupt():  # after ray.init, which installs its own SIGTERM handler
         try:
             serve.start(http_options={"host": host, "port": port})
-            serve.run(deployment(replicas).bind(model, collection, backend, uri, options), name="clair_vec", route_prefix="/")
+            app = deployment(replicas).bind(model, collection, backend, uri, settings, api_key_file)
+            serve.run(app, name="clair_vec", route_prefix="/")
             print(f"clair-vec serve: {collection!r} on Ray Serve, {replicas} replica(s), at http://{host}:{port}/", flush=True)
             while True:
                 time.sleep(3600)

@@ -1,17 +1,23 @@
-"""``clair-vec serve``: run the app in one uvicorn process, or on Ray Serve replicas."""
+"""``clair-vec serve``: run the app in one uvicorn process, or on Ray Serve replicas.
+
+uvicorn runs with the service's connection limits (:class:`ServiceSettings`): a deadline for the
+request head (:mod:`~clair_vec.service.protocol`), an idle timeout, a connection cap past which
+new requests get 503, no ``server`` header, TLS when given a certificate and key.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from clair_vec.errors import ClairVecError
 from clair_vec.service.app import create_app, open_retriever
+from clair_vec.service.settings import ServiceSettings
 
 
 def serve(
     model: str | Path | None,
     collection: str,
+    settings: ServiceSettings | None = None,
     *,
     backend: str | None = None,
     uri: str | None = None,
@@ -19,22 +25,37 @@ def serve(
     port: int = 8000,
     ray: bool = False,
     replicas: int = 1,
-    gallery_roots: Sequence[str] | None = None,
-    max_upload_mb: float = 10.0,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> None:
-    options = {"gallery_roots": gallery_roots, "max_upload_bytes": int(max_upload_mb * 2**20)}
+    settings = settings or ServiceSettings()
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise ClairVecError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    for f in (ssl_certfile, ssl_keyfile):
+        if f is not None and not Path(f).is_file():
+            raise ClairVecError(f"TLS file {f!r} does not exist")
     if ray:
+        if ssl_certfile:
+            raise ClairVecError("--ray serves through Ray Serve's proxy, which terminates no TLS here; put TLS in front of it")
         from clair_vec.service.ray_serve import run
 
-        run(model, collection, backend=backend, uri=uri, host=host, port=port, replicas=replicas, **options)
+        run(model, collection, backend=backend, uri=uri, host=host, port=port, replicas=replicas, settings=settings)
         return
     if replicas != 1:
         raise ClairVecError("--replicas needs --ray: one uvicorn process serves one replica")
     import uvicorn
 
+    from clair_vec.service.protocol import with_header_timeout
+    from clair_vec.store.redaction import install_log_filter
+
+    install_log_filter("clair_vec", "uvicorn")
     retriever = open_retriever(model, collection, backend=backend, uri=uri)
+    scheme = "https" if ssl_certfile else "http"
     try:
-        print(f"clair-vec serve: {collection!r} on {retriever.backend.name} at http://{host}:{port}/", flush=True)
-        uvicorn.run(create_app(retriever, collection, **options), host=host, port=port, log_level="warning")
+        print(f"clair-vec serve: {collection!r} on {retriever.backend.name} at {scheme}://{host}:{port}/", flush=True)
+        uvicorn.run(create_app(retriever, collection, settings), host=host, port=port, log_level="warning",
+                    http=with_header_timeout(settings.header_timeout_s), limit_concurrency=settings.max_connections,
+                    timeout_keep_alive=max(1, round(settings.idle_timeout_s)), server_header=False,
+                    ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)  # fmt: skip
     finally:
         retriever.close()

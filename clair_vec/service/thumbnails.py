@@ -13,7 +13,7 @@ import re
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from clair_vec.datasets.images import decode_image
@@ -29,10 +29,11 @@ _ID = re.compile(ID_PATTERN)
 
 
 class Thumbnails:
-    """Verified, resized gallery images, cached by (id, size) in a bounded LRU."""
+    """Verified, resized gallery images, cached by (id, size) in a bounded LRU. ``serving`` gives
+    the retriever and collection to look ids up in now (an alias may move)."""
 
-    def __init__(self, retriever: Retriever, collection: str, roots: Sequence[str | Path] | None, capacity: int = 512):
-        self.retriever, self.collection = retriever, collection
+    def __init__(self, serving: Callable[[], tuple[Retriever, str]], roots: Sequence[str | Path] | None, capacity: int = 512):
+        self.serving = serving
         self.roots = [os.path.realpath(r) for r in roots or []]
         self.capacity = capacity
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
@@ -54,9 +55,10 @@ class Thumbnails:
     def _render(self, rid: str, size: int) -> bytes:
         if not _ID.fullmatch(rid):
             raise HTTPProblem(404, f"no image {rid!r}: ids are 32 hex digits, as returned in search hits")
-        payload = self.retriever.get(self.collection, [rid]).get(rid)
+        retriever, collection = self.serving()
+        payload = retriever.get(collection, [rid]).get(rid)
         if payload is None:
-            raise HTTPProblem(404, f"no record {rid} in collection {self.collection!r}")
+            raise HTTPProblem(404, f"no record {rid} in collection {collection!r}")
         path, domain = payload.get("path"), payload.get("domain", "")
         if not isinstance(path, str) or not path or path.startswith("<"):
             raise HTTPProblem(404, f"record {rid} was indexed from an in-memory image; there is no file to show")

@@ -1,57 +1,115 @@
-"""``POST /search``: multipart ``image`` + ``domain`` [+ ``top_k``, repeatable ``label``], or JSON
-``{"image": <base64 or data URL>, "domain", "top_k", "label": [...]}`` -> ``{"hits", "took_ms"}``."""
+"""``POST /search`` (an image, text, stored ids, or any weighted mix; see
+:mod:`clair_vec.service.requests`) and ``GET /similar/{id}`` (more like a stored record).
+
+Each answers ``{"hits": [{"id", "score", "path", "label", "domain", ..., "image_url"}], "took_ms"}``.
+Requests are read and their images decoded off the event loop, then handed to the batcher, which
+serves concurrent searches together; each gets exactly its own hits.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
-from clair_vec.errors import UnknownDomainError
+from clair_vec.errors import (
+    BackendError,
+    CapabilityError,
+    ClairVecError,
+    CorruptImageError,
+    RecordNotFoundError,
+    UnknownDomainError,
+)
+from clair_vec.retrieval.queries import QueryError, empty_filter_note
+from clair_vec.service.batcher import Overloaded
 from clair_vec.service.context import ServiceContext
+from clair_vec.service.observe import database_problem
 from clair_vec.service.problems import HTTPProblem
-from clair_vec.service.uploads import decode_upload, read_search_request
+from clair_vec.service.requests import SearchRequest, decode_upload, integer, number, read_search, strings
 
 
 def router(ctx: ServiceContext) -> APIRouter:
     r = APIRouter()
-    model, max_top_k = ctx.model, ctx.settings.max_top_k
-    shared = ctx.retriever.backend.shared
+    settings = ctx.settings
 
-    def run_search(image: Image.Image, domain: str | None, top_k: Any, labels: list[str]) -> dict:
+    async def answer(read: Any, exclude: frozenset[str] = frozenset()) -> JSONResponse:
         t0 = time.perf_counter()
-        if not domain:
-            raise HTTPProblem(422, f"domain is required: one of {model.domains}")
-        if domain not in model.domains:
-            raise HTTPProblem(422, f"unknown domain {domain!r}: this model knows {model.domains}")
+        serving = ctx.serving  # this request's collection and model, whatever an alias does meanwhile
+        batcher = ctx.batcher
         try:
-            k = int(top_k) if top_k not in (None, "") else 10
-        except (TypeError, ValueError):
-            raise HTTPProblem(422, f"top_k must be an integer from 1 to {max_top_k}, got {top_k!r}") from None
-        if not 1 <= k <= max_top_k:
-            raise HTTPProblem(422, f"top_k must be an integer from 1 to {max_top_k}, got {k}")
-        flt = {"label": labels} if labels else None
+            batcher.check_room()
+        except Overloaded as exc:
+            raise HTTPProblem(503, f"the service is busy ({exc}); retry in a second", {"retry-after": "1"}) from None
+        batcher.arriving += 1
+        ctx.metrics.inflight.inc()
         try:
-            rows = ctx.retriever.search(ctx.collection, [image], domain=domain, top_k=k, filter=flt)
-        except (UnknownDomainError, ValueError) as exc:
-            raise HTTPProblem(422, str(exc)) from None
-        hits = [{**h.payload, "id": h.id, "score": round(h.score, 6), "image_url": f"images/{h.id}"} for h in rows[0]]
-        return {"hits": hits, "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
+            try:
+                req: SearchRequest = await read()
+                images = [await run_in_threadpool(decode_upload, data) for data, _, _ in req.images]
+                for n, (_, domain, _) in enumerate(req.images):
+                    if not domain:
+                        raise HTTPProblem(422, f"domain is required with an image: one of {serving.model.domains}"
+                                               + (f" (image #{n})" if len(req.images) > 1 else ""))  # fmt: skip
+                query = req.query(images, exclude)
+            finally:
+                batcher.arriving -= 1
+            hits = await batcher.submit((serving, query))
+        except Exception as exc:
+            raise _problem(exc, ctx) from None
+        finally:
+            ctx.metrics.inflight.dec()
+        ctx.outage.ok()
+        body = [{**h.payload, "path": ctx.display_path(h.payload.get("path")), "id": h.id, "score": round(h.score, 6),
+                 "image_url": f"images/{h.id}"} for h in hits]  # fmt: skip
+        answer = {"hits": body, "took_ms": round(1000 * (time.perf_counter() - t0), 2)}
+        if not hits and query.filter:  # say why nothing came back when the filter itself matches nothing
+            note = await run_in_threadpool(empty_filter_note, serving.retriever, serving.collection, query.filter)
+            if note:
+                answer["note"] = note
+        return JSONResponse(answer)
 
-    @r.post("/search", summary="search with an image (multipart or JSON)")
+    @r.post("/search", summary="search with an image, text, stored hits, or a weighted mix (multipart or JSON)")
     async def search(request: Request):
-        form = await read_search_request(request, ctx.settings.max_upload_bytes)
-        image = decode_upload(form.data)
-        args = (image, form.domain, form.top_k, form.labels)
-        if not shared:
-            # an embedded engine computes in this process and takes one call at a time: inline costs
-            # 5 ms a search here against 8 ms handed to a worker thread (measured A/B, ABAB)
-            return JSONResponse(run_search(*args))
-        # a server can stall for its timeouts: its calls leave the event loop free for /healthz
-        return JSONResponse(await asyncio.get_running_loop().run_in_executor(ctx.worker, run_search, *args))
+        return await answer(lambda: read_search(request, settings))
+
+    @r.get("/similar/{rid}", summary="more like a stored record")
+    async def similar(
+        request: Request,
+        rid: str,
+        top_k: str | None = None,
+        offset: str | None = None,
+        min_score: str | None = None,
+        label: list[str] = Query(default=[]),  # noqa: B008 - FastAPI's way to take a repeated query parameter
+    ):
+        async def read() -> SearchRequest:
+            return SearchRequest(ids=[(rid, 1.0)], top_k=integer(top_k, "top_k", 1, settings.max_top_k, 10),
+                                 offset=integer(offset, "offset", 0, 10_000, 0), min_score=number(min_score, "min_score", -1, 1),
+                                 labels=strings(label, '"label"', settings.max_labels, settings.max_text_chars))  # fmt: skip
+
+        return await answer(read, exclude=frozenset({rid}))  # the record itself is not news
 
     return r
+
+
+def _problem(exc: Exception, ctx: ServiceContext) -> HTTPProblem:
+    """The answer for what a search failed with; nothing else is raised from a search."""
+    if isinstance(exc, HTTPProblem):
+        return exc
+    known = database_problem(exc)
+    if known is not None:
+        ctx.outage.failed_call(exc)
+        return HTTPProblem(known[0], known[1], {"retry-after": "5"})
+    if isinstance(exc, RecordNotFoundError):
+        return HTTPProblem(404, str(exc))
+    if isinstance(exc, CapabilityError):
+        return HTTPProblem(422, f"{exc}; search with images or text instead")
+    if isinstance(exc, CorruptImageError):
+        return HTTPProblem(400, f"the upload is not an image PIL can read: {exc.reason}")
+    if isinstance(exc, (QueryError, UnknownDomainError, ValueError)):
+        return HTTPProblem(422, str(exc))
+    if isinstance(exc, (BackendError, ClairVecError)):
+        return HTTPProblem(500, f"{type(exc).__name__}: {exc}")
+    raise exc

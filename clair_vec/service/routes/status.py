@@ -9,24 +9,33 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from clair_vec.service.context import ServiceContext
+from clair_vec.service.observe import database_problem
+from clair_vec.store.redaction import scrub
 
 log = logging.getLogger("clair_vec.service")
 
 
 def router(ctx: ServiceContext) -> APIRouter:
     r = APIRouter()
-    model, retriever, collection = ctx.model, ctx.retriever, ctx.collection
 
     @r.get("/info")
     async def info():
-        return {"collection": collection, "model": model.model_id, "domains": model.domains, "gallery_domain": model.pivot,
+        serving = ctx.serving
+        model = serving.model
+        return {"collection": serving.collection, "alias": ctx.name if ctx.name != serving.collection else None,
+                "model": model.model_id, "domains": model.domains, "gallery_domain": model.pivot,
                 "query_domains": [d for d in model.domains if d != model.pivot], "max_top_k": ctx.settings.max_top_k,
-                "max_upload_bytes": ctx.settings.max_upload_bytes}  # fmt: skip
+                "max_upload_bytes": ctx.settings.max_upload_bytes, "max_labels": ctx.settings.max_labels,
+                "backend": ctx.backend.name}  # fmt: skip
+
+    @r.get("/labels", summary="labels and zero-shot tags stored in the collection (for the filter on the page)")
+    async def labels():
+        return await run_in_threadpool(ctx.labels)
 
     @r.get("/collections")
     async def collections():
-        names = await run_in_threadpool(retriever.list_collections)
-        return {"collections": names, "serving": collection, "backend": retriever.backend.name}
+        names = await run_in_threadpool(ctx.retriever.list_collections)
+        return {"collections": names, "serving": ctx.serving.collection, "backend": ctx.backend.name}
 
     @r.get("/healthz")
     async def healthz():
@@ -34,18 +43,25 @@ def router(ctx: ServiceContext) -> APIRouter:
 
     @r.get("/readyz")
     async def readyz():
+        serving = ctx.serving
         try:
-            n = await run_in_threadpool(retriever.count, collection)
+            n = await run_in_threadpool(serving.retriever.count, serving.collection)
         except Exception as exc:  # not ready is an answer, not an error
-            return JSONResponse({"status": "unavailable", "detail": f"{type(exc).__name__}: {exc}"}, status_code=503)
-        return {"status": "ready", "model": model.model_id, "collection": collection, "count": n}
+            if database_problem(exc) is not None:
+                ctx.outage.failed_call(exc)
+            return JSONResponse({"status": "unavailable", "detail": scrub(f"{type(exc).__name__}: {exc}")}, status_code=503,
+                                headers={"retry-after": "5"})  # fmt: skip
+        ctx.outage.ok()
+        return {"status": "ready", "model": serving.model.model_id, "collection": serving.collection, "count": n}
 
     @r.get("/metrics", include_in_schema=False)
     async def metrics():
+        serving = ctx.serving
         try:
-            ctx.metrics.gallery.labels(collection).set(await run_in_threadpool(retriever.count, collection))
-        except Exception:  # the gauge keeps its last value while the database is away
-            log.warning("gallery size unavailable for /metrics", exc_info=True)
+            ctx.metrics.gallery.labels(ctx.name).set(await run_in_threadpool(serving.retriever.count, serving.collection))
+        except Exception as exc:  # the gauge keeps its last value while the database is away
+            if database_problem(exc) is None:
+                log.warning("gallery size unavailable for /metrics: %s", scrub(f"{type(exc).__name__}: {exc}"))
         body, ctype = ctx.metrics.exposition()
         return Response(body, media_type=ctype)
 

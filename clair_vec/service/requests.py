@@ -1,0 +1,252 @@
+"""Reading a search request into a :class:`~clair_vec.retrieval.queries.Query`, refusing anything
+malformed with a 4xx that names the problem.
+
+Two shapes: a multipart form (``image`` file, ``domain``, repeatable ``text``, ``like``,
+``unlike``, ``label``, and ``top_k``, ``offset``, ``min_score``, ``rerank``) or a JSON object with
+the same fields (``image`` base64 or a data URL; ``text``/``like``/``unlike``/``label`` a string
+or a list) and, for weights, ``parts``: ``[{"image": ..., "domain": ..., "weight": 1},
+{"text": "guitar", "weight": 0.5}, {"id": "<hit id>", "weight": -1}]``. JSON is parsed strictly:
+no NaN or Infinity, a bounded depth, every string valid Unicode.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from PIL import Image
+
+from clair_vec.datasets.images import decode_image
+from clair_vec.errors import CorruptImageError
+from clair_vec.retrieval.queries import RERANKS, Part, Query
+from clair_vec.service.problems import HTTPProblem, too_large
+from clair_vec.service.settings import ServiceSettings
+
+MAX_QUERY_PIXELS = 40_000_000
+_DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w-]+=[\w.-]+)*;base64,", re.ASCII)
+
+
+@dataclass
+class SearchRequest:
+    """A search as read from the wire: images still encoded (they are decoded off the event loop)."""
+
+    images: list[tuple[bytes, str | None, float]] = field(default_factory=list)  # (data, domain, weight)
+    texts: list[tuple[str, float]] = field(default_factory=list)
+    ids: list[tuple[str, float]] = field(default_factory=list)
+    top_k: int = 10
+    offset: int = 0
+    min_score: float | None = None
+    labels: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # zero-shot tags (pseudo_label) stored by index --labels
+    rerank: str | None = None
+
+    @property
+    def filter(self) -> dict[str, list[str]] | None:
+        flt = {k: v for k, v in (("label", self.labels), ("pseudo_label", self.tags)) if v}
+        return flt or None
+
+    def query(self, images: list[Image.Image], exclude: frozenset[str] = frozenset()) -> Query:
+        parts = [Part.image(im, domain, w) for im, (_, domain, w) in zip(images, self.images, strict=True)]
+        parts += [Part.text(t, w) for t, w in self.texts] + [Part("id", i, None, w) for i, w in self.ids]
+        return Query(tuple(parts), top_k=self.top_k, offset=self.offset, min_score=self.min_score, filter=self.filter,
+                     rerank=self.rerank, exclude=exclude)  # fmt: skip
+
+
+def strict_json(body: bytes, max_depth: int) -> Any:
+    def no_constants(name: str) -> Any:
+        raise HTTPProblem(400, f"the body is not valid JSON: {name} is not a JSON number")
+
+    try:
+        value = json.loads(body, parse_constant=no_constants)
+    except RecursionError:
+        raise HTTPProblem(400, f"the JSON body is nested too deeply (the limit is {max_depth} levels)") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPProblem(400, f"the body is not valid JSON ({exc})") from None
+    if _depth(value, max_depth) > max_depth:
+        raise HTTPProblem(400, f"the JSON body is nested too deeply (the limit is {max_depth} levels)")
+    return value
+
+
+def _depth(value: Any, limit: int, level: int = 1) -> int:
+    if level > limit or not isinstance(value, (dict, list)):
+        return level
+    children = value.values() if isinstance(value, dict) else value
+    return max([_depth(c, limit, level + 1) for c in children] or [level])
+
+
+def text(value: Any, what: str, max_chars: int) -> str:
+    """A string that is valid Unicode (a lone surrogate like ``\\ud800`` is not) and not too long."""
+    if not isinstance(value, str):
+        raise HTTPProblem(422, f"{what} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HTTPProblem(422, f"{what} is not valid Unicode (it holds an unpaired surrogate such as \\ud800)") from None
+    if len(value) > max_chars:
+        raise HTTPProblem(422, f"{what} is {len(value)} characters; the limit is {max_chars}")
+    return value
+
+
+def strings(value: Any, what: str, limit: int, max_chars: int) -> list[str]:
+    values = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(values, list):
+        raise HTTPProblem(422, f"{what} must be a string or a list of strings")
+    if len(values) > limit:
+        raise HTTPProblem(422, f"{what} has {len(values)} values; the limit is {limit}")
+    return [text(v, what, max_chars) for v in values]
+
+
+def integer(value: Any, what: str, lo: int, hi: int, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        raise HTTPProblem(422, f"{what} must be an integer from {lo} to {hi}, got {value!r}")
+    try:
+        n = int(value) if not isinstance(value, float) or math.isfinite(value) else None
+    except (TypeError, ValueError):
+        n = None
+    if n is None or not lo <= n <= hi:
+        raise HTTPProblem(422, f"{what} must be an integer from {lo} to {hi}, got {repr(value) if n is None else n}")
+    return n
+
+
+def number(value: Any, what: str, lo: float, hi: float) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        x = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x) or not lo <= x <= hi:
+        raise HTTPProblem(422, f"{what} must be a number from {lo:g} to {hi:g}, got {value!r}")
+    return x
+
+
+def image_bytes(value: Any, settings: ServiceSettings, what: str = '"image"') -> bytes:
+    """The bytes of a base64 image or a ``data:<type>;base64,<data>`` URL."""
+    if not isinstance(value, str):
+        raise HTTPProblem(400, f'{what} must be a base64 string or a data: URL')
+    raw = value
+    if value.startswith("data:"):
+        m = _DATA_URL.match(value)
+        if m is None:
+            raise HTTPProblem(400, f"{what} is a data: URL but not of the form data:<type>;base64,<data> (e.g. data:image/png;base64,...)")
+        raw = value[m.end() :]
+    limit = settings.max_upload_bytes
+    if len(raw) > limit * 4 // 3 + 8:
+        raise HTTPProblem(413, too_large(len(raw) * 3 // 4, limit))
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPProblem(400, f"{what} is not valid base64") from None
+    if len(data) > limit:
+        raise HTTPProblem(413, too_large(len(data), limit))
+    return data
+
+
+def _weight(value: Any, what: str) -> float:
+    w = number(1.0 if value is None else value, f"the weight of {what}", -100.0, 100.0)
+    if w == 0:
+        raise HTTPProblem(422, f"the weight of {what} is 0: leave the part out instead")
+    return float(w)
+
+
+def from_fields(get: Any, get_all: Any, settings: ServiceSettings) -> SearchRequest:
+    """The options both shapes share, read by ``get(name)`` / ``get_all(name)``."""
+    s, limit = settings, settings.max_labels
+    rerank = get("rerank") or None
+    if rerank is not None and rerank not in RERANKS:
+        raise HTTPProblem(422, f"rerank must be one of {list(RERANKS)}, got {rerank!r}")
+    req = SearchRequest(
+        texts=[(t, 1.0) for t in strings(get_all("text"), '"text"', s.max_parts, s.max_text_chars)],
+        ids=[(i, 1.0) for i in strings(get_all("like"), '"like"', s.max_parts, 64)]
+        + [(i, -1.0) for i in strings(get_all("unlike"), '"unlike"', s.max_parts, 64)],
+        top_k=integer(get("top_k"), "top_k", 1, s.max_top_k, 10),
+        offset=integer(get("offset"), "offset", 0, 10_000, 0),
+        min_score=number(get("min_score"), "min_score", -1.0, 1.0),
+        labels=strings(get_all("label"), '"label"', limit, s.max_text_chars),
+        tags=strings(get_all("pseudo_label"), '"pseudo_label"', limit, s.max_text_chars),
+        rerank=rerank,
+    )
+    return req
+
+
+async def read_search(request: Request, settings: ServiceSettings) -> SearchRequest:
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await request.form(max_files=2, max_fields=4 * settings.max_parts + settings.max_labels + 16)
+        req = from_fields(lambda k: _form_value(form.get(k), k), lambda k: [_form_value(v, k) for v in form.getlist(k)],
+                          settings)  # fmt: skip
+        upload = form.get("image")
+        domain = _form_value(form.get("domain"), "domain")
+        if upload is not None:
+            if isinstance(upload, str):
+                raise HTTPProblem(400, "multipart field 'image' must be a file")
+            data = await upload.read(settings.max_upload_bytes + 1)
+            if len(data) > settings.max_upload_bytes:
+                raise HTTPProblem(413, too_large(len(data), settings.max_upload_bytes))
+            req.images.append((data, domain or None, 1.0))
+        return req
+    if ctype.startswith("application/json"):
+        body = strict_json(await request.body(), settings.max_json_depth)
+        if not isinstance(body, dict):
+            raise HTTPProblem(400, 'the JSON body must be an object, e.g. {"image": "<base64>", "domain": "sketch"}')
+        req = from_fields(body.get, body.get, settings)
+        if body.get("image") is not None:
+            domain = body.get("domain")
+            req.images.append((image_bytes(body["image"], settings), text(domain, '"domain"', 64) if domain else None, 1.0))
+        _parts(body.get("parts"), req, settings)
+        return req
+    raise HTTPProblem(415, 'send multipart/form-data (field "image") or application/json ({"image": base64, "domain": ...})')
+
+
+def _form_value(value: Any, name: str) -> Any:
+    if value is not None and not isinstance(value, str) and name != "image":
+        raise HTTPProblem(400, f"multipart field {name!r} must be text, not a file")
+    return value
+
+
+def _parts(parts: Any, req: SearchRequest, settings: ServiceSettings) -> None:
+    if parts is None:
+        return
+    if not isinstance(parts, list) or len(parts) > settings.max_parts:
+        raise HTTPProblem(422, f'"parts" must be a list of at most {settings.max_parts} objects')
+    for n, p in enumerate(parts):
+        what = f"part #{n}"
+        if not isinstance(p, dict) or sum(k in p for k in ("image", "text", "id")) != 1:
+            raise HTTPProblem(422, f'{what} must be an object with exactly one of "image", "text" or "id" (and "weight")')
+        w = _weight(p.get("weight"), what)
+        if "image" in p:
+            domain = p.get("domain")
+            req.images.append((image_bytes(p["image"], settings, f"{what} image"), text(domain, f"{what} domain", 64) if domain else None, w))
+        elif "text" in p:
+            req.texts.append((text(p["text"], f"{what} text", settings.max_text_chars), w))
+        else:
+            req.ids.append((text(p["id"], f"{what} id", 64), w))
+    if len(req.images) + len(req.texts) + len(req.ids) > settings.max_parts:
+        raise HTTPProblem(422, f"the query has more than {settings.max_parts} parts")
+
+
+def decode_upload(data: bytes, max_pixels: int = MAX_QUERY_PIXELS) -> Image.Image:
+    """A query image, refused before decoding when its header announces too many pixels (a 10 MB
+    PNG can decode to gigabytes; PIL itself only warns below 179 Mpx)."""
+    if not data:
+        raise HTTPProblem(400, "the image is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+    except Exception as exc:
+        raise HTTPProblem(400, f"the upload is not an image PIL can read (PNG, JPEG, WebP, ...): {type(exc).__name__}") from None
+    if width * height > max_pixels:
+        raise HTTPProblem(413, f"the image is {width}x{height} pixels; the limit is {max_pixels / 1e6:.0f} Mpx")
+    try:
+        return decode_image(data, "upload")
+    except CorruptImageError as exc:
+        raise HTTPProblem(400, f"the upload is not an image PIL can read (PNG, JPEG, WebP, ...): {exc.reason}") from None

@@ -1,0 +1,64 @@
+"""Every limit and switch of the search service in one place, with the defaults ``clair-vec serve``
+shows in its help. A limit is a promise to the operator: past it the service answers at once, with a
+status that says why (413, 422, 429-like 503 with ``Retry-After``), instead of slowing everyone down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clair_vec.errors import ClairVecError
+
+MAX_TOP_K = 200
+API_KEY_ENV = "CLAIR_VEC_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    #: thumbnails only of files under these folders; hits show paths relative to them
+    gallery_roots: Sequence[str | Path] | None = None
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_top_k: int = MAX_TOP_K
+    max_labels: int = 100  # label filter values in one query
+    max_parts: int = 32  # images, texts and ids in one query
+    max_text_chars: int = 1000
+    max_json_depth: int = 16
+    #: searches waiting or running at once; the next one gets 503 with Retry-After
+    max_inflight: int = 64
+    #: searches gathered into one CLIP pass and one engine call, and how long to wait for company
+    batch_size: int = 16
+    batch_wait_ms: float = 2.0
+    #: open connections; uvicorn answers 503 past it (uvicorn's limit_concurrency)
+    max_connections: int = 512
+    #: a connection that has not sent a whole request head within this time is closed
+    header_timeout_s: float = 10.0
+    #: an idle keep-alive connection is closed after this time
+    idle_timeout_s: float = 5.0
+    #: a request body that stops arriving for this long is answered 408
+    body_timeout_s: float = 30.0
+    api_key: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()
+    docs: bool = False  # /docs and /openapi.json
+    #: how often an alias being served is resolved again (0: never; see follow.py)
+    follow_interval_s: float = 2.0
+    replica_header: bool = False  # x-served-by: host:pid, for debugging a load balancer
+
+
+def read_api_key(api_key_file: str | Path | None = None) -> str | None:
+    """The service's API key: from ``--api-key-file`` (a file holding only the key), else from
+    ``$CLAIR_VEC_API_KEY``, else none (the service is open). Never from the command line: it would
+    show in ``ps`` and shell history."""
+    if api_key_file is not None:
+        path = Path(api_key_file)
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ClairVecError(f"cannot read the API key file {str(path)!r}: {exc.strerror or exc}") from None
+        if not key:
+            raise ClairVecError(f"the API key file {str(path)!r} is empty")
+        return key
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return key or None

@@ -1,0 +1,73 @@
+"""No secret is ever shown: a password planted in a database URI and a token planted in the
+environment are searched for in every output of a failure run of every entry point (messages,
+exit output with logging on, exceptions and their tracebacks, service answers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+import clair_vec
+from clair_vec.errors import ClairVecError
+
+PASSWORD = "Planted-Pw-5d9e1"
+TOKEN = "planted-token-7f3a2c"
+DEAD = f"http://root:{PASSWORD}@127.0.0.1:9"  # nothing listens on port 9
+ENV = {"CLAIR_VEC_MILVUS_TOKEN": TOKEN, "MILVUS_TOKEN": TOKEN, "CLAIR_VEC_QDRANT_API_KEY": TOKEN, "QDRANT_API_KEY": TOKEN}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def leaks(text: str) -> list[str]:
+    return [s for s in (PASSWORD, TOKEN) if s in text]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["index", "--collection", "g", "IMAGES"],
+        ["search", "--collection", "g", "--domain", "sketch", "QUERY"],
+        ["search", "--collection", "g", "--text", "heart"],
+        ["serve", "--collection", "g", "--port", "9"],
+        ["reindex", "--from", "g", "--to", "g2"],
+        ["compare", "g", "g2", "--queries", "IMAGES", "--domain", "sketch"],
+        ["alias", "set", "live", "g"],
+        ["alias", "list"],
+    ],
+    ids=lambda a: "-".join(a[:2]),
+)
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+def test_every_command_failing_on_a_database_shows_no_secret(args, backend, model_dir, shapes_root):
+    args = [str(shapes_root / "photo" / "heart") if a == "IMAGES" else str(shapes_root / "sketch" / "heart" / "0000.png")
+            if a == "QUERY" else a for a in args]  # fmt: skip
+    model = {"alias": [], "compare": ["--old-model", str(model_dir), "--new-model", str(model_dir)]}.get(
+        args[0], ["--model", str(model_dir)])
+    out = run_cli("-v", *args, *model, "--backend", backend, "--uri", DEAD, env=ENV, timeout=240)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert leaks(out.stdout + out.stderr) == [], (out.stdout + out.stderr)[-3000:]
+    assert "127.0.0.1:9" in out.stderr  # the address is still there to debug with, without its credentials
+
+
+def test_the_library_exceptions_and_their_tracebacks_show_no_secret(model_dir, shapes_root, monkeypatch):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    for backend in ("milvus", "qdrant"):
+        with pytest.raises(ClairVecError) as err:
+            clair_vec.search("g", [shapes_root / "sketch" / "heart" / "0000.png"], domain="sketch", model=model_dir,
+                             backend=backend, uri=DEAD)  # fmt: skip
+        text = "".join(traceback.format_exception(err.value)) + repr(err.value)
+        assert leaks(text) == [], text[-3000:]
+
+
+def test_the_ray_index_job_shows_no_secret(model_dir, shapes_root):
+    out = subprocess.run([sys.executable, str(ROOT / "ray_jobs" / "index.py"), "-v", "--model", str(model_dir), "--collection", "g",
+                          "--uri", DEAD, str(shapes_root / "photo" / "heart")],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, **ENV})  # fmt: skip
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert leaks(out.stdout + out.stderr) == [], (out.stdout + out.stderr)[-3000:]

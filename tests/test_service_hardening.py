@@ -1,0 +1,398 @@
+"""Serving many users safely: batched searches that each get their own hits, an event loop that
+never waits on a search or a decode, limits that answer at once, the four requests that used to
+give 500, API keys, origins, TLS, connection deadlines, one log line per outage, no secret in any
+answer. In-process through the ASGI app where that is exact; a real `clair-vec serve` process for
+what only a socket shows (deadlines, TLS, headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import httpx
+import pytest
+from conftest import UNSEEN
+from servers import free_port
+
+import clair_vec
+from clair_vec.errors import BackendUnavailableError
+from clair_vec.retrieval.retriever import Retriever
+from clair_vec.service.app import create_app
+
+
+@pytest.fixture(scope="module")
+def store(model_dir, shapes_root, tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("hard") / "g.db")
+    clair_vec.index("g", [shapes_root / "photo" / c for c in UNSEEN], model=model_dir, uri=uri, label_from_folder=True,
+                    progress=False)  # fmt: skip
+    return uri
+
+
+@pytest.fixture(scope="module")
+def retriever(model_dir, store):
+    r = Retriever(model_dir, uri=store)
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def sketches(shapes_root) -> list[bytes]:
+    return [(shapes_root / "sketch" / c / "0000.png").read_bytes() for c in UNSEEN]
+
+
+def asgi_client(app) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+def form(image: bytes, **fields) -> dict:
+    return {"files": {"image": ("q.png", image, "image/png")}, "data": fields}
+
+
+def test_a_batch_of_mixed_searches_gives_each_request_its_own_hits(retriever, sketches):
+    app = create_app(retriever, "g", batch_size=16)
+    ctx = app.state.clair
+    requests = []
+    for n, img in enumerate(sketches * 3):
+        fields = {"domain": "sketch", "top_k": str(3 + n)}
+        if n % 3 == 1:
+            fields["label"] = UNSEEN[n % 4]
+        if n % 3 == 2:
+            fields["label"] = [UNSEEN[0], UNSEEN[1]]
+        requests.append((img, fields))
+    alone = []
+    with _sync(app) as c:
+        for img, fields in requests:
+            alone.append(c.post("/search", **form(img, **fields)).json()["hits"])
+    before = ctx.batcher.batches
+    release = threading.Event()
+    original = ctx.retriever.run
+
+    def slow_first(*a, **k):  # hold the first batch so that the others queue behind it
+        release.wait(10)
+        return original(*a, **k)
+
+    ctx.retriever.run = slow_first
+    try:
+        async def go():
+            async with asgi_client(app) as client:
+                tasks = [asyncio.create_task(client.post("/search", **form(img, **fields))) for img, fields in requests]
+                await asyncio.sleep(0.5)
+                release.set()
+                return await asyncio.gather(*tasks)
+
+        answers = asyncio.run(go())
+    finally:
+        ctx.retriever.run = original
+    assert [r.status_code for r in answers] == [200] * len(requests)
+    for got, want, (_, fields) in zip(answers, alone, requests, strict=True):
+        hits = got.json()["hits"]
+        # exactly its own hits, its own top_k and filter; only hits of equal score may trade places (a
+        # batched matrix product rounds the last bit differently from a single one)
+        assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in want], abs=1e-5)
+        assert all(g["id"] == w["id"] or abs(g["score"] - w["score"]) < 1e-5 for g, w in zip(hits, want, strict=True))
+        assert {h["id"] for h in hits if h["score"] > hits[-1]["score"] + 1e-5} <= {h["id"] for h in want}
+        assert len(hits) == min(int(fields["top_k"]), 8 * (1 if isinstance(fields.get("label"), str) else 2 if "label" in fields else 4))
+    assert ctx.batcher.batches - before < len(requests)  # some were served together
+    assert ctx.batcher.batches - before <= 3
+
+
+class _sync:
+    """A TestClient over the app (the lifespan is not needed)."""
+
+    def __init__(self, app) -> None:
+        from fastapi.testclient import TestClient
+
+        self.c = TestClient(app)
+
+    def __enter__(self):
+        return self.c
+
+    def __exit__(self, *a):
+        self.c.close()
+
+
+def test_healthz_answers_while_a_search_and_a_decode_are_stuck(retriever, sketches, monkeypatch):
+    """Nothing heavy runs on the event loop: a search blocked in the engine and an upload blocked in
+    decoding leave /healthz answering."""
+    import clair_vec.service.routes.search as search_routes
+
+    app = create_app(retriever, "g")
+    ctx = app.state.clair
+    stuck, decoding = threading.Event(), threading.Event()
+    original_run, original_decode = ctx.retriever.run, search_routes.decode_upload
+
+    def run(*a, **k):
+        stuck.wait(20)
+        return original_run(*a, **k)
+
+    def decode(data):
+        decoding.wait(20)
+        return original_decode(data)
+
+    ctx.retriever.run = run
+    monkeypatch.setattr(search_routes, "decode_upload", decode)
+
+    async def go():
+        async with asgi_client(app) as client:
+            blocked = [asyncio.create_task(client.post("/search", **form(sketches[0], domain="sketch"))) for _ in range(3)]
+            await asyncio.sleep(0.3)
+            health = await asyncio.wait_for(client.get("/healthz"), 5)  # would time out if the loop were blocked
+            assert health.json() == {"status": "ok"}
+            assert not any(t.done() for t in blocked)
+            decoding.set()
+            await asyncio.sleep(0.3)
+            assert (await asyncio.wait_for(client.get("/healthz"), 5)).status_code == 200
+            stuck.set()
+            return await asyncio.gather(*blocked)
+
+    try:
+        answers = asyncio.run(go())
+    finally:
+        ctx.retriever.run = original_run
+        stuck.set()
+        decoding.set()
+    assert [a.status_code for a in answers] == [200, 200, 200]
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once(retriever, sketches):
+    app = create_app(retriever, "g", max_inflight=2, batch_size=1)
+    ctx = app.state.clair
+    release = threading.Event()
+    original = ctx.retriever.run
+    ctx.retriever.run = lambda *a, **k: (release.wait(20), original(*a, **k))[1]
+
+    async def go():
+        async with asgi_client(app) as client:
+            held = [asyncio.create_task(client.post("/search", **form(sketches[0], domain="sketch"))) for _ in range(3)]
+            await asyncio.sleep(0.5)
+            t0 = time.monotonic()
+            refused = await client.post("/search", **form(sketches[1], domain="sketch"))
+            waited = time.monotonic() - t0
+            release.set()
+            return refused, waited, await asyncio.gather(*held)
+
+    try:
+        refused, waited, held = asyncio.run(go())
+    finally:
+        ctx.retriever.run = original
+        release.set()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1" and "busy" in refused.json()["detail"]
+    assert waited < 5  # answered at once, not after the queue drained (a generous bound: this is not a timing test)
+    assert sorted(r.status_code for r in held) == [200, 200, 503]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b'{"image": "SKETCH", "domain": "sketch", "top_k": Infinity}', 400, "Infinity is not a JSON number"),
+        (b'{"image": "SKETCH", "domain": "sketch", "top_k": NaN}', 400, "NaN is not a JSON number"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+        (json.dumps({"image": "SKETCH", "domain": "sketch", "label": "\ud800"}).encode(), 422, "unpaired surrogate"),
+        (b'{"image": "data:", "domain": "sketch"}', 400, "data: URL but not of the form"),
+        (b'{"image": "data:image/png,abc", "domain": "sketch"}', 400, "data: URL but not of the form"),
+        (b'{"image": "SKETCH", "domain": "sketch", "top_k": 10.5}', 422, "top_k must be an integer from 1 to 200, got 10.5"),
+        (b'{"image": "SKETCH", "domain": "sketch", "top_k": true}', 422, "top_k must be an integer"),
+        (json.dumps({"image": "SKETCH", "domain": "sketch", "label": [f"l{i}" for i in range(101)]}).encode(), 422,
+         '"label" has 101 values; the limit is 100'),
+        (json.dumps({"text": "x" * 1001}).encode(), 422, '"text" is 1001 characters; the limit is 1000'),
+        (json.dumps({"parts": [{"text": "a"}] * 33}).encode(), 422, '"parts" must be a list of at most 32'),
+        (json.dumps({"parts": [{"text": "a", "weight": "heavy"}]}).encode(), 422, "the weight of part #0 must be a number"),
+        (json.dumps({"parts": [{"text": "a", "id": "b"}]}).encode(), 422, 'exactly one of "image", "text" or "id"'),
+        (json.dumps({"min_score": 2}).encode(), 422, "min_score must be a number from -1 to 1"),
+        (json.dumps({"like": ["not-an-id"]}).encode(), 422, "'not-an-id' is not a record id"),
+        (json.dumps({"rerank": "magic", "text": "a"}).encode(), 422, "rerank must be one of ['aqe']"),
+        (b'"just a string"', 400, "the JSON body must be an object"),
+        (b"{bad json", 400, "the body is not valid JSON"),
+    ],
+)
+def test_malformed_requests_get_a_4xx_that_names_the_problem(retriever, sketches, body, status, message):
+    body = body.replace(b"SKETCH", base64.b64encode(sketches[0]))
+    with _sync(create_app(retriever, "g")) as c:
+        r = c.post("/search", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"], r.json()
+    assert "Traceback" not in r.text
+
+
+def test_an_api_key_guards_every_route_but_health_and_the_page(retriever, sketches, store):
+    key = "s3cret-key-4242"
+    with _sync(create_app(retriever, "g", api_key=key)) as c:
+        for path in ("/info", "/labels", "/collections", "/metrics", "/images/" + "0" * 32, "/similar/" + "0" * 32):
+            r = c.get(path)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == 'Bearer realm="clair_vec"', path
+            assert "needs an API key" in r.json()["detail"]
+        assert c.post("/search", **form(sketches[0], domain="sketch")).status_code == 401
+        assert c.post("/search", **form(sketches[0], domain="sketch"), headers={"authorization": "Bearer wrong"}).json() == {
+            "detail": "the API key is wrong"}
+        assert c.post("/search", **form(sketches[0], domain="sketch"), headers={"authorization": f"Bearer {key}"}).status_code == 200
+        assert c.get("/info", headers={"x-api-key": key}).status_code == 200
+        for open_path in ("/healthz", "/readyz", "/"):
+            assert c.get(open_path).status_code == 200, open_path
+        assert key not in c.get("/").text and key not in c.get("/readyz").text
+
+
+def test_cross_origin_requests_are_refused_unless_allowed(retriever, sketches):
+    with _sync(create_app(retriever, "g")) as c:
+        r = c.post("/search", **form(sketches[0], domain="sketch"), headers={"origin": "https://evil.example"})
+        assert r.status_code == 403 and "--cors-origin" in r.json()["detail"]
+        same = c.get("/info", headers={"origin": "http://testserver"})  # the page's own origin
+        assert same.status_code == 200 and "access-control-allow-origin" not in same.headers
+    with _sync(create_app(retriever, "g", cors_origins=("https://app.example",))) as c:
+        r = c.post("/search", **form(sketches[0], domain="sketch"), headers={"origin": "https://app.example"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+        pre = c.options("/search", headers={"origin": "https://app.example", "access-control-request-method": "POST"})
+        assert pre.status_code == 204 and "x-api-key" in pre.headers["access-control-allow-headers"]
+        assert c.get("/info", headers={"origin": "https://other.example"}).status_code == 403
+
+
+def test_no_docs_no_server_or_pid_header_unless_asked(retriever):
+    with _sync(create_app(retriever, "g")) as c:
+        assert c.get("/docs").status_code == 404 and c.get("/openapi.json").status_code == 404
+        assert "x-served-by" not in c.get("/healthz").headers
+    with _sync(create_app(retriever, "g", docs=True, replica_header=True)) as c:
+        assert c.get("/docs").status_code == 200 and "/search" in c.get("/openapi.json").json()["paths"]
+        assert c.get("/healthz").headers["x-served-by"].endswith(f":{os.getpid()}")
+
+
+def test_hits_show_paths_relative_to_the_gallery_root_or_the_file_name(retriever, sketches, shapes_root):
+    with _sync(create_app(retriever, "g", gallery_roots=[str(shapes_root / "photo")])) as c:
+        hits = c.post("/search", **form(sketches[0], domain="sketch", top_k="32")).json()["hits"]
+        assert {h["path"] for h in hits} == {f"{c_}/{n:04d}.png" for c_ in UNSEEN for n in range(8)}
+    with _sync(create_app(retriever, "g")) as c:
+        hits = c.post("/search", **form(sketches[0], domain="sketch", top_k="32")).json()["hits"]
+        assert all("/" not in h["path"] for h in hits)
+
+
+def test_an_outage_logs_once_when_it_starts_and_once_when_it_ends(retriever, sketches, caplog):
+    secret = "hunter2-db-password"
+    app = create_app(retriever, "g")
+    ctx = app.state.clair
+    original = ctx.retriever.run
+    ctx.retriever.run = lambda *a, **k: (_ for _ in ()).throw(BackendUnavailableError(
+        f"milvus at http://root:{secret}@10.0.0.9:19530 still failed after 4 attempts: connection refused"))
+    caplog.set_level(logging.INFO, logger="clair_vec")
+    try:
+        with _sync(app) as c:
+            bodies = [c.post("/search", **form(sketches[0], domain="sketch")) for _ in range(20)]
+            ctx.retriever.run = original
+            assert c.post("/search", **form(sketches[0], domain="sketch")).status_code == 200
+    finally:
+        ctx.retriever.run = original
+    assert {r.status_code for r in bodies} == {503} and all(r.headers["retry-after"] == "5" for r in bodies)
+    assert all(secret not in r.text and "Traceback" not in r.text for r in bodies)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("clair_vec")]
+    assert len([m for m in lines if "does not answer" in m]) == 1, lines
+    assert any("answers again after" in m and "20 requests were answered 503" in m for m in lines), lines
+    assert not any(secret in m for m in lines) and not any(r.exc_info for r in caplog.records)
+
+
+# ---------------------------------------------------------------------- a real server process
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    out = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                          "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+                         capture_output=True, text=True)  # fmt: skip
+    if out.returncode != 0:
+        pytest.skip(f"openssl could not make a certificate: {out.stderr[-300:]}")
+    return d / "cert.pem", d / "key.pem"
+
+
+def start_serve(model_dir, uri, *args, env=None, timeout=120) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clair_vec.cli", "serve", "--model", str(model_dir), "--collection", "g",
+                             "--uri", uri, "--port", str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, **(env or {})})  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        if proc.poll() is not None:
+            pytest.fail(f"clair-vec serve exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.3)
+    proc.kill()
+    pytest.fail("clair-vec serve did not listen in time")
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+def test_https_with_a_self_signed_certificate(model_dir, store, tls_files, sketches, tmp_path):
+    cert, key = tls_files
+    other = str(tmp_path / "tls.db")  # the module's store is held open by this process: serve a copy
+    shutil.copytree(store, other)
+    proc, port = start_serve(model_dir, other, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    try:
+        with httpx.Client(verify=str(cert), timeout=30) as c:
+            r = c.post(f"https://127.0.0.1:{port}/search", **form(sketches[0], domain="sketch"))
+            assert r.status_code == 200 and len(r.json()["hits"]) == 10
+            assert "server" not in r.headers  # no "server: uvicorn"
+        with pytest.raises(httpx.HTTPError):  # plain HTTP is not served on the TLS port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        out = stop(proc)
+    assert "Traceback" not in out
+
+
+def test_half_open_connections_are_dropped_and_new_clients_get_in(model_dir, store, tmp_path):
+    other = str(tmp_path / "conn.db")
+    shutil.copytree(store, other)
+    proc, port = start_serve(model_dir, other, "--header-timeout", "1", "--max-connections", "30")
+    socks = []
+    try:
+        for _ in range(40):  # more than the connection cap, each sending half a request head and then nothing
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            socks.append(s)
+        time.sleep(2.5)
+        closed = 0
+        for s in socks:
+            try:
+                closed += s.recv(1) == b""
+            except OSError:
+                closed += 1
+        assert closed == len(socks)  # the server hung up on every one of them
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            assert r.status == 200 and r.headers.get("server") is None
+    finally:
+        for s in socks:
+            s.close()
+        out = stop(proc)
+    assert "Traceback" not in out
+
+
+def test_serve_reads_the_api_key_from_a_file_and_never_from_the_command_line(model_dir, store, tmp_path, sketches):
+    other = str(tmp_path / "key.db")
+    shutil.copytree(store, other)
+    key_file = tmp_path / "api.key"
+    key_file.write_text("file-key-777\n")
+    proc, port = start_serve(model_dir, other, "--api-key-file", str(key_file))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/info").status_code == 401
+        assert httpx.get(f"{url}/info", headers={"authorization": "Bearer file-key-777"}).status_code == 200
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
+            assert b"file-key-777" not in fh.read()
+    finally:
+        stop(proc)
+    out = subprocess.run([sys.executable, "-m", "clair_vec.cli", "serve", "--model", str(model_dir), "--collection", "g",
+                          "--uri", other, "--api-key-file", str(tmp_path / "missing.key")], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and "cannot read the API key file" in out.stderr and "Traceback" not in out.stderr
