@@ -27,6 +27,45 @@ def test_demo_end_to_end_reports_metrics_for_both_methods(tmp_path, capsys, back
     saved = json.loads((tmp_path / "w" / "results.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(res["rows"]))
     assert (tmp_path / "w" / "model" / "clair.json").is_file()
+    # the demo says, in words, how the model did against raw CLIP, and what to run next
+    assert ("the model beats raw CLIP" in out) != ("note: the model lost to raw CLIP" in out)
+    assert "next:" in out and len(res["next"]) == 3
+
+
+def test_the_next_steps_the_demo_prints_work_as_printed(tmp_path, monkeypatch):
+    """Copied from the demo's output into a shell, in the directory it ran in."""
+    import shlex
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    monkeypatch.chdir(tmp_path)
+    res = run_demo("w", per_class=8, bootstrap_steps=20, epochs=1, batch_size=24, top_k=20, progress=False)
+    serve, search, evaluate = (shlex.split(line.split("#")[0]) for line in res["next"])
+    assert serve[:2] == ["clair-vec", "serve"] and search[:2] == ["clair-vec", "search"] and evaluate[:2] == ["clair-vec", "evaluate"]
+    cli = [sys.executable, "-m", "clair_vec.cli"]
+    out = subprocess.run([*cli, *search[1:]], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0 and len(json.loads(out.stdout.splitlines()[-1])["hits"]) == 10, out.stderr
+    out = subprocess.run([*cli, *evaluate[1:]], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0 and (tmp_path / "w" / "report" / "index.html").is_file(), out.stderr
+    from servers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([*cli, *serve[1:], "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    assert json.loads(r.read())["count"] == 32
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_ablation_table_over_a_demo_workdir(tmp_path):

@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "clair_vec.service": BASE | {"clair_vec.method", "clair_vec.datasets", "clair_vec.store", "clair_vec.retrieval",
                                  "clair_vec.ray_runtime"},  # fmt: skip
     "clair_vec.benchmarks": BASE | {"clair_vec.method", "clair_vec.datasets", "clair_vec.store", "clair_vec.retrieval",
-                                    "clair_vec.training", "clair_vec.service"},  # fmt: skip
+                                    "clair_vec.training", "clair_vec.evaluation", "clair_vec.service"},  # fmt: skip
     "clair_vec.demo": BASE | {"clair_vec.method", "clair_vec.datasets", "clair_vec.store", "clair_vec.retrieval",
                               "clair_vec.training", "clair_vec.evaluation"},  # fmt: skip
     "clair_vec.cli": {"*"},

@@ -228,3 +228,15 @@ def test_stat_helpers_agree_with_the_walk(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "not a regular file: a character device"
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("qdrnt", "qdrant"), ("Milvus", "milvus"), ("NUMPY", "numpy")])
+def test_a_mistyped_backend_name_gets_did_you_mean(typed, meant, tmp_path):
+    out = run_cli("alias", "--backend", typed, "--uri", str(tmp_path / "store"), "list")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"unknown backend {typed!r}; did you mean {meant!r}?" in out.stderr and "pip install" not in out.stderr
+
+
+def test_a_backend_name_like_nothing_installed_suggests_installing_a_plugin(tmp_path):
+    out = run_cli("alias", "--backend", "lancedb", "--uri", str(tmp_path / "store"), "list")
+    assert out.returncode == 2 and "did you mean" not in out.stderr and "pip install clair-vec-lancedb" in out.stderr

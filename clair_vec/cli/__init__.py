@@ -1,4 +1,4 @@
-"""``clair-vec``: train, index, search, evaluate, serve, demo, bootstrap-clip, backends.
+"""``clair-vec``: train, index, search, reindex, compare, alias, evaluate, serve, demo, bootstrap-clip, backends.
 
 One module per group of commands; each adds its subcommands to the parser with ``add_commands``.
 Commands import what they need when they run, so ``clair-vec --help`` and argument errors answer
@@ -13,13 +13,16 @@ import argparse
 import logging
 import sys
 
-from clair_vec.cli import backends, evaluate, gallery, serve, train
+from clair_vec.cli import backends, evaluate, gallery, lifecycle, serve, train
 from clair_vec.cli.common import EPILOG, Formatter
 from clair_vec.errors import ClairVecError
 
+DESCRIPTION = ("Search photos with a sketch, a clipart, a painting or words: train a CLAIR model, index a gallery "
+               "into Milvus or Qdrant, search it, serve it.")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clair-vec", description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=Formatter)
+    p = argparse.ArgumentParser(prog="clair-vec", description=DESCRIPTION, epilog=EPILOG, formatter_class=Formatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -28,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    for group in (train, gallery, evaluate, serve, backends):
+    for group in (train, gallery, lifecycle, evaluate, serve, backends):
         group.add_commands(add)
     return p
 
@@ -37,11 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
-        code = 0
+        code = args.func(args) or 0  # a command may answer with its own exit status (backends --check: 1)
     except (ClairVecError, ValueError, FileNotFoundError) as exc:
-        print(f"clair-vec: error: {exc}", file=sys.stderr)
+        from clair_vec.store.redaction import scrub
+
+        print(f"clair-vec: error: {scrub(str(exc))}", file=sys.stderr)  # a URI's password never reaches a terminal
         code = 2
+    except KeyboardInterrupt:
+        # every write is whole and ids are content hashes: what was written stays, and the same
+        # command picks up where this one stopped
+        print(f"\nclair-vec: interrupted; what was done is kept: run the same `clair-vec {args.command}` again to "
+              "resume", file=sys.stderr)  # fmt: skip
+        code = 130
     from clair_vec.ray_runtime import exit_process, started_here
 
     if started_here():  # `serve --ray` ran a Ray driver here: leave without the interpreter's teardown

@@ -6,20 +6,29 @@ import argparse
 
 from clair_vec.errors import ClairVecError
 
-EPILOG = "Every option's default is shown. Errors are printed as 'clair-vec: error: ...' with exit status 2."
-Formatter = argparse.ArgumentDefaultsHelpFormatter
+EPILOG = "Options show their default where they have one. Errors are printed as 'clair-vec: error: ...' with exit status 2."
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where it means something: not for required arguments, switches that
+    are off, or a None whose meaning the help text already spells out."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def backend_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--backend", default=None, help="milvus, qdrant, or an installed plugin's name "
-                    "(None: $CLAIR_VEC_BACKEND or milvus)")  # fmt: skip
+                    "(default: $CLAIR_VEC_BACKEND or milvus)")  # fmt: skip
     sp.add_argument("--uri", default=None, help="Milvus Lite store (*.db) / Qdrant Edge directory, or a server URL "
-                    "(None: the backend's embedded default in the current directory)")  # fmt: skip
+                    "(default: the backend's embedded default in the current directory)")  # fmt: skip
 
 
 def model_arg(sp: argparse.ArgumentParser, required: bool = False) -> None:
     sp.add_argument("--model", default=None, required=required, help="checkpoint directory written by train "
-                    "(None: $CLAIR_VEC_MODEL)")  # fmt: skip
+                    "(default: $CLAIR_VEC_MODEL)")  # fmt: skip
 
 
 def int_range(lo: int, hi: int):
@@ -56,6 +65,16 @@ def number_range(lo: float, hi: float):
 
 #: what one query may ask for: the largest top_k of any built-in engine (Milvus: 16384)
 MAX_TOP_K = 16384
+
+
+def require_model(a: argparse.Namespace) -> None:
+    """The model, checked before anything heavy is imported: a missing ``--model`` is a one-line
+    error at once, in the flag's own words."""
+    import os
+
+    if not getattr(a, "model", None) and not os.environ.get("CLAIR_VEC_MODEL"):
+        raise ClairVecError("--model is required (or set $CLAIR_VEC_MODEL): the checkpoint directory `clair-vec train` "
+                            "wrote (`make demo` writes clair_demo/model)")  # fmt: skip
 
 
 def filters(items: list[str] | None) -> dict[str, list[str]] | None:
