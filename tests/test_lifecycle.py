@@ -152,6 +152,8 @@ def test_compare_measures_both_and_fails_a_worse_collection(model_dir, model_b, 
     assert ok.returncode == 0 and "not worse" in ok.stderr and "overlap@8 1.000" in ok.stdout
     worse = run_cli("compare", "v1", "bad", *common, "--fail-if-worse", "0.01")
     assert worse.returncode == 1 and "is worse" in worse.stderr and "do not move the alias" in worse.stderr
+    blind = run_cli("compare", "bad", "v1", *common, "--fail-if-worse", "0.01")  # a baseline nothing can be measured on
+    assert blind.returncode == 2 and "baseline's mAP cannot be measured" in blind.stderr and "Traceback" not in blind.stderr
     unlabelled = tmp_path / "flat"
     unlabelled.mkdir()
     shutil.copy(next((queries / UNSEEN[0]).iterdir()), unlabelled / "q.png")

@@ -68,9 +68,11 @@ def test_check_a_milvus_server_and_leave_nothing_on_it():
     from pymilvus import MilvusClient
 
     client = MilvusClient(uri=uri)
+    client.create_collection("conformance_made_by_someone_else", dimension=4)  # named like the suite's: not its to drop
     before = sorted(client.list_collections())
     out = check("milvus", "--uri", uri, "--option", "timeout=5", "-k", "refused_connection or every_read_and_write or shared_says")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert "3 hold, 0 broken, 0 skipped" in out.stdout
     assert sorted(client.list_collections()) == before and not (client.list_aliases().get("aliases") or [])
+    client.drop_collection("conformance_made_by_someone_else")
     client.close()

@@ -98,6 +98,11 @@ def compare(
               f"overlap@{k}": overlap, "labelled": labels is not None}  # fmt: skip
     if labels is not None:
         result["delta"] = {m: sides[1].metrics[m] - sides[0].metrics[m] for m in sides[0].metrics}
+        if fail_if_worse is not None and rel[0] and not any(any(r) for r in rel[0]):
+            # a baseline without labels scores 0, and so does anything compared with it: "not worse"
+            # would pass blind (a new side without them is simply worse, and says so)
+            raise DatasetError(f"no hit in {names[0]!r} carries a label that matches a query class, so the baseline's mAP "
+                               "cannot be measured; index it with --label-from-folder (or --labels) to gate on it")  # fmt: skip
         if fail_if_worse is not None:
             worse = result["delta"][f"mAP@{k}"] < -fail_if_worse
             result["verdict"] = "worse" if worse else "not worse"

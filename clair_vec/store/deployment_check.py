@@ -150,18 +150,27 @@ def _first_missing(path: Path | None) -> Path | None:
     return path
 
 
-def _sweep(target: Target) -> list[str]:
-    """Drop what the suite left (collections and aliases named ``conformance_...``)."""
+def _existing(be: Any) -> set[str]:
+    """Names of the suite's form that were there before it ran: someone else's, never dropped."""
+    try:
+        return {f"alias {a}" for a in be.aliases() if a.startswith(PREFIX)} | {
+            f"collection {c}" for c in be.list_collections() if c.startswith(PREFIX)}
+    except Exception:  # a backend without aliases still lists its collections
+        return {f"collection {c}" for c in be.list_collections() if c.startswith(PREFIX)}
+
+
+def _sweep(target: Target, keep: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """Drop what the suite left (collections and aliases named ``conformance_...``) that were not there before."""
     from clair_vec.store.plugins import get_backend
 
     left: list[str] = []
     with get_backend(target.name, target.uri, **target.options) as be:
         for alias in be.aliases():
-            if alias.startswith(PREFIX):
+            if alias.startswith(PREFIX) and f"alias {alias}" not in keep:
                 be.drop_alias(alias)
                 left.append(f"alias {alias}")
         for name in be.list_collections():
-            if name.startswith(PREFIX):
+            if name.startswith(PREFIX) and f"collection {name}" not in keep:
                 be.drop_collection(name)
                 left.append(f"collection {name}")
     return left
@@ -181,8 +190,8 @@ def run_check(target: Target, *, select: str | None = None) -> CheckReport:
         raise UnknownBackendError(f"unknown backend {target.name!r}")
     path = _store_path(target.uri)
     made = _first_missing(path)
-    with get_backend(target.name, target.uri, **target.options):  # reachable, credentials accepted: else a clear error now
-        pass
+    with get_backend(target.name, target.uri, **target.options) as be:  # reachable, credentials accepted: else a clear error now
+        before = _existing(be)
     collector = _Collector()
     _TARGET = target
     try:
@@ -200,7 +209,7 @@ def run_check(target: Target, *, select: str | None = None) -> CheckReport:
         _TARGET = None
     report = CheckReport(target, sorted(collector.promises.values(), key=lambda p: p.test), collector.errors)
     try:
-        report.swept = _sweep(target)
+        report.swept = _sweep(target, before)
     except Exception as exc:  # the verdict stands; say what could not be cleaned
         report.errors.append(f"cleaning up after the suite failed: {type(exc).__name__}: {scrub(str(exc))}")
     if made is not None and made.exists():  # the check made this store (and its parents): take them away again
