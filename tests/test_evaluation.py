@@ -102,7 +102,7 @@ def test_cli_train_records_the_selection_and_evaluate_writes_a_report(shapes_roo
     out = run_cli("evaluate", "--model", str(tmp_path / "m"), "--data", str(shapes_root), "--report", str(report), "--k", "20", "--json")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert all(r["chance"] == pytest.approx(0.5) for r in rows)  # two unseen classes, equally many photos of each
+    assert all(abs(r["chance"] - 1 / len(r["classes"])) < 0.1 for r in rows)  # classes of similar size: a random ranking scores about 1/C
     assert {r["query"] for r in rows} == {"clipart", "sketch"}
     for r in rows:
         for method in ("raw_clip", "model"):

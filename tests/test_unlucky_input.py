@@ -230,7 +230,7 @@ def test_stat_helpers_agree_with_the_walk(tmp_path):
     assert out.stdout.strip() == "not a regular file: a character device"
 
 
-@pytest.mark.parametrize(("typed", "meant"), [("qdrnt", "qdrant"), ("Milvus", "milvus"), ("NUMPY", "numpy")])
+@pytest.mark.parametrize(("typed", "meant"), [("qdrnt", "qdrant"), ("Milvus", "milvus"), ("QDRANT", "qdrant")])
 def test_a_mistyped_backend_name_gets_did_you_mean(typed, meant, tmp_path):
     out = run_cli("alias", "--backend", typed, "--uri", str(tmp_path / "store"), "list")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
