@@ -149,7 +149,7 @@ def test_zero_shot_tags_come_from_the_users_labels(model_dir, shapes_root, tmp_p
     uri = str(tmp_path / "g.db")
     photos = [shapes_root / "photo" / c for c in UNSEEN]
     labels = tmp_path / "labels.txt"
-    labels.write_text("# the user's own vocabulary, classes never trained on\n" + "\n".join(UNSEEN) + "\n")
+    labels.write_text("\n".join(UNSEEN) + "\n")  # the user's own vocabulary, classes never trained on (read verbatim)
     out = run_cli("index", "--model", str(model_dir), "--collection", "g", "--uri", uri, "--labels", str(labels), *map(str, photos))
     assert out.returncode == 0, out.stderr
     from clair_vec import get_backend
