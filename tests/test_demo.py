@@ -28,7 +28,11 @@ def test_demo_end_to_end_reports_metrics_for_both_methods(tmp_path, capsys, back
     assert saved["rows"] == json.loads(json.dumps(res["rows"]))
     assert (tmp_path / "w" / "model" / "clair.json").is_file()
     # the demo says, in words, how the model did against raw CLIP, and what to run next
-    assert ("the model beats raw CLIP" in out) != ("note: the model lost to raw CLIP" in out)
+    said = [p for p in ("the model beats raw CLIP", "the model ranks like raw CLIP", "note: the model lost to raw CLIP") if p in out]
+    assert len(said) == 1, out
+    rows = res["rows"]
+    tie = all(abs(rows["CLAIR"][p]["mAP@20"] - rows["raw CLIP"][p]["mAP@20"]) <= 5e-4 for p in rows["raw CLIP"])
+    assert not tie or said == ["the model ranks like raw CLIP"]  # shipping raw CLIP is not "beating" it
     assert "next:" in out and len(res["next"]) == 3
 
 
