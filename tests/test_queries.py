@@ -179,9 +179,13 @@ def test_cli_text_like_unlike_min_score_and_offset(model_dir, cli_store, shapes_
     assert [h["score"] for h in paged["hits"]] == pytest.approx([h["score"] for h in image["hits"][4:8]], abs=1e-6)
     assert {h["id"] for h in paged["hits"]} <= {h["id"] for h in image["hits"]} - {h["id"] for h in image["hits"][:4]
                                                                                    if h["score"] > image["hits"][4]["score"] + 1e-6}
-    cut = image["hits"][3]["score"]
+    # cut where the scores have a clear gap (a tiny model's near-equal scores move with float noise);
+    # without one, a cut well below them all must keep all of them
+    scores = [h["score"] for h in image["hits"]]
+    gap = next((i for i in range(len(scores) - 1) if scores[i] - scores[i + 1] > 1e-4), None)
+    cut = (scores[gap] + scores[gap + 1]) / 2 if gap is not None else scores[-1] - 0.1
     (above,) = search(model_dir, cli_store, "--domain", "sketch", sketch, "--top-k", "12", "--min-score", str(cut))
-    assert sorted(h["score"] for h in above["hits"]) == pytest.approx(sorted(h["score"] for h in image["hits"] if h["score"] >= cut), abs=1e-6)
+    assert len(above["hits"]) == (gap + 1 if gap is not None else len(scores)) and all(h["score"] >= cut for h in above["hits"])
     two = search(model_dir, cli_store, "--domain", "sketch", sketch, str(shapes_root / "sketch" / "arrow" / "0001.png"))
     assert [q["query"] for q in two] == [sketch, str(shapes_root / "sketch" / "arrow" / "0001.png")]  # images alone: a query each
 

@@ -98,7 +98,19 @@ def test_two_replicas_answer_like_the_single_process_service(ray_head, server_ur
                     served_by.add(r.headers["x-served-by"])
             bad = client.post(f"{url}/search", files={"image": ("q.png", b"nope")}, data={"domain": "sketch"})
             assert bad.status_code == 400 and "not an image" in bad.json()["detail"]
-        assert len(served_by) == 2  # 16 requests over two replicas: both took some (all on one: p = 2**-15)
+        # Ray Serve routes to the replica with the shorter queue: one-at-a-time requests may all land
+        # on one; 32 at once cannot (a replica takes at most 5 at a time by default)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def post(q: bytes) -> str:
+            with httpx.Client(timeout=120) as c:
+                r = c.post(f"{url}/search", files={"image": ("q.png", q)}, data={"domain": "sketch", "top_k": "8"})
+                assert r.status_code == 200, r.text
+                return r.headers["x-served-by"]
+
+        with ThreadPoolExecutor(32) as pool:
+            served_by |= set(pool.map(post, queries * (32 // len(queries) + 1)))
+        assert len(served_by) == 2, served_by
     finally:
         out = stop(proc)
         with Retriever(model_dir, uri=server_uri) as r:
