@@ -1,9 +1,11 @@
 """The offline end-to-end job: data -> foundation model -> CLAIR training -> index -> cross-domain search.
 
-With no arguments it generates the shapes dataset, bootstraps a tiny CLIP on the *seen* classes
-(no pretrained weights are reachable offline), trains CLAIR, indexes the *unseen*-class photos
-into the embedded backend (Milvus Lite), queries them with unseen-class sketches and cliparts,
-and prints mAP@200 / P@200 for raw CLIP features against CLAIR.
+With no arguments it generates the shapes dataset and a separate "web" pool of every class in the
+domain mix of web data (mostly photos), bootstraps a tiny CLIP on the pool (no pretrained weights
+are reachable offline; it stands in for a web-pretrained CLIP that has seen every category but few
+sketches), trains CLAIR on the seen classes, indexes the *unseen*-class photos into the embedded
+backend (Milvus Lite), queries them with unseen-class sketches and cliparts, and prints mAP@200 /
+P@200 for raw CLIP features against CLAIR.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.datasets.folders import MultiDomainDataset, plan_split
-from clair_vec.datasets.shapes import make_shapes_dataset
+from clair_vec.datasets.folders import MultiDomainDataset, plan_split, scan_folder
+from clair_vec.datasets.shapes import make_shapes_dataset, make_web_pool
 from clair_vec.method.config import ClairConfig
+from clair_vec.method.devices import resolve_device
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.metrics import ranked_metrics
 from clair_vec.retrieval.retriever import Retriever
@@ -86,25 +89,35 @@ def run_demo(
     uri: str | None = None,
     clip_model: str = "clair-tiny",
     clip_pretrained: str | None = None,
-    per_class: int = 60,
+    per_class: int = 40,
+    web_per_class: int = 100,
+    web_mix: dict[str, float] | None = None,
     bootstrap_steps: int = 1200,
     epochs: int = 30,
     batch_size: int = 64,
     top_k: int = 200,
     seed: int = 0,
-    val_fraction: float = 0.1,
+    val_fraction: float = 0.3,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
     import torch
 
+    where = resolve_device(device)  # a device that is not there fails here, before any work
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     threads, why = torch_threads()
+    why += f"; device {where}"
     torch.set_num_threads(threads)
     root = Path(data) if data else work / "data"
+    web = work / "web"
     if not data and not (root / "seen_classes.txt").exists():
         print(f"[1/6] generating the shapes dataset under {root}")
         make_shapes_dataset(root, per_class=per_class, seed=seed)
+    if clip_pretrained is None and not (web / ".complete").exists():
+        print(f"[1/6] generating the stand-in CLIP's web pool under {web}: every class, mostly photos, no image of the dataset")
+        make_web_pool(web, per_class=web_per_class, mix=web_mix, seed=seed)
+        (web / ".complete").touch()
     split = plan_split(root, seed, val_fraction)
     seen = MultiDomainDataset(split.train.items + (split.validation.items if split.validation else []), str(root))
     unseen = split.unseen
@@ -121,11 +134,14 @@ def run_demo(
     if clip_pretrained is None:
         ckpt = work / "foundation" / f"{clip_model}-bootstrap.pt"
         if not ckpt.exists():
-            print(f"[2/6] bootstrapping {clip_model} CLIP on seen classes only ({bootstrap_steps} steps)")
-            bootstrap_clip(seen, ckpt, arch=clip_model, steps=bootstrap_steps, seed=seed, progress=progress)
+            pool = scan_folder(web)
+            print(f"[2/6] bootstrapping {clip_model} CLIP on the web pool ({len(pool)} images of {len(pool.classes)} classes, "
+                  f"{bootstrap_steps} steps)")  # fmt: skip
+            bootstrap_clip(pool, ckpt, arch=clip_model, steps=bootstrap_steps, seed=seed, progress=progress, mix=web_mix,
+                           device=str(where))  # fmt: skip
         clip_pretrained = str(ckpt)
     print(f"[2/6] foundation model {clip_model} / {clip_pretrained}")
-    foundation = FoundationModel.load(clip_model, clip_pretrained)
+    foundation = FoundationModel.load(clip_model, clip_pretrained, str(where))
 
     cfg = ClairConfig(clip_model=clip_model, clip_pretrained=clip_pretrained, pivot_domain=pivot, epochs=epochs,
                       batch_size=batch_size, seed=seed)  # fmt: skip
@@ -137,8 +153,8 @@ def run_demo(
             print(f"  epoch {s.epoch + 1:3d}  loss {s.loss:.4f}  pseudo-label acc {s.pseudo_label_accuracy:.3f}  "
                   f"kept {s.kept_fraction:.2f}{val}  {s.seconds:.1f}s")  # fmt: skip
 
-    model = train_local(root, cfg, foundation=foundation, split=split, cache_dir=work / "cache", progress=progress,
-                        on_epoch=report)  # fmt: skip
+    model = train_local(root, cfg, foundation=foundation, split=split, val_fraction=val_fraction, cache_dir=work / "cache",
+                        progress=progress, on_epoch=report)  # fmt: skip
     model_dir = model.save(work / "model")
     print(f"[4/6] model {model.model_id} saved to {model_dir}: shipped {model.record['shipped']} "
           f"({model.record['reason']})")  # fmt: skip
@@ -160,7 +176,7 @@ def run_demo(
         be.upsert(RAW, [Record(f"raw{i}", v.numpy(), {"label": lbl, "domain": pivot, "path": p})
                         for i, (v, lbl, p) in enumerate(zip(g.clean, g.labels, g.paths, strict=True))])  # fmt: skip
         be.flush(RAW)
-        results: dict[str, Any] = {"backend": backend, "uri": uri, "model": model.model_id, "gallery": len(g), "rows": {},
+        results: dict[str, Any] = {"backend": backend, "uri": uri, "seed": seed, "model": model.model_id, "gallery": len(g), "rows": {},
                                    "shipped": model.record["shipped"], "validation": model.record.get("validation")}  # fmt: skip
         for q in [d for d in unseen.domains if d != pivot]:
             f = ufeats[q]

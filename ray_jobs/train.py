@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (one GPU each with --gpus yes/auto)")
     p.add_argument("--gpus", choices=["auto", "yes", "no"], default="auto", help="auto: one GPU per worker if the cluster has them")
     p.add_argument("--feature-actors", type=int, default=1, help="Ray Data actors for the CLIP forward pass")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--val-fraction", type=float, default=0.3,
                    help="share of seen classes each selection fold holds out (0: no selection, the head ships unchecked)")
     p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture")
     p.add_argument("--clip-pretrained", default="openai", help="open_clip tag or local checkpoint; 'none' = random")

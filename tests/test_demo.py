@@ -11,7 +11,7 @@ from clair_vec.demo import run_demo
 
 @pytest.mark.parametrize("backend", ["milvus", "qdrant"])
 def test_demo_end_to_end_reports_metrics_for_both_methods(tmp_path, capsys, backend):
-    res = run_demo(tmp_path / "w", backend=backend, per_class=8, bootstrap_steps=20, epochs=2, batch_size=24,
+    res = run_demo(tmp_path / "w", backend=backend, per_class=8, web_per_class=10, bootstrap_steps=20, epochs=2, batch_size=24,
                    top_k=20, progress=False)  # fmt: skip
     out = capsys.readouterr().out
     assert "[6/6]" in out and "raw CLIP" in out and "CLAIR" in out
@@ -20,10 +20,10 @@ def test_demo_end_to_end_reports_metrics_for_both_methods(tmp_path, capsys, back
         assert set(method) == {"clipart->photo", "sketch->photo"}
         for cell in method.values():
             assert 0.0 <= cell["P@20"] <= 1.0 and 0.0 <= cell["mAP@20"] <= 1.0
-            assert cell["queries"] == 4 * 8  # 4 unseen classes x 8 images
-            # a gallery of 32 photos, 8 relevant: at least one relevant within the top 20 on average
+            assert cell["queries"] == 6 * 8  # 6 unseen classes x 8 images
+            # a gallery of 48 photos, 8 relevant: at least one relevant within the top 20 on average
             assert cell["P@20"] > 0.0
-    assert res["gallery"] == 32
+    assert res["gallery"] == 48 and res["seed"] == 0
     saved = json.loads((tmp_path / "w" / "results.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(res["rows"]))
     assert (tmp_path / "w" / "model" / "clair.json").is_file()
@@ -45,7 +45,7 @@ def test_the_next_steps_the_demo_prints_work_as_printed(tmp_path, monkeypatch):
     import urllib.request
 
     monkeypatch.chdir(tmp_path)
-    res = run_demo("w", per_class=8, bootstrap_steps=20, epochs=1, batch_size=24, top_k=20, progress=False)
+    res = run_demo("w", per_class=8, web_per_class=10, bootstrap_steps=20, epochs=1, batch_size=24, top_k=20, progress=False)
     serve, search, evaluate = (shlex.split(line.split("#")[0]) for line in res["next"])
     assert serve[:2] == ["clair-vec", "serve"] and search[:2] == ["clair-vec", "search"] and evaluate[:2] == ["clair-vec", "evaluate"]
     cli = [sys.executable, "-m", "clair_vec.cli"]
@@ -62,7 +62,7 @@ def test_the_next_steps_the_demo_prints_work_as_printed(tmp_path, monkeypatch):
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    assert json.loads(r.read())["count"] == 32
+                    assert json.loads(r.read())["count"] == 48
                     break
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline
@@ -72,19 +72,21 @@ def test_the_next_steps_the_demo_prints_work_as_printed(tmp_path, monkeypatch):
         proc.wait(timeout=30)
 
 
-def test_ablation_table_over_a_demo_workdir(tmp_path):
-    from clair_vec.evaluation.ablation import VARIANTS, format_table, run
+def test_ablation_table_over_demo_workdirs(tmp_path):
+    from clair_vec.evaluation.ablation import VARIANTS, demo_run, format_table, run
 
-    run_demo(tmp_path / "w", per_class=8, bootstrap_steps=20, epochs=1, batch_size=24, top_k=20, progress=False)
-    res = run(tmp_path / "w", seeds=2, epochs=1, batch_size=24, k=20)
-    assert list(res["rows"]) == ["B0 raw CLIP", "B1 raw CLIP + mapping", *VARIANTS]
-    assert res["columns"] == [f"{q}->photo {m}" for q in ("clipart", "sketch") for m in ("mAP", "P", "cos", "hub")]
-    for name, cells in res["rows"].items():
-        for col, (mean, std) in cells.items():
-            assert (-1.0 if col.endswith("cos") else 0.0) <= mean <= 1.0 and std >= 0.0
-        if name.startswith("B"):
-            assert all(std == 0.0 for _, std in cells.values())  # no training, no seed dependence
-    assert res["rows"]["B1 raw CLIP + mapping"] != res["rows"]["B0 raw CLIP"]  # the mapping moves queries
+    for seed in (0, 1):
+        run_demo(tmp_path / f"w{seed}", per_class=6, web_per_class=10, bootstrap_steps=10, epochs=1, batch_size=24, top_k=20,
+                 seed=seed, progress=False)  # fmt: skip
+    runs = [demo_run(tmp_path / f"w{seed}") for seed in (0, 1)]
+    assert [r.seed for r, _ in runs] == [0, 1]  # each workdir is its own seed: its own data and stand-in CLIP
+    res = run(runs, epochs=1, batch_size=24, k=20)
+    assert list(res["rows"]) == list(VARIANTS) and res["seeds"] == [0, 1]
+    for cells in res["rows"].values():
+        assert all(0.0 <= m <= 1.0 and s >= 0.0 for c, (m, s) in cells.items() if c.endswith("mAP"))
+    b0 = res["rows"]["B0 raw CLIP"]
+    assert all(s > 0 for c, (_, s) in b0.items() if c.endswith("mAP"))  # two bootstraps, two raw CLIPs: seeds differ
+    for p in res["pseudo_labels"].values():
+        assert p["kept"] == pytest.approx(0.3, abs=0.02) and p["spec_kept"] == 1.0  # the spec filter keeps everything
     table = format_table(res)
-    assert "| CLAIR (spec defaults) |" in table and "sketch->photo hubness" in table and "mAP@20" in table
-    assert set(res["training"]) == set(VARIANTS) and all(0 <= t["kept"] <= 1 for t in res["training"].values())
+    assert "| default, unchecked |" in table and "accuracy kept / dropped" in table

@@ -94,8 +94,8 @@ def test_cli_train_records_the_selection_and_evaluate_writes_a_report(shapes_roo
     rec = meta["training"]
     assert rec["shipped"] in ("clair", "mapping_only", "raw_clip", "per_domain")
     assert set(rec["validation"]) == {"raw_clip", "mapping_only", "clair", "chosen", "metric"}
-    assert len(rec["selection"]["folds"]) == 4 and all(len(f["curve"]) == 2 for f in rec["selection"]["folds"])
-    assert len(rec["history"]) == rec["selection"]["epoch"] + 1  # the final model stops at the folds' best epoch
+    assert len(rec["selection"]["folds"]) == 5 and all(len(f["curve"]) == 2 for f in rec["selection"]["folds"])
+    assert len(rec["history"]) == rec["selection"]["epoch"] + 1 == 2  # the folds judge the schedule the final model runs
     assert set(rec["stats"]["domains"]) == {"clipart", "photo", "sketch"}
     assert "pseudo-label confidence filter: clipart dropped" in out.stdout
     report = tmp_path / "report"
@@ -134,7 +134,7 @@ def check_report(report: Path) -> None:
     page.feed((report / "index.html").read_text())
     assert page.rows == 1 + 2 * 2 + 1 + 2  # header + (raw CLIP, model) for two query domains; the selection, per domain
     text = (report / "index.html").read_text()
-    assert "Model selection" in text and "4 folds of the seen classes" in text and "Pseudo-label confidence filter" in text
+    assert "Model selection" in text and "5 folds of the seen classes" in text and "Pseudo-label confidence filter" in text
     assert all(not link.startswith(("http:", "https:", "//")) for link in page.links)  # self-contained
     for img in page.images:
         assert (report / img["src"]).is_file(), img["src"]
@@ -187,11 +187,14 @@ def test_every_cli_option_has_help_with_its_default():
     assert "--seed" in train.format_help() and "--seed" in demo.format_help()
 
 
-def test_bootstrap_clip_command_trains_on_seen_classes_only(shapes_root, tmp_path):
-    out = run_cli("bootstrap-clip", "--data", str(shapes_root), "--out", str(tmp_path / "clip.pt"), "--steps", "3",
-                  "--batch-size", "8")  # fmt: skip
+def test_bootstrap_clip_command_trains_on_a_web_pool_in_its_domain_mix(tmp_path):
+    from clair_vec.datasets.shapes import SHAPES, make_web_pool
+
+    web = make_web_pool(tmp_path / "web", per_class=10, classes=SHAPES[:6], seed=1)
+    out = run_cli("bootstrap-clip", "--data", str(web), "--out", str(tmp_path / "clip.pt"), "--steps", "3", "--batch-size", "8",
+                  "--mix", "photo=0.5")  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "--clip-pretrained" in out.stdout and not any(c in out.stdout.split("classes")[1].split("only")[0] for c in UNSEEN)
+    assert "--clip-pretrained" in out.stdout and "of 6 classes" in out.stdout and "photo 50%" in out.stdout
     from clair_vec.method.foundation import FoundationModel
 
     assert FoundationModel.load("clair-tiny", str(tmp_path / "clip.pt")).embed_dim > 0

@@ -224,9 +224,9 @@ def test_a_store_in_use_says_so_and_the_writer_keeps_working(backend, model_dir,
 
 def test_kill_9_mid_index_then_rerun_stores_each_image_once(model_dir, tmp_path):
     """`clair-vec index` killed with -9 mid-run (single process), then run again."""
-    from clair_vec.datasets.shapes import make_shapes_dataset
+    from clair_vec.datasets.shapes import SHAPES, make_shapes_dataset
 
-    gallery = make_shapes_dataset(tmp_path / "data", per_class=25, domains=("photo",), seed=2) / "photo"
+    gallery = make_shapes_dataset(tmp_path / "data", classes=SHAPES[:12], per_class=25, domains=("photo",), seed=2) / "photo"
     uri = str(tmp_path / "g.db")
     cmd = [sys.executable, "-m", "clair_vec.cli", "-v", "index", "--model", str(model_dir), "--collection", "g", "--uri", uri,
            "--batch-size", "4", str(gallery)]  # fmt: skip

@@ -110,9 +110,9 @@ def test_reindex_re_embeds_with_the_new_model_and_reports_gone_and_changed_files
 
 
 def test_reindex_killed_mid_run_then_resumed_stores_each_file_once(model_dir, model_b, tmp_path):
-    from clair_vec.datasets.shapes import make_shapes_dataset
+    from clair_vec.datasets.shapes import SHAPES, make_shapes_dataset
 
-    gallery = make_shapes_dataset(tmp_path / "data", per_class=20, domains=("photo",), seed=4) / "photo"
+    gallery = make_shapes_dataset(tmp_path / "data", classes=SHAPES[:12], per_class=20, domains=("photo",), seed=4) / "photo"
     uri = str(tmp_path / "g.db")
     cli_json("index", "--model", str(model_dir), "--collection", "v1", "--uri", uri, str(gallery))
     cmd = [sys.executable, "-m", "clair_vec.cli", "-v", "reindex", "--from", "v1", "--to", "v2", "--model", str(model_b),

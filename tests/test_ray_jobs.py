@@ -43,7 +43,7 @@ def test_two_workers_lower_the_loss_and_checkpoint_round_trips(ray_head, shapes_
                                         "--val-fraction", "0")  # fmt: skip
     losses = [h["loss"] for h in history]
     assert len(losses) == 4 and losses[-1] < losses[0]
-    assert {"loss_instance", "loss_cluster", "loss_domain", "loss_prompt", "kept_fraction", "mean_confidence",
+    assert {"loss_inst_disc", "loss_instance", "loss_cluster", "loss_domain", "kept_fraction", "mean_confidence",
             "samples_per_s"} <= set(metrics)  # fmt: skip
     model = ClairModel.load(model_dir)
     seen, _ = zero_shot_split(scan_folder(shapes_root), unseen=(shapes_root / "unseen_classes.txt").read_text().split())
@@ -57,7 +57,7 @@ def test_ray_training_selects_per_domain_on_folds_run_as_ray_tasks(ray_head, sha
     model = ClairModel.load(model_dir)
     sel = model.record["selection"]
     seen, _ = zero_shot_split(scan_folder(shapes_root), unseen=(shapes_root / "unseen_classes.txt").read_text().split())
-    assert len(sel["folds"]) == 4 and {c for f in sel["folds"] for c in f["validation_classes"]} == set(seen.classes)
+    assert len(sel["folds"]) == 5 and {c for f in sel["folds"] for c in f["validation_classes"]} <= set(seen.classes)
     assert all(len(f["curve"]) == 2 for f in sel["folds"]) and len(history) == sel["epoch"] + 1
     assert model.classes == seen.classes  # the final model trains on every seen class
     assert model.routing == {"photo": sel["gallery_blend"], **{d: p["blend"] for d, p in sel["domains"].items()}}

@@ -19,7 +19,7 @@ from clair_vec.method.model_card import ModelCard
 from clair_vec.method.prompts import hand_crafted_text_embeddings
 from clair_vec.training.features import DomainFeatures
 from clair_vec.training.folds import FoldRun, class_folds
-from clair_vec.training.selection import MAP_NONE, MAP_TEXT, apply_selection, decide, select_on_folds, ship
+from clair_vec.training.selection import MAP_NONE, MAP_TEXT, RAW, apply_selection, decide, select_on_folds, ship
 from clair_vec.training.trainer import VAL_KEY
 
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
@@ -27,54 +27,68 @@ DOMAINS = ["clipart", "photo", "sketch"]
 
 
 # ---------------------------------------------------------------------- folds
-def test_folds_rotate_over_every_seen_class():
+def test_folds_are_distinct_random_class_sets():
     classes = [f"c{i}" for i in range(11)]
     folds = class_folds(classes, fraction=0.2, seed=3, max_folds=10)
-    assert len(folds) == 6 and all(len(f) == 2 for f in folds)  # ceil(11 / 2): every class held out at least once
-    assert {c for f in folds for c in f} == set(classes)
+    assert len(folds) == 10 and all(len(f) == 2 for f in folds) and len({tuple(f) for f in folds}) == 10
     assert folds == class_folds(classes, fraction=0.2, seed=3, max_folds=10) != class_folds(classes, fraction=0.2, seed=4, max_folds=10)
     assert len(class_folds(classes, fraction=0.2, seed=3, max_folds=3)) == 3
+    assert len(class_folds(["a", "b", "c", "d"], fraction=0.5, seed=0, max_folds=10)) == 6  # every 2 of 4: no more exist
     assert class_folds(["a", "b", "c"], fraction=0.1, seed=0, max_folds=5) == []  # 2 held out would leave 1 to train on
     assert class_folds(classes, fraction=0.0, seed=0, max_folds=5) == []
 
 
 # ---------------------------------------------------------------------- the decision rule
-def table(scores: dict[tuple[float, str, float, str], float]) -> dict:
-    """Every option of blends {0, 1} x maps {none, text}: B0 scores 0.5, the rest as given, else 0.4."""
+R, HR, HC = RAW, (1.0, False), (1.0, True)
+TRAINED = (HC, MAP_TEXT)
+
+
+def table(scores: dict) -> dict:
+    """Every option of the default paths x maps {none, text}: raw CLIP scores 0.5, the rest as given, else 0.4."""
     out = {}
-    for bp in (0.0, 1.0):
+    for gp in (R, HC):
         for d in ("clipart", "sketch"):
-            for bd in (0.0, 1.0):
+            for qp in (p for p in (R, HR, HC) if p[1] == gp[1]):
                 for m in (MAP_NONE, MAP_TEXT):
-                    out[(bp, d, bd, m)] = 0.5 if (bp, bd, m) == (0.0, 0.0, MAP_NONE) else scores.get((bp, d, bd, m), 0.4)
+                    key = (gp, d, qp, m)
+                    out[key] = 0.5 if key == (R, d, R, MAP_NONE) else scores.get(key, 0.4)
     return out
 
 
-def test_a_domain_keeps_raw_clip_unless_the_gain_beats_the_fold_spread():
-    folds = [table({(0.0, "clipart", 1.0, MAP_NONE): 0.60 + e, (0.0, "sketch", 1.0, MAP_NONE): s})
+def test_a_domain_keeps_raw_clip_unless_the_gain_beats_its_standard_error():
+    folds = [table({(R, "clipart", R, MAP_TEXT): 0.60 + e, (R, "sketch", R, MAP_TEXT): s})
              for e, s in ((0.00, 0.70), (0.01, 0.45), (-0.01, 0.40))]  # fmt: skip
-    plan = decide(folds, margin=0.005)
-    assert plan["gallery_blend"] == 0.0
+    plan = decide(folds, margin=0.005, trained=TRAINED)
+    assert plan["gallery"] == R
     clipart, sketch = plan["domains"]["clipart"], plan["domains"]["sketch"]
-    assert (clipart["blend"], clipart["mapping"], clipart["trusted"]) == (1.0, MAP_NONE, True)
-    assert clipart["gain"] == pytest.approx(0.10) and clipart["spread"] == pytest.approx(0.01)
-    # sketch: +0.2, -0.05, -0.1 -> a mean gain of +0.017 inside a spread of 0.16: raw CLIP stays, exactly
-    assert (sketch["blend"], sketch["mapping"], sketch["trusted"]) == (0.0, MAP_NONE, False)
+    assert (clipart["blend"], clipart["centered"], clipart["mapping"], clipart["trusted"]) == (0.0, False, MAP_TEXT, True)
+    assert clipart["gain"] == pytest.approx(0.10) and clipart["stderr"] == pytest.approx(0.01 / 3**0.5)
+    # sketch: +0.2, -0.05, -0.1 -> a mean gain of +0.017 with a standard error of 0.093: raw CLIP stays, exactly
+    assert (sketch["blend"], sketch["centered"], sketch["mapping"], sketch["trusted"]) == (0.0, False, MAP_NONE, False)
 
 
-def test_a_changed_gallery_needs_a_trusted_option_for_every_query_domain():
-    better = {(1.0, "clipart", 1.0, MAP_NONE): 0.9, (1.0, "sketch", 1.0, MAP_NONE): 0.9}
-    assert decide([table(better)] * 2 + [table({k: v - 0.01 for k, v in better.items()})], margin=0.0)["gallery_blend"] == 1.0
-    only_clipart = {(1.0, "clipart", 1.0, MAP_NONE): 0.9}
-    plan = decide([table(only_clipart), table({k: v - 0.01 for k, v in only_clipart.items()})], margin=0.0)
-    assert plan["gallery_blend"] == 0.0 and plan["domains"]["sketch"]["blend"] == 0.0
+def test_the_rule_uses_the_standard_error_not_the_spread_of_single_folds():
+    """Six folds gaining 0 to 0.06: their spread (0.023) swallows the mean (0.028), its standard error (0.009) does not."""
+    gains = (0.0, 0.06, 0.03, 0.01, 0.05, 0.02)
+    plan = decide([table({(R, "clipart", R, MAP_TEXT): 0.5 + g}) for g in gains], margin=0.005, trained=TRAINED)
+    assert plan["domains"]["clipart"]["trusted"] and plan["domains"]["clipart"]["mapping"] == MAP_TEXT
 
 
-def test_b1_ships_for_a_domain_where_the_mapping_alone_is_the_trusted_win():
-    folds = [table({(0.0, "sketch", 0.0, MAP_TEXT): 0.55 + e, (0.0, "sketch", 1.0, MAP_NONE): 0.56 + 3 * e})
-             for e in (0.0, 0.01, -0.01)]  # fmt: skip
-    sketch = decide(folds, margin=0.005)["domains"]["sketch"]
-    assert (sketch["blend"], sketch["mapping"]) == (0.0, MAP_TEXT)  # the head's larger mean is not worth its spread
+def test_the_trained_model_ships_whole_when_trusted_for_every_query_domain():
+    better = {(HC, "clipart", HC, MAP_TEXT): 0.6, (HC, "sketch", HC, MAP_TEXT): 0.6,
+              (R, "clipart", R, MAP_TEXT): 0.65, (R, "sketch", R, MAP_TEXT): 0.65}  # fmt: skip
+    folds = [table(better)] * 2 + [table({k: v - 0.01 for k, v in better.items()})]
+    plan = decide(folds, margin=0.0, trained=TRAINED)
+    assert plan["gallery"] == HC and {(p["blend"], p["centered"], p["mapping"]) for p in plan["domains"].values()} == {(1.0, True, MAP_TEXT)}
+
+
+def test_a_changed_gallery_needs_the_trained_model_trusted_for_every_query_domain():
+    only_clipart = {(HC, "clipart", HC, MAP_TEXT): 0.9, (R, "sketch", HR, MAP_NONE): 0.6}
+    plan = decide([table(only_clipart), table({k: v - 0.01 for k, v in only_clipart.items()})], margin=0.0, trained=TRAINED)
+    assert plan["gallery"] == R
+    assert plan["domains"]["clipart"]["blend"] == 0.0 and not plan["domains"]["clipart"]["trusted"]
+    assert plan["domains"]["clipart"]["best_other"]["blend"] == 1.0  # the record names what nearly shipped
+    assert (plan["domains"]["sketch"]["blend"], plan["domains"]["sketch"]["centered"]) == (1.0, False)  # the head, raw gallery
 
 
 # ---------------------------------------------------------------------- a head sabotaged on one query domain
@@ -115,18 +129,18 @@ def sabotaged_selection(tiny_clip):
     folds = class_folds(CLASSES, fraction=0.3, seed=0, max_folds=5)
     runs = [FoldRun(f, [c for c in CLASSES if c not in f], 0.2, [{VAL_KEY: 0.5}], [{"head": head.state_dict(), "prompts": None}])
             for f in folds]  # fmt: skip
-    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, prompt_side="none")
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, prompt_side="none", domain_center=False)
     return select_on_folds(runs, tiny_clip, cfg, feats), feats, head, cfg
 
 
 def test_a_head_sabotaged_on_one_query_domain_is_not_shipped_for_that_domain(tiny_clip):
     selection, *_ = sabotaged_selection(tiny_clip)
     clipart, sketch = selection["domains"]["clipart"], selection["domains"]["sketch"]
-    assert len(selection["folds"]) == 3 and selection["epoch"] == 0
+    assert len(selection["folds"]) == 5 and selection["epoch"] == 0
     assert clipart["blend"] > 0 and clipart["trusted"] and clipart["gain"] > 0.2  # the head fixes clipart, on every fold
     assert sketch["blend"] == 0.0  # and is kept away from sketch, where it collapses every query
     assert np.mean(sketch["folds"]["clair"]) < np.mean(sketch["folds"]["raw_clip"]) - 0.2
-    assert selection["gallery_blend"] == 0.0
+    assert selection["gallery_blend"] == 0.0 and selection["gallery_centered"] is False
 
 
 def test_a_head_that_collapses_every_domain_ships_nowhere(tiny_clip):
@@ -137,11 +151,13 @@ def test_a_head_that_collapses_every_domain_ships_nowhere(tiny_clip):
         head.mlp[2].bias.fill_(5.0)
     runs = [FoldRun(f, [c for c in CLASSES if c not in f], 0.2, [{VAL_KEY: 0.1}], [{"head": head.state_dict(), "prompts": None}])
             for f in class_folds(CLASSES, fraction=0.3, seed=1, max_folds=5)]  # fmt: skip
-    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, prompt_side="none")
+    # uncentred: centring each domain on its mean would undo this collapse (every output is one point plus noise)
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, prompt_side="none", domain_center=False)
     selection = select_on_folds(runs, tiny_clip, cfg, feats)
     text = {d: hand_crafted_text_embeddings(tiny_clip, CLASSES, d) for d in DOMAINS}
-    model, record = ship(ClairModel(tiny_clip, head, DomainMapping.fit(text, "photo"), CLASSES, text, cfg), selection, why_none="")
-    assert record["shipped"] in ("raw_clip", "mapping_only") and "['clipart', 'sketch']" in record["warning"]
+    trained = ClairModel(tiny_clip, head, DomainMapping.fit(text, "photo"), CLASSES, text, cfg)
+    model, record = ship(trained, selection, {d: f.clean for d, f in feats.items()}, why_none="")
+    assert record["shipped"] in ("raw_clip", "mapping_only") and "sketch" in record["warning"]
     assert set(model.routing.values()) == {0.0} and model.head.alpha.item() == 0.0  # the identity head: raw CLIP
     v = record["validation"]
     assert v["clair"]["mean"] < 0.7 < v["raw_clip"]["mean"] <= v["chosen"]["mean"]
@@ -151,7 +167,7 @@ def test_the_decision_survives_save_and_load_and_reaches_embed_features(tiny_cli
     selection, feats, head, cfg = sabotaged_selection(tiny_clip)
     text = {d: hand_crafted_text_embeddings(tiny_clip, CLASSES, d) for d in DOMAINS}
     trained = ClairModel(tiny_clip, head, DomainMapping.fit(text, "photo"), CLASSES, text, cfg)
-    model, record = ship(trained, selection, why_none="")
+    model, record = ship(trained, selection, {d: f.clean for d, f in feats.items()}, why_none="")
     assert record["shipped"] == "per_domain" and "['sketch']" in record["warning"]
     assert model.routing == {"clipart": selection["domains"]["clipart"]["blend"], "photo": 0.0, "sketch": 0.0}
     model.record = record
@@ -180,7 +196,7 @@ def test_index_and_search_embed_through_the_decision(tiny_clip, shapes_root, tmp
     trained = ClairModel(tiny_clip, head, DomainMapping.fit(text, "photo"), CLASSES, text, cfg)
     selection = {"gallery_blend": 0.0, "folds": [],
                  "domains": {"clipart": {"blend": 1.0, "mapping": MAP_TEXT}, "sketch": {"blend": 0.0, "mapping": MAP_NONE}}}  # fmt: skip
-    path = apply_selection(trained, selection).save(tmp_path / "m")
+    path = apply_selection(trained, selection, {}).save(tmp_path / "m")
     uri = str(tmp_path / "g.db")
     gallery = sorted(str(p) for p in (shapes_root / "photo" / "heart").iterdir())[:6]
     clair_vec.index("g", gallery, backend="milvus", uri=uri, model=path, progress=False)
@@ -214,12 +230,13 @@ def test_training_records_folds_spread_and_decision_per_domain(selected, shapes_
     r = json.loads((path / "clair.json").read_text())["training"]
     sel = r["selection"]
     seen = (shapes_root / "seen_classes.txt").read_text().split()
-    assert len(sel["folds"]) == 4 and {c for f in sel["folds"] for c in f["validation_classes"]} == set(seen)
-    assert sorted(r["validation_classes"]) == sorted(seen) and model.classes == sorted(seen)  # the final model trains on all
-    assert sel["epoch"] in (0, 1) and r["epochs"] == sel["epoch"] + 1  # early stopping on the folds
+    assert len(sel["folds"]) == 5 and {c for f in sel["folds"] for c in f["validation_classes"]} <= set(seen)
+    assert sorted(r["validation_classes"]) == sorted({c for f in sel["folds"] for c in f["validation_classes"]})
+    assert model.classes == sorted(seen)  # the final model trains on all
+    assert sel["epoch"] == 1 and r["epochs"] == 2  # no early stopping: the folds judge the schedule the final model runs
     assert set(sel["domains"]) == {"clipart", "sketch"}
     for d in sel["domains"].values():
-        assert {"blend", "mapping", "gain", "spread", "folds"} <= set(d) and len(d["folds"]["raw_clip"]) == 4
+        assert {"blend", "centered", "mapping", "gain", "stderr", "folds"} <= set(d) and len(d["folds"]["raw_clip"]) == 5
         assert d["blend"] in (0.0, 1.0) and d["mapping"] in ("none", "text", "text+prompts")
     assert model.routing == {"photo": sel["gallery_blend"], **{k: v["blend"] for k, v in sel["domains"].items()}}
     t = sel["threshold"]

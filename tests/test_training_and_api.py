@@ -33,7 +33,9 @@ def split(shapes_root):
 def trained(tiny_clip, split, tmp_path_factory):
     seen, _ = split
     feats = extract_features(tiny_clip, seen, n_views=2, progress=False)
-    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=6, batch_size=48, lr=3e-3)
+    # every term of the objective, the ones off by default included
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=6, batch_size=48, lr=3e-3, w_instance=1.0,
+                      w_cluster=1.0, w_domain=1.0, w_prompt=1.0)  # fmt: skip
     trainer = ClairTrainer(cfg, tiny_clip, seen.classes, feats, progress=False)
     history = trainer.fit()
     model = trainer.build_model()

@@ -26,6 +26,10 @@ def backend_args(sp: argparse.ArgumentParser) -> None:
                     "(default: the backend's embedded default in the current directory)")  # fmt: skip
 
 
+def device_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--device", default="auto", help="where the model runs: auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
+
+
 def model_arg(sp: argparse.ArgumentParser, required: bool = False) -> None:
     sp.add_argument("--model", default=None, required=required, help="checkpoint directory written by train "
                     "(default: $CLAIR_VEC_MODEL)")  # fmt: skip

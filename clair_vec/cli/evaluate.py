@@ -7,13 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from clair_vec.cli.common import model_arg
+from clair_vec.cli.common import device_arg, model_arg
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from clair_vec.evaluation.zero_shot import evaluate
 
-    result = evaluate(a.model, a.data, query_domains=a.query_domain, k=a.k, report_dir=a.report, samples=a.samples, seed=a.seed)
+    result = evaluate(a.model, a.data, query_domains=a.query_domain, k=a.k, report_dir=a.report, samples=a.samples, seed=a.seed,
+                      device=a.device)  # fmt: skip
     if a.json:
         for row in result["rows"]:
             print(json.dumps(row))
@@ -50,6 +51,7 @@ def results_table(result: dict) -> str:
 def add_commands(add) -> None:
     e = add("evaluate", cmd_evaluate, "mAP/Prec of raw CLIP vs the model on the zero-shot classes it held out")
     model_arg(e, required=True)
+    device_arg(e)
     e.add_argument("--data", required=True, help="the dataset root the model was trained from")
     e.add_argument("--query-domain", action="append", help="query domain (repeatable; default: every non-gallery domain)")
     e.add_argument("--k", type=int, default=200, help="cut-off of mAP@k and P@k")

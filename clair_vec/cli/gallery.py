@@ -7,7 +7,7 @@ import json
 import re
 import sys
 
-from clair_vec.cli.common import MAX_TOP_K, backend_args, filters, int_range, model_arg, require_model
+from clair_vec.cli.common import MAX_TOP_K, backend_args, device_arg, filters, int_range, model_arg, require_model
 from clair_vec.errors import ClairVecError
 from clair_vec.retrieval.indexing import BATCH_SIZES
 from clair_vec.store.ids import ID_PATTERN
@@ -19,7 +19,7 @@ def cmd_index(a: argparse.Namespace) -> None:
     require_model(a)
     from clair_vec.retrieval.retriever import Retriever
 
-    with Retriever(a.model, backend=a.backend, uri=a.uri) as r:
+    with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device) as r:
         s = r.index(a.collection, a.images, domain=a.domain, label_from_folder=a.label_from_folder, labels=a.labels,
                     prune_missing=a.prune, batch_size=a.batch_size)  # fmt: skip
     print(json.dumps(s.as_dict()))
@@ -56,7 +56,7 @@ def cmd_search(a: argparse.Namespace) -> None:
     from clair_vec.retrieval.retriever import Retriever
 
     queries, shown = search_queries(a)
-    with Retriever(a.model, backend=a.backend, uri=a.uri) as r:
+    with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device) as r:
         rows = r.run(a.collection, queries)
         note = empty_filter_note(r, a.collection, queries[0].filter) if queries[0].filter and not any(rows) else None
     for query, row in zip(shown, rows, strict=True):
@@ -68,6 +68,7 @@ def cmd_search(a: argparse.Namespace) -> None:
 def add_commands(add) -> None:
     ix = add("index", cmd_index, "embed images into a collection (creating it), skipping what is stored")
     model_arg(ix)
+    device_arg(ix)
     ix.add_argument("--collection", required=True, help="collection name: letters, digits, underscores")
     ix.add_argument("--domain", default=None, help="domain of the images (default: the model's gallery domain)")
     ix.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
@@ -81,6 +82,7 @@ def add_commands(add) -> None:
     s = add("search", cmd_search, "query a collection with images of any domain, text, or stored hits; "
             "prints one JSON line per query")  # fmt: skip
     model_arg(s)
+    device_arg(s)
     s.add_argument("--collection", required=True, help="collection to search")
     s.add_argument("--domain", default=None, help="domain of the query images (e.g. sketch); required with images")
     s.add_argument("images", nargs="*", help="query image files: each its own query, or parts of one with --text/--like/--unlike")

@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from clair_vec.cli.common import backend_args, int_range, require_model
+from clair_vec.cli.common import backend_args, device_arg, int_range, require_model
 
 
 def cmd_reindex(a: argparse.Namespace) -> None:
@@ -16,7 +16,7 @@ def cmd_reindex(a: argparse.Namespace) -> None:
     from clair_vec.retrieval.reindex import reindex
     from clair_vec.retrieval.retriever import Retriever
 
-    with Retriever(a.model, backend=a.backend, uri=a.uri) as r:
+    with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device) as r:
         s = reindex(r.backend, a.source, r, a.target, labels=a.labels, batch_size=a.batch_size)
     print(json.dumps(s.as_dict()))
 
@@ -27,7 +27,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
     with get_backend(a.backend, a.uri) as be:
         result = compare(be, a.old, a.new, a.queries, domain=a.domain, k=a.k, old_model=a.old_model, new_model=a.new_model,
-                         fail_if_worse=a.fail_if_worse)  # fmt: skip
+                         fail_if_worse=a.fail_if_worse, device=a.device)  # fmt: skip
     print(json.dumps(result) if a.json else format_table(result))
     if result.get("verdict") == "worse":
         print(f"clair-vec: the new collection is worse ({result['reason']}): do not move the alias", file=sys.stderr)
@@ -64,6 +64,7 @@ def add_commands(add) -> None:
     r.add_argument("--from", dest="source", required=True, metavar="OLD", help="collection (or alias) to read")
     r.add_argument("--to", dest="target", required=True, metavar="NEW", help="collection to write (created; resumed if it exists)")
     r.add_argument("--model", default=None, help="the new model's checkpoint directory (default: $CLAIR_VEC_MODEL)")
+    device_arg(r)
     backend_args(r)
     r.add_argument("--labels", default=None, metavar="FILE", help="re-tag zero-shot over this vocabulary (default: no tags)")
     r.add_argument("--batch-size", type=int_range(1, 4096), default=64, help="images per write")
@@ -74,6 +75,7 @@ def add_commands(add) -> None:
     c.add_argument("--queries", required=True, metavar="DIR", help="query images; DIR/<class>/<image> adds mAP@k and P@k")
     c.add_argument("--domain", required=True, help="domain of the query images (e.g. sketch)")
     c.add_argument("--k", type=int_range(1, 1000), default=10, help="cut-off of overlap, mAP and P")
+    device_arg(c)
     backend_args(c)
     c.add_argument("--old-model", default=None, help="model of OLD (default: the one the collection recorded)")
     c.add_argument("--new-model", default=None, help="model of NEW (default: the one the collection recorded)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clair_vec.cli.common import backend_args, int_range, model_arg, number_range, require_model
+from clair_vec.cli.common import backend_args, device_arg, int_range, model_arg, number_range, require_model
 from clair_vec.errors import ClairVecError
 
 
@@ -22,7 +22,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
                                max_inflight=a.max_inflight, batch_size=a.batch_size, batch_wait_ms=a.batch_wait_ms,
                                max_connections=a.max_connections, header_timeout_s=a.header_timeout,
                                idle_timeout_s=a.idle_timeout, api_key=key, cors_origins=tuple(a.cors_origin or ()),
-                               docs=a.docs, replica_header=a.replica_header, follow_interval_s=a.follow_interval)  # fmt: skip
+                               docs=a.docs, replica_header=a.replica_header, follow_interval_s=a.follow_interval,
+                               device=a.device)  # fmt: skip
     if a.ray:
         from clair_vec.service.ray_serve import run
 
@@ -36,6 +37,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
 def add_commands(add) -> None:
     sv = add("serve", cmd_serve, "HTTP search service and drawing page for one collection")
     model_arg(sv)
+    device_arg(sv)
     sv.add_argument("--collection", required=True, help="collection to serve, or an alias to follow (must exist)")
     sv.add_argument("--follow-interval", type=number_range(-1e-9, 3600), default=2.0,
                     help="seconds between checks of where an alias points (0: never re-check)")  # fmt: skip

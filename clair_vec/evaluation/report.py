@@ -109,30 +109,32 @@ def filter_summary(record: dict[str, Any]) -> str:
 
 
 def selection_section(record: dict[str, Any]) -> str:
-    """The per-domain decision: folds, epoch, threshold, and per query domain the choice, its gain
-    over raw CLIP, the fold-to-fold spread and the mean fold scores of each path."""
+    """The per-domain decision: folds, threshold, and per query domain the choice, its gain over raw
+    CLIP, the standard error of that gain over the folds and the mean fold scores of each path."""
     e = html.escape
     sel = record["selection"]
     folds = sel.get("folds") or []
     out = [f"<h2>Model selection</h2><p>Shipped: <b>{e(str(record.get('shipped', '?')))}</b>. {e(str(record.get('reason', '')))}</p>"]
     if not folds:
         return "".join(out)
+    gallery = "centred per domain" if sel.get("gallery_centered") else "uncentred"
     out.append(f"<p>{len(folds)} folds of the seen classes (held out: "
-               f"{e('; '.join(', '.join(f['validation_classes']) for f in folds))}); epoch {sel.get('epoch', 0) + 1} chosen on "
-               f"them; confidence threshold {e(str(sel.get('threshold', {}).get('chosen')))}; gallery blend "
-               f"{sel.get('gallery_blend', 0):g} (0: raw CLIP, 1: the head); margin {sel.get('margin', 0):g}. "
+               f"{e('; '.join(', '.join(f['validation_classes']) for f in folds))}), each trained for the full schedule; "
+               f"confidence threshold {e(str(sel.get('threshold', {}).get('chosen')))}; gallery blend "
+               f"{sel.get('gallery_blend', 0):g} (0: raw CLIP, 1: the head), {gallery}; margin {sel.get('margin', 0):g}. "
                f"{e(str(sel.get('rule', '')))}.</p>")  # fmt: skip
-    out.append("<table><tr><th class=l>query domain</th><th class=l>decision</th><th>blend</th><th class=l>mapping</th>"
-               "<th>gain over raw CLIP</th><th>fold spread</th><th>raw CLIP</th><th>B1</th><th>head</th><th>shipped</th></tr>")  # fmt: skip
+    out.append("<table><tr><th class=l>query domain</th><th class=l>decision</th><th>blend</th><th>centred</th><th class=l>mapping</th>"
+               "<th>gain over raw CLIP</th><th>standard error</th><th>raw CLIP</th><th>B1</th><th>trained</th><th>shipped</th></tr>")  # fmt: skip
     for d, p in sel.get("domains", {}).items():
         means = {m: (sum(v) / len(v) if v else float("nan")) for m, v in p.get("folds", {}).items()}
         out.append(f"<tr><td class=l>{e(d)}</td><td class=l>{'trusted' if p.get('trusted') else 'raw CLIP kept'}</td>"
-                   f"<td>{p['blend']:g}</td><td class=l>{e(p['mapping'])}</td><td>{_fmt(p.get('gain'))}</td>"
-                   f"<td>{_fmt(p.get('spread'))}</td>"
+                   f"<td>{p['blend']:g}</td><td>{'yes' if p.get('centered') else 'no'}</td><td class=l>{e(p['mapping'])}</td>"
+                   f"<td>{_fmt(p.get('gain'))}</td><td>{_fmt(p.get('stderr'))}</td>"
                    + "".join(f"<td>{_fmt(means.get(m, float('nan')))}</td>" for m in ("raw_clip", "mapping_only", "clair", "chosen"))
                    + "</tr>")  # fmt: skip
-    out.append("</table><p class=muted>Scores: mean mAP@200 over the folds' held-out seen classes. Gain and spread: mean "
-               "and standard deviation over folds of (shipped - raw CLIP).</p>")  # fmt: skip
+    out.append("</table><p class=muted>Scores: mean mAP@200 over the folds' held-out seen classes. Gain and standard error: "
+               "mean over folds of (shipped - raw CLIP), and its standard deviation over the square root of the number of "
+               "folds.</p>")  # fmt: skip
     return "".join(out)
 
 

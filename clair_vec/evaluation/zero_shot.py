@@ -108,9 +108,10 @@ def evaluate(
     report_dir: str | Path | None = None,
     samples: int = 6,
     seed: int = 0,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Per-query-domain rows of metrics for raw CLIP (``raw_clip``) and the shipped model (``model``)."""
-    m = load_model(model)
+    m = load_model(model, device)
     pivot = m.pivot
     for q in query_domains or []:
         if q not in m.domains:

@@ -2,7 +2,8 @@
 
 Shapes follow from the metadata: the head's weights from ``dim`` and ``head_hidden``, one mapping
 ``W`` (dim x dim) and ``b`` (dim) per non-gallery domain, text embeddings (len(classes) x dim) per
-domain, prompt context (domains x n_ctx x the CLIP text width). A file that holds CLIP weights, a
+domain, prompt context (domains x n_ctx x the CLIP text width), and optionally one centre (dim)
+per domain. A file that holds CLIP weights, a
 list, or tensors of other shapes ends in one :class:`CheckpointError` naming the file and the entry.
 """
 
@@ -80,6 +81,13 @@ def check_state(state: Any, meta: Mapping[str, Any], path: str | Path) -> dict[s
     prompts = state["prompts"]
     if prompts is not None and (not isinstance(prompts, dict) or set(prompts) != {"ctx"}):
         raise fail(path, "clair.pt", "prompts", f"is {shown(prompts)}", "null or {'ctx': (domains, n_ctx, text width) tensor}")
+    centers = state.get("centers")  # absent in checkpoints from before per-domain centring
+    if centers is not None:
+        if not isinstance(centers, dict) or not set(map(str, centers)) <= set(domains):
+            raise fail(path, "clair.pt", "centers", f"is {shown(centers) if not isinstance(centers, dict) else sorted(map(str, centers))}",
+                       f"null or one (dim,) tensor per domain among {sorted(domains)}")  # fmt: skip
+        for d, c in centers.items():
+            _tensor(path, f"centers.{d}", c, (dim,), f"the mean {d} embedding, dim {dim}")
     return state
 
 

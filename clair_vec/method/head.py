@@ -16,6 +16,8 @@ import torch.nn.functional as F
 class ClairHead(nn.Module):
     """``z = normalize(v + alpha * (MLP(v) - c))``; ``c = 0`` unless ``center``.
 
+    ``zero_init`` starts the MLP's last layer at zero, so the head starts as the identity.
+
     With ``center`` the residual is centred: on the batch's mean while training (tracked as a
     running mean, as BatchNorm tracks its statistics) and on that running mean afterwards. An
     uncentred residual carries one offset shared by every input, which pulls all embeddings,
@@ -23,10 +25,13 @@ class ClairHead(nn.Module):
     """
 
     def __init__(self, dim: int, hidden: int | None = None, alpha_init: float = 0.1, *, center: bool = False,
-                 center_momentum: float = 0.99) -> None:  # fmt: skip
+                 center_momentum: float = 0.99, zero_init: bool = False) -> None:  # fmt: skip
         super().__init__()
         hidden = hidden or dim
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        if zero_init:  # start as the identity (raw CLIP); the first layer still learns through the second
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.dim = dim
         self.center, self.center_momentum = center, center_momentum

@@ -14,17 +14,16 @@ _NEG = -1e9  # masks logits; finite so that 0 * masked never produces NaN
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    total = weights.sum()
-    if total <= 0:
-        return values.sum() * 0.0
-    return (values * weights).sum() / total
+    """Without a host sync (no ``if`` on a device value): all-zero weights give an exact, attached zero."""
+    weights = weights.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(torch.finfo(values.dtype).tiny)
 
 
 def _mask_self(logits: torch.Tensor, self_idx: torch.Tensor | None) -> torch.Tensor:
     if self_idx is None:
         return logits
     logits = logits.clone()
-    logits[torch.arange(len(self_idx)), self_idx] = _NEG
+    logits[torch.arange(len(self_idx), device=logits.device), self_idx] = _NEG
     return logits
 
 
@@ -69,7 +68,7 @@ def supervised_instance_loss(
     """
     logits = _mask_self(q @ bank.T, self_idx) / tau
     pos_mask = (labels[:, None] == bank_labels[None, :]) & bank_kept[None, :]
-    pos_mask[torch.arange(len(q)), self_idx] = False
+    pos_mask[torch.arange(len(q), device=pos_mask.device), self_idx] = False
     mean_pos, _ = _multi_positive_log_prob(logits, pos_mask.float(), (q * k).sum(1) / tau)
     return weighted_mean(-mean_pos, weights)
 

@@ -68,10 +68,17 @@ class DomainMapping:
 
     @classmethod
     def fit(
-        cls, text_embeddings: Mapping[str, torch.Tensor], pivot: str, method: str = "ridge_identity", lam: float = 1.0
+        cls, text_embeddings: Mapping[str, torch.Tensor], pivot: str, method: str = "ridge_identity", lam: float = 1.0,
+        *, center: bool = False,
     ) -> DomainMapping:
+        """Maps of every domain's class text embeddings onto the pivot's. ``center``: each domain's
+        embeddings minus their mean over the classes, for image features centred per domain
+        (:mod:`clair_vec.method.centering`): with the domain offset gone from both, the map fits
+        how the classes are laid out in each domain instead of the offset between domains."""
         if pivot not in text_embeddings:
             raise UnknownDomainError(pivot, list(text_embeddings))
+        if center:
+            text_embeddings = {d: t - t.mean(0, keepdim=True) for d, t in text_embeddings.items()}
         target = text_embeddings[pivot]
         maps = {d: fit_mapping(t, target, method, lam) for d, t in text_embeddings.items() if d != pivot}
         return cls(pivot, maps)

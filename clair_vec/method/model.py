@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clair_vec.errors import ClairVecError, UnknownDomainError, WeightsNotFoundError
+from clair_vec.method.centering import DomainCenters
 from clair_vec.method.checkpoint_schema import FORMAT_VERSION, fail
 from clair_vec.method.checkpoint_tensors import check_prompts, check_state, load_foundation_weights
 from clair_vec.method.config import ClairConfig
+from clair_vec.method.devices import module_device, resolve_device
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.head import ClairHead
 from clair_vec.method.mapping import DomainMapping
@@ -58,6 +60,7 @@ class ClairModel:
         prompt_state: dict | None = None,
         record: dict[str, Any] | None = None,
         routing: Mapping[str, float] | None = None,
+        centers: DomainCenters | None = None,
     ) -> None:
         self.foundation = foundation
         self.head = head.eval()
@@ -70,6 +73,8 @@ class ClairModel:
         self.record: dict[str, Any] = dict(record or {})
         #: per-domain blend of raw CLIP and the head (clair_vec.method.routing); head everywhere by default
         self.routing = check_routing(dict(routing or {}), mapping.domains)
+        #: per-domain centres subtracted after the blend (clair_vec.method.centering); none: uncentred
+        self.centers = centers or DomainCenters()
         self._model_id: str | None = None
         self._vocab_text = TextCache()  # bounded: a long-lived service sees many vocabularies
 
@@ -90,6 +95,16 @@ class ClairModel:
         return self.foundation.arch
 
     @property
+    def device(self) -> torch.device:
+        """Where the head runs; what is embedded is moved there, and results come back on the CPU."""
+        return module_device(self.head)
+
+    def to(self, device: str | torch.device) -> ClairModel:
+        """Run the head on ``device`` (CLIP stays where it was loaded: ``load(..., device=)``)."""
+        self.head.to(resolve_device(device) if isinstance(device, str) else device)
+        return self
+
+    @property
     def model_id(self) -> str:
         """Names the exact vector space: backends refuse vectors of another model id."""
         if self._model_id is None:
@@ -98,6 +113,8 @@ class ClairModel:
                 h.update(t.detach().float().cpu().numpy().tobytes())
             if not is_default(self.routing):  # a blend is part of the vector space; head-only ids stay as they were
                 h.update(json.dumps(self.routing, sort_keys=True).encode())
+            for d, c in sorted(self.centers.centers.items()):  # so are the centres; uncentred ids stay as they were
+                h.update(d.encode() + c.numpy().tobytes())
             self._model_id = f"clair-{self.foundation.arch}-{h.hexdigest()[:12]}"
         return self._model_id
 
@@ -108,11 +125,18 @@ class ClairModel:
     # ------------------------------------------------------------------ embedding
     @torch.no_grad()
     def embed_features(self, clip_feats: torch.Tensor, domain: str, *, map_domain: bool = True) -> torch.Tensor:
-        """CLAIR embeddings of CLIP features of ``domain``, mapped into the pivot domain.
+        """CLAIR embeddings of CLIP features of ``domain``, mapped into the pivot domain, on the CPU
+        whatever device the features and the head are on.
 
-        The domain's blend (:attr:`routing`) decides how much of the head it uses: 0 is raw CLIP."""
+        The domain's blend (:attr:`routing`) decides how much of the head it uses (0 is raw CLIP),
+        then the domain's centre (:attr:`centers`), if it has one, is subtracted."""
+        return self.embed_on_device(clip_feats, domain, map_domain=map_domain).cpu()
+
+    @torch.no_grad()
+    def embed_on_device(self, clip_feats: torch.Tensor, domain: str, *, map_domain: bool = True) -> torch.Tensor:
+        """:meth:`embed_features` left on the head's device (for callers that keep working there)."""
         self.check_domain(domain)
-        v = clip_feats.float()
+        v = clip_feats.to(self.device).float()
         blend = self.routing[domain]
         if blend == 1.0:
             z = self.head(v)
@@ -120,6 +144,7 @@ class ClairModel:
             z = F.normalize(v, dim=-1)
         else:
             z = F.normalize((1.0 - blend) * F.normalize(v, dim=-1) + blend * self.head(v), dim=-1)
+        z = self.centers.apply(z, domain)
         return self.mapping.apply(z, domain) if map_domain else z
 
     @torch.no_grad()
@@ -195,17 +220,18 @@ class ClairModel:
             }
             (tmp / "clair.json").write_text(json.dumps(meta, indent=2))
             torch.save(
-                {
+                _on_cpu({
                     "head": self.head.state_dict(),
                     "head_hidden": self.head.mlp[0].out_features,
                     "mapping": self.mapping.state_dict(),
                     "text_embeddings": self.text_embeddings,
                     "prompts": self.prompt_state,
-                },
+                    "centers": self.centers.state_dict() or None,
+                }),
                 tmp / "clair.pt",
             )
             if self.foundation.pretrained is None:
-                torch.save(self.foundation.state_dict(), tmp / "foundation.pt")
+                torch.save(_on_cpu(self.foundation.state_dict()), tmp / "foundation.pt")
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -220,10 +246,12 @@ class ClairModel:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> ClairModel:
-        """The model in checkpoint directory ``path``, every file validated before use: one
-        :class:`CheckpointError` naming the file, the field and what was expected when it is wrong."""
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ClairModel:
+        """The model in checkpoint directory ``path`` on ``device`` (see :mod:`.devices`), every
+        file validated before use: one :class:`CheckpointError` naming the file, the field and
+        what was expected when it is wrong. Whatever device it was trained on, it loads here."""
         path = Path(path)
+        device = resolve_device(device)
         meta = read_meta(path)
         state = check_state(load_tensor_file(path / "clair.pt", what="CLAIR checkpoint"), meta, path)
         try:
@@ -256,27 +284,40 @@ class ClairModel:
             state["prompts"],
             meta.get("training"),
             meta.get("routing"),
+            DomainCenters(state.get("centers")),
         )
         if model.model_id != meta["model_id"]:
             raise WeightsNotFoundError(
                 f"checkpoint {path} loads as model {model.model_id} but was saved as {meta['model_id']}: "
                 "the CLIP weights it references changed. Point clip_pretrained at the original weights."
             )
-        return model
+        return model.to(device)
 
 
-def load_model(model: str | Path | ClairModel | None = None) -> ClairModel:
-    """A :class:`ClairModel` from a checkpoint directory (cached per process), or ``$CLAIR_VEC_MODEL``."""
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it copied to the CPU: a saved model loads on any machine."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    return value
+
+
+def load_model(model: str | Path | ClairModel | None = None, device: str | torch.device | None = None) -> ClairModel:
+    """A :class:`ClairModel` from a checkpoint directory (cached per process and device), or
+    ``$CLAIR_VEC_MODEL``, on ``device`` (default ``auto``: CUDA when there is one). A model object
+    stays where it is unless ``device`` is given."""
     if isinstance(model, ClairModel):
-        return model
+        return model if device is None else model.to(device)
     model = model or os.environ.get(MODEL_ENV)
     if not model:
         raise WeightsNotFoundError(
             f"no CLAIR model given: pass model=<checkpoint dir> or set {MODEL_ENV}. Train one with "
             "`clair-vec train` or `python ray_jobs/train.py`."
         )
-    key = str(Path(model).resolve())
+    where = resolve_device(device)
+    key = f"{Path(model).resolve()}@{where}"
     with _load_lock:
         if key not in _loaded:
-            _loaded[key] = ClairModel.load(key)
+            _loaded[key] = ClairModel.load(Path(model).resolve(), where)
         return _loaded[key]

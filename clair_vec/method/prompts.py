@@ -101,4 +101,4 @@ def combine_text_embeddings(hand: torch.Tensor, learned: torch.Tensor | None) ->
     """``t = normalize(t_hand + t_learn)``: the learned prompt is *extra* to the hand-crafted one."""
     if learned is None:
         return hand
-    return F.normalize(hand + learned, dim=-1)
+    return F.normalize(hand + learned.to(hand.device), dim=-1)

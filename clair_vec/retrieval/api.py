@@ -37,6 +37,7 @@ def index(
     batch_size: int = 64,
     progress: bool = True,
     backend_options: Mapping[str, Any] | None = None,
+    device: str | None = None,
 ) -> IndexSummary:
     """Embed ``images`` of ``domain`` (default: the model's gallery domain) into ``collection``.
 
@@ -44,8 +45,9 @@ def index(
     skipped, so re-running after a failure completes the collection without duplicates.
     ``labels`` (a list, or a file with one label a line) tags each image zero-shot over those
     labels; ``prune`` removes records of files under the given folders that no longer exist.
+    ``device``: ``auto`` (CUDA when there is a GPU, the default), ``cpu``, ``cuda`` or ``cuda:N``.
     """
-    with Retriever(model, backend=backend, uri=uri, backend_options=backend_options) as r:
+    with Retriever(model, backend=backend, uri=uri, backend_options=backend_options, device=device) as r:
         return r.index(collection, images, domain=domain, label_from_folder=label_from_folder, labels=labels,
                        prune_missing=prune, batch_size=batch_size, progress=progress)  # fmt: skip
 
@@ -61,11 +63,12 @@ def search(
     uri: str | None = None,
     model: str | Path | ClairModel | None = None,
     backend_options: Mapping[str, Any] | None = None,
+    device: str | None = None,
 ) -> list[list[Hit]]:
     """Ranked hits for each query image of ``domain``, mapped into the gallery's domain first.
 
     A query that cannot be read raises :class:`CorruptImageError` naming it (a silently dropped
     query would misalign results with inputs). Searching never creates a store or a collection.
     """
-    with Retriever(model, backend=backend, uri=uri, backend_options=backend_options) as r:
+    with Retriever(model, backend=backend, uri=uri, backend_options=backend_options, device=device) as r:
         return r.search(collection, queries, domain=domain, top_k=top_k, filter=filter)

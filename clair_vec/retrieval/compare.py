@@ -67,12 +67,13 @@ def compare(
     old_model: str | Path | None = None,
     new_model: str | Path | None = None,
     fail_if_worse: float | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     files, labels = query_images(queries)
     if fail_if_worse is not None and labels is None:
         raise DatasetError("--fail-if-worse compares mAP, which needs query folders named by class (DIR/<class>/<image>)")
     names = be.resolve(old), be.resolve(new)
-    retrievers = [Retriever(model_of(be, n, m), backend=be) for n, m in zip(names, (old_model, new_model), strict=True)]
+    retrievers = [Retriever(model_of(be, n, m), backend=be, device=device) for n, m in zip(names, (old_model, new_model), strict=True)]
     hits: list[list[list[str]]] = [[], []]
     rel: list[list[list[float]]] = [[], []]
     try:

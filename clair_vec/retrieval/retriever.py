@@ -41,7 +41,10 @@ from clair_vec.store.plugins import get_backend
 
 
 class Retriever:
-    """``Retriever(model, backend="milvus", uri=None)``: index into and search collections."""
+    """``Retriever(model, backend="milvus", uri=None, device="auto")``: index into and search collections.
+
+    ``device``: where a model loaded from a directory runs (``auto``: CUDA when there is a GPU); a
+    model object stays where it is unless ``device`` is given."""
 
     def __init__(
         self,
@@ -51,8 +54,9 @@ class Retriever:
         uri: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
         text_through_head: bool = False,
+        device: str | None = None,
     ) -> None:
-        self.model = load_model(model)
+        self.model = load_model(model, device)
         #: where the model was loaded from (recorded in the collections it creates); None for an object
         self.model_dir = None if isinstance(model, ClairModel) else os.path.abspath(model or os.environ.get(MODEL_ENV, ""))
         if isinstance(backend, Backend):

@@ -60,10 +60,11 @@ def create_app(retriever: Retriever, collection: str, settings: ServiceSettings 
     return app
 
 
-def open_retriever(model: str | Path | None, collection: str, *, backend: str | None, uri: str | None) -> Retriever:
+def open_retriever(model: str | Path | None, collection: str, *, backend: str | None, uri: str | None,
+                   device: str | None = None) -> Retriever:  # fmt: skip
     """Open model and backend and check the collection (or the collection an alias names), so a bad
     start fails before serving."""
-    r = Retriever(model, backend=backend, uri=uri)
+    r = Retriever(model, backend=backend, uri=uri, device=device)
     try:
         r.collection(r.backend.resolve(collection))
     except CollectionNotFoundError as exc:

@@ -73,7 +73,7 @@ class Follower:
                 return self._refuse(target, f"it holds vectors of model {info.model}, and records no model directory to load "
                                             "it from (index or reindex it with this version of clair-vec)")  # fmt: skip
             try:  # seconds of loading, off the worker: searches go on meanwhile
-                retriever = await run_in_threadpool(Retriever, model_dir, backend=ctx.backend)
+                retriever = await run_in_threadpool(Retriever, model_dir, backend=ctx.backend, device=str(current.model.device))
             except Exception as exc:
                 return self._refuse(target, f"its model {model_dir!r} cannot be loaded ({type(exc).__name__}: {exc})")
             if retriever.model.model_id != info.model:

@@ -45,6 +45,8 @@ class ServiceSettings:
     #: how often an alias being served is resolved again (0: never; see follow.py)
     follow_interval_s: float = 2.0
     replica_header: bool = False  # x-served-by: host:pid, for debugging a load balancer
+    #: where the model runs (clair_vec.method.devices): auto (CUDA when there is a GPU), cpu, cuda, cuda:N
+    device: str | None = None
 
 
 def read_api_key(api_key_file: str | Path | None = None) -> str | None:

@@ -3,7 +3,9 @@ text-image alignment. It stands in for downloaded weights (none are reachable he
 ordinary open_clip checkpoint file, loaded back through the same local-checkpoint path a user's
 downloaded ViT-B-32 weights take.
 
-Only *seen* classes may be passed in: the unseen classes stay unseen by the foundation model too.
+It trains on a "web" pool (:mod:`clair_vec.datasets.web_pool`): every class, unseen ones included,
+as web-pretrained CLIP has seen them, in the domain mix of web data (mostly photos), and never an
+image CLAIR trains or is evaluated on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch.nn.functional as F
 
 from clair_vec.datasets.folders import MultiDomainDataset
 from clair_vec.datasets.images import load_image
+from clair_vec.datasets.web_pool import domain_weights
 from clair_vec.errors import CorruptImageError, DatasetError
+from clair_vec.method.devices import resolve_device
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.prompts import clean_class_name, domain_templates
 from clair_vec.method.tensor_files import save_tensor_file
@@ -38,18 +42,25 @@ def bootstrap_clip(
     seed: int = 0,
     progress: bool = True,
     cache_bytes: int = 256 * 2**20,
+    mix: dict[str, float] | None = None,
+    device: str | None = "cpu",
 ) -> Path:
-    """Fit ``arch`` from random init on (image, "a <domain> of a <class>.") pairs; save weights."""
+    """Fit ``arch`` from random init on (image, "a <domain> of a <class>.") pairs; save weights.
+
+    Each sample's domain is drawn by the web mix (``mix``, see :func:`domain_weights`), then an
+    image of that domain uniformly, so the stand-in sees the domains as often as web data shows them."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    fm = FoundationModel.load(arch, None)
+    fm = FoundationModel.load(arch, None, str(resolve_device(device)))
     model = fm.model.train()
     for p in model.parameters():
         p.requires_grad_(True)
     classes, domains = dataset.classes, dataset.domains
     # decoded images are kept only up to a memory budget (a 10k-image dataset held decoded took
     # 3.2 GB); past it, images are decoded again at each step that samples them
-    items = list(dataset.items)
+    by_domain = {d: dataset.by_domain(d) for d in domains}
+    weights = domain_weights(domains, mix)
+    pick_from = [d for d in domains if weights.get(d, 0.0) > 0]
     cache: dict[str, object] = {}
     cached_bytes = 0
     augment = {d: train_transform(fm.image_size, d) for d in domains}
@@ -59,10 +70,12 @@ def bootstrap_clip(
     with progress_bar(total=steps, desc="bootstrap tiny CLIP", unit="step", enabled=progress) as bar:
         for _ in range(steps):
             batch, pixels = [], []
-            while len(batch) < min(batch_size, len(items)):
-                if not items:
+            while len(batch) < batch_size:
+                pick_from = [d for d in pick_from if by_domain[d]]
+                if not pick_from:
                     raise DatasetError("no readable image left to bootstrap CLIP from")
-                item = items[rng.randrange(len(items))]
+                pool = by_domain[rng.choices(pick_from, weights=[weights[d] for d in pick_from])[0]]
+                item = pool[rng.randrange(len(pool))]
                 try:
                     image = cache.get(item.path) or load_image(item.path)
                     if item.path not in cache and cached_bytes + image.width * image.height * 3 <= cache_bytes:
@@ -72,13 +85,13 @@ def bootstrap_clip(
                     batch.append(item)
                 except CorruptImageError as exc:
                     log.warning("skipping %s", exc)
-                    items.remove(item)
-            img = F.normalize(model.encode_image(torch.stack(pixels)), dim=-1)
+                    pool.remove(item)
+            img = F.normalize(model.encode_image(torch.stack(pixels).to(fm.device, non_blocking=True)), dim=-1)
             txt = F.normalize(model.encode_text(tokens), dim=-1).view(len(domains), len(classes), -1)
-            dom = torch.tensor([domains.index(i.domain) for i in batch])
+            dom = torch.tensor([domains.index(i.domain) for i in batch], device=fm.device)
             # each image against every class, phrased in the image's own domain
             logits = model.logit_scale.exp() * torch.einsum("bd,bcd->bc", img, txt[dom])
-            loss = F.cross_entropy(logits, torch.tensor([classes.index(i.label) for i in batch]))
+            loss = F.cross_entropy(logits, torch.tensor([classes.index(i.label) for i in batch], device=fm.device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -86,4 +99,4 @@ def bootstrap_clip(
                 model.logit_scale.clamp_(0, 4.6052)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    return save_tensor_file(model.state_dict(), out_file)
+    return save_tensor_file({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_file)

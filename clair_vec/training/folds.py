@@ -1,13 +1,12 @@
-"""Rotating folds of the seen classes, and one CLAIR training per fold (the selection's evidence).
+"""Folds of the seen classes, and one CLAIR training per fold (the selection's evidence).
 
-Two held-out classes are too few to tell a head that helps from one that over-fits the seen
-classes (measured: a +0.007 validation win on two classes shipped a head that lost 0.074 mAP@200
-on unseen sketches). So the seen classes are shuffled once (seeded) and every fold holds out the
-next window of ``max(2, round(fraction * n))`` of them, wrapping around, until every seen class
-has been held out once (at most ``max_folds`` folds, at least two classes left to train on). Each
-fold trains on its remaining classes exactly as the final model will, and keeps the head of every
-epoch; the fold's held-out classes play the unseen classes. Folds never see their own validation
-classes: not in the head, the pseudo-label vocabulary, the prompts or the mapping.
+Each fold holds out a seeded random set of ``max(2, round(fraction * n))`` seen classes, as a
+user's unseen classes are a set of classes training never saw, and trains on the rest exactly as
+the final model will (at least two classes left to train on). The folds are distinct class sets,
+``max_folds`` of them where the classes allow, so that the spread of their gains measures how much
+a gain depends on which classes are held out: the noise the selection must see past. Folds never
+see their own validation classes: not in the head, the pseudo-label vocabulary, the prompts, the
+centres or the mapping.
 """
 
 from __future__ import annotations
@@ -34,10 +33,14 @@ def class_folds(classes: Sequence[str], *, fraction: float, seed: int, max_folds
     size = max(MIN_VALIDATION_CLASSES, round(n * fraction))
     if fraction <= 0 or max_folds <= 0 or n - size < MIN_TRAINING_CLASSES:
         return []
-    order = sorted(classes)
-    random.Random(seed).shuffle(order)
-    count = min(max_folds, math.ceil(n / size))
-    return [sorted(order[(i * size + j) % n] for j in range(size)) for i in range(count)]
+    rng, order = random.Random(seed), sorted(classes)
+    count = min(max_folds, math.comb(n, size))
+    folds: list[list[str]] = []
+    while len(folds) < count:
+        fold = sorted(rng.sample(order, size))
+        if fold not in folds:
+            folds.append(fold)
+    return folds
 
 
 def subset(features: dict[str, DomainFeatures], classes: Sequence[str], *, views: bool = True) -> dict[str, DomainFeatures]:
@@ -57,7 +60,7 @@ class FoldRun:
     training_classes: list[str]
     threshold: float
     curve: list[dict[str, float]]  # per epoch: val mAP@200 of the full head path, per query domain and mean
-    snapshots: list[dict[str, Any]] = field(default_factory=list)  # per epoch: head and prompt weights
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # the last epoch's head and prompt weights
     kept_fraction: float = float("nan")
 
     def as_record(self) -> dict[str, Any]:
@@ -80,11 +83,12 @@ def run_fold(
     classes = sorted({lbl for f in features.values() for lbl in f.labels} - held)
     train = subset(features, classes)
     val = subset(features, sorted(held), views=False)
-    trainer = ClairTrainer(config, foundation, classes, train, val_features=val, progress=progress, keep_snapshots=True,
-                           label=label)  # fmt: skip
+    trainer = ClairTrainer(config, foundation, classes, train, val_features=val, progress=progress, label=label)
     trainer.fit()
     curve = [{k: v for k, v in h.extra.items() if k.startswith("val_mAP@")} for h in trainer.history]
-    return FoldRun(sorted(held), classes, config.confidence_threshold, curve, trainer.snapshots,
+    last = {"head": {k: v.detach().clone() for k, v in trainer.head.state_dict().items()},
+            "prompts": {k: v.detach().clone() for k, v in trainer.prompts.state_dict().items()} if trainer.prompts else None}  # fmt: skip
+    return FoldRun(sorted(held), classes, config.confidence_threshold, curve, [last],
                    trainer.history[-1].kept_fraction if trainer.history else float("nan"))  # fmt: skip
 
 
@@ -102,7 +106,7 @@ def run_folds(
 ) -> tuple[list[FoldRun], dict[str, Any]]:
     """Every fold's run at the chosen confidence threshold, and how that threshold was chosen.
 
-    With ``config.selection_thresholds`` each threshold trains every fold; the one whose best
+    With ``config.selection_thresholds`` each threshold trains every fold; the one whose last
     epoch has the highest mean validation mAP over the folds is kept. ``runner`` runs a list of
     (config, validation classes) jobs (Ray runs them as tasks); the default runs them here.
     """
@@ -114,7 +118,7 @@ def run_folds(
                                  for i, (c, f) in enumerate(js)])  # fmt: skip
     results = run(jobs)
     by_threshold = {t: results[i * len(folds) : (i + 1) * len(folds)] for i, t in enumerate(thresholds)}
-    scores = {t: max(mean_curve(runs)) for t, runs in by_threshold.items()}
+    scores = {t: mean_curve(runs)[-1] for t, runs in by_threshold.items()}
     best = max(thresholds, key=lambda t: (scores[t], -thresholds.index(t)))
     record = {"thresholds": {f"{t:g}": {"best_mean_val": round(scores[t], 4),
                                          "kept_fraction": round(statistics.fmean(r.kept_fraction for r in by_threshold[t]), 4)}
@@ -127,8 +131,3 @@ def mean_curve(runs: Sequence[FoldRun]) -> list[float]:
     epochs = min(len(r.curve) for r in runs)
     return [statistics.fmean(r.curve[e].get(VAL_KEY, 0.0) for r in runs) for e in range(epochs)]
 
-
-def best_epoch(runs: Sequence[FoldRun]) -> int:
-    """Early stopping on the folds: the epoch whose mean validation mAP is highest (earliest on ties)."""
-    curve = mean_curve(runs)
-    return max(range(len(curve)), key=lambda e: (curve[e], -e))

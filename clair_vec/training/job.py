@@ -12,9 +12,10 @@ import torch
 
 from clair_vec.datasets.folders import MultiDomainDataset, Split, plan_split
 from clair_vec.method.config import ClairConfig
+from clair_vec.method.devices import resolve_device
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.model import ClairModel
-from clair_vec.training.features import extract_features
+from clair_vec.training.features import DomainFeatures, extract_features
 from clair_vec.training.folds import MIN_TRAINING_CLASSES, MIN_VALIDATION_CLASSES, class_folds, run_folds
 from clair_vec.training.selection import select_on_folds, ship
 from clair_vec.training.trainer import ClairTrainer, EpochStats
@@ -61,10 +62,10 @@ def plan_folds(seen: MultiDomainDataset, config: ClairConfig, val_fraction: floa
     return folds, "" if folds else why
 
 
-def choose(trained: ClairModel, split: Split, selection: dict[str, Any] | None, progress: dict[str, Any], *,
-           why_none: str = "disabled") -> ClairModel:  # fmt: skip
+def choose(trained: ClairModel, split: Split, selection: dict[str, Any] | None, progress: dict[str, Any],
+           features: dict[str, DomainFeatures], *, why_none: str = "disabled") -> ClairModel:  # fmt: skip
     """The shipped model (the selection applied to the final head) carrying the whole record."""
-    model, record = ship(trained, selection, why_none=why_none)
+    model, record = ship(trained, selection, {d: f.clean for d, f in features.items()}, why_none=why_none)
     folds = selection["folds"] if selection else []
     model.record = {**split.record(), "validation_classes": sorted({c for f in folds for c in f["validation_classes"]}),
                     **record, **progress}  # fmt: skip
@@ -76,16 +77,18 @@ def train_local(
     config: ClairConfig,
     *,
     foundation: FoundationModel | None = None,
-    val_fraction: float = 0.1,
+    val_fraction: float = 0.3,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[EpochStats], None] | None = None,
     split: Split | None = None,
+    device: str | None = None,
 ) -> ClairModel:
-    """Folds (selection evidence), then the final model on every seen class up to the folds' best
-    epoch, with the per-domain decision applied."""
+    """Folds (selection evidence), then the final model on every seen class, with the per-domain
+    decision applied. ``device`` (``auto``: CUDA when there is a GPU) runs CLIP and training;
+    a given ``foundation`` runs where it was loaded."""
     split = split or plan_split(data, config.seed, val_fraction)
-    fm = foundation or FoundationModel.load(config.clip_model, config.clip_pretrained)
+    fm = foundation or FoundationModel.load(config.clip_model, config.clip_pretrained, str(resolve_device(device)))
     seen = seen_dataset(split)
     feats = extract_features(fm, seen, n_views=config.n_views, seed=config.seed, cache_dir=cache_dir, progress=progress)
     folds, why_none = plan_folds(seen, config, val_fraction)
@@ -95,5 +98,5 @@ def train_local(
         config = config.replace(confidence_threshold=thresholds["chosen"])
         selection = select_on_folds(runs, fm, config, feats, thresholds)
     trainer = ClairTrainer(config, fm, seen.classes, feats, progress=progress)
-    trainer.fit(on_epoch, until=selection["epoch"] + 1 if selection else None)
-    return choose(trainer.build_model(), split, selection, progress_record(trainer), why_none=why_none)
+    trainer.fit(on_epoch)
+    return choose(trainer.build_model(), split, selection, progress_record(trainer), feats, why_none=why_none)

@@ -207,7 +207,7 @@ def run_training(
     name: str = "clair",
     workers: int = 1,
     gpus: str = "auto",
-    val_fraction: float = 0.1,
+    val_fraction: float = 0.3,
     feature_actors: int = 1,
 ) -> TrainResult:
     """Validate, compute features once on Ray Data, train on ``workers`` Ray Train workers.
@@ -246,7 +246,7 @@ def run_training(
             selection = select_on_folds(runs, fm, config, feats, thresholds)
         loop_config = {"features": ray.put(feats), "val_features": None, "clair": config.to_dict(),
                        "classes": seen.classes, "use_gpu": use_gpu,
-                       "until": selection["epoch"] + 1 if selection else config.epochs}  # fmt: skip
+                       "until": config.epochs}  # fmt: skip
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
@@ -260,7 +260,7 @@ def run_training(
         with result.checkpoint.as_directory() as d:
             trained = ClairModel.load(Path(d) / "model")
             progress = json.loads((Path(d) / "progress.json").read_text())
-        model = choose(trained, split, selection, progress, why_none=why_none)
+        model = choose(trained, split, selection, progress, feats, why_none=why_none)
         out = model.save(out)
         log.info("zero-shot classes held out of training: %s", split.unseen.classes)
         return TrainResult(out, dict(result.metrics), progress["history"], model.record)

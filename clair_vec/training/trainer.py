@@ -4,6 +4,11 @@ The same :class:`ClairTrainer` runs inside Ray Train workers: ``rank``/``world_s
 worker's slice of every batch, ``wrap_head`` lets Ray wrap the head in DDP, and
 ``all_gather``/``all_reduce`` keep memory banks and prompt gradients identical across workers.
 With the defaults it is plain single-process training.
+
+Devices: the cached CLIP features stay on the CPU (they can be larger than a GPU); the head, its
+momentum copy, the memory banks, the pseudo-labels and the text embeddings live on the trainer's
+device (``device``, or wherever ``wrap_head`` put the head: Ray moves it to the worker's GPU), and
+each batch is moved there as it is drawn. Checkpoints hold CPU tensors.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import torch.nn.functional as F
 
 from clair_vec.errors import DatasetError
 from clair_vec.method import losses
+from clair_vec.method.centering import DomainCenters, center_batch
 from clair_vec.method.config import ClairConfig
+from clair_vec.method.devices import module_device
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.head import ClairHead, momentum_copy, momentum_update
 from clair_vec.method.mapping import DomainMapping
@@ -77,8 +84,8 @@ class ClairTrainer:
         all_reduce_mean: Callable[[torch.Tensor], None] | None = None,
         val_features: dict[str, DomainFeatures] | None = None,
         progress: bool = True,
-        keep_snapshots: bool = False,
         label: str = "",
+        device: str | torch.device | None = None,
     ) -> None:
         self.cfg = config
         self.foundation = foundation
@@ -101,22 +108,23 @@ class ClairTrainer:
         torch.manual_seed(config.seed)
         self.label_index = {c: i for i, c in enumerate(self.classes)}
 
-        self.hand_text = {
-            d: hand_crafted_text_embeddings(foundation, self.classes, d, config.templates) for d in self.domains
-        }
+        dim = foundation.embed_dim
+        self.head = ClairHead(dim, config.head_hidden, config.head_alpha_init, center=config.head_center,
+                              zero_init=config.head_zero_init).to(torch.device(device or foundation.device))  # fmt: skip
+        self.train_head = wrap_head(self.head) if wrap_head else self.head
+        self.device = module_device(self.head)  # where wrap_head left it
+        self.key_head = momentum_copy(self.head)
+
+        hand_text = {d: hand_crafted_text_embeddings(foundation, self.classes, d, config.templates) for d in self.domains}
+        self.pseudo: dict[str, PseudoLabels] = {d: self._label(d, hand_text[d]) for d in self.domains}
+        self.hand_text = {d: t.to(self.device) for d, t in hand_text.items()}
         self.prompts = (
-            PromptLearner(foundation, self.domains, config.n_ctx, config.templates)
+            PromptLearner(foundation, self.domains, config.n_ctx, config.templates).to(foundation.device)
             if config.prompt_side == "text" and config.w_prompt > 0
             else None
         )
-        self.pseudo: dict[str, PseudoLabels] = {d: self._label(d, self.hand_text[d]) for d in self.domains}
-
-        dim = foundation.embed_dim
-        self.head = ClairHead(dim, config.head_hidden, config.head_alpha_init, center=config.head_center)
-        self.key_head = momentum_copy(self.head)
-        self.train_head = wrap_head(self.head) if wrap_head else self.head
         with torch.no_grad():
-            self.banks = {d: self.key_head(features[d].clean) for d in self.domains}
+            self.banks = {d: self._center(self.key_head(features[d].clean.to(self.device))) for d in self.domains}
         groups = [{"params": list(self.head.parameters()), "lr": config.lr}]
         if self.prompts is not None:
             groups.append({"params": list(self.prompts.parameters()), "lr": config.prompt_lr})
@@ -137,23 +145,25 @@ class ClairTrainer:
         self.history: list[EpochStats] = []
         #: the epoch with the best mean validation mAP (when validating)
         self.best: dict | None = None
-        #: head and prompt weights after every epoch (``keep_snapshots``): the selection's folds pick
-        #: one epoch for all of them, so each fold keeps them all (a head is ~2 MB at ViT-B-32 width)
-        self.keep_snapshots = keep_snapshots
-        self.snapshots: list[dict] = []
+
+    def _center(self, z: torch.Tensor) -> torch.Tensor:
+        """One domain's embeddings centred on their own mean, when the method centres domains."""
+        return center_batch(z) if self.cfg.domain_center else z
 
     # ------------------------------------------------------------------ pseudo-labels and text
     def _label(self, domain: str, text: torch.Tensor) -> PseudoLabels:
+        """Pseudo-labels of one domain, computed beside the CPU-held features, kept on the device."""
         c = self.cfg
-        return pseudo_label(
+        pl = pseudo_label(
             self.features[domain].clean,
-            text,
+            text.detach().cpu(),
             self.foundation.logit_scale,
             method=c.confidence,
             norm=c.confidence_norm,
             threshold=c.confidence_threshold,
             weighting=c.confidence_weighting,
         )
+        return PseudoLabels(**{k: v.to(self.device) for k, v in vars(pl).items()})
 
     def text_embeddings(self, *, grad: bool = False, prompts: PromptLearner | None = None) -> dict[str, torch.Tensor]:
         """``t_c^d`` per domain: hand-crafted, plus the learned prompt when enabled (the current one,
@@ -167,7 +177,7 @@ class ClairTrainer:
     def _prototypes(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if self.cfg.prototype_source == "text":
             text = self.text_embeddings()
-            return {d: (text[d], torch.ones(len(self.classes), dtype=torch.bool)) for d in self.domains}
+            return {d: (text[d], torch.ones(len(self.classes), dtype=torch.bool, device=self.device)) for d in self.domains}
         return {
             d: losses.class_prototypes(self.banks[d], self.pseudo[d].labels, self.pseudo[d].weights, len(self.classes))
             for d in self.domains
@@ -177,6 +187,69 @@ class ClairTrainer:
     def _batch_indices(self, perm: torch.Tensor, step: int) -> torch.Tensor:
         start = (step * self.world_size + self.rank) * self.per_domain_batch
         return perm[torch.arange(start, start + self.per_domain_batch) % len(perm)]
+
+    def draw_views(self, batch: dict[str, torch.Tensor], g: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Two different cached augmented views (query, key) of every image in ``batch``, on the CPU."""
+        vq, vk = [], []
+        for d in self.domains:
+            views = self.features[d].views[batch[d]]  # (B, V, D)
+            n_v = views.shape[1]
+            a = torch.randint(n_v, (len(views),), generator=g)
+            b = (a + 1 + torch.randint(max(n_v - 1, 1), (len(views),), generator=g)) % n_v if n_v > 1 else a
+            rows = torch.arange(len(views))
+            vq.append(views[rows, a])
+            vk.append(views[rows, b])
+        return vq, vk
+
+    def step_loss(self, batch: dict[str, torch.Tensor], vq: Sequence[torch.Tensor], vk: Sequence[torch.Tensor],
+                  protos: dict[str, tuple[torch.Tensor, torch.Tensor]], ramp: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:  # fmt: skip
+        """The loss of one step on the trainer's device: (total, each term averaged over domains,
+        the keys to write into the banks). ``batch`` holds CPU image indices per domain, ``vq``/``vk``
+        CPU features; everything is moved to the device here, so nothing else has to."""
+        c, dev = self.cfg, self.device
+        # one forward over all domains: DDP expects a single forward per backward
+        vq = [v.to(dev, non_blocking=True) for v in vq]
+        q_all = self.train_head(torch.cat(vq))
+        with torch.no_grad():
+            k_all = self.key_head(torch.cat([v.to(dev, non_blocking=True) for v in vk]))
+        text = self.text_embeddings(grad=True) if self.prompts is not None else None
+        weights = {"inst_disc": c.w_inst_disc, "instance": c.w_instance, "cluster": c.w_cluster,
+                   "domain": c.w_domain, "prompt": c.w_prompt, "identity": c.identity_decay}  # fmt: skip
+        total = q_all.sum() * 0.0
+        means: dict[str, torch.Tensor] = {}
+        offset = 0
+        keys = {}
+        for d in self.domains:
+            idx = batch[d].to(dev)
+            q, k = self._center(q_all[offset : offset + len(idx)]), self._center(k_all[offset : offset + len(idx)])
+            offset += len(idx)
+            keys[d] = (idx, k)
+            pl = self.pseudo[d]
+            y, w = pl.labels[idx], pl.weights[idx]
+            terms = {
+                "inst_disc": losses.instance_discrimination_loss(q, k, self.banks[d], idx, c.tau),
+                "instance": losses.supervised_instance_loss(q, k, y, w, idx, self.banks[d], pl.labels, pl.kept, c.tau),
+                "cluster": ramp * losses.prototype_loss(q, y, w, *protos[d], c.tau_cluster),
+            }
+            dom_terms = []
+            for e in self.domains:
+                if e == d:
+                    continue
+                if c.inter_domain == "instance":
+                    pe = self.pseudo[e]
+                    dom_terms.append(losses.inter_domain_loss(q, y, w, self.banks[e], pe.labels, pe.kept, c.tau))
+                else:
+                    dom_terms.append(losses.prototype_loss(q, y, w, *protos[e], c.tau_cluster))
+            terms["domain"] = torch.stack(dom_terms).mean() if dom_terms else q.sum() * 0.0
+            if text is not None:
+                v = self.features[d].clean[batch[d]].to(dev, non_blocking=True)
+                terms["prompt"] = losses.prompt_loss(v, text[d], y, w, self.foundation.logit_scale)
+            if c.identity_decay > 0:  # ||head(v) - v||^2 of unit vectors: 2 - 2 cos
+                terms["identity"] = (2.0 - 2.0 * (q * F.normalize(vq[self.domains.index(d)], dim=-1)).sum(-1)).mean()
+            for name, value in terms.items():
+                total = total + weights[name] * value / len(self.domains)
+                means[name] = means.get(name, 0.0) + value.detach() / len(self.domains)
+        return total, means, keys
 
     def train_epoch(self) -> EpochStats:
         c, epoch = self.cfg, self.epoch
@@ -190,57 +263,8 @@ class ClairTrainer:
         with progress_bar(total=self.steps_per_epoch, desc=f"{self.label}epoch {epoch + 1}/{c.epochs}", unit="step", enabled=self.progress) as bar:
             for step in range(self.steps_per_epoch):
                 batch = {d: self._batch_indices(perms[d], step) for d in self.domains}
-                vq, vk = [], []
-                for d in self.domains:
-                    views = self.features[d].views[batch[d]]  # (B, V, D)
-                    n_v = views.shape[1]
-                    a = torch.randint(n_v, (len(views),), generator=g)
-                    b = (a + 1 + torch.randint(max(n_v - 1, 1), (len(views),), generator=g)) % n_v if n_v > 1 else a
-                    rows = torch.arange(len(views))
-                    vq.append(views[rows, a])
-                    vk.append(views[rows, b])
-                # one forward over all domains: DDP expects a single forward per backward
-                q_all = self.train_head(torch.cat(vq))
-                with torch.no_grad():
-                    k_all = self.key_head(torch.cat(vk))
-                text = self.text_embeddings(grad=True) if self.prompts is not None else None
-                total = q_all.sum() * 0.0
-                offset = 0
-                keys = {}
-                for d in self.domains:
-                    idx = batch[d]
-                    q, k = q_all[offset : offset + len(idx)], k_all[offset : offset + len(idx)]
-                    offset += len(idx)
-                    keys[d] = (idx, k)
-                    pl = self.pseudo[d]
-                    y, w = pl.labels[idx], pl.weights[idx]
-                    terms = {
-                        "inst_disc": losses.instance_discrimination_loss(q, k, self.banks[d], idx, c.tau),
-                        "instance": losses.supervised_instance_loss(
-                            q, k, y, w, idx, self.banks[d], pl.labels, pl.kept, c.tau
-                        ),
-                        "cluster": ramp * losses.prototype_loss(q, y, w, *protos[d], c.tau_cluster),
-                    }
-                    dom_terms = []
-                    for e in self.domains:
-                        if e == d:
-                            continue
-                        if c.inter_domain == "instance":
-                            pe = self.pseudo[e]
-                            dom_terms.append(losses.inter_domain_loss(q, y, w, self.banks[e], pe.labels, pe.kept, c.tau))
-                        else:
-                            dom_terms.append(losses.prototype_loss(q, y, w, *protos[e], c.tau_cluster))
-                    terms["domain"] = torch.stack(dom_terms).mean() if dom_terms else q.sum() * 0.0
-                    if text is not None:
-                        v = self.features[d].clean[idx]
-                        terms["prompt"] = losses.prompt_loss(v, text[d], y, w, self.foundation.logit_scale)
-                    if c.identity_decay > 0:  # ||head(v) - v||^2 of unit vectors: 2 - 2 cos
-                        terms["identity"] = (2.0 - 2.0 * (q * F.normalize(vq[self.domains.index(d)], dim=-1)).sum(-1)).mean()
-                    weights = {"inst_disc": c.w_inst_disc, "instance": c.w_instance, "cluster": c.w_cluster,
-                               "domain": c.w_domain, "prompt": c.w_prompt, "identity": c.identity_decay}  # fmt: skip
-                    for name, value in terms.items():
-                        total = total + weights[name] * value / len(self.domains)
-                        sums[name] += value.item() / len(self.domains)
+                vq, vk = self.draw_views(batch, g)
+                total, means, keys = self.step_loss(batch, vq, vk, protos, ramp)
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if self.prompts is not None and self.all_reduce_mean is not None:
@@ -253,6 +277,8 @@ class ClairTrainer:
                 with torch.no_grad():
                     for d, (idx, k) in keys.items():
                         self.banks[d][self.all_gather(idx)] = self.all_gather(k)
+                for name, value in means.items():
+                    sums[name] += float(value)
                 sums["total"] += total.item()
                 bar.update(1)
                 bar.set_postfix(loss=f"{total.item():.3f}", refresh=False)
@@ -266,22 +292,19 @@ class ClairTrainer:
             if math.isfinite(score) and (self.best is None or score > self.best["score"]):
                 self.best = {"epoch": epoch, "score": score, "head": _clone(self.head.state_dict()),
                              "prompts": _clone(self.prompts.state_dict()) if self.prompts is not None else None}  # fmt: skip
-        if self.keep_snapshots:
-            self.snapshots.append({"head": _clone(self.head.state_dict()),
-                                   "prompts": _clone(self.prompts.state_dict()) if self.prompts is not None else None})  # fmt: skip
         self.history.append(stats)
         self.epoch += 1
         return stats
 
     def _stats(self, epoch: int, means: dict[str, float], seconds: float) -> EpochStats:
-        kept = torch.cat([self.pseudo[d].kept for d in self.domains]).float()
-        conf = torch.cat([self.pseudo[d].confidence for d in self.domains])
+        kept = torch.cat([self.pseudo[d].kept.cpu() for d in self.domains]).float()
+        conf = torch.cat([self.pseudo[d].confidence.cpu() for d in self.domains])
         correct, known = 0, 0
         for d in self.domains:
             truth = [self.label_index.get(lbl, -1) for lbl in self.features[d].labels]
             t = torch.tensor(truth)
             known += int((t >= 0).sum())
-            correct += int(((self.pseudo[d].labels == t) & (t >= 0)).sum())
+            correct += int(((self.pseudo[d].labels.cpu() == t) & (t >= 0)).sum())
         total = means.pop("total", 0.0)
         return EpochStats(
             epoch=epoch,
@@ -337,7 +360,12 @@ class ClairTrainer:
                 prompts = PromptLearner(self.foundation, self.domains, self.cfg.n_ctx, self.cfg.templates)
                 prompts.load_state_dict(self.best["prompts"])
         text = self.text_embeddings(prompts=prompts)
-        mapping = DomainMapping.fit(text, self.cfg.pivot_domain, self.cfg.mapping, self.cfg.mapping_lambda)
+        mapping = DomainMapping.fit(text, self.cfg.pivot_domain, self.cfg.mapping, self.cfg.mapping_lambda,
+                                    center=self.cfg.domain_center)  # fmt: skip
+        head.eval()
+        dev = module_device(head)
+        centers = (DomainCenters.fit({d: self.features[d].clean for d in self.domains}, lambda v, _d: head(v.to(dev)))
+                   if self.cfg.domain_center else None)  # fmt: skip
         return ClairModel(
             foundation=self.foundation,
             head=head,
@@ -346,6 +374,7 @@ class ClairTrainer:
             text_embeddings=text,
             config=self.cfg,
             prompt_state=prompts.state_dict() if prompts is not None else None,
+            centers=centers,
         )
 
     def state_dict(self) -> dict:
@@ -356,8 +385,8 @@ class ClairTrainer:
             "prompts": self.prompts.state_dict() if self.prompts is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "banks": self.banks,
-            "pseudo": {d: vars(p) for d, p in self.pseudo.items()},
+            "banks": {d: b.cpu() for d, b in self.banks.items()},
+            "pseudo": {d: {k: v.cpu() for k, v in vars(p).items()} for d, p in self.pseudo.items()},
             "history": [s.as_dict() for s in self.history],
             "best": self.best,
         }
@@ -370,8 +399,8 @@ class ClairTrainer:
             self.prompts.load_state_dict(state["prompts"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.banks = state["banks"]
-        self.pseudo = {d: PseudoLabels(**p) for d, p in state["pseudo"].items()}
+        self.banks = {d: b.to(self.device) for d, b in state["banks"].items()}
+        self.pseudo = {d: PseudoLabels(**{k: v.to(self.device) for k, v in p.items()}) for d, p in state["pseudo"].items()}
         fields = set(EpochStats.__dataclass_fields__)
         self.history = [EpochStats(**{k: v for k, v in h.items() if k in fields}) for h in state["history"]]
         self.best = state.get("best")
