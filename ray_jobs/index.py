@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", choices=["auto", "yes", "no"], default="auto", help="auto: one GPU per actor if the cluster has them")
     p.add_argument("--threads-per-actor", type=int_range(1, 256), default=1, help="torch threads in each actor")
     p.add_argument("--batch-size", type=int_range(*BATCH_SIZES), default=64, help="images per encode-and-write batch")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="precision of the CLIP forward, recorded with the collection (None: the collection's, else fp32)")
     p.add_argument("--label-from-folder", action="store_true", help="store each image's folder name as its label")
     p.add_argument("--labels", default=None, metavar="FILE", help="label vocabulary file: tag each image zero-shot over it")
     p.add_argument("-v", "--verbose", action="store_true", help="log a progress line per batch")
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         s = ray_index(args.collection, args.images, model_dir=args.model, domain=args.domain, backend=args.backend,
                       uri=args.uri, actors=args.actors, batch_size=args.batch_size, label_from_folder=args.label_from_folder,
                       labels=labels, gpus=args.gpus, threads_per_actor=args.threads_per_actor,
-                      from_collection=args.from_collection)  # fmt: skip
+                      from_collection=args.from_collection, precision=args.precision)  # fmt: skip
     except (ClairVecError, ValueError, FileNotFoundError) as exc:
         from clair_vec.store.redaction import scrub
 

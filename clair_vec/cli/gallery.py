@@ -21,7 +21,7 @@ def cmd_index(a: argparse.Namespace) -> None:
 
     with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device) as r:
         s = r.index(a.collection, a.images, domain=a.domain, label_from_folder=a.label_from_folder, labels=a.labels,
-                    prune_missing=a.prune, batch_size=a.batch_size)  # fmt: skip
+                    prune_missing=a.prune, batch_size=a.batch_size, precision=a.precision)  # fmt: skip
     print(json.dumps(s.as_dict()))
 
 
@@ -77,7 +77,11 @@ def add_commands(add) -> None:
     ix.add_argument("--labels", default=None, metavar="FILE",
                     help="label vocabulary, one a line: tag each image zero-shot over it (default: store no tag)")
     ix.add_argument("--prune", action="store_true", help="then remove records of files under these folders that no longer exist")
-    ix.add_argument("--batch-size", type=int_range(*BATCH_SIZES), default=64, help="images per write")
+    ix.add_argument("--batch-size", type=int_range(*BATCH_SIZES), default=None,
+                    help="images per encode and write (default: 256 on a GPU, 64 on a CPU)")
+    ix.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                    help="precision of the CLIP forward, recorded with the collection; its searches use the same "
+                         "(default: the collection's, fp32 for a new one; bf16/fp16 for speed on a GPU)")
 
     s = add("search", cmd_search, "query a collection with images of any domain, text, or stored hits; "
             "prints one JSON line per query")  # fmt: skip

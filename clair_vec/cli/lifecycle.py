@@ -17,7 +17,7 @@ def cmd_reindex(a: argparse.Namespace) -> None:
     from clair_vec.retrieval.retriever import Retriever
 
     with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device) as r:
-        s = reindex(r.backend, a.source, r, a.target, labels=a.labels, batch_size=a.batch_size)
+        s = reindex(r.backend, a.source, r, a.target, labels=a.labels, batch_size=a.batch_size, precision=a.precision)
     print(json.dumps(s.as_dict()))
 
 
@@ -67,7 +67,10 @@ def add_commands(add) -> None:
     device_arg(r)
     backend_args(r)
     r.add_argument("--labels", default=None, metavar="FILE", help="re-tag zero-shot over this vocabulary (default: no tags)")
-    r.add_argument("--batch-size", type=int_range(1, 4096), default=64, help="images per write")
+    r.add_argument("--batch-size", type=int_range(1, 4096), default=None,
+                   help="images per encode and write (default: 256 on a GPU, 64 on a CPU)")
+    r.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="precision of the CLIP forward for the new collection (default fp32; bf16/fp16 for speed on a GPU)")
 
     c = add("compare", cmd_compare, "the same queries against two collections, each with its own model: overlap, mAP, P")
     c.add_argument("old", help="the collection (or alias) serving now")

@@ -258,8 +258,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
     p.add_argument("--k", type=int, default=200, help="cut-off of mAP@k")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a ClairConfig field for every row")
+    p.add_argument("--row", action="append", default=[], metavar="NAME",
+                   help=f"only these rows (repeatable; B0 is always kept), from: {'; '.join(VARIANTS)}")
     p.add_argument("--out", default=None, help="write the result JSON here")
     a = p.parse_args(argv)
+    unknown = [r for r in a.row if r not in VARIANTS]
+    if unknown:
+        p.error(f"unknown --row {unknown}; rows: {list(VARIANTS)}")
+    variants = {n: v for n, v in VARIANTS.items() if n in a.row or n == "B0 raw CLIP"} if a.row else None
     if bool(a.workdir) == bool(a.data):
         p.error("give either --workdir (one or more demo runs) or --data")
     if a.workdir:
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         mix = parse_mix(a.mix) if a.mix else None
         runs = [data_run(a.data, s, clip_model=a.clip_model, clip_pretrained=a.clip_pretrained, bootstrap_steps=a.bootstrap_steps,
                          mix=mix) for s in range(a.seeds)]  # fmt: skip
-    result = run(runs, epochs=a.epochs, batch_size=a.batch_size, k=a.k, config=parse_overrides(a.set),
+    result = run(runs, epochs=a.epochs, batch_size=a.batch_size, k=a.k, config=parse_overrides(a.set), variants=variants,
                  progress=lambda s: print(f"  {s}", flush=True))  # fmt: skip
     print(format_table(result))
     if a.out:

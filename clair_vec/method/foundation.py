@@ -21,6 +21,7 @@ from PIL import Image
 
 from clair_vec.errors import CheckpointError, WeightsNotFoundError
 from clair_vec.method._torchvision_shim import ensure_torchvision
+from clair_vec.method.pixel_batches import autocast, prepared_batches, to_device
 from clair_vec.progress import progress_bar
 
 ensure_torchvision()
@@ -61,6 +62,10 @@ def _offline_error(arch: str, pretrained: str) -> WeightsNotFoundError:
         "(open_clip caches under ~/.cache/huggingface) or pass the path of a local checkpoint "
         f"file, e.g. --clip-pretrained /models/{arch}.pt"
     )
+
+
+#: at most this many images are preprocessed on the calling thread, without worker threads
+INLINE_IMAGES = 8
 
 
 class FoundationModel:
@@ -155,29 +160,46 @@ class FoundationModel:
         seeds: Sequence[int] | None = None,
         batch_size: int = 64,
         progress: bool | str = False,
+        precision: str | None = None,
     ) -> torch.Tensor:
         """L2-normalised image features, ``(N, embed_dim)`` float32 on the CPU.
 
-        ``images`` are PIL images (transformed by ``transform``, default CLIP's eval preprocessing)
-        or an already preprocessed ``(N, 3, H, W)`` tensor. ``seeds`` seeds torch's RNG before each
-        image's transform, making random augmentations a function of the image, not of the order
-        or the worker it is processed in.
+        ``images`` are PIL images (transformed by ``transform``, default CLIP's eval preprocessing,
+        in worker threads while the previous batch encodes) or an already preprocessed
+        ``(N, 3, H, W)`` tensor. ``seeds`` seeds torch's RNG before each image's transform, making
+        random augmentations a function of the image, not of the order or the worker it is
+        processed in; seeded transforms run on this thread, since torch's RNG is global.
+        ``precision``: ``fp32`` (default), or ``bf16``/``fp16`` autocast for the forward.
         """
         transform = transform or self.preprocess
         n = len(images)
         out = torch.empty(n, self.embed_dim)
         desc = progress if isinstance(progress, str) else "CLIP image features"
+        # a few images (a query) are preprocessed here: a thread pool per call would cost more than it saves
+        if isinstance(images, torch.Tensor) or seeds is not None or n <= INLINE_IMAGES:
+            batches: Iterator[tuple[int, Any]] = (
+                (s, images[s : s + batch_size]) for s in range(0, n, batch_size)
+            )
+        else:
+            batches = prepared_batches(((s, images[s : s + batch_size]) for s in range(0, n, batch_size)), transform)
         with progress_bar(total=n, desc=desc, unit="img", enabled=bool(progress)) as bar:
-            for start in range(0, n, batch_size):
-                chunk = images[start : start + batch_size]
+            for start, chunk in batches:
                 if isinstance(chunk, torch.Tensor):
                     pixels = chunk
-                else:
+                elif seeds is not None or n <= INLINE_IMAGES:
                     pixels = torch.stack([self._seeded(transform, im, seeds, start + j) for j, im in enumerate(chunk)])
-                feats = self.model.encode_image(pixels.to(self.device))
-                out[start : start + len(chunk)] = F.normalize(feats.float(), dim=-1).cpu()
+                else:
+                    pixels = torch.stack(chunk)
+                out[start : start + len(chunk)] = self.encode_pixels(pixels, precision=precision)
                 bar.update(len(chunk))
         return out
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor, *, precision: str | None = None) -> torch.Tensor:
+        """Features of one preprocessed batch, L2-normalised float32 on the CPU."""
+        with autocast(self.device, precision):
+            feats = self.model.encode_image(to_device(pixels, self.device))
+        return F.normalize(feats.float(), dim=-1).cpu()
 
     @staticmethod
     def _seeded(transform: Callable[[Image.Image], torch.Tensor], image: Image.Image, seeds: Sequence[int] | None, i: int) -> torch.Tensor:

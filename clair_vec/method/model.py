@@ -149,11 +149,19 @@ class ClairModel:
 
     @torch.no_grad()
     def embed_images(
-        self, images: Sequence[Image.Image], domain: str, *, batch_size: int = 64, progress: bool = False
+        self,
+        images: Sequence[Image.Image] | torch.Tensor,
+        domain: str,
+        *,
+        batch_size: int = 64,
+        progress: bool = False,
+        precision: str | None = None,
     ) -> np.ndarray:
-        """``(N, dim)`` float32 unit vectors, ready for a vector database."""
+        """``(N, dim)`` float32 unit vectors, ready for a vector database. ``precision``: the CLIP
+        forward's (``fp32``, ``bf16``, ``fp16``); a collection's queries use the precision its
+        gallery was indexed with."""
         self.check_domain(domain)
-        feats = self.foundation.encode_images(images, batch_size=batch_size, progress=progress)
+        feats = self.foundation.encode_images(images, batch_size=batch_size, progress=progress, precision=precision)
         return self.embed_features(feats, domain).numpy().astype(np.float32)
 
     @torch.no_grad()

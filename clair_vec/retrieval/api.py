@@ -34,10 +34,11 @@ def index(
     label_from_folder: bool = False,
     labels: Sequence[str] | str | Path | None = None,
     prune: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = True,
     backend_options: Mapping[str, Any] | None = None,
     device: str | None = None,
+    precision: str | None = None,
 ) -> IndexSummary:
     """Embed ``images`` of ``domain`` (default: the model's gallery domain) into ``collection``.
 
@@ -46,10 +47,13 @@ def index(
     ``labels`` (a list, or a file with one label a line) tags each image zero-shot over those
     labels; ``prune`` removes records of files under the given folders that no longer exist.
     ``device``: ``auto`` (CUDA when there is a GPU, the default), ``cpu``, ``cuda`` or ``cuda:N``.
+    ``batch_size``: images per encode and write (default: 256 on a GPU, 64 on a CPU).
+    ``precision``: ``fp32``, ``bf16`` or ``fp16`` for the CLIP forward, recorded with the
+    collection; searches encode their queries the same way (default: the collection's, else fp32).
     """
     with Retriever(model, backend=backend, uri=uri, backend_options=backend_options, device=device) as r:
         return r.index(collection, images, domain=domain, label_from_folder=label_from_folder, labels=labels,
-                       prune_missing=prune, batch_size=batch_size, progress=progress)  # fmt: skip
+                       prune_missing=prune, batch_size=batch_size, progress=progress, precision=precision)  # fmt: skip
 
 
 def search(

@@ -118,19 +118,22 @@ class EncodeActor:
     embeds and writes a batch, and returns one small status row per image."""
 
     def __init__(self, model_dir: str, domain: str, collection: str, backend: str | None, uri: str | None,
-                 store: Any, vocabulary: list[str] | None, device: str, threads: int) -> None:  # fmt: skip
+                 store: Any, vocabulary: list[str] | None, device: str, threads: int, precision: str = "fp32") -> None:  # fmt: skip
         import torch
 
         from clair_vec.method.model import ClairModel
 
         torch.set_num_threads(threads)  # one actor per core: intra-op threads would oversubscribe it
         self.model = ClairModel.load(model_dir, device=device)
-        self.domain, self.vocabulary = domain, vocabulary
+        self.domain, self.vocabulary, self.precision = domain, vocabulary, precision
+        # a CPU actor holds its cores for torch; a GPU actor's CPU time is decoding that feeds the GPU
+        self.decoders = threads if device == "cpu" else None
         self.sink = _Sink(actor=store) if store is not None else _Sink(writer=Writer(backend, uri, collection))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from clair_vec.datasets.images import decode_image
         from clair_vec.errors import CorruptImageError
+        from clair_vec.method.pixel_batches import prepared_batches
         from clair_vec.retrieval.indexing import encode_records, moved
 
         n = len(batch["path"])
@@ -140,7 +143,7 @@ class EncodeActor:
         paths = [str(p) for p in batch["path"]]
         ok = [i for i in range(n) if not error[i]]
         stored = self.sink("stored", [ids[i] for i in ok])
-        items, moves, first = [], 0, {}
+        todo, moves, first = [], 0, {}
         for i in ok:
             held = stored.get(ids[i], {}).get("path") if ids[i] in stored and not moved(stored, ids[i], paths[i]) else None
             same = first.setdefault(ids[i], paths[i])
@@ -151,18 +154,28 @@ class EncodeActor:
                 status[i] = "present"
                 continue
             moves += ids[i] in stored
-            try:
-                # hashed again from the bytes decoded here: a file rewritten since the hashing task
-                # read it gets the id of what is stored, not of what was hashed
-                ids[i], data = file_record_id(paths[i], self.domain)
-                items.append((i, decode_image(data, paths[i])))
-            except OSError as exc:
-                error[i] = f"{type(exc).__name__}: {exc.strerror or exc}"
-            except CorruptImageError as exc:
-                error[i] = exc.reason
+            todo.append(i)
+        preprocess = self.model.foundation.preprocess
+
+        def load(i: int) -> tuple[str, Any]:
+            # hashed again from the bytes decoded here: a file rewritten since the hashing task
+            # read it gets the id of what is stored, not of what was hashed
+            rid, data = file_record_id(paths[i], self.domain)
+            return rid, preprocess(decode_image(data, paths[i]))
+
+        items = []
+        for _, loaded in prepared_batches([(0, todo)], load, workers=self.decoders, capture=(OSError, CorruptImageError)):
+            for i, got in zip(todo, loaded, strict=True):
+                if isinstance(got, CorruptImageError):
+                    error[i] = got.reason
+                elif isinstance(got, OSError):
+                    error[i] = f"{type(got).__name__}: {got.strerror or got}"
+                else:
+                    ids[i] = got[0]
+                    items.append((i, got[1]))
         if items:
-            records = encode_records(self.model, self.domain, [(ids[i], im, paths[i], str(batch["label"][i])) for i, im in items],
-                                     self.vocabulary)  # fmt: skip
+            records = encode_records(self.model, self.domain, [(ids[i], px, paths[i], str(batch["label"][i])) for i, px in items],
+                                     self.vocabulary, self.precision)  # fmt: skip
             self.sink("write", [(r.id, r.vector, r.payload) for r in records], self.model.model_id)
             for i, _ in items:
                 status[i] = "indexed"
@@ -207,10 +220,12 @@ def ray_index(
     progress: bool = True,
     on_batch: Callable[[Any], None] | None = None,
     from_collection: str | None = None,
+    precision: str | None = None,
 ) -> Any:
     """Index every image under ``inputs`` (folders or files) into ``collection`` on Ray; or, with
     ``from_collection``, re-embed the files that collection's records (of ``domain``) name, keeping
-    their labels (the Ray form of ``clair-vec reindex``).
+    their labels (the Ray form of ``clair-vec reindex``). ``precision``: of the CLIP forward, as in
+    :meth:`~clair_vec.retrieval.retriever.Retriever.index`.
 
     Returns an :class:`~clair_vec.retrieval.indexing.IndexSummary`. A Ray instance is started if none is
     connected, and shut down again at the end.
@@ -218,7 +233,7 @@ def ray_index(
     import ray
 
     from clair_vec.method.model_card import ModelCard
-    from clair_vec.retrieval.indexing import IndexSummary, prepare_collection
+    from clair_vec.retrieval.indexing import IndexSummary, collection_precision, prepare_collection
     from clair_vec.store.plugins import get_backend
 
     if actors < 1:
@@ -237,7 +252,7 @@ def ray_index(
         gpu = gpus_each(gpus, actors, "actors")
         be = get_backend(backend, uri)
         try:
-            prepare_collection(be, collection, card, model_dir)
+            precision = collection_precision(prepare_collection(be, collection, card, model_dir, precision))
             embedded = not be.shared
             # read before the store actor opens an embedded store: it takes one process at a time
             rows = (_collection_rows(be, from_collection, domain) if from_collection is not None else
@@ -251,7 +266,7 @@ def ray_index(
             summary = IndexSummary(collection, be.name)
             actor_kwargs = {"model_dir": str(Path(model_dir).resolve()), "domain": domain, "collection": collection,
                             "backend": backend, "uri": uri, "store": store_actor, "vocabulary": vocabulary,
-                            "device": "cuda" if gpu else "cpu", "threads": threads_per_actor}  # fmt: skip
+                            "device": "cuda" if gpu else "cpu", "threads": threads_per_actor, "precision": precision}  # fmt: skip
             _stream(summary, rows, actor_kwargs, actors=actors, gpu=gpu, batch_size=batch_size, progress=progress,
                     on_batch=on_batch)  # fmt: skip
             if summary.indexed or summary.replaced:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +27,8 @@ from clair_vec.store.backend import Backend, CollectionInfo, Record
 from clair_vec.store.plugins import extra_payload, get_plugin_manager
 
 if TYPE_CHECKING:  # the model (and torch) is needed to encode, not to write: Ray drivers import this module
+    import torch
+
     from clair_vec.method.model import ClairModel
 
 log = logging.getLogger(__name__)
@@ -61,16 +63,23 @@ class IndexSummary:
 def encode_records(
     model: ClairModel,
     domain: str,
-    items: Sequence[tuple[str, Image.Image, str, str]],
+    items: Sequence[tuple[str, Image.Image | torch.Tensor, str, str]],
     vocabulary: Sequence[str] | None = None,
+    precision: str | None = None,
 ) -> list[Record]:
-    """Records of decoded images ``(id, image, path, label)``: mapped vectors plus payload.
+    """Records of decoded images ``(id, image, path, label)``: mapped vectors plus payload. An
+    image may be a PIL image or its preprocessed pixels (decoded ahead by :func:`index_sources`).
 
     With a ``vocabulary`` each record is tagged zero-shot over it (``pseudo_label`` and its
     ``confidence``); without one no tag is stored: a tag chosen among the training classes
     would label every unseen-class photo wrongly, with high confidence.
     """
-    feats = model.foundation.encode_images([im for _, im, _, _ in items])
+    images = [im for _, im, _, _ in items]
+    if images and not isinstance(images[0], Image.Image):
+        import torch
+
+        images = torch.stack(images)  # type: ignore[arg-type]
+    feats = model.foundation.encode_images(images, batch_size=max(1, len(images)), precision=precision)  # type: ignore[arg-type]
     vectors = model.embed_features(feats, domain).numpy()
     tags = model.zero_shot_labels(feats, domain, vocabulary) if vocabulary else None
     records = []
@@ -83,11 +92,15 @@ def encode_records(
     return records
 
 
-def prepare_collection(be: Backend, collection: str, model: ClairModel | ModelCard, model_dir: str | Path | None = None) -> CollectionInfo:
+def prepare_collection(
+    be: Backend, collection: str, model: ClairModel | ModelCard, model_dir: str | Path | None = None, precision: str | None = None
+) -> CollectionInfo:
     """Create (announcing it to plugins) or open ``collection`` for ``model``'s vectors. The
     collection records where its model lives (``extra["model_dir"]``, when known): a service that
-    follows an alias to it loads that model before it answers from it."""
-    extra: dict[str, str] = {"clip": model.clip_arch}
+    follows an alias to it loads that model before it answers from it. It also records the
+    precision of the CLIP forward (``extra["precision"]``): queries are encoded the same way, and
+    a later run at another precision is refused, so one collection never mixes the two."""
+    extra: dict[str, str] = {"clip": model.clip_arch, "precision": precision or "fp32"}
     if model_dir is not None:
         extra["model_dir"] = os.path.abspath(model_dir)
     info = CollectionInfo(collection, model.dim, model.model_id, target_domain=model.pivot, extra=extra)
@@ -102,7 +115,20 @@ def prepare_collection(be: Backend, collection: str, model: ClairModel | ModelCa
             f"collection {collection!r} holds vectors of model {info.model!r}, not {model.model_id!r}; "
             "index into a new collection or load the model that built it"
         )
+    else:
+        held = collection_precision(info)
+        if precision is not None and precision != held:
+            raise CollectionMismatchError(
+                f"collection {collection!r} was indexed at precision {held}, not {precision}: index at "
+                f"--precision {held}, or into a new collection"
+            )
     return info
+
+
+def collection_precision(info: CollectionInfo) -> str:
+    """The CLIP forward's precision of a collection's vectors (collections made before it was
+    recorded: fp32, the only one there was)."""
+    return str(info.extra.get("precision") or "fp32")
 
 
 def moved(stored: dict[str, dict], rid: str, path: str | None) -> bool:
@@ -134,52 +160,77 @@ def index_sources(
     seen: dict[str, str] | None = None,
     on_read: Callable[[ImageSource, str], None] | None = None,
     flush: bool = True,
+    precision: str | None = None,
 ) -> IndexSummary:
     """Index ``sources`` of ``domain``; ``summary`` and ``seen`` carry counts and the ids of this
     run across calls (a caller feeding pages), ``on_read`` sees each source with the id of its
-    bytes before anything is decoded."""
+    bytes before anything is decoded.
+
+    Each batch is hashed and looked up here, then decoded and preprocessed by worker threads
+    while the encoder works on the batch before it; batches are encoded and written in order."""
+    from clair_vec.method.pixel_batches import prepared_batches
+
     summary = summary if summary is not None else IndexSummary(collection, be.name)
     seen = seen if seen is not None else {}  # id -> the first source with those bytes in this run
-    with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar:
+    preprocess = model.foundation.preprocess
+
+    def plan(start: int) -> tuple[list[tuple[ImageSource, str, bytes | None]], list[tuple[str, ImageSource, bytes | None]]]:
+        """Read, hash and look up one batch: what it holds, and what of it must be decoded."""
+        read: list[tuple[ImageSource, str, bytes | None]] = []
+        for s in sources[start : start + batch_size]:
+            try:
+                rid, data = src_mod.read(s, domain)
+                read.append((s, rid, data))
+            except CorruptImageError as exc:
+                summary.skipped.append((exc.path, exc.reason))
+                continue
+            if on_read is not None:
+                on_read(s, rid)
+        stored = be.get(collection, [rid for _, rid, _ in read])
+        todo = []
+        for s, rid, data in read:
+            first = seen.setdefault(rid, s.name)
+            if first != s.name:  # the same bytes earlier in this run: stored once, under the first path
+                summary.duplicates.append((s.name, first))
+                continue
+            if rid in stored and not moved(stored, rid, s.path):
+                held = stored[rid].get("path")
+                if s.path is not None and isinstance(held, str) and held != s.path:
+                    summary.duplicates.append((s.name, held))  # a copy of a file stored under its own path
+                else:
+                    summary.already_present += 1
+                continue
+            summary.moved += rid in stored
+            todo.append((rid, s, data))
+        return read, todo
+
+    def pixels(job: tuple[str, ImageSource, bytes | None]) -> torch.Tensor:
+        return preprocess(src_mod.decode(job[1], job[2]))
+
+    def batches() -> Iterator[tuple[tuple[int, list, list], list]]:
+        """((start, read, todo), todo) per batch: planned here, decoded by the worker threads."""
         for start in range(0, len(sources), batch_size):
-            chunk = sources[start : start + batch_size]
-            read: list[tuple[ImageSource, str, bytes | None]] = []
-            for s in chunk:
-                try:
-                    rid, data = src_mod.read(s, domain)
-                    read.append((s, rid, data))
-                except CorruptImageError as exc:
-                    summary.skipped.append((exc.path, exc.reason))
-                    continue
-                if on_read is not None:
-                    on_read(s, rid)
-            stored = be.get(collection, [rid for _, rid, _ in read])
-            todo = []
-            for s, rid, data in read:
-                first = seen.setdefault(rid, s.name)
-                if first != s.name:  # the same bytes earlier in this run: stored once, under the first path
-                    summary.duplicates.append((s.name, first))
-                    continue
-                if rid in stored and not moved(stored, rid, s.path):
-                    held = stored[rid].get("path")
-                    if s.path is not None and isinstance(held, str) and held != s.path:
-                        summary.duplicates.append((s.name, held))  # a copy of a file stored under its own path
-                    else:
-                        summary.already_present += 1
-                    continue
-                summary.moved += rid in stored
-                try:
-                    todo.append((rid, src_mod.decode(s, data), s.name, s.label))
-                except CorruptImageError as exc:
-                    summary.skipped.append((exc.path, exc.reason))
-            if todo:
-                summary.indexed += be.upsert(collection, encode_records(model, domain, todo, vocabulary), model=model.model_id)
+            read, todo = plan(start)
+            yield (start, read, todo), todo
+
+    with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar:
+        for (start, read, todo), done in prepared_batches(batches(), pixels, capture=(CorruptImageError,)):
+            ready = []
+            for (rid, s, _), px in zip(todo, done, strict=True):
+                if isinstance(px, CorruptImageError):
+                    summary.skipped.append((px.path, px.reason))
+                else:
+                    ready.append((rid, px, s.name, s.label))
+            if ready:
+                summary.indexed += be.upsert(collection, encode_records(model, domain, ready, vocabulary, precision),
+                                             model=model.model_id)  # fmt: skip
             # after the write: a crash in between leaves the old record, which the re-run removes
             stale = stale_ids(be, collection, domain, {s.path: rid for s, rid, _ in read if s.path is not None})
             if stale:
                 summary.replaced += be.delete(collection, stale)
-            bar.update(len(chunk))
-            log.info("%s: %d/%d read; indexed %d, already present %d, skipped %d", collection, start + len(chunk),
+            n = min(batch_size, len(sources) - start)
+            bar.update(n)
+            log.info("%s: %d/%d read; indexed %d, already present %d, skipped %d", collection, start + n,
                      len(sources), summary.indexed, summary.already_present, len(summary.skipped))  # fmt: skip
     if flush and (summary.indexed or summary.replaced):
         be.flush(collection)

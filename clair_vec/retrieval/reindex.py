@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+from clair_vec.method.pixel_batches import check_precision, default_batch_size
 from clair_vec.progress import progress_bar
-from clair_vec.retrieval.indexing import IndexSummary, check_batch_size, index_sources, prepare_collection
+from clair_vec.retrieval.indexing import (
+    IndexSummary,
+    check_batch_size,
+    collection_precision,
+    index_sources,
+    prepare_collection,
+)
 from clair_vec.retrieval.retriever import Retriever
 from clair_vec.retrieval.sources import ImageSource, printable, utf8_problem
 from clair_vec.retrieval.vocabulary import vocabulary
@@ -51,20 +58,24 @@ def reindex(
     new: str,
     *,
     labels: Sequence[str] | str | Path | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool = True,
+    precision: str | None = None,
 ) -> ReindexSummary:
     """Re-embed every record of ``old`` (on ``source``) with ``target``'s model into ``new`` (on
-    ``target``'s backend, often the same handle). ``old`` may be an alias."""
+    ``target``'s backend, often the same handle). ``old`` may be an alias. ``batch_size`` and
+    ``precision`` as in :meth:`Retriever.index`."""
     check_collection_name(new)
-    check_batch_size(batch_size)
+    batch_size = check_batch_size(default_batch_size(target.model.device) if batch_size is None else batch_size)
+    if precision is not None:
+        check_precision(precision)
     tags = vocabulary(labels)
     old = source.resolve(old)
     if old == target.backend.resolve(new) and source is target.backend:
         raise ValueError(f"--from and --to are the same collection {old!r}: re-embed into a new collection, then move the alias")
     source.open_collection(old)
     m, be = target.model, target.backend
-    prepare_collection(be, new, m, target.model_dir)
+    precision = collection_precision(prepare_collection(be, new, m, target.model_dir, precision))
     summary = ReindexSummary(new, be.name, source=old)
     seen: dict[str, str] = {}
     with progress_bar(total=source.count(old), desc=f"reindex {old} -> {new}", unit="img", enabled=progress) as bar:
@@ -92,7 +103,7 @@ def reindex(
 
             for domain, items in by_domain.items():
                 index_sources(m, be, new, items, domain=domain, batch_size=batch_size, vocabulary=tags, progress=False,
-                              summary=summary, seen=seen, on_read=changed, flush=False)  # fmt: skip
+                              summary=summary, seen=seen, on_read=changed, flush=False, precision=precision)  # fmt: skip
             bar.update(len(page))
     if summary.indexed or summary.replaced:
         be.flush(new)

@@ -117,7 +117,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
     import torch.distributed as dist
-    from ray.train.torch import prepare_model
+    from ray.train.torch import get_device, prepare_model
 
     from clair_vec.training.trainer import ClairTrainer
 
@@ -126,7 +126,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     feats = ray.get(config["features"])
     val = ray.get(config["val_features"]) if config["val_features"] is not None else None
     cfg = ClairConfig.from_dict(config["clair"])
-    device = "cuda" if config["use_gpu"] else "cpu"
+    # the GPU Ray assigned this worker (cuda:N on a multi-GPU node), where prepare_model puts the head
+    device = str(get_device()) if config["use_gpu"] else "cpu"
     fm = FoundationModel.load(cfg.clip_model, cfg.clip_pretrained, device)
 
     def gather(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,144 @@
+"""The embedding pipeline: decoding off the encode thread, in order, one bad image never failing
+its batch; and the precision of the CLIP forward, recorded with the collection and used by its
+queries."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from clair_vec.errors import CollectionMismatchError, CorruptImageError
+from clair_vec.method.pixel_batches import autocast, default_batch_size, prepared_batches
+
+
+def test_batches_come_back_in_order_with_bad_items_in_place():
+    def prepare(i: int) -> int:
+        time.sleep(0.001 * (7 - i % 7))  # later items finish first: order must not follow completion
+        if i == 5:
+            raise CorruptImageError("x5", "not an image")
+        return i * 10
+
+    got = list(prepared_batches(((s, list(range(s, min(s + 4, 11)))) for s in range(0, 11, 4)), prepare, workers=4,
+                                capture=(CorruptImageError,)))  # fmt: skip
+    assert [k for k, _ in got] == [0, 4, 8]
+    flat = [x for _, out in got for x in out]
+    assert [x for x in flat if not isinstance(x, Exception)] == [i * 10 for i in range(11) if i != 5]
+    assert isinstance(flat[5], CorruptImageError) and flat[5].reason == "not an image"
+
+
+def test_an_unexpected_error_is_raised_and_queued_work_is_dropped():
+    started: list[int] = []
+
+    def prepare(i: int) -> int:
+        started.append(i)
+        if i == 0:
+            raise RuntimeError("boom")
+        return i
+
+    batches = ((s, [s]) for s in range(1000))
+    with pytest.raises(RuntimeError, match="boom"):
+        for _ in prepared_batches(batches, prepare, workers=1):
+            pass
+    assert len(started) <= 3  # the failing batch and the ones prepared ahead of it, not all 1000
+
+
+def test_the_batch_ahead_is_decoded_while_the_caller_works():
+    """While the caller holds batch 0, batch 1 is already being prepared by a worker thread."""
+    names: dict[int, str] = {}
+    ahead = threading.Event()
+
+    def prepare(i: int) -> int:
+        names[i] = threading.current_thread().name
+        if i == 1:
+            ahead.set()
+        return i
+
+    it = prepared_batches(((s, [s]) for s in range(3)), prepare, workers=2)
+    next(it)
+    assert ahead.wait(5), "batch 1 was not prepared while the caller held batch 0"
+    assert list(it) == [(1, [1]), (2, [2])]
+    assert all(n.startswith("clair-decode") for n in names.values()) and threading.current_thread().name not in names.values()
+
+
+def test_threaded_preprocessing_gives_the_same_features_as_the_sequential_path(tiny_clip):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)) for i in range(9)]
+    threaded = tiny_clip.encode_images(images, batch_size=4)
+    sequential = tiny_clip.encode_images(torch.stack([tiny_clip.preprocess(im) for im in images]), batch_size=4)
+    assert torch.equal(threaded, sequential)
+
+
+def test_index_decodes_off_the_encode_thread(model_dir, shapes_root, tmp_path, monkeypatch):
+    import clair_vec
+    from clair_vec.retrieval import sources
+
+    threads: set[str] = set()
+    decode = sources.decode
+
+    def spy(*a, **k):
+        threads.add(threading.current_thread().name)
+        return decode(*a, **k)
+
+    monkeypatch.setattr(sources, "decode", spy)
+    s = clair_vec.index("g", shapes_root / "photo" / "circle", model=model_dir, uri=str(tmp_path / "g.db"), progress=False)
+    assert s.indexed == 8 and threads and all(t.startswith("clair-decode") for t in threads)
+
+
+def test_precision_is_recorded_and_used_by_queries_from_a_new_handle(model_dir, shapes_root, tmp_path):
+    from PIL import Image
+
+    import clair_vec
+
+    uri = str(tmp_path / "p.db")
+    photos = sorted((shapes_root / "photo" / "star").iterdir())
+    clair_vec.index("bf", photos, model=model_dir, uri=uri, precision="bf16", progress=False, device="cpu")
+    clair_vec.index("fp", photos, model=model_dir, uri=uri, progress=False, device="cpu")
+    with clair_vec.Retriever(model_dir, uri=uri, device="cpu") as r:
+        assert r.collection("bf").extra["precision"] == "bf16" and r.collection("fp").extra["precision"] == "fp32"
+        # the same image searched in each collection finds itself at cosine 1: the query was encoded
+        # the way its gallery was, bf16 for one and fp32 for the other
+        for name in ("bf", "fp"):
+            (hits,) = r.search(name, [str(photos[0])], domain="photo", top_k=1)
+            assert hits[0].payload["path"] == str(photos[0]) and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        # and the two precisions really differ (else this test could not fail); by how much depends on
+        # the weights: this random tiny CLIP drifts far in bf16, a trained one (the demo's) by < 1e-4
+        image = Image.open(photos[0]).convert("RGB")
+        bf = r.model.embed_images([image], "photo", precision="bf16")
+        fp = r.model.embed_images([image], "photo")
+        assert not np.array_equal(bf, fp)
+    with pytest.raises(CollectionMismatchError, match="indexed at precision bf16, not fp32: index at --precision bf16"):
+        clair_vec.index("bf", photos, model=model_dir, uri=uri, precision="fp32", progress=False, device="cpu")
+
+
+def test_precision_refusals_are_one_line_errors(model_dir, tmp_path):
+    from conftest import run_cli
+
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        with autocast("cpu", "fp16"):
+            pass
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
+        with autocast("cpu", "int8"):
+            pass
+    out = run_cli("index", "--model", str(model_dir), "--collection", "g", "--uri", str(tmp_path / "g.db"),
+                  "--precision", "int8", str(tmp_path))  # fmt: skip
+    assert out.returncode == 2 and "invalid choice: 'int8'" in out.stderr and "Traceback" not in out.stderr
+    assert default_batch_size("cpu") == 64 and default_batch_size("meta") == 64
+
+
+def test_encode_benchmark_measures_every_row(tmp_path):
+    """A small run of the benchmark the README's table comes from: every row is measured."""
+    from clair_vec.benchmarks.encode import format_table, make_images, run
+
+    images = make_images(tmp_path / "img", 12)
+    res = run(images, "clair-tiny", torch.device("cpu"), 4, 1, "bf16", milvus=True)
+    rows = res["images_per_s"]
+    assert set(rows) == {f"{k} {p}" for k in ("raw forward", "DataLoader-fed forward", "index path, no store",
+                                                 "index into Milvus Lite") for p in ("fp32", "bf16")}  # fmt: skip
+    assert all(v > 0 for v in rows.values()) and set(res["vs_dataloader"]) == {k for k in rows if k.startswith("index")}
+    assert "| index into Milvus Lite bf16 |" in format_table(res)
