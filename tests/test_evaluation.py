@@ -92,7 +92,7 @@ def test_cli_train_records_the_selection_and_evaluate_writes_a_report(shapes_roo
     meta = json.loads((tmp_path / "m" / "clair.json").read_text())
     assert meta["config"]["inter_domain"] == "prototype" and meta["config"]["seed"] == 3
     rec = meta["training"]
-    assert rec["shipped"] in ("clair", "mapping_only", "raw_clip", "per_domain")
+    assert rec["shipped"] in ("clair", "mapping_only", "raw_clip", "per_domain", "centred_mapping")
     assert set(rec["validation"]) == {"raw_clip", "mapping_only", "clair", "chosen", "metric"}
     assert len(rec["selection"]["folds"]) == 5 and all(len(f["curve"]) == 2 for f in rec["selection"]["folds"])
     assert len(rec["history"]) == rec["selection"]["epoch"] + 1 == 2  # the folds judge the schedule the final model runs

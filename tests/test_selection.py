@@ -91,6 +91,38 @@ def test_a_changed_gallery_needs_the_trained_model_trusted_for_every_query_domai
     assert (plan["domains"]["sketch"]["blend"], plan["domains"]["sketch"]["centered"]) == (1.0, False)  # the head, raw gallery
 
 
+def test_centred_raw_clip_ships_whole_when_the_trained_model_is_not_trusted_and_it_is():
+    """The method's training-free part (raw CLIP centred per domain, centred text map) is the next
+    whole option: it ships when trusted for every domain and the trained model is not; the trained
+    model keeps precedence when both are trusted, even if the centred option scores higher."""
+    C = (0.0, True)
+
+    def folds(scores: dict) -> list[dict]:
+        base = table({})
+        for d in ("clipart", "sketch"):
+            for qp in (C, HC):
+                for gp in (C, HC):
+                    for m in (MAP_NONE, MAP_TEXT):
+                        base[(gp, d, qp, m)] = 0.4
+        out = []
+        for shift in (0.0, 0.01, -0.01):
+            f = dict(base)
+            f.update({k: v + shift for k, v in scores.items()})
+            out.append(f)
+        return out
+
+    centred = {(C, "clipart", C, MAP_TEXT): 0.6, (C, "sketch", C, MAP_TEXT): 0.6}
+    head_one_domain = {(HC, "clipart", HC, MAP_TEXT): 0.7}
+    plan = decide(folds({**centred, **head_one_domain}), margin=0.0, trained=TRAINED, whole=[(C, MAP_TEXT)])
+    assert plan["gallery"] == C and all((p["blend"], p["centered"], p["mapping"]) == (0.0, True, MAP_TEXT)
+                                        for p in plan["domains"].values())  # fmt: skip
+    head_both = {(HC, "clipart", HC, MAP_TEXT): 0.55, (HC, "sketch", HC, MAP_TEXT): 0.55}
+    plan = decide(folds({**centred, **head_both}), margin=0.0, trained=TRAINED, whole=[(C, MAP_TEXT)])
+    assert plan["gallery"] == HC
+    plan = decide(folds({**centred, **head_one_domain}), margin=0.0, trained=TRAINED)  # without the option: per domain
+    assert plan["gallery"] == R
+
+
 # ---------------------------------------------------------------------- a head sabotaged on one query domain
 def synthetic(dim: int, seed: int = 0) -> tuple[dict[str, DomainFeatures], ClairHead]:
     """Features where one head helps clipart and ruins sketch, and leaves photo (the gallery) alone.
@@ -281,3 +313,29 @@ def test_identity_decay_keeps_the_head_closer_to_raw_clip(tiny_clip):
         terms[decay] = set(trainer.history[0].terms)
     assert "identity" in terms[5.0] and "identity" not in terms[0.0]  # the spec's objective is untouched by default
     assert closeness[5.0] > closeness[0.0] + 0.01
+
+
+def test_centred_raw_clip_ships_as_the_closed_form_model_and_round_trips(tiny_clip, tmp_path):
+    """``centred_mapping``: no head (identity), every domain centred on its training mean, queries
+    mapped by the text map fitted on centred text; saved and loaded, it embeds the same."""
+    from clair_vec.method.centering import DomainCenters
+    from clair_vec.training.selection import fold_maps
+
+    feats, head = synthetic(tiny_clip.embed_dim)
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, prompt_side="none")
+    text = {d: hand_crafted_text_embeddings(tiny_clip, CLASSES, d) for d in DOMAINS}
+    trained = ClairModel(tiny_clip, head, DomainMapping.fit(text, "photo"), CLASSES, text, cfg)
+    folds = {m: [0.5, 0.6] for m in ("raw_clip", "mapping_only", "clair", "chosen")}
+    decision = {"blend": 0.0, "centered": True, "mapping": MAP_TEXT, "trusted": True, "gain": 0.1, "stderr": 0.01, "lower": 0.09}
+    selection = {"metric": "mAP@200", "folds": [{}, {}], "gallery_blend": 0.0, "gallery_centered": True,
+                 "domains": {d: {**decision, "folds": folds} for d in ("clipart", "sketch")}}  # fmt: skip
+    clean = {d: f.clean for d, f in feats.items()}
+    model, record = ship(trained, selection, clean, why_none="")
+    assert record["shipped"] == "centred_mapping" and "warning" not in record
+    assert set(model.routing.values()) == {0.0} and model.head.alpha.item() == 0.0
+    again = ClairModel.load(model.save(tmp_path / "m"))
+    centres = DomainCenters.fit(clean, lambda v, _d: F.normalize(v.float(), dim=-1))
+    text_map = fold_maps(tiny_clip, cfg, CLASSES, DOMAINS, None)[(MAP_TEXT, True)]
+    x = feats["sketch"].clean
+    torch.testing.assert_close(again.embed_features(x, "sketch"), text_map.apply(centres.apply(x, "sketch"), "sketch"))
+    torch.testing.assert_close(again.embed_features(x, "photo"), centres.apply(x, "photo"))  # the gallery: centred, unmapped

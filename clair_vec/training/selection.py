@@ -61,18 +61,28 @@ from clair_vec.training.folds import FoldRun, subset
 log = logging.getLogger(__name__)
 K = 200
 CLAIR, MAPPING_ONLY, RAW_CLIP, PER_DOMAIN = "clair", "mapping_only", "raw_clip", "per_domain"
+CENTRED_MAP = "centred_mapping"  # raw CLIP centred per domain + the text map fitted on centred text: no training
 MAP_NONE, MAP_TEXT, MAP_PROMPTS = "none", "text", "text+prompts"
 MAX_QUERIES, MAX_GALLERY = 400, 2000  # per domain and fold: the option grid is scored many times
 #: an embedding path: (blend of the head, centred per domain)
 EmbeddingPath = tuple[float, bool]
 RAW: EmbeddingPath = (0.0, False)
+CENTRED: EmbeddingPath = (0.0, True)
 OptionKey = tuple[EmbeddingPath, str, EmbeddingPath, str]  # (gallery path, query domain, query path, map)
 
 
 def embedding_paths(config: ClairConfig) -> list[EmbeddingPath]:
-    """Raw CLIP, each blend of the head against a raw gallery (uncentred), and the trained path."""
+    """Raw CLIP, each blend of the head against a raw gallery (uncentred), the trained path, and,
+    when the method centres, raw CLIP centred (the method's training-free part)."""
     blends = sorted(set(config.selection_blends) - {0.0})
-    return list(dict.fromkeys([RAW, *((b, False) for b in blends), trained_path(config)]))
+    centred = [CENTRED] if config.domain_center else []
+    return list(dict.fromkeys([RAW, *((b, False) for b in blends), trained_path(config), *centred]))
+
+
+def whole_options(config: ClairConfig, foundation: FoundationModel) -> list[tuple[EmbeddingPath, str]]:
+    """The options that ship whole (gallery and queries on one path), in order of preference: the
+    trained model as trained, then raw CLIP centred per domain with the centred text map."""
+    return [(trained_path(config), trained_map(config, foundation)), *([(CENTRED, MAP_TEXT)] if config.domain_center else [])]
 
 
 def trained_path(config: ClairConfig) -> EmbeddingPath:
@@ -218,12 +228,14 @@ def _best_trusted(options: list[dict[str, Any]], margin: float) -> dict[str, Any
     return max(trusted, key=lambda o: o["lower"]) if trusted else None
 
 
-def decide(tables: Sequence[dict[OptionKey, float]], margin: float, trained: tuple[EmbeddingPath, str] | None = None) -> dict[str, Any]:
+def decide(tables: Sequence[dict[OptionKey, float]], margin: float, trained: tuple[EmbeddingPath, str] | None = None,
+           *, whole: Sequence[tuple[EmbeddingPath, str]] = ()) -> dict[str, Any]:  # fmt: skip
     """The gallery path and each query domain's (path, map) from per-fold option scores (see module doc).
 
-    ``trained`` is the trained model's own option (its path and map): when it is trusted for every
-    query domain against its own gallery, it ships whole. Otherwise the gallery stays raw and each
-    domain takes its most trusted option against the raw gallery, or raw CLIP."""
+    ``trained`` is the trained model's own option (its path and map) and ``whole`` further options
+    that ship whole, after it in order of preference: the first trusted for every query domain
+    against its own gallery ships. Otherwise the gallery stays raw and each domain takes its most
+    trusted option against the raw gallery, or raw CLIP."""
     keys = list(tables[0])
     domains = sorted({k[1] for k in keys})
     base = {d: [t[(RAW, d, RAW, MAP_NONE)] for t in tables] for d in domains}
@@ -231,8 +243,9 @@ def decide(tables: Sequence[dict[OptionKey, float]], margin: float, trained: tup
     def option(key: OptionKey) -> dict[str, Any]:
         return {**_option(key[2], key[3]), **_stats([t[key] for t in tables], base[key[1]])}
 
-    if trained is not None and trained[0] != RAW:
-        path, mapping = trained
+    for path, mapping in [*([trained] if trained is not None else []), *whole]:
+        if path == RAW:
+            continue
         plan = {d: option((path, d, path, mapping)) for d in domains if (path, d, path, mapping) in tables[0]}
         if len(plan) == len(domains) and all(p["lower"] > margin for p in plan.values()):
             return {"gallery": path, "domains": {d: {**p, "trusted": True} for d, p in plan.items()}}
@@ -267,8 +280,8 @@ def select_on_folds(
     if len(tables) < 2:  # no standard error can be measured: nothing is trusted
         queries = sorted(set(features) - {config.pivot_domain})
         tables = [{(RAW, d, RAW, MAP_NONE): 0.0 for d in queries}] * 2
-    trained, tmap = trained_path(config), trained_map(config, foundation)
-    plan = decide(tables, config.selection_margin, (trained, tmap))
+    (trained, tmap), *whole = whole_options(config, foundation)
+    plan = decide(tables, config.selection_margin, (trained, tmap), whole=whole)
     gp = plan["gallery"]
     domains = {}
     for d, p in plan["domains"].items():
@@ -280,6 +293,7 @@ def select_on_folds(
                if p.get("best_other") else {}),
             "folds": {"raw_clip": _scores(tables, (RAW, d, RAW, MAP_NONE)), "mapping_only": _scores(tables, (RAW, d, RAW, MAP_TEXT)),
                       "clair": _scores(tables, (trained, d, trained, tmap)),
+                      "centred_mapping": _scores(tables, (CENTRED, d, CENTRED, MAP_TEXT)),
                       "chosen": _scores(tables, (gp, d, qp, p["mapping"]))},
         }  # fmt: skip
     return {
@@ -335,6 +349,8 @@ def shipped_kind(selection: dict[str, Any]) -> str:
         return CLAIR
     if all(o == RAW for o in options):
         return MAPPING_ONLY if any(d["mapping"] != MAP_NONE for d in selection["domains"].values()) else RAW_CLIP
+    if all(o == CENTRED for o in options):
+        return CENTRED_MAP
     return PER_DOMAIN
 
 
@@ -342,7 +358,7 @@ def _label(decision: dict[str, Any]) -> str:
     blend, centered = decision["blend"], decision.get("centered", False)
     if blend == 0.0:
         what = "raw CLIP" + (", centred per domain" if centered else "")
-        return what if decision["mapping"] == MAP_NONE else what + " + text mapping (B1)"
+        return what if decision["mapping"] == MAP_NONE else what + " + text mapping" + ("" if centered else " (B1)")
     what = "CLAIR head" if blend == 1.0 else f"{blend:g} head + {1 - blend:g} raw CLIP"
     what += ", centred per domain" if centered else ""
     return what + ("" if decision["mapping"] == MAP_NONE else f" + {decision['mapping']} mapping")
