@@ -97,10 +97,13 @@ def test_a_batch_of_mixed_searches_gives_each_request_its_own_hits(retriever, sk
     for got, want, (_, fields) in zip(answers, alone, requests, strict=True):
         hits = got.json()["hits"]
         # exactly its own hits, its own top_k and filter; only hits of equal score may trade places (a
-        # batched matrix product rounds the last bit differently from a single one)
-        assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in want], abs=1e-5)
-        assert all(g["id"] == w["id"] or abs(g["score"] - w["score"]) < 1e-5 for g, w in zip(hits, want, strict=True))
-        assert {h["id"] for h in hits if h["score"] > hits[-1]["score"] + 1e-5} <= {h["id"] for h in want}
+        # batched matrix product rounds the last bits differently from a single one, and per-domain
+        # centring of this random tiny CLIP's near-identical features magnifies that to ~3e-5;
+        # another request's hits would differ by orders of magnitude more)
+        tol = 1e-4
+        assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in want], abs=tol)
+        assert all(g["id"] == w["id"] or abs(g["score"] - w["score"]) < tol for g, w in zip(hits, want, strict=True))
+        assert {h["id"] for h in hits if h["score"] > hits[-1]["score"] + tol} <= {h["id"] for h in want}
         assert len(hits) == min(int(fields["top_k"]), 8 * (1 if isinstance(fields.get("label"), str) else 2 if "label" in fields else 4))
     assert ctx.batcher.batches - before < len(requests)  # some were served together
     assert ctx.batcher.batches - before <= 3
