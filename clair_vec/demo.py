@@ -47,7 +47,9 @@ def torch_threads() -> tuple[int, str]:
     """Threads for torch given the cores this process may use and how busy they are now: torch's
     default of one thread per core fights every other process for them (a busy 2-core box ran the
     bootstrap at 3.3 s a step with 2 threads)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from clair_vec.method.pixel_batches import usable_cores
+
+    cores = usable_cores()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     free = max(1, min(cores, round(cores - load)))
     return free, f"{cores} cores, load {load:.1f}: {free} torch thread{'s' if free != 1 else ''}"

@@ -34,14 +34,13 @@ from typing import Any
 import torch
 
 from clair_vec.method.devices import resolve_device
-from clair_vec.method.pixel_batches import autocast, default_batch_size, loader_threads, to_device
+from clair_vec.method.pixel_batches import autocast, default_batch_size, loader_threads, to_device, usable_cores
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU ({platform.processor() or platform.machine()}, {cores} cores, {torch.get_num_threads()} torch threads)"
+    return f"CPU ({platform.processor() or platform.machine()}, {usable_cores()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def _sync(device: torch.device) -> None:

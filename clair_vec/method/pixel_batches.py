@@ -46,14 +46,18 @@ def autocast(device: torch.device | str, precision: str | None) -> AbstractConte
     return torch.autocast(device_type=kind, dtype=dtype)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def loader_threads() -> int:
     """Decode threads: every core this process may use but one, which the encoder keeps; at most 16
     (past that, PIL decoding of one batch is no longer the bottleneck)."""
     env = os.environ.get("CLAIR_VEC_LOADER_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(16, cores - 1))
+    return max(1, min(16, usable_cores() - 1))
 
 
 def default_batch_size(device: torch.device | str) -> int:
