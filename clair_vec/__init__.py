@@ -3,7 +3,7 @@
 ``clair_vec.index(collection, images, domain=...)`` embeds images with a trained CLAIR model, maps
 them into the gallery domain and writes them through a backend plugin;
 ``clair_vec.search(collection, queries, domain=...)`` does the same for queries and returns hits.
-The model side is imported lazily so that backend plugins and ``clair_vec.testing`` load without torch.
+The model side is imported lazily so that backend plugins (:mod:`clair_vec.plugin`) load without torch.
 """
 
 from __future__ import annotations

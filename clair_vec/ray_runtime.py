@@ -3,10 +3,14 @@ rule, a Ray session that is started and stopped by whoever needs it, and leaving
 ran a Ray driver. No torch here: the indexing driver imports it.
 
 Ray's C++ core worker keeps threads (``worker.io``, the GCS client's) after ``ray.shutdown()``;
-when the interpreter then tears itself down, one of them can run into freed memory and the process
-dies of a segmentation fault after its work succeeded (Ray's own workers leave with ``os._exit``
-for this reason). So a command that ran a Ray driver flushes its output and leaves the same way,
-and the test suite never runs a Ray driver inside the pytest process.
+one of them can run into freed memory, and the process dies of a segmentation fault after its
+work succeeded: at the interpreter's teardown, and (seen in CI under ``ray job submit``) while the
+command is still printing its result. Ray's own workers leave with ``os._exit`` for this reason.
+So a command that runs a Ray driver declares it first (:func:`leave_through_exit_process`): its
+Ray session then stays connected to the end, and :func:`exit_process` flushes, disconnects from a
+Ray it started only, and leaves with ``os._exit`` in the same breath: no freed-memory window. A
+cluster it joined (``RAY_ADDRESS``, as ``ray job submit`` sets it) sees the driver's exit and
+cleans up after it, as for any job. The test suite never runs a Ray driver inside the pytest process.
 """
 
 from __future__ import annotations
@@ -40,6 +44,15 @@ def gpus_each(gpus: str, count: int, noun: str) -> float:
 
 
 _started_here = False
+_joined = False  # the Ray this process uses was already running (RAY_ADDRESS)
+_exit_owner = False  # the process leaves through exit_process, which ends the Ray session
+
+
+def leave_through_exit_process() -> None:
+    """Declare, before any Ray work, that this process ends with :func:`exit_process`: the Ray
+    session is then ended there, right before ``os._exit``, instead of at the end of each block."""
+    global _exit_owner
+    _exit_owner = True
 
 
 @contextmanager
@@ -47,17 +60,18 @@ def ray_session() -> Iterator[bool]:
     """Connect to the Ray of ``RAY_ADDRESS`` (``ray job submit`` sets it), or start a local one, for
     the duration of the block; yields whether this call started it. A Ray this call started is
     shut down at the end, so no worker or controller outlives the job; one it joined is left alone."""
-    global _started_here
+    global _started_here, _joined
     import ray
 
     started = not ray.is_initialized()
     if started:
+        _joined = bool(os.environ.get("RAY_ADDRESS"))
         ray.init()
         _started_here = True
     try:
         yield started
     finally:
-        if started:
+        if started and not _exit_owner:
             ray.shutdown()
 
 
@@ -94,4 +108,9 @@ def exit_process(code: int) -> None:
     from clair_vec.store.backend import close_open_handles
 
     close_open_handles()
+    if _exit_owner and not _joined:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()  # stops the local Ray this process started; nothing runs between it and the exit
     os._exit(code)

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from clair_vec.ray_runtime import exit_process
+    from clair_vec.ray_runtime import exit_process, leave_through_exit_process
 
+    leave_through_exit_process()
     exit_process(main())  # a Ray driver ran here: see clair_vec.ray_runtime

@@ -1,4 +1,5 @@
-"""The conformance suite run against every backend on its embedded engine (servers: test_servers.py)."""
+"""The conformance suite against the guide's example plugin. The built-in backends run it in their
+own distributions (plugins/clair-vec-*/tests); servers: test_servers.py."""
 
 from __future__ import annotations
 
@@ -6,46 +7,6 @@ import pytest
 
 from clair_vec.store import plugins as plugin_manager
 from clair_vec.store.testing import BackendConformance
-
-
-class TestMilvusLite(BackendConformance):
-    backend_name = "milvus"
-
-    @pytest.fixture
-    def backend_uri(self, tmp_path):
-        return str(tmp_path / "milvus.db")
-
-    @pytest.fixture
-    def fresh_uri(self, tmp_path):
-        return str(tmp_path / "never" / "made.db")
-
-
-class TestQdrantEdge(BackendConformance):
-    backend_name = "qdrant"
-
-    @pytest.fixture
-    def backend_uri(self, tmp_path):
-        return str(tmp_path / "qdrant")
-
-    @pytest.fixture
-    def fresh_uri(self, tmp_path):
-        return str(tmp_path / "never" / "qdrant")
-
-
-class TestQdrantClientLocalMode(BackendConformance):
-    backend_name = "qdrant"
-
-    @pytest.fixture
-    def backend_uri(self, tmp_path):
-        return f"local:{tmp_path / 'qdrant-local'}"
-
-    @pytest.fixture
-    def fresh_uri(self, tmp_path):
-        return f"local:{tmp_path / 'never' / 'local'}"
-
-    @pytest.fixture
-    def fresh_path(self, fresh_uri):
-        return fresh_uri.removeprefix("local:")
 
 
 class TestNumpyReference(BackendConformance):

@@ -24,8 +24,8 @@ BROKEN = textwrap.dedent('''
     import time
     import unicodedata
 
-    from clair_vec import hookimpl
-    from clair_vec.backend import CollectionInfo
+    from clair_vec.plugin import hookimpl
+    from clair_vec.plugin import CollectionInfo
     from clair_vec.errors import AuthenticationError
     from clair_vec.store.redaction import redact_uri, register_secret
     from clair_vec_numpy import NumpyBackend
@@ -352,7 +352,7 @@ BROKEN = textwrap.dedent('''
 SUITE = textwrap.dedent('''
     import pytest
     from broken_backends import RIGHT, VARIANTS, WRONG
-    from clair_vec.testing import BackendConformance
+    from clair_vec.plugin import BackendConformance
 
 
     def make(name):

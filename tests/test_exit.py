@@ -21,7 +21,7 @@ OPEN_EVERYTHING = textwrap.dedent("""
     import os, sys
     import numpy as np
     from clair_vec import get_backend
-    from clair_vec.backend import CollectionInfo, Record
+    from clair_vec.plugin import CollectionInfo, Record
 
     work, close = sys.argv[1], sys.argv[2] == "close"
     stores = [("milvus", work + "/lite.db"), ("qdrant", work + "/edge"), ("qdrant", "local:" + work + "/local")]
@@ -92,7 +92,7 @@ def test_library_closes_open_handles_at_exit_newest_first(tmp_path):
     code = textwrap.dedent("""
         import atexit, sys
         from clair_vec import get_backend
-        from clair_vec.backend import open_handles
+        from clair_vec.store.backend import open_handles
         order = []
         # registered first, so it runs last: after the library's own exit hook
         atexit.register(lambda: print("closed", order, "left", len(open_handles()), flush=True))
@@ -115,3 +115,80 @@ def test_the_exit_loop_script_fails_on_a_crash(tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     assert out.returncode == 1, out.stdout + out.stderr
     assert "run 1 of 2 exited with status 245" in out.stdout
+
+
+class FakeRay:
+    """Records the Ray calls a driver makes, in order."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls, self.up = calls, False
+
+    def is_initialized(self) -> bool:
+        return self.up
+
+    def init(self) -> None:
+        self.calls.append("init")
+        self.up = True
+
+    def shutdown(self) -> None:
+        self.calls.append("shutdown")
+        self.up = False
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_driver_process_ends_its_ray_session_only_at_its_exit(monkeypatch, joined):
+    """A command's Ray session stays up until exit_process, which disconnects from a Ray this
+    process started and leaves in the same breath; a cluster it joined is left to see the exit.
+    Between an early ``ray.shutdown()`` and the exit, Ray's leftover threads crashed a job that
+    had already printed its result (exit 139 under ``ray job submit``)."""
+    from clair_vec import ray_runtime
+
+    calls: list[str] = []
+    monkeypatch.setitem(sys.modules, "ray", FakeRay(calls))
+    for flag, value in (("_started_here", False), ("_joined", False), ("_exit_owner", False)):
+        monkeypatch.setattr(ray_runtime, flag, value)
+    if joined:
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(os, "_exit", lambda code: calls.append(f"exit {code}"))
+
+    ray_runtime.leave_through_exit_process()
+    with ray_runtime.ray_session():
+        calls.append("work")
+    calls.append("print result")
+    ray_runtime.exit_process(0)
+    expected = ["init", "work", "print result"] + ([] if joined else ["shutdown"]) + ["exit 0"]
+    assert calls == expected
+
+
+def test_a_library_ray_session_still_shuts_down_at_the_end_of_its_block(monkeypatch):
+    """Python callers (no exit_process) get Ray stopped when the block ends, as before."""
+    from clair_vec import ray_runtime
+
+    calls: list[str] = []
+    monkeypatch.setitem(sys.modules, "ray", FakeRay(calls))
+    for flag, value in (("_started_here", False), ("_joined", False), ("_exit_owner", False)):
+        monkeypatch.setattr(ray_runtime, flag, value)
+    with ray_runtime.ray_session() as started:
+        calls.append("work")
+    assert started and calls == ["init", "work", "shutdown"]
+
+
+JOIN_AND_EXIT = textwrap.dedent("""
+    import ray
+    from clair_vec.ray_runtime import exit_process, leave_through_exit_process, ray_session
+
+    leave_through_exit_process()
+    with ray_session():
+        assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+    print("result printed after the Ray work", flush=True)
+    exit_process(0)
+""")
+
+
+def test_a_driver_that_joined_a_cluster_exits_zero_every_time(ray_head):
+    for n in range(3):
+        out = subprocess.run([sys.executable, "-c", JOIN_AND_EXIT], capture_output=True, text=True, timeout=300,
+                             env={**ray_head.env, "PYTHONFAULTHANDLER": "1"})  # fmt: skip
+        assert out.returncode == 0 and "result printed" in out.stdout, f"run {n}: exit {out.returncode}\n{out.stderr[-3000:]}"

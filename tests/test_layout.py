@@ -15,10 +15,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "clair_vec"
-BASE = {"clair_vec.errors", "clair_vec.progress"}
+BASE = {"clair_vec.errors", "clair_vec.progress", "clair_vec.extras"}
 #: part -> the parts it may import (besides itself). Lower parts never import higher ones.
 ALLOWED: dict[str, set[str]] = {
     "clair_vec.errors": set(),
+    "clair_vec.extras": {"clair_vec.errors"},
     "clair_vec.progress": set(),
     "clair_vec.store": BASE,
     "clair_vec.datasets": BASE,
@@ -34,12 +35,9 @@ ALLOWED: dict[str, set[str]] = {
     "clair_vec.demo": BASE | {"clair_vec.method", "clair_vec.datasets", "clair_vec.store", "clair_vec.retrieval",
                               "clair_vec.training", "clair_vec.evaluation"},  # fmt: skip
     "clair_vec.cli": {"*"},
-    # the package itself exposes the API lazily; the aliases are the old paths of moved modules
+    # the package itself exposes the API lazily; clair_vec.plugin is the plugin author's one module
     "clair_vec": {"clair_vec.store", "clair_vec.retrieval"},
-    "clair_vec.backend": {"clair_vec.store"},
-    "clair_vec.hookspecs": {"clair_vec.store"},
-    "clair_vec.testing": {"clair_vec.store"},
-    "clair_vec.serve_ray": {"clair_vec.service"},
+    "clair_vec.plugin": BASE | {"clair_vec.store"},
 }
 TORCH = ("torch", "open_clip", "torchvision")
 
@@ -157,9 +155,8 @@ def test_every_subpackage_says_what_it_owns_and_may_import():
 PUBLIC = [
     ("clair_vec", "index"), ("clair_vec", "search"), ("clair_vec", "Retriever"), ("clair_vec", "get_backend"),
     ("clair_vec", "hookimpl"), ("clair_vec", "load_model"), ("clair_vec", "__version__"),
-    ("clair_vec.testing", "BackendConformance"), ("clair_vec.backend", "Backend"), ("clair_vec.backend", "CollectionInfo"),
-    ("clair_vec.backend", "Record"), ("clair_vec.backend", "Hit"), ("clair_vec.backend", "point_uuid"),
-    ("clair_vec.backend", "matches"), ("clair_vec.hookspecs", "hookimpl"), ("clair_vec.serve_ray", "build"),
+    *[("clair_vec.plugin", n) for n in importlib.import_module("clair_vec.plugin").__all__],
+    ("clair_vec.service.ray_serve", "build"), ("clair_vec.extras", "MissingExtraError"),
     ("clair_vec.errors", "StoreLockedError"), ("clair_vec.errors", "CollectionNotFoundError"),
     ("clair_vec.store.ids", "record_id"), ("clair_vec.method.config", "ClairConfig"), ("clair_vec.cli", "main"),
     ("clair_vec.store.pytest_plugin", None),
@@ -173,15 +170,16 @@ def test_documented_names_import(module, name):
         assert getattr(mod, name) is not None
 
 
-def test_old_paths_are_the_same_modules_not_copies():
-    import clair_vec.backend
-    import clair_vec.serve_ray
-    import clair_vec.store.backend
-    import clair_vec.testing
-
-    assert clair_vec.backend is clair_vec.store.backend
-    assert clair_vec.testing is importlib.import_module("clair_vec.store.testing")
-    assert clair_vec.serve_ray is importlib.import_module("clair_vec.service.ray_serve")
+def test_plugins_import_clair_vec_only_through_the_plugin_module():
+    """The built-in backends and the example are what a third party copies: they use only the
+    documented plugin API, so everything they need is in it."""
+    dists = [d for d in (ROOT / "plugins").iterdir() if (d / "pyproject.toml").is_file()]
+    assert {d.name for d in dists} >= {"clair-vec-milvus", "clair-vec-qdrant", "example-numpy"}
+    wrong = [f"{p.relative_to(ROOT)} imports {imp}" for d in dists for p in d.rglob("*.py")
+             if "build" not in p.parts and "tests" not in p.parts
+             for imp in imports(p) if imp.startswith("clair_vec.") and not imp.startswith("clair_vec.plugin")
+             or imp == "clair_vec"]  # fmt: skip
+    assert not wrong, "\n".join(wrong)
 
 
 def test_entry_points_name_modules_that_exist():

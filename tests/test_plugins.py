@@ -43,14 +43,15 @@ def test_builtin_backends_come_from_entry_points():
     pm = plugin_manager.get_plugin_manager()
     assert {"milvus", "qdrant"} <= {name for name, _ in pm.list_name_plugin()}
     infos = {p.name: p for p in plugin_manager.plugins()}
-    assert infos["milvus"].distribution == "clair-vec" and infos["milvus"].version == "0.1.0"
+    assert infos["milvus"].distribution == "clair-vec-milvus" and infos["milvus"].version == "0.1.0"
+    assert infos["qdrant"].distribution == "clair-vec-qdrant"  # each built-in backend is a distribution of its own
     assert infos["milvus"].hooks == ["clair_vec_register_backends"] and infos["milvus"].backends == ["milvus"]
 
 
 def test_env_fallback_loads_modules_without_entry_points(monkeypatch, tmp_path):
     plugin = tmp_path / "my_env_plugin.py"
     plugin.write_text(textwrap.dedent('''
-        from clair_vec import hookimpl
+        from clair_vec.plugin import hookimpl
         from clair_vec_numpy import NumpyBackend
 
         class Renamed(NumpyBackend):
@@ -76,7 +77,7 @@ def test_env_fallback_loads_modules_without_entry_points(monkeypatch, tmp_path):
 
 def test_broken_env_module_and_misspelled_hook_are_reported_and_skipped(monkeypatch, tmp_path, caplog):
     (tmp_path / "typo_plugin.py").write_text(
-        "from clair_vec import hookimpl\n@hookimpl\ndef clair_vec_register_backend(register):\n    pass\n"
+        "from clair_vec.plugin import hookimpl\n@hookimpl\ndef clair_vec_register_backend(register):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("CLAIR_VEC_PLUGINS", "no_such_module_xyz,typo_plugin")
@@ -97,7 +98,7 @@ def test_broken_env_module_and_misspelled_hook_are_reported_and_skipped(monkeypa
 
 def test_a_plugin_whose_registration_raises_or_clashes_is_skipped(monkeypatch, tmp_path):
     (tmp_path / "raising_plugin.py").write_text(textwrap.dedent('''
-        from clair_vec import hookimpl
+        from clair_vec.plugin import hookimpl
 
         @hookimpl
         def clair_vec_register_backends(register):
@@ -105,7 +106,7 @@ def test_a_plugin_whose_registration_raises_or_clashes_is_skipped(monkeypatch, t
             raise RuntimeError("config file missing")
     '''))
     (tmp_path / "clashing_plugin.py").write_text(textwrap.dedent('''
-        from clair_vec import hookimpl
+        from clair_vec.plugin import hookimpl
         from clair_vec_numpy import NumpyBackend
 
         @hookimpl
@@ -133,7 +134,7 @@ def test_a_plugin_with_a_missing_dependency_does_not_break_the_others(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([*CLI, "backends"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "milvus" in out.stdout and "qdrant" in out.stdout and "clair-vec  " in out.stdout
+    assert "milvus" in out.stdout and "qdrant" in out.stdout and "clair-vec-milvus  " in out.stdout
     assert "lancedb (clair-vec-lancedb 0.3.1): ModuleNotFoundError" in out.stdout
     assert out.stderr.count("'lancedb'") == 1  # reported once, by name
     listed = json.loads(subprocess.run([*CLI, "backends", "--json"], capture_output=True, text=True, env=env,
@@ -143,7 +144,7 @@ def test_a_plugin_with_a_missing_dependency_does_not_break_the_others(tmp_path):
     use = textwrap.dedent(f"""
         import numpy as np
         from clair_vec import get_backend
-        from clair_vec.backend import CollectionInfo, Record
+        from clair_vec.plugin import CollectionInfo, Record
         b = get_backend("qdrant", {str(tmp_path / "q")!r})
         b.create_collection(CollectionInfo("c", 3, "m"))
         b.upsert("c", [Record("a", np.array([1, 0, 0]), {{"domain": "photo"}})])
@@ -171,7 +172,7 @@ def test_example_plugin_installs_and_is_discovered(tmp_path):
     )  # fmt: skip
     code = textwrap.dedent("""
         import numpy as np, clair_vec
-        from clair_vec.backend import CollectionInfo, Record
+        from clair_vec.plugin import CollectionInfo, Record
         from clair_vec.store.plugins import backends
         assert backends()["numpy"][1] == "numpy", backends()
         b = clair_vec.get_backend("numpy")
@@ -193,7 +194,7 @@ def test_cli_lists_backends_and_reports_errors_cleanly(tmp_path, capsys):
     assert main(["backends"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["BACKEND", "PLUGIN", "DISTRIBUTION", "VERSION", "HOOKS"]
-    assert any(r.split()[:4] == ["milvus", "milvus", "clair-vec", "0.1.0"] and r.endswith("clair_vec_register_backends")
+    assert any(r.split()[:4] == ["milvus", "milvus", "clair-vec-milvus", "0.1.0"] and r.endswith("clair_vec_register_backends")
                for r in table)  # fmt: skip
     assert main(["search", "--collection", "c", "--domain", "sketch", "--model", str(tmp_path / "none"), "x.png"]) == 2
     assert "not a clair_vec checkpoint" in capsys.readouterr().err

@@ -35,7 +35,7 @@ def test_check_an_embedded_store_and_leave_nothing_behind(tmp_path):
 
 def test_a_broken_plugin_is_listed_with_what_it_breaks(tmp_path):
     (tmp_path / "one_table_plugin.py").write_text(textwrap.dedent('''
-        from clair_vec import hookimpl
+        from clair_vec.plugin import hookimpl
         from clair_vec_numpy import NumpyBackend
 
         class OneTable(NumpyBackend):

@@ -8,6 +8,7 @@ import json
 import sys
 
 from clair_vec.errors import ClairVecError
+from clair_vec.extras import require
 
 
 def cmd_backends(a: argparse.Namespace) -> int:
@@ -41,6 +42,7 @@ def cmd_backends(a: argparse.Namespace) -> int:
 def cmd_check(a: argparse.Namespace) -> int:
     """Exit 0 when every promise holds, 1 with the broken ones listed, 2 (an error) on bad arguments
     or a deployment that cannot even be opened."""
+    require("test", "pytest", needed_for="clair-vec backends --check")
     from clair_vec.store.deployment_check import Target, format_report, parse_options, run_check
 
     if not a.uri:

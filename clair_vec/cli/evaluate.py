@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 
 from clair_vec.cli.common import device_arg, model_arg
+from clair_vec.extras import require
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from clair_vec.evaluation.zero_shot import evaluate
+
+    if a.report:
+        require("report", "matplotlib", needed_for="clair-vec evaluate --report")
 
     result = evaluate(a.model, a.data, query_domains=a.query_domain, k=a.k, report_dir=a.report, samples=a.samples, seed=a.seed,
                       device=a.device)  # fmt: skip

@@ -6,10 +6,12 @@ import argparse
 
 from clair_vec.cli.common import backend_args, device_arg, int_range, model_arg, number_range, require_model
 from clair_vec.errors import ClairVecError
+from clair_vec.extras import require
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
     require_model(a)
+    require("serve", "fastapi", "uvicorn", "multipart", "prometheus_client", needed_for="clair-vec serve")
     from clair_vec.service.server import serve
     from clair_vec.service.settings import ServiceSettings, read_api_key
 
@@ -25,7 +27,10 @@ def cmd_serve(a: argparse.Namespace) -> None:
                                docs=a.docs, replica_header=a.replica_header, follow_interval_s=a.follow_interval,
                                device=a.device)  # fmt: skip
     if a.ray:
+        from clair_vec.ray_runtime import leave_through_exit_process
         from clair_vec.service.ray_serve import run
+
+        leave_through_exit_process()  # cli.main leaves through exit_process, which ends the Ray session
 
         run(a.model, a.collection, backend=a.backend, uri=a.uri, host=a.host, port=a.port, replicas=a.replicas,
             settings=settings, api_key_file=a.api_key_file)  # fmt: skip

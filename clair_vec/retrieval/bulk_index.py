@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from clair_vec.datasets.images import Listing, walk_images
+from clair_vec.extras import require
 from clair_vec.ray_runtime import gpus_each, ray_session
 from clair_vec.retrieval.sources import printable, utf8_problem
 from clair_vec.store.ids import file_record_id
@@ -230,6 +231,7 @@ def ray_index(
     Returns an :class:`~clair_vec.retrieval.indexing.IndexSummary`. A Ray instance is started if none is
     connected, and shut down again at the end.
     """
+    require("ray", "ray.data", needed_for="Ray bulk indexing (ray_jobs/index.py)")
     import ray
 
     from clair_vec.method.model_card import ModelCard

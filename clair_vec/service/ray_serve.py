@@ -2,7 +2,7 @@
 
     clair-vec serve --ray --replicas 2 --model runs/clair --collection gallery --uri http://milvus:19530
     # or, with Ray's own CLI (an application builder taking key=value arguments):
-    serve run clair_vec.serve_ray:build model=runs/clair collection=gallery uri=http://milvus:19530 replicas=2
+    serve run clair_vec.service.ray_serve:build model=runs/clair collection=gallery uri=http://milvus:19530 replicas=2
 
 Replicas are separate processes, so they need a backend that serves several processes: a Milvus
 or Qdrant server. The embedded stores (Milvus Lite file, Qdrant Edge directory) take one process
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clair_vec.errors import ClairVecError
+from clair_vec.extras import require
 from clair_vec.ray_runtime import ray_session, sigterm_as_interrupt
 
 
@@ -74,7 +75,7 @@ def deployment(replicas: int = 1) -> Any:
 
 
 def build(args: dict[str, str]) -> Any:
-    """Application builder for ``serve run clair_vec.serve_ray:build key=value ...``."""
+    """Application builder for ``serve run clair_vec.service.ray_serve:build key=value ...``."""
     from clair_vec.service.settings import ServiceSettings
 
     known = {"model", "collection", "backend", "uri", "replicas", "gallery_roots", "max_upload_mb", "api_key_file"}
@@ -105,6 +106,7 @@ def run(
 ) -> None:
     """Deploy the app on the Ray of ``RAY_ADDRESS``, or on a local Ray started for it, and serve
     until interrupted (Ctrl-C or SIGTERM); then the app, and a Ray started here, are shut down."""
+    require("serve", "ray.serve", needed_for="clair-vec serve --ray")
     from ray import serve
 
     _check_replicas(backend, uri, replicas)

@@ -1,11 +1,10 @@
 """The vector store side: the backend contract every plugin implements, the plugin hooks and
 their discovery, record ids, and the conformance suite a plugin runs against itself.
 
-This is what a plugin author imports: :mod:`~clair_vec.store.backend` (``Backend``,
-``CollectionInfo``, ``Record``, ``Hit``), :mod:`~clair_vec.store.hookspecs`,
-:mod:`~clair_vec.store.testing` (``BackendConformance``, ``FreshNamespace``) and
-:mod:`~clair_vec.store.ids`; the old paths ``clair_vec.backend``, ``clair_vec.hookspecs`` and
-``clair_vec.testing`` are the same modules. Helpers a backend builds on: :mod:`~clair_vec.store.redaction`
+A plugin author imports all of it from one module, :mod:`clair_vec.plugin`; here it lives in
+:mod:`~clair_vec.store.backend` (``Backend``, ``CollectionInfo``, ``Record``, ``Hit``),
+:mod:`~clair_vec.store.hookspecs`, :mod:`~clair_vec.store.testing` (``BackendConformance``,
+``FreshNamespace``) and :mod:`~clair_vec.store.ids`. Helpers a backend builds on: :mod:`~clair_vec.store.redaction`
 (``redact_uri``, ``register_secret``, ``scrub``: no credential in any message),
 :mod:`~clair_vec.store.credentials` (an option, else the environment, else a ``*_FILE``),
 :mod:`~clair_vec.store.disk_space` (free space before embedded writes),

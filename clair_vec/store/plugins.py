@@ -23,6 +23,7 @@ from typing import Any
 import pluggy
 
 from clair_vec.errors import UnknownBackendError
+from clair_vec.extras import BACKEND_EXTRAS, MissingExtraError, install_hint
 from clair_vec.store import hookspecs
 from clair_vec.store.backend import Backend
 
@@ -164,6 +165,9 @@ def get_backend(name: str | None = None, uri: str | None = None, **options: Any)
                 f"failed to load: {match.error}. Install what it needs, or reinstall it."
             )
         installed = sorted(registered) or ["(none)"]
+        if name in BACKEND_EXTRAS:  # a built-in backend that was not installed with the core
+            raise MissingExtraError(f"backend {name!r} is not installed here (installed backends: {installed}); it "
+                                    f"comes with the [{name}] extra: {install_hint(name)}", name)  # fmt: skip
         suggestion = _closest(name, sorted(registered))
         if suggestion is not None:
             raise UnknownBackendError(f"unknown backend {name!r}; did you mean {suggestion!r}? Installed backends: {installed}")

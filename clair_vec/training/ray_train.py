@@ -19,6 +19,7 @@ import torch
 
 from clair_vec.datasets.folders import MultiDomainDataset, plan_split
 from clair_vec.datasets.images import load_images
+from clair_vec.extras import require
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.model import ClairModel
@@ -216,6 +217,7 @@ def run_training(
     Bad input (missing data, more GPU workers than GPUs) raises before any worker starts.
     Re-running with the same ``name`` and ``storage_path`` resumes from the last checkpoint.
     """
+    require("ray", "ray.train.torch", "ray.data", needed_for="distributed training (ray_jobs/train.py)")
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

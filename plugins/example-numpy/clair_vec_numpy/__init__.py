@@ -24,10 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clair_vec import hookimpl
-from clair_vec.errors import StoreLockedError
-from clair_vec.store.alias_file import ALIASES_FILE, AliasFile
-from clair_vec.store.backend import Backend, CollectionInfo, Hit, matches
+from clair_vec.plugin import ALIASES_FILE, AliasFile, Backend, CollectionInfo, Hit, StoreLockedError, hookimpl, matches
 
 
 class NumpyBackend(Backend):

@@ -1,0 +1,62 @@
+"""The backend class: its options, and the mixins it is made of."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from clair_vec.plugin import Backend, register_secret
+
+from .connection import DEFAULT_URI, MilvusConnection, _is_lite
+from .errors import MilvusErrors, _DropUnimplementedProbe
+from .schema import MilvusCollections
+from .search import MilvusSearch
+from .writes import MilvusWrites
+
+
+# Each mixin subclasses Backend and overrides its defaults; no two define the same method, so
+# their order only has to put them all before Backend.
+class MilvusBackend(MilvusErrors, MilvusCollections, MilvusWrites, MilvusSearch, MilvusConnection, Backend):
+    name = "milvus"
+    max_top_k = 16384
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        *,
+        token: str | None = None,
+        user: str = "",
+        password: str | None = None,
+        db_name: str = "",
+        timeout: float = 10.0,
+        index_type: str = "FLAT",
+        index_params: dict[str, Any] | None = None,
+        search_params: dict[str, Any] | None = None,
+        load_timeout: float = 120.0,
+        **options: Any,
+    ) -> None:
+        uri = uri or os.environ.get("CLAIR_VEC_MILVUS_URI") or DEFAULT_URI
+        register_secret(token)
+        register_secret(password)
+        super().__init__(uri, **options)
+        self.lite = _is_lite(uri)
+        self.index_type = index_type
+        self.index_params = dict(index_params or {})
+        self.search_params = dict(search_params or {})
+        self.load_timeout = load_timeout
+        self.db_name = db_name
+        self._timeout = timeout
+        self._credential = self._find_credential(token, user, password)
+        self._client: Any = None
+        self._connect_lock = threading.Lock()
+        if self.lite:
+            grpc_log = logging.getLogger("grpc._server")
+            if not any(isinstance(f, _DropUnimplementedProbe) for f in grpc_log.filters):
+                grpc_log.addFilter(_DropUnimplementedProbe())
+            if Path(uri).exists():  # an existing store opens now, so a lock conflict shows at once
+                self._connect()
+        else:
+            self._connect()

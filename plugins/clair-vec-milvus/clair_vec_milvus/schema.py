@@ -1,0 +1,113 @@
+"""Collections and aliases: the schema a collection is created with (its CollectionInfo stored in
+the collection's properties), loading, listing, dropping, and Milvus's own aliases."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from clair_vec.plugin import Backend, BackendUnavailableError, CollectionInfo, CollectionMismatchError
+
+#: payload keys stored as scalar fields (every other key goes to the dynamic field)
+_FIELDS = ("domain", "label", "path")
+
+
+class MilvusCollections(Backend):
+    """The collection and alias primitives of :class:`~clair_vec.plugin.Backend`."""
+
+    def _exists(self) -> bool:
+        """False for a Lite store that was never created: reads then find nothing, and create nothing."""
+        return self._client is not None or not self.lite or Path(self.uri).exists()
+
+    def _create(self, info: CollectionInfo) -> None:
+        from pymilvus import DataType
+
+        client = self.client
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=True, description="clair_vec collection")
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=info.dim)
+        schema.add_field("domain", DataType.VARCHAR, max_length=128)
+        schema.add_field("label", DataType.VARCHAR, max_length=512)
+        schema.add_field("path", DataType.VARCHAR, max_length=4096)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type=self.index_type, metric_type="COSINE", params=self.index_params)
+        # the spec travels in the collection's properties, set in the same call that creates it,
+        # so no collection exists without one
+        client.create_collection(
+            info.name, schema=schema, index_params=index, consistency_level="Strong", properties={"clair_vec": info.to_json()}
+        )
+
+    def _read_info(self, name: str) -> CollectionInfo | None:
+        if not self._exists() or not self.client.has_collection(name):
+            return None
+        props = self.client.describe_collection(name).get("properties") or {}
+        try:
+            return CollectionInfo.from_json(props["clair_vec"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CollectionMismatchError(
+                f"Milvus collection {name!r} was not created by clair_vec (it has no clair_vec property); "
+                "choose another collection name"
+            ) from exc
+
+    def _list(self) -> list[str]:
+        return list(self.client.list_collections()) if self._exists() else []
+
+    def _load(self, name: str) -> None:
+        """Load the collection (a new process or a restarted server finds it released or still
+        loading), wait a bounded time for it, then sync once with a Strong read."""
+        from pymilvus.client.types import LoadState
+
+        client = self.client
+        deadline = time.monotonic() + self.load_timeout
+        state = client.get_load_state(name)["state"]
+        if state == LoadState.NotLoad:
+            client.load_collection(name, timeout=self.load_timeout)
+        while client.get_load_state(name)["state"] != LoadState.Loaded:
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError(
+                    f"Milvus collection {name!r} at {self.display_uri} is still not loaded after {self.load_timeout:.0f} s "
+                    "(a server that just restarted loads its collections first); retry, or raise load_timeout"
+                )
+            time.sleep(0.5)
+        self._sync(name)
+
+    def _drop(self, name: str) -> None:
+        self.client.drop_collection(name)
+
+    # ------------------------------------------------------------------ aliases (Milvus's own)
+    def _alias_names(self) -> list[str]:
+        return list(self.client.list_aliases().get("aliases") or []) if self._exists() else []
+
+    def _list_aliases(self) -> dict[str, str]:
+        found = {}
+        for alias in self._alias_names():
+            target = self._alias_target(alias)
+            if target is not None:
+                found[alias] = target
+        return found
+
+    def _alias_target(self, name: str) -> str | None:
+        from pymilvus.exceptions import MilvusException
+
+        if name not in self._alias_names():  # listing first: describing a non-alias logs an RPC error
+            return None
+        try:
+            return str(self.client.describe_alias(name)["collection_name"])
+        except MilvusException:  # dropped meanwhile
+            return None
+
+    def _set_alias(self, alias: str, collection: str) -> None:
+        from pymilvus.exceptions import MilvusException
+
+        if alias in self._alias_names():
+            self.client.alter_alias(collection, alias)
+            return
+        try:
+            self.client.create_alias(collection, alias)
+        except MilvusException as exc:
+            if "exist" not in str(exc).lower():
+                raise
+            self.client.alter_alias(collection, alias)  # another process created it meanwhile: move it
+
+    def _drop_alias(self, alias: str) -> None:
+        self.client.drop_alias(alias)
