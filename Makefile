@@ -27,9 +27,9 @@ lock: install
 		| sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 # Build the sdists and wheels of the three distributions and install each as a user would, in
-# fresh venvs: core only, [qdrant], [milvus], [all]; each runs a smoke flow (tests/packaging.py)
+# fresh venvs: core only, [qdrant], [milvus], [all]; each runs a smoke flow (tests/package_check.py)
 package-check: install
-	$(BIN)/python tests/packaging.py
+	$(BIN)/python tests/package_check.py
 
 $(MILVUS_VENV)/bin/milvus-server:
 	$(PY) -m venv $(MILVUS_VENV)
@@ -51,7 +51,7 @@ demo: install
 test: install milvus-server browser
 	$(BIN)/python tests/servers.py -- $(BIN)/python -m pytest -q
 	$(BIN)/python tests/exit_loop.py --runs 3 -- -q -p no:cacheprovider tests/test_backends_conformance.py $(foreach p,$(PLUGINS),$(p)/tests) tests/test_service.py
-	$(BIN)/python tests/packaging.py
+	$(BIN)/python tests/package_check.py
 
 lint: install
 	$(BIN)/ruff check clair_vec plugins tests ray_jobs

@@ -1,6 +1,6 @@
 """A command that needs an optional part that is not installed says, in one line, which extra
 installs it, and exits 2 before doing any work. Each case hides the part in a fresh process, as a
-venv without that extra lacks it (the packaging check runs the real thing: tests/packaging.py)."""
+venv without that extra lacks it (the packaging check runs the real thing: tests/package_check.py)."""
 
 from __future__ import annotations
 

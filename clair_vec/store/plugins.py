@@ -166,8 +166,9 @@ def get_backend(name: str | None = None, uri: str | None = None, **options: Any)
             )
         installed = sorted(registered) or ["(none)"]
         if name in BACKEND_EXTRAS:  # a built-in backend that was not installed with the core
-            raise MissingExtraError(f"backend {name!r} is not installed here (installed backends: {installed}); it "
-                                    f"comes with the [{name}] extra: {install_hint(name)}", name)  # fmt: skip
+            have = f"installed backends: {', '.join(sorted(registered))}" if registered else "no backend is installed"
+            raise MissingExtraError(f"backend {name!r} is not installed here ({have}); it comes with the [{name}] extra: "
+                                    f"{install_hint(name)}", name)  # fmt: skip
         suggestion = _closest(name, sorted(registered))
         if suggestion is not None:
             raise UnknownBackendError(f"unknown backend {name!r}; did you mean {suggestion!r}? Installed backends: {installed}")

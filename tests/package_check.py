@@ -171,7 +171,7 @@ def check_neighbours(wheels: dict[str, Path], work: Path) -> None:
         ok = out.returncode == 0
         if ok:
             chosen = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads((work / "report.json").read_text())["install"]}
-            name, version = req.split("[")[0].split("==")
+            name, version = req.split("==")[0].split("[")[0], req.split("==")[1]
             ok = chosen.get(name) == version
         check(ok, f"the core{extra} resolves with {req} ({why})") or print(tail(out))
 
