@@ -399,3 +399,61 @@ def test_serve_reads_the_api_key_from_a_file_and_never_from_the_command_line(mod
     out = subprocess.run([sys.executable, "-m", "clair_vec.cli", "serve", "--model", str(model_dir), "--collection", "g",
                           "--uri", other, "--api-key-file", str(tmp_path / "missing.key")], capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 2 and "cannot read the API key file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_database_down_for_a_minute_costs_a_few_log_lines(model_dir, shapes_root, tmp_path):
+    """A real server killed under a real `clair-vec serve` that keeps being asked: one line when it
+    goes, a reminder a minute, no tracebacks (pymilvus alone once logged 4,000 in 30 s)."""
+    from servers import LITE_BIN, wait_for_milvus
+
+    port = free_port()
+    lite = subprocess.Popen([str(LITE_BIN), "server", "--data-dir", str(tmp_path / "lite"), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _outage_under_load(model_dir, shapes_root, lite, uri)
+    finally:
+        if lite.poll() is None:
+            lite.kill()
+            lite.wait()
+
+
+def _outage_under_load(model_dir, shapes_root, lite, uri) -> None:
+    wait_for_milvus(uri, lite, 60)
+    clair_vec.index("g", [shapes_root / "photo" / UNSEEN[0]], model=model_dir, uri=uri, progress=False)
+    proc, sport = start_serve(model_dir, uri)
+    try:
+        _ask_for_a_minute(proc, sport, lite, shapes_root)
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+
+
+def _ask_for_a_minute(proc, sport, lite, shapes_root) -> None:
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)  # a full pipe would stall the server
+    reader.start()
+    lite.kill()
+    lite.wait()
+    image = (shapes_root / "sketch" / UNSEEN[0] / "0000.png").read_bytes()
+    statuses: list[int] = []
+    stop_at = time.monotonic() + 60
+
+    def ask() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{sport}", timeout=60) as c:
+            while time.monotonic() < stop_at:
+                statuses.append(c.post("/search", files={"image": ("q.png", image, "image/png")}, data={"domain": "sketch"}).status_code)
+                statuses.append(c.get("/readyz").status_code)
+
+    askers = [threading.Thread(target=ask) for _ in range(4)]
+    for t in askers:
+        t.start()
+    for t in askers:
+        t.join()
+    proc.terminate()  # the reader thread owns the output: no communicate() here
+    proc.wait(timeout=30)
+    reader.join(timeout=10)
+    lines = [line for line in "".join(log).splitlines() if line.strip() and not line.startswith("clair-vec serve:")]
+    assert len(statuses) > 40 and set(statuses) == {503}, sorted(set(statuses))
+    assert len(lines) <= 5 and not any("Traceback" in line for line in lines), "\n".join(lines[:40])
+    assert any("does not answer" in line for line in lines), lines

@@ -27,7 +27,7 @@ WRITE = textwrap.dedent("""
     if margin == "unchecked":  # the disk fills between the check and the write (another process writes too)
         import clair_vec.store.backend
         clair_vec.store.backend.check_room = lambda *a, **k: None
-        margin = "0"
+        margin = "4"  # the least Qdrant Edge takes; unchecked, it protects nothing
     be = get_backend(backend, uri, disk_margin_mb=float(margin))
     try:
         if not be.has_collection("g"):

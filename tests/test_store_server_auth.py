@@ -128,13 +128,32 @@ def test_missing_or_wrong_credentials_say_where_they_came_from_at_once(auth_uri,
     caplog.set_level(logging.INFO)
     with pytest.raises(AuthenticationError) as none:
         get_backend("milvus", auth_uri)
-    assert f"the server at {auth_uri} refused the credentials (none were given: pass option token, or set " \
-           "$CLAIR_VEC_MILVUS_TOKEN or $MILVUS_TOKEN (or *_FILE))" in str(none.value)  # fmt: skip
+    assert f"the server at {auth_uri} refused the credentials (none were given: pass option token, put user:password " \
+           "in the URI, or set $CLAIR_VEC_MILVUS_TOKEN or $MILVUS_TOKEN (or *_FILE))" in str(none.value)  # fmt: skip
     monkeypatch.setenv("MILVUS_TOKEN", WRONG)
     with pytest.raises(AuthenticationError, match=r"refused the credentials \(from \$MILVUS_TOKEN\)") as wrong:
         get_backend("milvus", auth_uri)
     assert WRONG not in str(wrong.value) and "not-the-password" not in caplog.text
     assert not [r for r in caplog.records if "retry" in r.getMessage()]
+
+
+def test_which_credentials_win_options_then_the_uri_then_the_environment(auth_uri, monkeypatch, capsys):
+    """The documented order, each against the real server: the first found is the one sent, and a
+    refusal names where it came from (a password in the URI used to be reported as none given)."""
+    host = auth_uri.split("://", 1)[1]
+    right_in_uri, wrong_in_uri = f"http://{ROOT_TOKEN}@{host}", f"http://{WRONG}@{host}"
+    monkeypatch.setenv("MILVUS_TOKEN", WRONG)
+    with get_backend("milvus", right_in_uri) as be:  # the URI beats the environment
+        assert be._credential.source == "the user:password in the URI" and be.list_collections() is not None
+    with pytest.raises(AuthenticationError, match=r"refused the credentials \(from the user:password in the URI\)") as refused:
+        get_backend("milvus", wrong_in_uri)
+    assert "not-the-password" not in str(refused.value) and host in str(refused.value)
+    with get_backend("milvus", wrong_in_uri, token=ROOT_TOKEN) as be:  # an option beats the URI
+        assert be._credential.source == "option token" and be.list_collections() is not None
+    monkeypatch.setenv("MILVUS_TOKEN", ROOT_TOKEN)
+    with get_backend("milvus", auth_uri) as be:  # with nothing else, the environment
+        assert be._credential.source == "$MILVUS_TOKEN"
+    assert "not-the-password" not in capsys.readouterr().err
 
 
 def test_a_user_without_the_privilege_is_told_so(auth_uri):

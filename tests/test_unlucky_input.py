@@ -164,9 +164,9 @@ def test_typos_and_empty_inputs_are_errors_not_empty_successes(model_dir, tmp_pa
     assert run_cli("index", *common, "--prune", str(tmp_path / "empty")).returncode == 0
 
 
-def test_label_files_are_read_verbatim_and_errors_name_the_file(model_dir, shapes_root, tmp_path):
+def test_label_files_are_read_as_written_and_errors_name_the_file(model_dir, shapes_root, tmp_path):
     labels = tmp_path / "labels.txt"
-    labels.write_text("\ufeffC#\n  heart  \n\n# not a comment\narrow\nheart\n", encoding="utf-8")
+    labels.write_text("\ufeffC#\n  heart  \n\n# a comment\n\\# not a comment\narrow\nheart\n", encoding="utf-8")
     assert read_labels(labels) == ["C#", "heart", "# not a comment", "arrow"]
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("heart\ncaf\xe9\n".encode("latin-1"))
@@ -240,3 +240,30 @@ def test_a_mistyped_backend_name_gets_did_you_mean(typed, meant, tmp_path):
 def test_a_backend_name_like_nothing_installed_suggests_installing_a_plugin(tmp_path):
     out = run_cli("alias", "--backend", "lancedb", "--uri", str(tmp_path / "store"), "list")
     assert out.returncode == 2 and "did you mean" not in out.stderr and "pip install clair-vec-lancedb" in out.stderr
+
+
+def test_a_folder_given_as_clip_weights_is_one_line_naming_the_file_to_pass(shapes_root, tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "open_clip_model.safetensors").write_bytes(b"")
+    out = run_cli("train", "--data", str(shapes_root), "--clip-model", "clair-tiny", "--clip-pretrained", str(tmp_path / "weights"),
+                  "--out", str(tmp_path / "m"))  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "is a folder; pass the checkpoint file itself" in out.stderr and "open_clip_model.safetensors" in out.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(model_dir, shapes_root, tmp_path):
+    """`clair-vec search ... | head -1`: the rest of the output has nowhere to go; no traceback."""
+    import clair_vec
+
+    uri = str(tmp_path / "g.db")
+    clair_vec.index("g", [shapes_root / "photo" / "heart"], model=model_dir, uri=uri, progress=False)
+    sketches = [str(p) for p in sorted((shapes_root / "sketch").rglob("*.png"))[:40]]
+    cmd = [sys.executable, "-m", "clair_vec.cli", "search", "--model", str(model_dir), "--collection", "g", "--uri", uri,
+           "--domain", "sketch", *sketches]  # fmt: skip
+    search = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = search.stdout.readline()
+    search.stdout.close()  # as head does after its line
+    err = search.stderr.read().decode()
+    search.wait(timeout=300)
+    assert json.loads(first)["hits"] and "Traceback" not in err and "BrokenPipeError" not in err, err[-2000:]
+    assert search.returncode in (0, 141)

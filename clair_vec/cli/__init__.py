@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from clair_vec.cli import backends, evaluate, gallery, lifecycle, serve, train
@@ -41,11 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = args.func(args) or 0  # a command may answer with its own exit status (backends --check: 1)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's last flush
     except (ClairVecError, ValueError, FileNotFoundError) as exc:
         from clair_vec.store.redaction import scrub
 
         print(f"clair-vec: error: {scrub(str(exc))}", file=sys.stderr)  # a URI's password never reaches a terminal
         code = 2
+    except BrokenPipeError:
+        # the reader went away (`clair-vec search ... | head -1`): what it wanted it got; say nothing more
+        # and keep the interpreter's own flush at exit from failing again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 141  # 128 + SIGPIPE, what a shell reports for a command its reader closed on
     except KeyboardInterrupt:
         # every write is whole and ids are content hashes: what was written stays, and the same
         # command picks up where this one stopped

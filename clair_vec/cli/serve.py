@@ -12,6 +12,7 @@ from clair_vec.extras import require
 def cmd_serve(a: argparse.Namespace) -> None:
     require_model(a)
     require("serve", "fastapi", "uvicorn", "multipart", "prometheus_client", needed_for="clair-vec serve")
+    from clair_vec.service.security import default_allowed_hosts
     from clair_vec.service.server import serve
     from clair_vec.service.settings import ServiceSettings, read_api_key
 
@@ -25,6 +26,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
                                max_connections=a.max_connections, header_timeout_s=a.header_timeout,
                                idle_timeout_s=a.idle_timeout, api_key=key, cors_origins=tuple(a.cors_origin or ()),
                                docs=a.docs, replica_header=a.replica_header, follow_interval_s=a.follow_interval,
+                               allowed_hosts=default_allowed_hosts(a.host, tuple(a.allowed_host or ())),
                                device=a.device)  # fmt: skip
     if a.ray:
         from clair_vec.ray_runtime import leave_through_exit_process
@@ -62,6 +64,9 @@ def add_commands(add) -> None:
     sec.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                      help="let web pages of ORIGIN (e.g. https://app.example.com) call the service (repeatable; "
                      "default: cross-origin requests are refused)")  # fmt: skip
+    sec.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                     help="a host name clients may reach the service by (repeatable; default: the loopback names when "
+                     "--host is loopback, else any); other Host headers get 400 (DNS rebinding)")  # fmt: skip
     sec.add_argument("--docs", action="store_true", help="serve the OpenAPI page at /docs and /openapi.json")
     sec.add_argument("--replica-header", action="store_true", help="send x-served-by: host:pid (load-balancer debugging)")
     lim = sv.add_argument_group("limits")

@@ -8,17 +8,27 @@ import io
 import logging
 import os
 import stat
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clair_vec.errors import CorruptImageError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+#: the only formats Pillow may open: whatever a file is named, an upload or a gallery file in any
+#: other format (EPS, which Pillow hands to Ghostscript; PSD; ...) is refused before any decoder runs
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")  # JPEG includes phones' MPO files
+#: images are decoded no larger than needed: the shorter side is reduced by a whole factor while it
+#: stays at least this long (twice the 224 pixels CLIP sees, so the model's own resize still
+#: averages over several source pixels); smaller images are decoded exactly as stored
+DECODE_MIN_SIDE = 448
+_PNG_END = b"IEND\xaeB`\x82"
 
 
 @dataclass
@@ -107,15 +117,90 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+class DecodeBudget:
+    """Bytes of decoded pixels the process holds at once. Decoding is where a small file becomes
+    large (a 92 KB PNG of 6300x6300 16-bit pixels is 79 MB decoded), so concurrent decodes wait for
+    room instead of adding up; one image larger than the whole budget decodes alone."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = limit_bytes
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        nbytes = min(max(nbytes, 0), self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + nbytes <= self.limit)
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
+#: CLAIR_VEC_DECODE_BUDGET_MB sets it (default 256)
+DECODE_BUDGET = DecodeBudget(int(float(os.environ.get("CLAIR_VEC_DECODE_BUDGET_MB", "256")) * 2**20))
+
+
+def reduce_factor(size: tuple[int, int]) -> int:
+    """The whole factor an image of ``size`` is reduced by when decoded (1: kept as stored)."""
+    return max(1, min(size) // DECODE_MIN_SIDE)
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    if mode.startswith("I;16"):
+        return 2
+    return {"1": 1, "L": 1, "P": 1, "I": 4, "F": 4, "LA": 2, "PA": 2, "La": 2}.get(mode, 4)
+
+
+def _reduced(im: Image.Image, factor: int) -> Image.Image:
+    """``im`` made ``factor`` times smaller by averaging blocks of pixels, in its own depth."""
+    if factor <= 1:
+        return im
+    if im.mode in _WIDE:  # Pillow cannot reduce 16-bit modes; average in NumPy without a full-size float copy
+        a = np.asarray(im)
+        h, w = (a.shape[0] // factor) * factor, (a.shape[1] // factor) * factor
+        blocks = a[:h, :w].reshape(h // factor, factor, w // factor, factor)
+        mean = blocks.mean(axis=(1, 3))
+        return Image.fromarray(np.round(mean).astype(np.int32 if im.mode == "I" else np.uint16))  # I or I;16
+    if im.mode in ("1", "P"):  # Pillow cannot reduce these either: as 8-bit, transparency kept
+        im = im.convert("RGBA" if im.mode == "P" and "transparency" in im.info else "L" if im.mode == "1" else "RGB")
+    return im.reduce(factor)
+
+
+def _check_complete(fmt: str | None, data: bytes) -> None:
+    # Pillow decodes a PNG whose last chunks are missing without a word; a file cut short is corrupt
+    if fmt == "PNG" and _PNG_END not in data:
+        raise OSError("the PNG ends before its IEND chunk: the file is truncated")
+
+
 def decode_image(data: bytes, name: str) -> Image.Image:
-    """Decode image bytes fully as upright 8-bit RGB (EXIF orientation applied, see :func:`to_rgb`);
-    any failure (corrupt, truncated, a decompression bomb) raises :class:`CorruptImageError` naming
+    """Decode image bytes as upright 8-bit RGB (EXIF orientation applied, see :func:`to_rgb`),
+    no larger than the model needs (:data:`DECODE_MIN_SIDE`) and within the process's decode
+    budget (:data:`DECODE_BUDGET`); only :data:`IMAGE_FORMATS` are opened. Any failure (corrupt,
+    truncated, another format, a decompression bomb) raises :class:`CorruptImageError` naming
     ``name``. The one decode path for files, uploads, thumbnails and training."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            upright = ImageOps.exif_transpose(im)  # a phone's rotated JPEG is stored sideways
-            return to_rgb(upright)
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+            _check_complete(im.format, data)
+            factor = reduce_factor(im.size)
+            if factor > 1 and im.format in ("JPEG", "MPO"):  # JPEG decodes at 1/2, 1/4 or 1/8 size directly
+                im.draft("RGB", (im.size[0] // factor, im.size[1] // factor))
+            w, h = im.size
+            # the copy a mode is reduced from: 8-bit for 1 and P, NumPy's for 16-bit
+            conversion = 4 if im.mode in ("1", "P") else _bytes_per_pixel(im.mode) if im.mode in _WIDE else 0
+            with DECODE_BUDGET.hold(w * h * (_bytes_per_pixel(im.mode) + conversion)):
+                im.load()
+                small = _reduced(im, reduce_factor(im.size))
+                upright = ImageOps.exif_transpose(small)  # a phone's rotated JPEG is stored sideways
+                return to_rgb(upright)
+    except UnidentifiedImageError as exc:
+        raise CorruptImageError(name, f"not an image in a format clair_vec reads ({', '.join(IMAGE_FORMATS)})") from exc
     except Exception as exc:  # PIL raises many kinds, DecompressionBombError not among OSError's
         raise CorruptImageError(name, f"{type(exc).__name__}: {exc}") from exc
 

@@ -100,6 +100,12 @@ class FoundationModel:
             with _without_random_init_warning():
                 model = open_clip.create_model(arch, pretrained=None)
             return cls(model, arch, None, device)
+        if os.path.isdir(pretrained):
+            inside = sorted(str(f) for f in Path(pretrained).iterdir() if f.name.endswith(_CHECKPOINT_SUFFIXES))[:3]
+            raise WeightsNotFoundError(
+                f"--clip-pretrained {pretrained!r} is a folder; pass the checkpoint file itself (.pt/.bin/.safetensors)"
+                + (f", e.g. {inside[0]!r}" if inside else f": none is in that folder for architecture {arch!r}")
+            )
         if os.path.exists(pretrained):
             pretrained = str(Path(pretrained).resolve())
         elif _looks_like_path(pretrained):

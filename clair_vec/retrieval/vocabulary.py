@@ -1,7 +1,9 @@
 """A label vocabulary a user hands ``index --labels``: a list, or a text file of one label a line.
 
-Labels are taken verbatim: each line, stripped of surrounding whitespace, is one label; blank
-lines are skipped; nothing else is special (``C#``, ``# 1 hits``, ``a, b`` are labels as written).
+In a file, each line stripped of surrounding whitespace is one label; blank lines and comment
+lines (starting with ``#``) are skipped, and a label that starts with ``#`` is written ``\#``
+(``\#1 hits`` is the label ``#1 hits``). Nothing else is special: ``C#`` and ``a, b`` are labels as
+written. A list passed from Python is taken verbatim.
 Repeated labels count once, in first-seen order. No torch here: the Ray indexing driver reads
 vocabularies too.
 """
@@ -34,7 +36,9 @@ def read_labels(path: str | Path) -> list[str]:
             f"labels file {str(path)!r} is not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); "
             "save it as UTF-8 and try again"
         ) from None
-    return vocabulary(text.splitlines(), source=f"labels file {str(path)!r}")
+    lines = (line.strip() for line in text.splitlines())
+    labels = [line[1:] if line.startswith("\\#") else line for line in lines if not line.startswith("#")]
+    return vocabulary(labels, source=f"labels file {str(path)!r}")
 
 
 def vocabulary(labels: Sequence[str] | str | Path | None, *, source: str = "the label vocabulary") -> list[str] | None:

@@ -53,7 +53,7 @@ def create_app(retriever: Retriever, collection: str, settings: ServiceSettings 
         return next((template for regex, template in patterns if regex.fullmatch(path)), "other")
 
     headers = [(b"x-served-by", f"{socket.gethostname()}:{os.getpid()}".encode())] if settings.replica_header else []
-    app.add_middleware(Guard, api_key=settings.api_key, cors_origins=settings.cors_origins)
+    app.add_middleware(Guard, api_key=settings.api_key, cors_origins=settings.cors_origins, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(Edge, metrics=ctx.metrics, outage=ctx.outage, route_of=route_of,
                        max_upload_bytes=settings.max_upload_bytes, body_timeout=settings.body_timeout_s, headers=headers,
                        on_request=ctx.follower.start)  # fmt: skip

@@ -6,7 +6,8 @@
 - :class:`Edge`: a pure ASGI middleware (Starlette's BaseHTTPMiddleware costs about a millisecond
   a request) that counts and times every request by route, answers every error itself (so it is
   counted too, and never shows a traceback or a secret), refuses a body over the limit as it
-  streams in whether or not it declared its length, and a body that stops arriving.
+  streams in whether or not it declared its length, and a body that stops arriving. It answers
+  ``HEAD`` on every ``GET`` route (the GET's headers, no body) and sends ``nosniff`` on every answer.
 """
 
 from __future__ import annotations
@@ -46,20 +47,31 @@ class Metrics:
 
 class Outage:
     """Database availability as the service sees it: one log line when calls start failing, one
-    when they succeed again."""
+    when they succeed again, and a one-line reminder every ``remind_s`` while it lasts."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, remind_s: float = 60.0) -> None:
         self.clock = clock
+        self.remind_s = remind_s
         self.since: float | None = None
+        self.reminded = 0.0
         self.failed = 0
         self._lock = threading.Lock()
 
     def failed_call(self, exc: BaseException) -> None:
         with self._lock:
             self.failed += 1
+            now = self.clock()
             if self.since is not None:
-                return
-            self.since = self.clock()
+                if now - self.reminded < self.remind_s:
+                    return
+                self.reminded, seconds, failed = now, now - self.since, self.failed
+            else:
+                self.since = self.reminded = now
+                seconds = None
+        if seconds is not None:
+            log.warning("the vector database still does not answer after %.0f s; %d requests were answered 503 so far",
+                        seconds, failed)  # fmt: skip
+            return
         log.error("the vector database does not answer (%s); requests get 503 until it does", scrub(str(exc)))
 
     def ok(self) -> None:
@@ -70,13 +82,21 @@ class Outage:
         log.warning("the vector database answers again after %.0f s; %d requests were answered 503 meanwhile", seconds, failed)
 
 
+DATABASE_DOWN = "the vector database does not answer; the service's log says why"
+
+
 def database_problem(exc: BaseException) -> tuple[int, str] | None:
-    """The answer for a database failure, or None if ``exc`` is something else."""
+    """The answer for a database failure, or None if ``exc`` is something else. Neither the
+    database's address nor the driver's words reach a client: the operator's log has them."""
     if isinstance(exc, AuthenticationError):
         return 503, "the vector database refused the service's credentials; the operator must fix them"
     if isinstance(exc, BackendUnavailableError):
-        return 503, f"the vector database does not answer: {scrub(str(exc))}"
+        return 503, DATABASE_DOWN
     return None
+
+
+#: on every answer: a browser never second-guesses the content type (a JSON error read as HTML)
+ALWAYS = [(b"x-content-type-options", b"nosniff")]
 
 
 class _TooLarge(Exception):
@@ -108,12 +128,16 @@ class Edge:
         if self.on_request is not None:
             self.on_request()
         t0, status, size = time.perf_counter(), [0], [0]
+        head = scope["method"] == "HEAD"
+        if head:  # RFC 9110: HEAD is GET without the body
+            scope = {**scope, "method": "GET"}
 
         async def tagged(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                if self.headers:
-                    message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+                message = {**message, "headers": [*message.get("headers", []), *ALWAYS, *self.headers]}
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         async def limited():

@@ -8,12 +8,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clair_vec.store.redaction import scrub
+from clair_vec.store.redaction import mask_credential_shapes
 
 
 class HTTPProblem(Exception):
     """An answer other than 200: raised anywhere below a route, answered as ``{"detail": ...}``
-    (scrubbed of anything that looks like a credential) with ``headers``."""
+    (anything shaped like a credential masked; never compared with this process's secrets, see
+    :func:`~clair_vec.store.redaction.mask_credential_shapes`) with ``headers``."""
 
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -27,7 +28,7 @@ def too_large(size: int, limit: int) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPProblem)
     async def problem(_request: Request, exc: HTTPProblem):
-        return JSONResponse({"detail": scrub(exc.detail)}, status_code=exc.status, headers=exc.headers)
+        return JSONResponse({"detail": mask_credential_shapes(exc.detail)}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError):
@@ -36,4 +37,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))  # 405's Allow

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import Request
 from PIL import Image
 
-from clair_vec.datasets.images import decode_image
+from clair_vec.datasets.images import IMAGE_FORMATS, decode_image
 from clair_vec.errors import CorruptImageError
 from clair_vec.retrieval.queries import RERANKS, Part, Query
 from clair_vec.service.problems import HTTPProblem, too_large
@@ -59,12 +59,21 @@ class SearchRequest:
                      rerank=self.rerank, exclude=exclude)  # fmt: skip
 
 
+#: the longest integer literal a request may hold; every number the service takes fits in far fewer
+MAX_INT_DIGITS = 30
+
+
 def strict_json(body: bytes, max_depth: int) -> Any:
     def no_constants(name: str) -> Any:
         raise HTTPProblem(400, f"the body is not valid JSON: {name} is not a JSON number")
 
+    def bounded_int(digits: str) -> int:
+        if len(digits) > MAX_INT_DIGITS:
+            raise HTTPProblem(422, f"a number in the body has {len(digits)} digits; no field takes more than {MAX_INT_DIGITS}")
+        return int(digits)
+
     try:
-        value = json.loads(body, parse_constant=no_constants)
+        value = json.loads(body, parse_constant=no_constants, parse_int=bounded_int)
     except RecursionError:
         raise HTTPProblem(400, f"the JSON body is nested too deeply (the limit is {max_depth} levels)") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -106,6 +115,8 @@ def strings(value: Any, what: str, limit: int, max_chars: int) -> list[str]:
 def integer(value: Any, what: str, lo: int, hi: int, default: int) -> int:
     if value is None or value == "":
         return default
+    if isinstance(value, str) and len(value) > MAX_INT_DIGITS:
+        raise HTTPProblem(422, f"{what} must be an integer from {lo} to {hi}, got {len(value)} characters")
     if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
         raise HTTPProblem(422, f"{what} must be an integer from {lo} to {hi}, got {value!r}")
     try:
@@ -179,8 +190,9 @@ def from_fields(get: Any, get_all: Any, settings: ServiceSettings) -> SearchRequ
 
 
 async def read_search(request: Request, settings: ServiceSettings) -> SearchRequest:
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+    # the media type alone, compared as RFC 9110 says: case-insensitively, parameters apart
+    ctype = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.form(max_files=2, max_fields=4 * settings.max_parts + settings.max_labels + 16)
         req = from_fields(lambda k: _form_value(form.get(k), k), lambda k: [_form_value(v, k) for v in form.getlist(k)],
                           settings)  # fmt: skip
@@ -194,7 +206,7 @@ async def read_search(request: Request, settings: ServiceSettings) -> SearchRequ
                 raise HTTPProblem(413, too_large(len(data), settings.max_upload_bytes))
             req.images.append((data, domain or None, 1.0))
         return req
-    if ctype.startswith("application/json"):
+    if ctype == "application/json":
         body = strict_json(await request.body(), settings.max_json_depth)
         if not isinstance(body, dict):
             raise HTTPProblem(400, 'the JSON body must be an object, e.g. {"image": "<base64>", "domain": "sketch"}')
@@ -240,13 +252,16 @@ def decode_upload(data: bytes, max_pixels: int = MAX_QUERY_PIXELS) -> Image.Imag
     if not data:
         raise HTTPProblem(400, "the image is empty")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
             width, height = im.size
+    except Image.DecompressionBombError:  # Pillow's own refusal, far above our limit: the same answer
+        raise HTTPProblem(413, f"the image has more than {max_pixels / 1e6:.0f} Mpx, the limit") from None
     except Exception as exc:
-        raise HTTPProblem(400, f"the upload is not an image PIL can read (PNG, JPEG, WebP, ...): {type(exc).__name__}") from None
+        raise HTTPProblem(400, f"the upload is not an image in a format the service reads ({', '.join(IMAGE_FORMATS)}): "
+                               f"{type(exc).__name__}") from None  # fmt: skip
     if width * height > max_pixels:
         raise HTTPProblem(413, f"the image is {width}x{height} pixels; the limit is {max_pixels / 1e6:.0f} Mpx")
     try:
         return decode_image(data, "upload")
     except CorruptImageError as exc:
-        raise HTTPProblem(400, f"the upload is not an image PIL can read (PNG, JPEG, WebP, ...): {exc.reason}") from None
+        raise HTTPProblem(400, f"the upload is not an image the service can read: {exc.reason}") from None

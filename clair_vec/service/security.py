@@ -8,6 +8,10 @@
   own) is refused with 403 unless ``--cors-origin`` names that origin; allowed origins get the
   CORS headers and their preflight ``OPTIONS`` answered. Without this, any page a user visits could
   make their browser post searches here.
+- A request whose ``Host`` is not one of ``allowed_hosts`` is refused with 400 before anything
+  else. The origin check alone compares the Origin with the Host the client sent, which a page on
+  ``evil.example`` whose DNS was rebound to 127.0.0.1 controls both of (DNS rebinding): a service
+  on loopback answers only to the loopback names unless ``--allowed-host`` adds more.
 """
 
 from __future__ import annotations
@@ -23,15 +27,20 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 class Guard:
     """ASGI middleware: API key and origin checks before the app sees a request."""
 
-    def __init__(self, app: Any, api_key: str | None, cors_origins: tuple[str, ...]) -> None:
+    def __init__(self, app: Any, api_key: str | None, cors_origins: tuple[str, ...],
+                 allowed_hosts: tuple[str, ...] | None = None) -> None:  # fmt: skip
         self.app = app
         self._key = api_key.encode() if api_key else None
         self.origins = frozenset(o.rstrip("/") for o in cors_origins)
+        self.hosts = None if allowed_hosts is None else frozenset(h.lower().strip("[]") for h in allowed_hosts)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.hosts is not None and host_name(headers.get("host", "")) not in self.hosts:
+            return await JSONResponse({"detail": "this service does not answer to that host name; the operator can allow it "
+                                                 "with --allowed-host"}, status_code=400)(scope, receive, send)  # fmt: skip
         origin = headers.get("origin")
         cross = origin is not None and origin.rstrip("/") != _own_origin(scope, headers)
         if cross and origin.rstrip("/") not in self.origins:
@@ -60,6 +69,25 @@ class Guard:
         auth = headers.get("authorization", "")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
         return hmac.compare_digest(given.encode("latin-1", "replace"), self._key or b"")
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def default_allowed_hosts(bind: str, extra: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """Bound to loopback: the loopback names (and ``extra``); bound elsewhere: any host unless
+    ``extra`` names some (a service behind a proxy answers to the names the proxy uses)."""
+    if bind in ("127.0.0.1", "localhost", "::1") or bind.startswith("127."):
+        return (*LOOPBACK_NAMES, bind, *extra)
+    return tuple(extra) or None
 
 
 def _own_origin(scope: Any, headers: dict[str, str]) -> str:

@@ -41,6 +41,10 @@ class ServiceSettings:
     body_timeout_s: float = 30.0
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
+    #: host names the service answers to (the Host header, port ignored); None: any. A page on
+    #: another name that rebinds its DNS to this address is refused (``serve`` fills in the
+    #: loopback names when it listens on loopback)
+    allowed_hosts: tuple[str, ...] | None = None
     docs: bool = False  # /docs and /openapi.json
     #: how often an alias being served is resolved again (0: never; see follow.py)
     follow_interval_s: float = 2.0

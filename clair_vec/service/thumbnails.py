@@ -30,29 +30,40 @@ _ID = re.compile(ID_PATTERN)
 
 class Thumbnails:
     """Verified, resized gallery images, cached by (id, size) in a bounded LRU. ``serving`` gives
-    the retriever and collection to look ids up in now (an alias may move)."""
+    the retriever and collection to look ids up in now (an alias may move).
+
+    A cached thumbnail is served only while its file is the one it was made from (same inode,
+    size and modification time): a file replaced or deleted since is looked at again, so the
+    answer is what is on disk now, or 404."""
 
     def __init__(self, serving: Callable[[], tuple[Retriever, str]], roots: Sequence[str | Path] | None, capacity: int = 512):
         self.serving = serving
         self.roots = [os.path.realpath(r) for r in roots or []]
         self.capacity = capacity
-        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], tuple[str, tuple[int, ...], bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, rid: str, size: int) -> bytes:
         key = (rid, size)
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        data = self._render(rid, size)
+            cached = self._cache.get(key)
+        if cached is not None:
+            path, made_from, data = cached
+            if file_signature(path) == made_from:
+                with self._lock:
+                    if key in self._cache:
+                        self._cache.move_to_end(key)
+                return data
+            with self._lock:
+                self._cache.pop(key, None)
+        path, made_from, data = self._render(rid, size)
         with self._lock:
-            self._cache[key] = data
+            self._cache[key] = (path, made_from, data)
             while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
         return data
 
-    def _render(self, rid: str, size: int) -> bytes:
+    def _render(self, rid: str, size: int) -> tuple[str, tuple[int, ...], bytes]:
         if not _ID.fullmatch(rid):
             raise HTTPProblem(404, f"no image {rid!r}: ids are 32 hex digits, as returned in search hits")
         retriever, collection = self.serving()
@@ -65,8 +76,9 @@ class Thumbnails:
         real = os.path.realpath(path)
         if self.roots and not is_under(real, self.roots):
             raise HTTPProblem(404, f"the file of record {rid} is outside the served gallery folders")
+        made_from = file_signature(real)
         data = read_regular_file(real, MAX_IMAGE_FILE)
-        if data is None:
+        if data is None or made_from is None:
             raise HTTPProblem(404, f"the file of record {rid} is gone, not a regular file, or too large to thumbnail")
         if record_id(domain, content_digest(data)) != rid:  # only ever the exact bytes that were indexed
             raise HTTPProblem(404, f"the file of record {rid} changed since it was indexed; re-index the gallery")
@@ -77,7 +89,16 @@ class Thumbnails:
         im.thumbnail((size, size))
         out = io.BytesIO()
         im.save(out, "JPEG", quality=85)
-        return out.getvalue()
+        return real, made_from, out.getvalue()
+
+
+def file_signature(path: str) -> tuple[int, ...] | None:
+    """What changes when a file is replaced or rewritten (None: it is gone)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def read_regular_file(path: str, limit: int) -> bytes | None:

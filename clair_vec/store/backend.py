@@ -13,6 +13,7 @@ import atexit
 import functools
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -750,9 +751,25 @@ class Backend(ABC):
                     f"{self.name} at {self.display_uri} still failed after {attempt + 1} attempts: {scrub(str(error))}"
                 ) from error
             delay = self.retry_base_delay * 2**attempt
-            log.warning("%s: transient error (%s); retry %d/%d in %.1fs", self.name, error, attempt + 1, self.max_retries, delay)
+            # while a server is down every call retries: one warning a minute says so, the rest is debug
+            level = logging.WARNING if _retry_note_due(self.name) else logging.DEBUG
+            log.log(level, "%s: transient error (%s); retry %d/%d in %.1fs", self.name, error, attempt + 1, self.max_retries, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+RETRY_NOTE_INTERVAL_S = 60.0
+_retry_notes: dict[str, float] = {}
+_retry_notes_lock = threading.Lock()
+
+
+def _retry_note_due(backend: str) -> bool:
+    now = time.monotonic()
+    with _retry_notes_lock:
+        if now - _retry_notes.get(backend, -math.inf) < RETRY_NOTE_INTERVAL_S:
+            return False
+        _retry_notes[backend] = now
+        return True
 
 
 def _record_bytes(r: Record) -> int:

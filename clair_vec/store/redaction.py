@@ -7,8 +7,13 @@
 - :func:`register_secret` remembers a secret of this process (a token, an API key, a
   password); :class:`~clair_vec.store.backend.Backend` registers those of its URI and options.
 - :func:`scrub` replaces every registered secret, and anything shaped like credentials (URI
-  user info, ``?token=...``, ``Bearer ...``, ``password=...``), with ``***``. Every output
-  boundary (service bodies, CLI errors, logs) runs text through it.
+  user info, ``?token=...``, ``Bearer ...``, ``password=...``), with ``***``. The CLI's errors
+  and the logs run text through it.
+- :func:`mask_credential_shapes` replaces only what is shaped like credentials. HTTP answers use
+  it: they echo what a request sent (an id, a label), and masking the registered secrets there
+  would answer ``***`` exactly when a caller guessed the database password, an oracle. Secrets
+  are kept out of HTTP answers where they enter instead: a backend shows its URI redacted, and a
+  database failure is answered without its driver's text.
 
 A registered secret shorter than :data:`MIN_SECRET_LENGTH` characters is scrubbed only where it
 stands in a credential position (URI user info, a ``token=`` parameter), not from free text:
@@ -73,6 +78,14 @@ def scrub(text: str) -> str:
     pattern = _secret_pattern()
     if pattern is not None:
         text = pattern.sub(MASK, text)
+    return mask_credential_shapes(text)
+
+
+def mask_credential_shapes(text: str) -> str:
+    """``text`` with anything shaped like credentials replaced by ``***``, whatever this process's
+    secrets are: the same answer for every guess (see the module docstring)."""
+    if not isinstance(text, str) or not text:
+        return text
     text = _URI_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{MASK}", text)
     text = _ASSIGNED_SECRET.sub(lambda m: m["key"] + (m["value"] if m["value"] == MASK else MASK), text)

@@ -19,6 +19,7 @@ def router(ctx: ServiceContext) -> APIRouter:
         if size not in THUMB_SIZES:
             raise HTTPProblem(422, f"size must be one of {list(THUMB_SIZES)}")
         data = await run_in_threadpool(ctx.thumbnails.get, rid, size)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+        # browsers revalidate: a gallery file deleted or replaced since is a 404, not an old picture
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     return r

@@ -8,6 +8,7 @@ serves concurrent searches together; each gets exactly its own hits.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -29,6 +30,9 @@ from clair_vec.service.context import ServiceContext
 from clair_vec.service.observe import database_problem
 from clair_vec.service.problems import HTTPProblem
 from clair_vec.service.requests import SearchRequest, decode_upload, integer, number, read_search, strings
+from clair_vec.store.redaction import scrub
+
+log = logging.getLogger("clair_vec.service")
 
 
 def router(ctx: ServiceContext) -> APIRouter:
@@ -107,9 +111,10 @@ def _problem(exc: Exception, ctx: ServiceContext) -> HTTPProblem:
     if isinstance(exc, CapabilityError):
         return HTTPProblem(422, f"{exc}; search with images or text instead")
     if isinstance(exc, CorruptImageError):
-        return HTTPProblem(400, f"the upload is not an image PIL can read: {exc.reason}")
+        return HTTPProblem(400, f"the upload is not an image the service can read: {exc.reason}")
     if isinstance(exc, (QueryError, UnknownDomainError, ValueError)):
         return HTTPProblem(422, str(exc))
-    if isinstance(exc, (BackendError, ClairVecError)):
-        return HTTPProblem(500, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, (BackendError, ClairVecError)):  # the driver's words stay in the operator's log
+        log.error("search failed: %s", scrub(f"{type(exc).__name__}: {exc}"))
+        return HTTPProblem(500, "the search failed in the vector database; the service's log says why")
     raise exc

@@ -47,10 +47,13 @@ def router(ctx: ServiceContext) -> APIRouter:
         try:
             n = await run_in_threadpool(serving.retriever.count, serving.collection)
         except Exception as exc:  # not ready is an answer, not an error
-            if database_problem(exc) is not None:
+            known = database_problem(exc)
+            if known is not None:
                 ctx.outage.failed_call(exc)
-            return JSONResponse({"status": "unavailable", "detail": scrub(f"{type(exc).__name__}: {exc}")}, status_code=503,
-                                headers={"retry-after": "5"})  # fmt: skip
+            else:
+                log.warning("/readyz: %s", scrub(f"{type(exc).__name__}: {exc}"))
+            detail = known[1] if known is not None else "the service cannot count its collection; the service's log says why"
+            return JSONResponse({"status": "unavailable", "detail": detail}, status_code=503, headers={"retry-after": "5"})
         ctx.outage.ok()
         return {"status": "ready", "model": serving.model.model_id, "collection": serving.collection, "count": n}
 

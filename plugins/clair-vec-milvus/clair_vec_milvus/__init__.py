@@ -15,9 +15,10 @@ cosine ranking, and a server's default AUTOINDEX gave recall@10 of 0.14-0.16 at 
 (``python -m clair_vec.benchmarks.backends --uri ...``). Large galleries pass ``index_type="HNSW"``
 with ``index_params`` / ``search_params`` and measure their recall with the same benchmark.
 
-Credentials (servers only): option ``token`` (``user:password``), or ``user`` and ``password``,
-else ``$CLAIR_VEC_MILVUS_TOKEN``, then ``$MILVUS_TOKEN`` (each also as ``*_FILE``, a file holding
-it). Refused credentials raise :class:`~clair_vec.errors.AuthenticationError` at once, never
+Credentials (servers only), the first found wins: option ``token`` (``user:password``), or
+``user`` and ``password``; else the URI's user info (``http://user:password@host:19530``); else
+``$CLAIR_VEC_MILVUS_TOKEN``, then ``$MILVUS_TOKEN`` (each also as ``*_FILE``, a file holding it).
+Refused credentials raise :class:`~clair_vec.errors.AuthenticationError` at once, never
 retried. ``db_name`` selects a database (default: the server's default database).
 
 Limits: ``top_k`` at most 16384 (the server's limit; Milvus Lite took 47 s for a top_k of 10^9

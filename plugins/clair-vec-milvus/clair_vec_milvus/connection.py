@@ -4,11 +4,13 @@ opening and closing the pymilvus client, and Milvus Lite's one-process lock."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from clair_vec.plugin import NO_SECRET, Backend, Secret, find_secret, register_secret
 
@@ -22,6 +24,14 @@ _lite_lock = threading.Lock()
 # answer an idle client that pings more often than every 5 minutes with GOAWAY "too_many_pings",
 # and the next call on that channel fails. Ping only while calls are in flight, and rarely.
 GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
+
+
+def quiet_driver_logs() -> None:
+    """pymilvus logs every failed call and reconnection attempt itself, with a traceback (over
+    4,000 in 30 s of a server outage under ``clair-vec serve``); this plugin reports each failure
+    once, as a clair_vec error saying what to do, so the driver's own log is only its worst news."""
+    for name in ("pymilvus", "pymilvus.milvus_client"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _is_lite(uri: str) -> bool:
@@ -50,6 +60,10 @@ class MilvusConnection(Backend):
     subclass, so that Backend still wraps it to drop the closed handle from its registry."""
 
     def _find_credential(self, token: str | None, user: str, password: str | None) -> Secret:
+        """Which credentials a server gets, first found wins: the options (``token``, or ``user``
+        and ``password``), then the URI's user info (``http://user:password@host``), then
+        ``$CLAIR_VEC_MILVUS_TOKEN``, then ``$MILVUS_TOKEN`` (each also as ``*_FILE``). Exactly one
+        is sent: the URI reaches pymilvus without its user info."""
         if self.lite:  # an embedded store has no users
             return NO_SECRET
         if password:
@@ -57,13 +71,27 @@ class MilvusConnection(Backend):
                 raise ValueError("option password needs option user (or pass token='user:password')")
             register_secret(f"{user}:{password}")
             return Secret(f"{user}:{password}", "options user/password")
-        return find_secret(token, "token", TOKEN_ENV)
+        if token:
+            return find_secret(token, "token", TOKEN_ENV)
+        in_uri = urlsplit(self.uri)
+        if in_uri.username is not None:
+            return Secret(unquote(f"{in_uri.username}:{in_uri.password or ''}"), "the user:password in the URI")
+        return find_secret(None, "token", TOKEN_ENV)
+
+    @property
+    def _server_uri(self) -> str:
+        """The URI pymilvus connects to: without user info, whose credentials travel as the token."""
+        parts = urlsplit(self.uri)
+        if self.lite or "@" not in parts.netloc:
+            return self.uri
+        return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query, parts.fragment))
 
     def _connect(self) -> Any:
         if self._client is not None:
             return self._client
         from pymilvus import MilvusClient
 
+        quiet_driver_logs()
         with self._connect_lock:  # two threads of one handle must not open two clients
             if self._client is not None:
                 return self._client
@@ -71,7 +99,7 @@ class MilvusConnection(Backend):
             if self.lite and _locked_by_another_process(Path(self.uri)):
                 raise self._locked()
             try:
-                client = MilvusClient(uri=self.uri, token=self._credential.value, db_name=self.db_name, timeout=self._timeout,
+                client = MilvusClient(uri=self._server_uri, token=self._credential.value, db_name=self.db_name, timeout=self._timeout,
                                       grpc_options=GRPC_OPTIONS)  # fmt: skip
             except Exception as exc:
                 if self.lite and _locked_by_another_process(Path(self.uri)):

@@ -58,7 +58,8 @@ class MilvusErrors(Backend):
             given = (
                 f"from {self._credential.source}"
                 if self._credential
-                else f"none were given: pass option token, or set ${TOKEN_ENV[0]} or ${TOKEN_ENV[1]} (or *_FILE)"
+                else f"none were given: pass option token, put user:password in the URI, or set ${TOKEN_ENV[0]} or "
+                f"${TOKEN_ENV[1]} (or *_FILE)"
             )
             return AuthenticationError(
                 f"the server at {self.display_uri} refused the credentials ({given}); check the user name and "

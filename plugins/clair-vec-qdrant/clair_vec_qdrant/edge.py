@@ -23,6 +23,10 @@ from .edge_store import INFO_FILE, StoreLock, check_last_write, collections, rea
 from .points import VECTOR, hit_of, must_match, point_payload, record_of, vector_of
 from .uri import edge_path
 
+#: the least free space kept beyond a write: the log files Qdrant Edge seals at close must fit
+#: (4 MiB held on an 8 MiB disk in tests/test_store_full_disk.py; with 0 a write died of SIGBUS)
+MIN_MARGIN_MB = 4
+
 
 class QdrantEdgeBackend(Backend):
     """Embedded Qdrant Edge shards, one directory per collection.
@@ -40,6 +44,11 @@ class QdrantEdgeBackend(Backend):
     def __init__(self, uri: str | None = None, **options: Any) -> None:
         uri = edge_path(uri)
         super().__init__(uri, **options)
+        if self.disk_margin_bytes < MIN_MARGIN_MB * 2**20:
+            # the write-ahead log is memory-mapped: a write that finds no room for it dies of SIGBUS
+            # instead of failing with DiskFullError
+            raise ValueError(f"disk_margin_mb must be at least {MIN_MARGIN_MB} for Qdrant Edge (room for its memory-mapped "
+                             f"write-ahead log), got {self.disk_margin_bytes / 2**20:g}")  # fmt: skip
         import qdrant_edge
 
         self.q = qdrant_edge
