@@ -22,7 +22,7 @@ import urllib.request
 import httpx
 import pytest
 from conftest import UNSEEN
-from servers import free_port
+from servers import LITE_BIN, free_port, wait_for_milvus
 
 import clair_vec
 from clair_vec.errors import BackendUnavailableError
@@ -404,8 +404,6 @@ def test_serve_reads_the_api_key_from_a_file_and_never_from_the_command_line(mod
 def test_a_database_down_for_a_minute_costs_a_few_log_lines(model_dir, shapes_root, tmp_path):
     """A real server killed under a real `clair-vec serve` that keeps being asked: one line when it
     goes, a reminder a minute, no tracebacks (pymilvus alone once logged 4,000 in 30 s)."""
-    from servers import LITE_BIN, wait_for_milvus
-
     port = free_port()
     lite = subprocess.Popen([str(LITE_BIN), "server", "--data-dir", str(tmp_path / "lite"), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
