@@ -455,3 +455,52 @@ def _ask_for_a_minute(proc, sport, lite, shapes_root) -> None:
     assert len(statuses) > 40 and set(statuses) == {503}, sorted(set(statuses))
     assert len(lines) <= 5 and not any("Traceback" in line for line in lines), "\n".join(lines[:40])
     assert any("does not answer" in line for line in lines), lines
+
+
+def test_health_checks_answer_while_half_open_connections_fill_the_limit(model_dir, store, tmp_path):
+    """Slowloris: connections that each send half a request head hold every slot of
+    --max-connections until their header timeout; /healthz and /readyz must still answer 200."""
+    other = str(tmp_path / "flood.db")
+    shutil.copytree(store, other)
+    proc, port = start_serve(model_dir, other, "--max-connections", "40", "--header-timeout", "60")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(120):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # and never the rest
+            held.append(s)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/readyz").json()["status"] == "ready"
+            assert c.get("/info").status_code == 503  # everything else still keeps to the limit
+    finally:
+        for s in held:
+            s.close()
+        stop(proc)
+
+
+def test_json_bodies_are_parsed_off_the_event_loop_and_value_floods_refused_unparsed(retriever, monkeypatch):
+    """A 14 MB `[0,0,...]` body once held every request, /healthz included, for 2 s while the event
+    loop parsed it."""
+    import clair_vec.service.requests as requests_module
+
+    parsed_on: list[str] = []
+    real = requests_module.strict_json
+
+    def spy(body, depth):
+        try:
+            asyncio.get_running_loop()
+            parsed_on.append("the event loop")
+        except RuntimeError:
+            parsed_on.append("a worker thread")
+        return real(body, depth)
+
+    monkeypatch.setattr(requests_module, "strict_json", spy)
+    app = create_app(retriever, "g")
+    with _sync(app) as c:
+        flood = b"[" + b"0," * 3_000_000 + b"0]"
+        r = c.post("/search", content=flood, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "values" in r.json()["detail"] and not parsed_on
+        ok = c.post("/search", json={"text": [UNSEEN[0]], "top_k": 2})
+        assert ok.status_code == 200 and len(parsed_on) == 1
+    assert parsed_on == ["a worker thread"]

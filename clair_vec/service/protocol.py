@@ -1,9 +1,14 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline for the request head.
+"""uvicorn's HTTP/1.1 protocol with a deadline for the request head, and health checks that a
+connection flood cannot starve.
 
 uvicorn closes idle keep-alive connections, but a connection that opens and then sends nothing,
 or half a request head, is kept forever: 1,100 such connections once made every new client fail
 until they closed. Here a connection has ``header_timeout`` seconds to send a whole request head,
 from when it opens and again after each response; past that it is closed.
+
+Until then those connections count against ``--max-connections``, past which uvicorn answers 503;
+``/healthz`` and ``/readyz`` are exempt, so an orchestrator does not restart a service that is
+only being flooded (they cost no database call or decode: ``/readyz`` one count).
 """
 
 from __future__ import annotations
@@ -13,10 +18,25 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
+
 
 def with_header_timeout(header_timeout: float) -> type[H11Protocol]:
     class HeadDeadlineProtocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _limit: int | None = None
+
+        # uvicorn reads this right after it has parsed a request's path into self.scope
+        @property  # type: ignore[override]
+        def limit_concurrency(self) -> int | None:
+            scope = getattr(self, "scope", None)
+            if scope is not None and scope.get("path") in EXEMPT_PATHS:
+                return None
+            return self._limit
+
+        @limit_concurrency.setter
+        def limit_concurrency(self, value: int | None) -> None:
+            self._limit = value
 
         def _arm(self) -> None:
             self._disarm()

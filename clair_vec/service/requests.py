@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import Request
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from clair_vec.datasets.images import IMAGE_FORMATS, decode_image
 from clair_vec.errors import CorruptImageError
@@ -61,6 +62,8 @@ class SearchRequest:
 
 #: the longest integer literal a request may hold; every number the service takes fits in far fewer
 MAX_INT_DIGITS = 30
+#: values in a JSON search body: parts, labels and texts are counted in tens; texts may hold commas
+MAX_JSON_VALUES = 100_000
 
 
 def strict_json(body: bytes, max_depth: int) -> Any:
@@ -207,7 +210,13 @@ async def read_search(request: Request, settings: ServiceSettings) -> SearchRequ
             req.images.append((data, domain or None, 1.0))
         return req
     if ctype == "application/json":
-        body = strict_json(await request.body(), settings.max_json_depth)
+        raw = await request.body()
+        # a search is a handful of values (an image is one string): refuse a body of millions before
+        # parsing builds millions of objects, and parse off the event loop, which answers everyone else
+        values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+        if values > MAX_JSON_VALUES:
+            raise HTTPProblem(413, f"the JSON body holds about {values:,} values; a search holds at most {MAX_JSON_VALUES:,}")
+        body = await run_in_threadpool(strict_json, raw, settings.max_json_depth)
         if not isinstance(body, dict):
             raise HTTPProblem(400, 'the JSON body must be an object, e.g. {"image": "<base64>", "domain": "sketch"}')
         req = from_fields(body.get, body.get, settings)
