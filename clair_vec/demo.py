@@ -27,6 +27,7 @@ from clair_vec.method.metrics import ranked_metrics
 from clair_vec.retrieval.retriever import Retriever
 from clair_vec.store.backend import CollectionInfo, Record
 from clair_vec.store.plugins import get_backend
+from clair_vec.store.redaction import uri_secrets, without_credentials
 from clair_vec.training.bootstrap_clip import bootstrap_clip
 from clair_vec.training.features import extract_features
 from clair_vec.training.job import train_local
@@ -173,14 +174,14 @@ def run_demo(
         indexer.model_dir = str(model_dir)  # recorded in the collection: a service following an alias finds it
         summary = indexer.index(CLAIR, gallery, domain=pivot, label_from_folder=True, progress=progress)
         print(f"[5/6] indexed {summary.indexed} unseen-class {pivot} images into {backend} collection {CLAIR!r} "
-              f"at {uri} (skipped {len(summary.skipped)})")  # fmt: skip
+              f"at {be.display_uri} (skipped {len(summary.skipped)})")  # fmt: skip
         ufeats = extract_features(foundation, unseen, n_views=1, seed=seed, cache_dir=work / "cache", progress=progress)
         g = ufeats[pivot]
         be.create_collection(CollectionInfo(RAW, foundation.embed_dim, f"clip-{clip_model}", target_domain=pivot))
         be.upsert(RAW, [Record(f"raw{i}", v.numpy(), {"label": lbl, "domain": pivot, "path": p})
                         for i, (v, lbl, p) in enumerate(zip(g.clean, g.labels, g.paths, strict=True))])  # fmt: skip
         be.flush(RAW)
-        results: dict[str, Any] = {"backend": backend, "uri": uri, "seed": seed, "model": model.model_id, "gallery": len(g), "rows": {},
+        results: dict[str, Any] = {"backend": backend, "uri": be.display_uri, "seed": seed, "model": model.model_id, "gallery": len(g), "rows": {},
                                    "shipped": model.record["shipped"], "validation": model.record.get("validation")}  # fmt: skip
         for q in [d for d in unseen.domains if d != pivot]:
             f = ufeats[q]
@@ -197,6 +198,9 @@ def run_demo(
     print(format_table(results, top_k))
     print(verdict(results, top_k, model.record.get("shipped", "clair")))
     results["next"] = next_steps(root, work, model_dir, CLAIR, backend, uri, unseen, pivot)
+    if uri_secrets(uri):  # the commands carry the URI without its credentials: they are not repeated anywhere
+        results["next"].append("(the URI's credentials are left out above: add them back, or set the backend's token variable, "
+                               "e.g. $CLAIR_VEC_MILVUS_TOKEN)")  # fmt: skip
     print("\nnext:\n" + "\n".join(f"  {line}" for line in results["next"]))
     (work / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -233,7 +237,7 @@ def next_steps(root: Path, work: Path, model_dir: Path, collection: str, backend
     """The commands to run next, exactly as they work from the current directory."""
     store = ["--backend", backend] if backend != "milvus" else []
     sketch = next((i.path for i in unseen.items if i.domain != pivot), None)
-    common = f"--model {model_dir} --collection {collection} {' '.join(store)} --uri {uri}".replace("  ", " ")
+    common = f"--model {model_dir} --collection {collection} {' '.join(store)} --uri {without_credentials(uri)}".replace("  ", " ")
     lines = [f"clair-vec serve {common}    # then open http://127.0.0.1:8000/ and draw"]
     if sketch:
         domain = next(i.domain for i in unseen.items if i.path == sketch)

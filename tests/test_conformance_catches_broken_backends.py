@@ -459,3 +459,26 @@ def test_the_suite_fails_each_broken_backend_on_the_promise_it_breaks(tmp_path):
     assert "is in state 'released'" in messages["no_load", EXPECTED["no_load"][0]]
     spec = messages["loses_spec", EXPECTED["loses_spec"][0]]
     assert "target_domain='photo'" in spec and "target_domain='sketch'" in spec
+
+
+def test_a_failing_promise_never_prints_the_backend_password(tmp_path):
+    """pytest shows a failing test's arguments, the values an assert compared and what was
+    captured; with a server URI that holds a password, each of them once showed it."""
+    password = "Suite-Planted-Pw-7731"
+    (tmp_path / "test_leak.py").write_text(textwrap.dedent(f"""
+        import pytest
+        from clair_vec.plugin import register_secret
+
+        @pytest.fixture
+        def backend_uri():
+            register_secret({password!r})  # as a backend does with its URI
+            return "http://root:{password}@127.0.0.1:9"
+
+        def test_promise(backend_uri):
+            print("connecting to", backend_uri)
+            assert backend_uri == "http://elsewhere"
+    """))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", str(tmp_path / "test_leak.py")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 1 and "1 failed" in out.stdout, out.stdout[-2000:]
+    assert password not in out.stdout + out.stderr and "http://***@127.0.0.1:9" in out.stdout, out.stdout[-3000:]

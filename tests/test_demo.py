@@ -90,3 +90,20 @@ def test_ablation_table_over_demo_workdirs(tmp_path):
         assert p["kept"] == pytest.approx(0.3, abs=0.02) and p["spec_kept"] == 1.0  # the spec filter keeps everything
     table = format_table(res)
     assert "| default, unchecked |" in table and "accuracy kept / dropped" in table
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("MILVUS_LITE_URI"),
+                    reason="needs MILVUS_LITE_URI: run through `make test`, which starts a milvus-lite server")  # fmt: skip
+def test_a_password_in_the_demo_uri_is_never_printed_or_saved(tmp_path, capsys):
+    import os
+
+    password = "Demo-Planted-Pw-4417"
+    uri = os.environ["MILVUS_LITE_URI"].replace("http://", f"http://root:{password}@")
+    res = run_demo(tmp_path / "w", uri=uri, per_class=8, web_per_class=10, bootstrap_steps=20, epochs=1, batch_size=24, top_k=20,
+                   progress=False)  # fmt: skip
+    out = capsys.readouterr()
+    saved = (tmp_path / "w" / "results.json").read_text()
+    assert password not in out.out + out.err + saved
+    assert res["uri"] == uri.replace(f"root:{password}", "***")  # shown, masked
+    host = os.environ["MILVUS_LITE_URI"]
+    assert any(f"--uri {host}" in line for line in res["next"]) and "credentials are left out" in res["next"][-1]

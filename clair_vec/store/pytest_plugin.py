@@ -9,3 +9,20 @@ install (``pip install -e``) does not have, so the suite's asserts would stay ba
 import pytest
 
 pytest.register_assert_rewrite("clair_vec.store.testing")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """A failing promise shows the values it compared, the test's arguments and what it captured:
+    a backend URI among them. Every secret a backend registered (a URI's password, a token) is
+    masked in the report, so a failure printed to a CI log never shows one."""
+    outcome = yield
+    report = outcome.get_result()
+    from clair_vec.store.redaction import scrub
+
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        clean = scrub(text)
+        if clean != text:
+            report.longrepr = clean
+    report.sections = [(title, scrub(content)) for title, content in report.sections]

@@ -123,6 +123,19 @@ def redact_uri(uri: str | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def without_credentials(uri: str) -> str:
+    """``uri`` with its user info and credential-like query parameters left out (not masked): a URI
+    a command line can show and still use, the credentials coming from elsewhere."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return scrub(uri)
+    if not _is_url(parts):
+        return uri
+    query = "&".join(pair for pair in parts.query.split("&") if pair and not is_secret_name(unquote(pair.partition("=")[0])))
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, query, parts.fragment))
+
+
 def uri_secrets(uri: str | None) -> list[str]:
     """The secrets a URI carries: its password (or its whole user info when there is no
     password, e.g. a token as user name) and the values of credential-like query parameters."""
