@@ -76,3 +76,39 @@ def test_check_a_milvus_server_and_leave_nothing_on_it():
     assert sorted(client.list_collections()) == before and not (client.list_aliases().get("aliases") or [])
     client.drop_collection("conformance_made_by_someone_else")
     client.close()
+
+
+def test_a_backend_whose_open_creates_a_collection_fails_the_check_given_an_empty_namespace(tmp_path):
+    """--fresh-option points the check at an empty namespace the operator made; a backend that
+    creates something when it opens is then caught, whatever its engine."""
+    (tmp_path / "eager_plugin.py").write_text(textwrap.dedent('''
+        import os
+        from clair_vec.plugin import CollectionInfo, hookimpl
+        from clair_vec_numpy import NumpyBackend
+
+        class Eager(NumpyBackend):
+            """A namespace per option `ns`, and a 'default' collection made in it on open."""
+            name = "eager"
+
+            def __init__(self, uri=None, ns="main", **options):
+                super().__init__(os.path.join(uri, ns), **options)
+                if not self.has_collection("default"):
+                    self.create_collection(CollectionInfo("default", 4, "m"))
+
+        @hookimpl
+        def clair_vec_register_backends(register):
+            register("eager", Eager)
+    '''))
+    env = {"CLAIR_VEC_PLUGINS": "eager_plugin",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "plugins" / "example-numpy")])}  # fmt: skip
+    store = tmp_path / "server"
+    skipped = check("eager", "--uri", str(store), "-k", "fresh_server_namespace", env=env)
+    assert skipped.returncode == 0 and "0 hold, 0 broken, 1 skipped" in skipped.stdout, skipped.stdout + skipped.stderr[-2000:]
+    out = check("eager", "--uri", str(store), "--fresh-option", "ns=check_empty", "-k", "fresh_server_namespace", env=env)
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    assert "  BROKEN   opening a fresh server namespace creates nothing" in out.stdout
+
+
+def test_an_unreachable_uri_can_be_given_for_any_engine(tmp_path):
+    out = check("qdrant", "--uri", str(tmp_path / "store"), "--unreachable-uri", "http://127.0.0.1:9", "-k", "refused_connection")
+    assert out.returncode == 0 and "1 hold, 0 broken, 0 skipped" in out.stdout, out.stdout + out.stderr[-2000:]

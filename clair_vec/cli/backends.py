@@ -48,7 +48,9 @@ def cmd_check(a: argparse.Namespace) -> int:
     if not a.uri:
         raise ClairVecError("--check needs --uri: the server URL, or the path of an embedded store, to check")
     target = Target(a.check, a.uri, parse_options(a.option),
-                     parse_options(a.wrong_credential) if a.wrong_credential else None)  # fmt: skip
+                    parse_options(a.wrong_credential) if a.wrong_credential else None,
+                    fresh_options=parse_options(a.fresh_option) if a.fresh_option else None,
+                    unreachable_uri=a.unreachable_uri)  # fmt: skip
     print(f"checking backend {a.check!r} against the conformance suite (collections named conformance_*; all dropped "
           "afterwards)...", file=sys.stderr, flush=True)  # fmt: skip
     report = run_check(target, select=a.promises)
@@ -70,5 +72,11 @@ def add_commands(add) -> None:
     b.add_argument("--wrong-credential", action="append", default=[], metavar="KEY=VALUE",
                    help="with --check: options with credentials the server must refuse (e.g. token=nobody:wrong), to "
                    "check that refused credentials fail at once and say so")  # fmt: skip
+    b.add_argument("--fresh-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --check: options that open an EMPTY namespace you made for the check (e.g. "
+                   "db_name=check_empty), to check that opening the backend creates nothing there")  # fmt: skip
+    b.add_argument("--unreachable-uri", metavar="URI",
+                   help="with --check: a URI of this backend's kind where nothing listens, to check that a refused "
+                   "connection fails at once (default: the --uri host on a free loopback port, for http(s) URIs)")  # fmt: skip
     b.add_argument("-k", dest="promises", metavar="EXPR", help="with --check: only the promises whose test name matches "
                    "this pytest -k expression (e.g. 'alias or vectors')")  # fmt: skip

@@ -31,6 +31,11 @@ class Target:
     uri: str | None
     options: dict[str, Any] = field(default_factory=dict)
     wrong_credentials: dict[str, Any] | None = None
+    #: options (over ``options``) that open an empty namespace the operator made (a database, a
+    #: schema), for the promise that opening a backend creates nothing; None: that promise skips
+    fresh_options: dict[str, Any] | None = None
+    #: a URI of this backend's kind where nothing listens; None: derived from an http(s) ``uri``
+    unreachable_uri: str | None = None
 
 
 @dataclass
@@ -88,6 +93,18 @@ class TestDeployment(BackendConformance):
         return current_target().wrong_credentials
 
     @pytest.fixture
+    def unreachable_uri(self):
+        from clair_vec.store.deployment_check import unreachable_uri
+
+        return unreachable_uri(current_target())
+
+    @pytest.fixture
+    def fresh_namespace(self):
+        from clair_vec.store.deployment_check import fresh_namespace
+
+        return fresh_namespace(current_target())
+
+    @pytest.fixture
     def fresh_uri(self, tmp_path):
         uri = current_target().uri or ""
         if "://" in uri:
@@ -100,6 +117,40 @@ class TestDeployment(BackendConformance):
     def fresh_path(self, fresh_uri):
         return None if fresh_uri is None else fresh_uri.removeprefix("local:")
 '''
+
+
+def unreachable_uri(target: Target) -> str | None:
+    """``--unreachable-uri``, else the check's http(s)/grpc URI on a free loopback port."""
+    if target.unreachable_uri is not None:
+        return target.unreachable_uri
+    from urllib.parse import urlsplit, urlunsplit
+
+    from clair_vec.store.testing.support import _free_port
+
+    parts = urlsplit(target.uri or "")
+    if parts.scheme in ("http", "https", "grpc", "tcp") and parts.netloc:
+        return urlunsplit((parts.scheme, f"127.0.0.1:{_free_port()}", parts.path, "", ""))
+    return None
+
+
+def fresh_namespace(target: Target) -> Any:
+    """The operator's empty namespace as the suite's FreshNamespace: what is in it is what a new
+    handle on it lists (collections and aliases), so anything an open creates shows."""
+    if target.fresh_options is None:
+        return None
+    from clair_vec.store.plugins import get_backend
+    from clair_vec.store.testing import FreshNamespace
+
+    options = {**target.options, **target.fresh_options}
+
+    def contents() -> list[str]:
+        with get_backend(target.name, target.uri, **options) as be:
+            names = [f"collection {c}" for c in be.list_collections()]
+            if be.supports("aliases"):
+                names += [f"alias {a}" for a in be.aliases()]
+            return sorted(names)
+
+    return FreshNamespace(target.uri, options, contents=contents)
 
 
 def current_target() -> Target:
