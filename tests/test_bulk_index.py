@@ -77,7 +77,7 @@ def test_index_job_reports_skips_and_resumes(model_dir, shapes_root, tmp_path):
     s = json.loads(out.stdout.splitlines()[-1])
     assert s["indexed"] == 8 and s["already_present"] == 0
     reasons = dict(s["skipped"])
-    assert "UnidentifiedImageError" in reasons[str(gallery / "heart" / "broken.png")]
+    assert "not an image in a format clair_vec reads" in reasons[str(gallery / "heart" / "broken.png")]
     assert "not valid UTF-8" in reasons[str(gallery / "heart") + "/caf\\xe9.png"]
     assert [tuple(d) for d in s["duplicates"]] == [(str(gallery / "heart" / "0003.png"), str(gallery / "copy" / "same.png"))] or \
         [tuple(d) for d in s["duplicates"]] == [(str(gallery / "copy" / "same.png"), str(gallery / "heart" / "0003.png"))]

@@ -95,7 +95,7 @@ def test_index_then_search_across_domains(trained, split, tmp_path, backend):
     bad.write_bytes(b"not an image")
     s = clair_vec.index("gal", gallery + [str(bad)], backend=backend, uri=uri, model=path, label_from_folder=True, progress=False)
     assert s.indexed == len(gallery) and s.already_present == 0
-    assert s.skipped == [(str(bad), s.skipped[0][1])] and "UnidentifiedImageError" in s.skipped[0][1]
+    assert s.skipped == [(str(bad), s.skipped[0][1])] and "not an image in a format clair_vec reads" in s.skipped[0][1]
     # a re-run (e.g. after a crash) stores nothing twice
     again = clair_vec.index("gal", gallery, backend=backend, uri=uri, model=path, progress=False)
     assert again.indexed == 0 and again.already_present == len(gallery)
