@@ -242,3 +242,22 @@ def test_the_page_still_works_under_its_content_security_policy():
     html = (Path(clair_vec.__file__).parent / "service" / "web" / "index.html").read_text()
     for needle in ("<script src=", "<link ", "@import", "http://", "https://"):
         assert needle not in html, needle
+
+
+def test_the_openapi_document_describes_the_bodies_and_every_answer(retriever):
+    """A schema-driven client or fuzzer reaches past the first example only if the document says
+    what POST /search takes and that every error is {"detail": "<words>"}."""
+    with TestClient(create_app(retriever, "g", docs=True)) as c:
+        spec = c.get("/openapi.json").json()
+        search = spec["paths"]["/search"]["post"]
+        assert set(search["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
+        assert {"400", "404", "413", "415", "422", "503"} <= set(search["responses"])
+        for path, ops in spec["paths"].items():
+            for method, op in ops.items():
+                for code, answer in op["responses"].items():
+                    if code.startswith("4") or (code == "503" and path != "/readyz"):
+                        schema = answer["content"]["application/json"]["schema"]
+                        assert schema["properties"]["detail"] == {"type": "string"}, (method, path, code, schema)
+        sent = c.get("/images/" + "0" * 32, params={"size": "huge"})  # FastAPI's own validation answers too
+        assert sent.status_code == 422 and isinstance(sent.json()["detail"], str)
+        assert "HTTPValidationError" not in json.dumps(spec)

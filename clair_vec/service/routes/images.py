@@ -8,13 +8,14 @@ from starlette.concurrency import run_in_threadpool
 
 from clair_vec.service.context import ServiceContext
 from clair_vec.service.problems import HTTPProblem
+from clair_vec.service.schema import answers
 from clair_vec.service.thumbnails import THUMB_SIZES
 
 
 def router(ctx: ServiceContext) -> APIRouter:
     r = APIRouter()
 
-    @r.get("/images/{rid}", summary="thumbnail of a stored image")
+    @r.get("/images/{rid}", summary="thumbnail of a stored image", responses=answers(404, 422, 503))
     async def image(rid: str, size: int = 160):
         if size not in THUMB_SIZES:
             raise HTTPProblem(422, f"size must be one of {list(THUMB_SIZES)}")

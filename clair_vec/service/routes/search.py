@@ -30,6 +30,7 @@ from clair_vec.service.context import ServiceContext
 from clair_vec.service.observe import database_problem
 from clair_vec.service.problems import HTTPProblem
 from clair_vec.service.requests import SearchRequest, decode_upload, integer, number, read_search, strings
+from clair_vec.service.schema import SEARCH_BODY, answers
 from clair_vec.store.redaction import scrub
 
 log = logging.getLogger("clair_vec.service")
@@ -75,11 +76,12 @@ def router(ctx: ServiceContext) -> APIRouter:
                 answer["note"] = note
         return JSONResponse(answer)
 
-    @r.post("/search", summary="search with an image, text, stored hits, or a weighted mix (multipart or JSON)")
+    @r.post("/search", summary="search with an image, text, stored hits, or a weighted mix (multipart or JSON)",
+            openapi_extra=SEARCH_BODY, responses=answers(400, 404, 408, 413, 415, 422, 503))  # fmt: skip
     async def search(request: Request):
         return await answer(lambda: read_search(request, settings))
 
-    @r.get("/similar/{rid}", summary="more like a stored record")
+    @r.get("/similar/{rid}", summary="more like a stored record", responses=answers(404, 422, 503))
     async def similar(
         request: Request,
         rid: str,

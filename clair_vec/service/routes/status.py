@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from clair_vec.service.context import ServiceContext
 from clair_vec.service.observe import database_problem
+from clair_vec.service.schema import answers
 from clair_vec.store.redaction import scrub
 
 log = logging.getLogger("clair_vec.service")
@@ -28,11 +29,12 @@ def router(ctx: ServiceContext) -> APIRouter:
                 "max_upload_bytes": ctx.settings.max_upload_bytes, "max_labels": ctx.settings.max_labels,
                 "backend": ctx.backend.name}  # fmt: skip
 
-    @r.get("/labels", summary="labels and zero-shot tags stored in the collection (for the filter on the page)")
+    @r.get("/labels", summary="labels and zero-shot tags stored in the collection (for the filter on the page)",
+           responses=answers(503))  # fmt: skip
     async def labels():
         return await run_in_threadpool(ctx.labels)
 
-    @r.get("/collections")
+    @r.get("/collections", responses=answers(503))
     async def collections():
         names = await run_in_threadpool(ctx.retriever.list_collections)
         return {"collections": names, "serving": ctx.serving.collection, "backend": ctx.backend.name}
@@ -41,7 +43,9 @@ def router(ctx: ServiceContext) -> APIRouter:
     async def healthz():
         return {"status": "ok"}
 
-    @r.get("/readyz")
+    @r.get("/readyz", responses={503: {"description": "not ready: the vector database does not answer", "content": {
+        "application/json": {"schema": {"type": "object", "properties": {"status": {"const": "unavailable"},
+                                                                          "detail": {"type": "string"}}}}}}})  # fmt: skip
     async def readyz():
         serving = ctx.serving
         try:
