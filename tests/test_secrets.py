@@ -71,3 +71,50 @@ def test_the_ray_index_job_shows_no_secret(model_dir, shapes_root):
                          capture_output=True, text=True, timeout=600, env={**os.environ, **ENV})  # fmt: skip
     assert out.returncode == 2, out.stderr[-3000:]
     assert leaks(out.stdout + out.stderr) == [], (out.stdout + out.stderr)[-3000:]
+
+
+def test_a_running_service_shows_its_database_password_nowhere(model_dir, shapes_root, tmp_path):
+    """`clair-vec serve` on a live server reached with a password in its URI: the password is in no
+    answer of any route (errors, metrics, the page included) and in none of the service's log, and
+    guessing it earns the same answer as any other guess."""
+    live = os.environ.get("MILVUS_URI")
+    if not live:
+        pytest.skip("MILVUS_URI is not set: run through `make test` (tests/servers.py starts a Milvus 2.3.5 server)")
+    import httpx
+    from servers import free_port
+
+    uri = live.replace("http://", f"http://root:{PASSWORD}@")  # a server without authentication takes any
+    collection = f"secrets_{os.getpid()}"
+    clair_vec.index(collection, [shapes_root / "photo" / "heart"], model=model_dir, uri=uri, progress=False)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clair_vec.cli", "-v", "serve", "--model", str(model_dir), "--collection",
+                             collection, "--uri", uri, "--port", str(port), "--docs"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **ENV})  # fmt: skip
+    bodies: list[str] = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            for _ in range(240):
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None, proc.stdout.read()[-3000:]
+                __import__("time").sleep(0.5)
+            sketch = (shapes_root / "sketch" / "heart" / "0000.png").read_bytes()
+            answers = [c.get(p) for p in ("/", "/info", "/labels", "/collections", "/healthz", "/readyz", "/metrics",
+                                          "/openapi.json", f"/similar/{PASSWORD}", f"/images/{PASSWORD}", "/nope")]  # fmt: skip
+            answers += [c.post("/search", files={"image": ("q.png", sketch, "image/png")}, data={"domain": "sketch"}),
+                        c.post("/search", json={"text": PASSWORD}), c.post("/search", json={"like": [PASSWORD]}),
+                        c.post("/search", content=b"{", headers={"content-type": "application/json"})]  # fmt: skip
+            bodies = [f"{a.status_code} {a.headers} {a.text}" for a in answers]
+    finally:
+        proc.terminate()
+        log = proc.communicate(timeout=60)[0]
+        with clair_vec.get_backend("milvus", live) as be:
+            be.drop_collection(collection)
+    assert any(b.startswith("200") for b in bodies)
+    not_sent = [bodies[i] for i in (*range(8), 10, 11, 14)]  # requests that did not hold the password
+    assert [b for b in not_sent if PASSWORD in b] == []
+    assert not any("***" in b for b in bodies), "a masked echo would tell a guesser which guess was right"
+    assert leaks(log) == [], log[-3000:]
