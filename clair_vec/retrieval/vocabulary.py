@@ -1,4 +1,4 @@
-"""A label vocabulary a user hands ``index --labels``: a list, or a text file of one label a line.
+r"""A label vocabulary a user hands ``index --labels``: a list, or a text file of one label a line.
 
 In a file, each line stripped of surrounding whitespace is one label; blank lines and comment
 lines (starting with ``#``) are skipped, and a label that starts with ``#`` is written ``\#``
