@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", choices=["auto", "yes", "no"], default="auto", help="auto: one GPU per actor if the cluster has them")
     p.add_argument("--threads-per-actor", type=int_range(1, 256), default=1, help="torch threads in each actor")
     p.add_argument("--batch-size", type=int_range(*BATCH_SIZES), default=64, help="images per encode-and-write batch")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default=None,
                    help="precision of the CLIP forward, recorded with the collection (None: the collection's, else fp32)")
     p.add_argument("--label-from-folder", action="store_true", help="store each image's folder name as its label")
     p.add_argument("--labels", default=None, metavar="FILE", help="label vocabulary file: tag each image zero-shot over it")

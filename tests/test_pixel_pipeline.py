@@ -122,12 +122,15 @@ def test_precision_refusals_are_one_line_errors(model_dir, tmp_path):
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         with autocast("cpu", "fp16"):
             pass
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
-        with autocast("cpu", "int8"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, int8"):
+        with autocast("cpu", "int4"):
+            pass
+    with pytest.raises(ValueError, match="int8 runs on a CPU"):
+        with autocast("cuda", "int8"):
             pass
     out = run_cli("index", "--model", str(model_dir), "--collection", "g", "--uri", str(tmp_path / "g.db"),
-                  "--precision", "int8", str(tmp_path))  # fmt: skip
-    assert out.returncode == 2 and "invalid choice: 'int8'" in out.stderr and "Traceback" not in out.stderr
+                  "--precision", "int4", str(tmp_path))  # fmt: skip
+    assert out.returncode == 2 and "invalid choice: 'int4'" in out.stderr and "Traceback" not in out.stderr
     assert default_batch_size("cpu") == 64 and default_batch_size("meta") == 64
 
 
@@ -142,3 +145,33 @@ def test_encode_benchmark_measures_every_row(tmp_path):
                                                  "index into Milvus Lite") for p in ("fp32", "bf16")}  # fmt: skip
     assert all(v > 0 for v in rows.values()) and set(res["vs_dataloader"]) == {k for k in rows if k.startswith("index")}
     assert "| index into Milvus Lite bf16 |" in format_table(res)
+
+
+def test_int8_quantises_a_vit_once_and_stays_close_to_fp32(shapes_root):
+    """int8: a ViT's linear layers quantised (a CPU speed option), its features within a small
+    angle of fp32's."""
+    from PIL import Image
+
+    from clair_vec.method.foundation import FoundationModel
+
+    torch.manual_seed(0)
+    fm = FoundationModel.load("ViT-B-32", None)
+    q = fm.int8_visual()
+    assert q is fm.int8_visual()  # made once
+    assert sum("quantized" in type(m).__module__ for m in q.modules()) >= 24  # two MLP layers in each of 12 blocks
+    images = [Image.open(p).convert("RGB") for p in sorted((shapes_root / "photo" / "star").iterdir())[:4]]
+    q8, fp = fm.encode_images(images, precision="int8"), fm.encode_images(images)
+    cos = (q8 * fp).sum(-1)
+    assert not torch.equal(q8, fp) and cos.min() > 0.99, cos
+
+
+def test_int8_is_recorded_like_any_precision_and_refused_where_it_would_change_nothing(model_dir, shapes_root, tmp_path):
+    """The demo's stand-in CLIP is a small ResNet: nothing in it is int8-quantisable, so int8 would
+    be fp32 under another name. It is refused; a ViT's collection records it (see above)."""
+    import clair_vec
+
+    photos = sorted((shapes_root / "photo" / "star").iterdir())
+    with pytest.raises(ValueError, match="has none: use fp32"):
+        clair_vec.index("q8", photos, model=model_dir, uri=str(tmp_path / "q.db"), precision="int8", progress=False, device="cpu")
+    with clair_vec.get_backend("milvus", str(tmp_path / "q.db")) as be:
+        assert not be.has_collection("q8")  # refused before anything was written

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from clair_vec.method.devices import resolve_device
-from clair_vec.method.pixel_batches import autocast, default_batch_size, loader_threads, to_device, usable_cores
+from clair_vec.method.pixel_batches import default_batch_size, loader_threads, usable_cores
 
 
 def device_name(device: torch.device) -> str:
@@ -129,9 +129,8 @@ def run(images: Sequence[Path], arch: str, device: torch.device, batch_size: int
         for prec in ("fp32", precision):
 
             def forward(prec: str = prec) -> None:
-                with torch.no_grad(), autocast(device, prec):
-                    for _ in range(reps):
-                        fm.model.encode_image(pixels)
+                for _ in range(reps):
+                    fm.encode_pixels(pixels, precision=prec)
 
             rows[f"raw forward {prec}"] = rate(reps * batch_size, forward, device, repeats=2)
         loader = torch.utils.data.DataLoader(_Files(images, fm.preprocess), batch_size=batch_size, num_workers=workers,
@@ -139,9 +138,8 @@ def run(images: Sequence[Path], arch: str, device: torch.device, batch_size: int
         for prec in ("fp32", precision):
 
             def fed(prec: str = prec) -> None:
-                with torch.no_grad(), autocast(device, prec):
-                    for batch in loader:
-                        fm.model.encode_image(to_device(batch, device))
+                for batch in loader:
+                    fm.encode_pixels(batch, precision=prec)
 
             rows[f"DataLoader-fed forward {prec}"] = rate(n, fed, device)
         srcs = sources.expand([str(p) for p in images])
@@ -187,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 256 on a GPU, 64 on a CPU)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes and decode threads (default: cores - 1)")
-    p.add_argument("--precision", choices=["bf16", "fp16"], default="bf16", help="the mixed precision set beside fp32")
+    p.add_argument("--precision", choices=["bf16", "fp16", "int8"], default="bf16", help="the precision set beside fp32")
     p.add_argument("--no-milvus", action="store_true", help="leave out the Milvus Lite row")
     p.add_argument("--json", default=None, help="also write the result here")
     a = p.parse_args(argv)

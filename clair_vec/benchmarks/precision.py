@@ -1,4 +1,4 @@
-"""Does mixed precision change what a user finds? mAP@200 of a demo's model at fp32 and bf16.
+"""Does a faster precision change what a user finds? mAP@200 of a demo's model at fp32 and bf16 (or fp16, int8).
 
     python -m clair_vec.benchmarks.precision --workdir clair_demo [--workdir d1 ...] [--device cuda]
 
@@ -49,7 +49,7 @@ def compare(workdir: str | Path, precisions: tuple[str, ...] = ("fp32", "bf16"),
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", action="append", required=True, help="a finished `clair-vec demo` work directory")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16"], help="the mixed precision set beside fp32")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "int8"], help="the precision set beside fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     a = p.parse_args(argv)
     for w in a.workdir:

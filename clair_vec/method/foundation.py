@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import struct
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,14 @@ def _without_random_init_warning() -> Iterator[None]:
         root.removeFilter(quiet)
 
 
+def _quantisable_linears(visual: torch.nn.Module) -> set[str]:
+    """The Linear layers that run as modules: an attention pool (ResNet CLIPs) reads its
+    projections' ``.weight`` directly, which a quantised layer no longer has."""
+    pools = [name for name, m in visual.named_modules() if "AttentionPool" in type(m).__name__ or "AttentionalPooler" in type(m).__name__]
+    return {name for name, m in visual.named_modules()
+            if type(m) is torch.nn.Linear and not any(name.startswith(p + ".") for p in pools)}  # fmt: skip
+
+
 def _looks_like_path(pretrained: str) -> bool:
     return pretrained.endswith(_CHECKPOINT_SUFFIXES) or os.sep in pretrained or pretrained.startswith(".")
 
@@ -86,6 +95,8 @@ class FoundationModel:
         size = self.model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.preprocess = open_clip.image_transform(self.image_size, is_train=False)
+        self._int8: torch.nn.Module | None = None
+        self._int8_lock = threading.Lock()
 
     @classmethod
     def load(cls, arch: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu") -> FoundationModel:
@@ -175,7 +186,8 @@ class FoundationModel:
         ``(N, 3, H, W)`` tensor. ``seeds`` seeds torch's RNG before each image's transform, making
         random augmentations a function of the image, not of the order or the worker it is
         processed in; seeded transforms run on this thread, since torch's RNG is global.
-        ``precision``: ``fp32`` (default), or ``bf16``/``fp16`` autocast for the forward.
+        ``precision``: ``fp32`` (default), ``bf16``/``fp16`` autocast for the forward, or ``int8``
+        (the vision tower's linear layers quantised, on a CPU).
         """
         transform = transform or self.preprocess
         n = len(images)
@@ -204,8 +216,27 @@ class FoundationModel:
     def encode_pixels(self, pixels: torch.Tensor, *, precision: str | None = None) -> torch.Tensor:
         """Features of one preprocessed batch, L2-normalised float32 on the CPU."""
         with autocast(self.device, precision):
-            feats = self.model.encode_image(to_device(pixels, self.device))
+            if precision == "int8":
+                feats = self.int8_visual()(to_device(pixels, self.device))
+            else:
+                feats = self.model.encode_image(to_device(pixels, self.device))
         return F.normalize(feats.float(), dim=-1).cpu()
+
+    def int8_visual(self) -> torch.nn.Module:
+        """The vision tower with its linear layers (the MLPs: about two thirds of a ViT's work)
+        quantised to int8, weights once and activations per batch; made on first use, kept. The
+        attention projections stay fp32: PyTorch's MultiheadAttention keeps them outside Linear."""
+        with self._int8_lock:
+            if self._int8 is None:
+                import copy
+
+                layers = _quantisable_linears(self.model.visual)
+                if not layers:
+                    raise ValueError(f"precision int8 quantises a vision transformer's linear layers, and {self.arch}'s "
+                                     f"vision tower ({type(self.model.visual).__name__}) has none: use fp32 (or bf16)")  # fmt: skip
+                visual = copy.deepcopy(self.model.visual).float().eval()
+                self._int8 = torch.ao.quantization.quantize_dynamic(visual, layers, dtype=torch.qint8)
+            return self._int8
 
     @staticmethod
     def _seeded(transform: Callable[[Image.Image], torch.Tensor], image: Image.Image, seeds: Sequence[int] | None, i: int) -> torch.Tensor:

@@ -22,8 +22,9 @@ K = TypeVar("K")
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: precision name -> autocast dtype (None: plain fp32)
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: precision name -> autocast dtype (None: plain fp32, or int8: the vision tower's linear layers
+#: quantised to int8 with dynamic activation scales, on a CPU; see FoundationModel.encode_pixels)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
 #: batches prepared ahead of the one being encoded
 AHEAD = 2
 
@@ -37,10 +38,13 @@ def check_precision(precision: str | None) -> str:
 
 def autocast(device: torch.device | str, precision: str | None) -> AbstractContextManager:
     """The encoder's mixed-precision context; fp32 is no context at all (bit-identical to before)."""
-    dtype = PRECISIONS[check_precision(precision)]
+    name = check_precision(precision)
+    dtype = PRECISIONS[name]
+    kind = torch.device(device).type
+    if name == "int8" and kind != "cpu":
+        raise ValueError("precision int8 runs on a CPU (PyTorch's dynamic quantisation); on a GPU use fp16 or bf16")
     if dtype is None:
         return nullcontext()
-    kind = torch.device(device).type
     if kind == "cpu" and dtype is torch.float16:
         raise ValueError("precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
     return torch.autocast(device_type=kind, dtype=dtype)

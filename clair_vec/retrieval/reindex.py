@@ -69,6 +69,8 @@ def reindex(
     batch_size = check_batch_size(default_batch_size(target.model.device) if batch_size is None else batch_size)
     if precision is not None:
         check_precision(precision)
+        if precision == "int8":
+            target.model.foundation.int8_visual()  # refused before anything is written where it would change nothing
     tags = vocabulary(labels)
     old = source.resolve(old)
     if old == target.backend.resolve(new) and source is target.backend:

@@ -126,6 +126,8 @@ class Retriever:
         batch_size = check_batch_size(default_batch_size(m.device) if batch_size is None else batch_size)
         if precision is not None:
             check_precision(precision)
+            if precision == "int8":
+                m.foundation.int8_visual()  # a CLIP with nothing to quantise is refused before anything is written
         images = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
         roots = [str(i) for i in images if isinstance(i, (str, Path))]
         if prune_missing:  # first: its message says why a missing folder matters there
