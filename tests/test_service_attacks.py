@@ -116,6 +116,7 @@ def test_http_conventions(client):
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"] and page.headers["x-frame-options"] == "DENY"
     for answer in (page, head, wrong, client.get("/info")):
         assert answer.headers["x-content-type-options"] == "nosniff"
+    assert 'method="HEAD",route="/healthz"' in client.get("/metrics").text  # counted as what it was
 
 
 def test_media_types_are_read_as_rfc_9110_says(client):
@@ -145,7 +146,12 @@ def test_a_rebound_host_name_is_refused_on_loopback(retriever):
         for path in ("/info", "/images/" + "0" * 32):
             evil = c.get(path, headers={"host": "evil.example:8601", "origin": "http://evil.example:8601"})
             assert evil.status_code == 400 and "--allowed-host" in evil.json()["detail"]
+        assert c.get("/info", headers={"host": "LocalHost.:8601"}).status_code == 200  # case and a trailing dot
     assert default_allowed_hosts("0.0.0.0") is None and default_allowed_hosts("0.0.0.0", ("search.example",)) == ("search.example",)
+    assert "localhost" in default_allowed_hosts("LOCALHOST") and "::1" in default_allowed_hosts("[::1]")
+    proxied = create_app(retriever, "g", allowed_hosts=default_allowed_hosts("127.0.0.1", ("Search.Example:443",)))
+    with TestClient(proxied, base_url="https://search.example") as c:
+        assert c.get("/info").status_code == 200  # an --allowed-host given with a port matches its name
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -202,8 +208,8 @@ MEMORY = textwrap.dedent("""
     from clair_vec.service.requests import decode_upload
     page = os.sysconf("SC_PAGE_SIZE")
     rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
-    side = 6300  # 39.7 Mpx, under the 40 Mpx limit: the worst image the limits admit, 16-bit grey
-    buf = io.BytesIO(); Image.fromarray((np.arange(side * side) % 65536).astype(np.uint16).reshape(side, side)).save(buf, "PNG")
+    w, h = int(sys.argv[1]), int(sys.argv[2])  # under the 40 Mpx limit: the worst images the limits admit, 16-bit grey
+    buf = io.BytesIO(); Image.fromarray((np.arange(w * h) % 65536).astype(np.uint16).reshape(h, w)).save(buf, "PNG")
     data = buf.getvalue(); gc.collect(); time.sleep(0.2)
     base = rss(); peak = [base]; done = threading.Event()
     def sample():
@@ -217,9 +223,11 @@ MEMORY = textwrap.dedent("""
 """)
 
 
-def test_sixteen_worst_case_uploads_at_once_stay_within_the_decode_budget():
-    """A 400 KB PNG of 6300x6300 16-bit pixels once cost 1 GB to decode, and sixteen at once 16 GB."""
-    out = subprocess.run([sys.executable, "-c", MEMORY], capture_output=True, text=True, timeout=600,
+@pytest.mark.parametrize(("width", "height"), [(6300, 6300), (800, 20000)], ids=["square", "long-and-thin"])
+def test_sixteen_worst_case_uploads_at_once_stay_within_the_decode_budget(width, height):
+    """A 400 KB PNG of 6300x6300 16-bit pixels once cost 1 GB to decode, and sixteen at once 16 GB.
+    A long thin one is not reduced (its short side is what the model sees), so it is the costlier."""
+    out = subprocess.run([sys.executable, "-c", MEMORY, str(width), str(height)], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "CLAIR_VEC_DECODE_BUDGET_MB": "256"})  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     peak, after, size = (float(x) for x in out.stdout.split())
@@ -261,3 +269,53 @@ def test_the_openapi_document_describes_the_bodies_and_every_answer(retriever):
         sent = c.get("/images/" + "0" * 32, params={"size": "huge"})  # FastAPI's own validation answers too
         assert sent.status_code == 422 and isinstance(sent.json()["detail"], str)
         assert "HTTPValidationError" not in json.dumps(spec)
+
+
+def test_a_reduced_16_bit_image_keeps_its_exif_orientation():
+    import numpy as np
+
+    from clair_vec.datasets.images import decode_image
+
+    im = Image.fromarray(np.full((1000, 1800), 30000, dtype=np.uint16))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    out = io.BytesIO()
+    im.save(out, "PNG", exif=exif.tobytes())
+    assert decode_image(out.getvalue(), "sideways").size == (500, 900)  # reduced by 2, then turned upright
+
+
+def test_a_skipped_promise_with_a_secret_in_its_reason_keeps_pytest_working(tmp_path):
+    """A skip's report is (path, line, reason): scrubbed in place, pytest's summary and junitxml still work."""
+    (tmp_path / "test_skip.py").write_text(
+        "import pytest\nfrom clair_vec.plugin import register_secret\n"
+        "def test_s():\n    register_secret('Skip-Planted-Pw-55')\n    pytest.skip('no server at http://admin:Skip-Planted-Pw-55@db:1')\n"
+    )
+    out = subprocess.run([sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider", "--junitxml", str(tmp_path / "j.xml"),
+                          str(tmp_path / "test_skip.py")], capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0 and "1 skipped" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Skip-Planted-Pw-55" not in out.stdout + (tmp_path / "j.xml").read_text()
+
+
+def test_a_milvus_uri_with_a_user_alone_sends_it_as_the_api_key(monkeypatch):
+    """pymilvus' own rule: http://KEY@host carries an API key (Zilliz Cloud); the URI pymilvus gets
+    holds no credentials, the token does."""
+    import pymilvus
+
+    from clair_vec import get_backend
+
+    seen = {}
+
+    class FakeClient:
+        def __init__(self, uri, token="", **kw):
+            seen.update(uri=uri, token=token)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pymilvus, "MilvusClient", FakeClient)
+    with get_backend("milvus", "https://0123456789abcdefAPIKEY@in03.example.com:19530"):
+        pass
+    assert seen == {"uri": "https://in03.example.com:19530", "token": "0123456789abcdefAPIKEY"}
+    with get_backend("milvus", "http://root:p%40ss%3Aw0rd@db:19530"):
+        pass
+    assert seen == {"uri": "http://db:19530", "token": "root:p@ss:w0rd"}

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -104,11 +105,14 @@ def to_rgb(im: Image.Image) -> Image.Image:
     rather than clipped, transparency laid over white (a transparent sketch on black would be black
     on black), everything else by PIL's own conversion."""
     if im.mode in _WIDE or im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
+        a = np.asarray(im)  # in its own depth: a float64 copy of a 40 Mpx image would be 320 MB
         peak = float(a.max(initial=0))
         # I;16 is 16-bit by definition; 32-bit "I" and float "F" say nothing, so their values decide
         top = 65535.0 if im.mode.startswith("I;16") else 1.0 if im.mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 else 65535.0
-        gray = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        gray = np.empty(a.shape, np.uint8)
+        rows = max(1, (1 << 20) // max(1, a.shape[1]))  # scaled a million pixels at a time, in float64 as before
+        for s in range(0, a.shape[0], rows):
+            gray[s : s + rows] = np.clip(np.round(a[s : s + rows].astype(np.float64) * (255.0 / top)), 0, 255)
         return Image.fromarray(gray, "L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
@@ -152,10 +156,40 @@ def reduce_factor(size: tuple[int, int]) -> int:
     return max(1, min(size) // DECODE_MIN_SIDE)
 
 
+#: a decode that held this much hands freed memory back to the system when it is done
+TRIM_ABOVE = 32 * 2**20
+
+
+def _release_freed_memory() -> None:
+    """glibc keeps what a thread freed in that thread's arena: after large decodes in many threads
+    the process held hundreds of MB it no longer used. ``malloc_trim`` returns it (every arena)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_libc = _load_libc()
+
+
+#: what to_rgb may hold per pixel at once: transparency laid over white makes three RGBA copies and the RGB
+TO_RGB_BYTES = 16
+
+
 def _bytes_per_pixel(mode: str) -> int:
+    """What Pillow stores per pixel (two-band modes take four bytes, as RGBA does)."""
     if mode.startswith("I;16"):
         return 2
-    return {"1": 1, "L": 1, "P": 1, "I": 4, "F": 4, "LA": 2, "PA": 2, "La": 2}.get(mode, 4)
+    return {"1": 1, "L": 1, "P": 1}.get(mode, 4)
 
 
 def _reduced(im: Image.Image, factor: int) -> Image.Image:
@@ -167,7 +201,9 @@ def _reduced(im: Image.Image, factor: int) -> Image.Image:
         h, w = (a.shape[0] // factor) * factor, (a.shape[1] // factor) * factor
         blocks = a[:h, :w].reshape(h // factor, factor, w // factor, factor)
         mean = blocks.mean(axis=(1, 3))
-        return Image.fromarray(np.round(mean).astype(np.int32 if im.mode == "I" else np.uint16))  # I or I;16
+        small = Image.fromarray(np.round(mean).astype(np.int32 if im.mode == "I" else np.uint16))  # I or I;16
+        small.info.update(im.info)  # its EXIF orientation among them
+        return small
     if im.mode in ("1", "P"):  # Pillow cannot reduce these either: as 8-bit, transparency kept
         im = im.convert("RGBA" if im.mode == "P" and "transparency" in im.info else "L" if im.mode == "1" else "RGB")
     return im.reduce(factor)
@@ -192,13 +228,22 @@ def decode_image(data: bytes, name: str) -> Image.Image:
             if factor > 1 and im.format in ("JPEG", "MPO"):  # JPEG decodes at 1/2, 1/4 or 1/8 size directly
                 im.draft("RGB", (im.size[0] // factor, im.size[1] // factor))
             w, h = im.size
-            # the copy a mode is reduced from: 8-bit for 1 and P, NumPy's for 16-bit
-            conversion = 4 if im.mode in ("1", "P") else _bytes_per_pixel(im.mode) if im.mode in _WIDE else 0
-            with DECODE_BUDGET.hold(w * h * (_bytes_per_pixel(im.mode) + conversion)):
-                im.load()
-                small = _reduced(im, reduce_factor(im.size))
-                upright = ImageOps.exif_transpose(small)  # a phone's rotated JPEG is stored sideways
-                return to_rgb(upright)
+            f = reduce_factor(im.size)
+            # at full size: the pixels, and the copy a mode is reduced from (8-bit for 1 and P, NumPy's
+            # for 16-bit, a premultiplied one for alpha); at the reduced size: to_rgb's copies
+            conversion = (4 if im.mode in ("1", "P") else _bytes_per_pixel(im.mode) if im.mode in _WIDE
+                          else 4 if f > 1 and im.mode in ("RGBA", "LA", "PA", "La", "RGBa") else 0)  # fmt: skip
+            need = w * h * (_bytes_per_pixel(im.mode) + conversion) + (w // f) * (h // f) * TO_RGB_BYTES
+            try:
+                with DECODE_BUDGET.hold(need):
+                    im.load()
+                    small = _reduced(im, reduce_factor(im.size))
+                    upright = ImageOps.exif_transpose(small)  # a phone's rotated JPEG is stored sideways
+                    return to_rgb(upright)
+            finally:
+                if need >= TRIM_ABOVE:
+                    im.close()  # its pixels go now, not when the caller's garbage is collected
+                    _release_freed_memory()
     except UnidentifiedImageError as exc:
         raise CorruptImageError(name, f"not an image in a format clair_vec reads ({', '.join(IMAGE_FORMATS)})") from exc
     except Exception as exc:  # PIL raises many kinds, DecompressionBombError not among OSError's

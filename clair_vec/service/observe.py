@@ -128,7 +128,8 @@ class Edge:
         if self.on_request is not None:
             self.on_request()
         t0, status, size = time.perf_counter(), [0], [0]
-        head = scope["method"] == "HEAD"
+        method = scope["method"]  # as the client sent it, for the metrics
+        head = method == "HEAD"
         if head:  # RFC 9110: HEAD is GET without the body
             scope = {**scope, "method": "GET"}
 
@@ -161,7 +162,7 @@ class Edge:
             await self.answer(exc, scope)(scope, receive, tagged)
         finally:
             route = self.route_of(scope["path"])
-            self.metrics.requests.labels(scope["method"], route, str(status[0] or 500)).inc()
+            self.metrics.requests.labels(method, route, str(status[0] or 500)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
 
     def answer(self, exc: Exception, scope: Any) -> JSONResponse:

@@ -32,13 +32,14 @@ class Guard:
         self.app = app
         self._key = api_key.encode() if api_key else None
         self.origins = frozenset(o.rstrip("/") for o in cors_origins)
-        self.hosts = None if allowed_hosts is None else frozenset(h.lower().strip("[]") for h in allowed_hosts)
+        self.hosts = None if allowed_hosts is None else frozenset(host_name(h) for h in allowed_hosts)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.hosts is not None and host_name(headers.get("host", "")) not in self.hosts:
+        # no Host at all (HTTP/1.0) is let through: a browser always sends one, so rebinding cannot omit it
+        if self.hosts is not None and "host" in headers and host_name(headers["host"]) not in self.hosts:
             return await JSONResponse({"detail": "this service does not answer to that host name; the operator can allow it "
                                                  "with --allowed-host"}, status_code=400)(scope, receive, send)  # fmt: skip
         origin = headers.get("origin")
@@ -75,18 +76,22 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def host_name(host: str) -> str:
-    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``."""
+    """A host name as compared: lower case, without brackets, port or a trailing dot:
+    ``[::1]:8000`` -> ``::1``, ``LocalHost.:80`` -> ``localhost``."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.rpartition(":")[0]
+    return host.rstrip(".")
 
 
 def default_allowed_hosts(bind: str, extra: tuple[str, ...] = ()) -> tuple[str, ...] | None:
     """Bound to loopback: the loopback names (and ``extra``); bound elsewhere: any host unless
     ``extra`` names some (a service behind a proxy answers to the names the proxy uses)."""
-    if bind in ("127.0.0.1", "localhost", "::1") or bind.startswith("127."):
-        return (*LOOPBACK_NAMES, bind, *extra)
+    name = host_name(bind)
+    if name in LOOPBACK_NAMES or name.startswith("127."):
+        return (*LOOPBACK_NAMES, name, *extra)
     return tuple(extra) or None
 
 

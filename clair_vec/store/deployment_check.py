@@ -174,7 +174,7 @@ class _Collector:
         test = report.nodeid.rsplit("::", 1)[-1]
         if report.failed:
             crash = getattr(report.longrepr, "reprcrash", None)
-            text = crash.message if crash is not None else str(report.longrepr)
+            text = crash.message if crash is not None else _last_error(str(report.longrepr))
             where = "" if report.when == "call" else f" (in its {report.when})"
             self.promises[test] = Promise(test, "broken", scrub(text.strip()) + where)
         elif report.skipped and test not in self.promises:
@@ -182,6 +182,12 @@ class _Collector:
             self.promises[test] = Promise(test, "skipped", scrub(reason.removeprefix("Skipped: ")))
         elif report.when == "call" and test not in self.promises:
             self.promises[test] = Promise(test, "holds")
+
+
+def _last_error(text: str) -> str:
+    """The ``E ...`` lines of a failure already turned into text (scrubbed of a secret): what it asserted."""
+    lines = [line[1:].strip() for line in text.splitlines() if line.startswith("E ")]
+    return "\n".join(lines[-8:]) if lines else text[-2000:]
 
 
 def _store_path(uri: str | None) -> Path | None:

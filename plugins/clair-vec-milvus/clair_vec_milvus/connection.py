@@ -74,8 +74,11 @@ class MilvusConnection(Backend):
         if token:
             return find_secret(token, "token", TOKEN_ENV)
         in_uri = urlsplit(self.uri)
-        if in_uri.username is not None:
-            return Secret(unquote(f"{in_uri.username}:{in_uri.password or ''}"), "the user:password in the URI")
+        if in_uri.username is not None:  # user:password, or a user alone: an API key (pymilvus' own rule)
+            user, password = unquote(in_uri.username), in_uri.password
+            value = user if password is None else f"{user}:{unquote(password)}"
+            register_secret(value)
+            return Secret(value, "the user:password in the URI")
         return find_secret(None, "token", TOKEN_ENV)
 
     @property
