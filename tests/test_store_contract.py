@@ -128,7 +128,7 @@ def test_milvus_reads_its_token_from_the_environment_and_never_shows_it(tmp_path
         MilvusBackend("http://127.0.0.1:9", timeout=2)
     assert "file-token-9999" not in str(err.value) and "env-token-8888" not in str(err.value)
     be = MilvusBackend.__new__(MilvusBackend)  # the lookup alone, without a server to connect to
-    be.lite = False
+    be.lite, be.uri = False, "http://127.0.0.1:9"
     assert be._find_credential(None, "", None).source == "the file named by $CLAIR_VEC_MILVUS_TOKEN_FILE"
     monkeypatch.delenv("CLAIR_VEC_MILVUS_TOKEN_FILE")
     assert be._find_credential(None, "", None).source == "$MILVUS_TOKEN"

@@ -29,7 +29,7 @@ IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")  # JPEG includes p
 #: stays at least this long (twice the 224 pixels CLIP sees, so the model's own resize still
 #: averages over several source pixels); smaller images are decoded exactly as stored
 DECODE_MIN_SIDE = 448
-_PNG_END = b"IEND\xaeB`\x82"
+_PNG_END = b"IEND"  # the last chunk's type; its checksum is not checked (Pillow ignores it too)
 
 
 @dataclass
