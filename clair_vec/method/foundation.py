@@ -222,6 +222,14 @@ class FoundationModel:
                 feats = self.model.encode_image(to_device(pixels, self.device))
         return F.normalize(feats.float(), dim=-1).cpu()
 
+    def check_precision(self, precision: str) -> None:
+        """Refuse, before anything is encoded or written, a precision this model cannot run: an
+        unknown name, fp16 or int8 on the wrong device, int8 for a CLIP with nothing to quantise."""
+        with autocast(self.device, precision):
+            pass
+        if precision == "int8":
+            self.int8_visual()
+
     def int8_visual(self) -> torch.nn.Module:
         """The vision tower with its linear layers (the MLPs: about two thirds of a ViT's work)
         quantised to int8, weights once and activations per batch; made on first use, kept. The

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from clair_vec.method.pixel_batches import check_precision, default_batch_size
+from clair_vec.method.pixel_batches import default_batch_size
 from clair_vec.progress import progress_bar
 from clair_vec.retrieval.indexing import (
     IndexSummary,
@@ -68,9 +68,7 @@ def reindex(
     check_collection_name(new)
     batch_size = check_batch_size(default_batch_size(target.model.device) if batch_size is None else batch_size)
     if precision is not None:
-        check_precision(precision)
-        if precision == "int8":
-            target.model.foundation.int8_visual()  # refused before anything is written where it would change nothing
+        target.model.foundation.check_precision(precision)
     tags = vocabulary(labels)
     old = source.resolve(old)
     if old == target.backend.resolve(new) and source is target.backend:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from clair_vec.errors import BackendError, CollectionMismatchError, CorruptImageError, DatasetError, RecordNotFoundError
 from clair_vec.method.model import MODEL_ENV, ClairModel, load_model
-from clair_vec.method.pixel_batches import check_precision, default_batch_size
+from clair_vec.method.pixel_batches import default_batch_size
 from clair_vec.method.prompts import domain_templates
 from clair_vec.retrieval import sources
 from clair_vec.retrieval.indexing import (
@@ -125,9 +125,7 @@ class Retriever:
         labels = vocabulary(labels)
         batch_size = check_batch_size(default_batch_size(m.device) if batch_size is None else batch_size)
         if precision is not None:
-            check_precision(precision)
-            if precision == "int8":
-                m.foundation.int8_visual()  # a CLIP with nothing to quantise is refused before anything is written
+            m.foundation.check_precision(precision)
         images = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
         roots = [str(i) for i in images if isinstance(i, (str, Path))]
         if prune_missing:  # first: its message says why a missing folder matters there
