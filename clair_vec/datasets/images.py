@@ -237,7 +237,7 @@ def decode_image(data: bytes, name: str) -> Image.Image:
             try:
                 with DECODE_BUDGET.hold(need):
                     im.load()
-                    small = _reduced(im, reduce_factor(im.size))
+                    small = _reduced(im, f)
                     upright = ImageOps.exif_transpose(small)  # a phone's rotated JPEG is stored sideways
                     return to_rgb(upright)
             finally:

@@ -123,14 +123,9 @@ def unreachable_uri(target: Target) -> str | None:
     """``--unreachable-uri``, else the check's http(s)/grpc URI on a free loopback port."""
     if target.unreachable_uri is not None:
         return target.unreachable_uri
-    from urllib.parse import urlsplit, urlunsplit
+    from clair_vec.store.testing.support import unreachable_like
 
-    from clair_vec.store.testing.support import _free_port
-
-    parts = urlsplit(target.uri or "")
-    if parts.scheme in ("http", "https", "grpc", "tcp") and parts.netloc:
-        return urlunsplit((parts.scheme, f"127.0.0.1:{_free_port()}", parts.path, "", ""))
-    return None
+    return unreachable_like(target.uri)
 
 
 def fresh_namespace(target: Target) -> Any:

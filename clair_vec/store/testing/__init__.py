@@ -43,7 +43,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -61,10 +60,10 @@ from clair_vec.store.testing.support import (
     PREFIX,
     FreshNamespace,
     _drop_all,
-    _free_port,
     in_new_process,
     make_records,
     open_backend,
+    unreachable_like,
 )
 from clair_vec.store.testing.vectors import VectorPromises
 from clair_vec.store.testing.writes import WritePromises
@@ -119,10 +118,7 @@ class BackendConformance(CollectionPromises, IsolationPromises, ProcessPromises,
     def unreachable_uri(self, backend_uri) -> str | None:
         """A URI of this backend's kind where nothing listens. Default: an ``http(s)``/``grpc``
         ``backend_uri`` with a free loopback port; None (skip) for embedded stores."""
-        parts = urlsplit(backend_uri or "")
-        if parts.scheme in ("http", "https", "grpc", "tcp") and parts.netloc:
-            return urlunsplit((parts.scheme, f"127.0.0.1:{_free_port()}", parts.path, "", ""))
-        return None
+        return unreachable_like(backend_uri)
 
     @pytest.fixture
     def wrong_credentials(self) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -34,6 +35,15 @@ class FreshNamespace:
     uri: str | None
     options: dict[str, Any] = field(default_factory=dict)
     contents: Callable[[], list[str]] = list
+
+
+def unreachable_like(uri: str | None) -> str | None:
+    """``uri``'s kind on a free loopback port, where nothing listens: for an ``http(s)``, ``grpc``
+    or ``tcp`` URI; None for anything else (an embedded store's path)."""
+    parts = urlsplit(uri or "")
+    if parts.scheme in ("http", "https", "grpc", "tcp") and parts.netloc:
+        return urlunsplit((parts.scheme, f"127.0.0.1:{_free_port()}", parts.path, "", ""))
+    return None
 
 
 def _free_port() -> int:
