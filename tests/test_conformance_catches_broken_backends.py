@@ -98,6 +98,17 @@ BROKEN = textwrap.dedent('''
                 c.update(current)
 
 
+    class DuplicateTable(Exception):
+        """psycopg's, as a third-party pgvector backend let it out of count()."""
+
+
+    class LeaksDriverErrors(NumpyBackend):
+        """Its count() lets the driver's own exception out, untranslated."""
+
+        def _count(self, name, flt):
+            raise DuplicateTable('relation "last_loaded_collection" already exists')
+
+
     class PadsHits(NumpyBackend):
         """Always returns top_k hits, topping up with records the filter excluded."""
 
@@ -339,7 +350,7 @@ BROKEN = textwrap.dedent('''
         "retries_refused_password": RetriesRefusedPassword, "leaks_password": LeaksPassword,
         "claims_shared_but_locks": ClaimsSharedButLocks, "unlocked_not_shared": UnlockedNotShared,
         "caches_aliases": CachesAliases, "drops_then_sets_alias": DropsThenSetsAlias, "wrong_vectors": WrongVectors,
-        "no_storage_path": NoStoragePath,
+        "no_storage_path": NoStoragePath, "leaks_driver_errors": LeaksDriverErrors,
     }
 
 
@@ -412,6 +423,7 @@ EXPECTED = {
     "drops_then_sets_alias": ["test_moving_an_alias_is_atomic_for_a_reader"],
     "wrong_vectors": ["test_vectors_by_id_come_back_as_written_and_missing_ids_are_named"],
     "no_storage_path": ["test_embedded_stores_check_free_space_before_writing"],
+    "leaks_driver_errors": ["test_every_filter_key_is_applied_in_search_and_count[domain]"],
 }
 #: variants that do everything right: each must pass the promises listed
 CONTROLS = {"good_password": ["test_refused_credentials_are_not_retried_and_say_so"]}
@@ -457,6 +469,12 @@ def test_the_suite_fails_each_broken_backend_on_the_promise_it_breaks(tmp_path):
         assert words in messages[variant, EXPECTED[variant][0]], (variant, messages[variant, EXPECTED[variant][0]][:1500])
     # and the failure message points at the defect, with values (the suite's asserts are rewritten)
     assert "is in state 'released'" in messages["no_load", EXPECTED["no_load"][0]]
+    # a driver's own exception fails as the promise, the call it was in and what came back
+    leaked = messages["leaks_driver_errors", EXPECTED["leaks_driver_errors"][0]]
+    for words in ("promise: every filter key is applied in search and count", "call: backend.count('conformance_",
+                  "filter={'domain': ", 'what came back: broken_backends.DuplicateTable: relation "last_loaded_collection"',
+                  "map the driver's exception in translate_error()"):  # fmt: skip
+        assert words in leaked, leaked[-3000:]
     spec = messages["loses_spec", EXPECTED["loses_spec"][0]]
     assert "target_domain='photo'" in spec and "target_domain='sketch'" in spec
 

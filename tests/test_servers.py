@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -191,3 +193,48 @@ def test_unreachable_milvus_fails_fast_with_a_clear_error():
 
     with pytest.raises(BackendUnavailableError, match=r"cannot reach Milvus at 'http://127.0.0.1:9'.*\.db"):
         MilvusBackend("http://127.0.0.1:9", timeout=2)
+
+
+STICKY = '''
+from clair_vec.errors import BackendUnavailableError
+from clair_vec.plugin import hookimpl
+from clair_vec_milvus import MilvusBackend
+
+
+class NeverReconnects(MilvusBackend):
+    """Once its server was gone, it stays broken until it is reopened."""
+
+    name = "milvus_sticky"
+    lost = False
+
+    def _call(self, fn, *args):
+        if self.lost:
+            raise BackendUnavailableError("the connection was lost")
+        try:
+            return super()._call(fn, *args)
+        except BackendUnavailableError:
+            self.lost = True
+            raise
+
+
+@hookimpl
+def clair_vec_register_backends(register):
+    register("milvus_sticky", NeverReconnects)
+'''
+
+
+def test_the_suite_fails_a_handle_that_stays_broken_after_its_server_came_back(milvus_lite_uri, tmp_path):
+    """The promise that a handle works again when its server is back, run against a variant of
+    the Milvus backend that never reconnects: it must fail, in words."""
+    (tmp_path / "sticky.py").write_text(STICKY)
+    (tmp_path / "test_sticky.py").write_text(
+        "import pytest\nfrom clair_vec.plugin import BackendConformance\n\n\n"
+        "class TestSticky(BackendConformance):\n    backend_name = 'milvus_sticky'\n\n"
+        f"    @pytest.fixture\n    def backend_uri(self):\n        return {milvus_lite_uri!r}\n"
+    )
+    env = {**os.environ, "CLAIR_VEC_PLUGINS": "sticky", "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_sticky.py", "-k", "comes_back"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 1 and "1 failed" in out.stdout, out.stdout[-3000:]
+    assert "the same handle's count() raised BackendUnavailableError" in out.stdout, out.stdout[-3000:]
+    assert "a handle must reconnect by itself" in out.stdout

@@ -267,3 +267,27 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(model_dir, shapes_root
     search.wait(timeout=300)
     assert json.loads(first)["hits"] and "Traceback" not in err and "BrokenPipeError" not in err, err[-2000:]
     assert search.returncode in (0, 141)
+
+
+def test_a_model_whose_clair_json_links_nowhere_names_the_link_target_unmasked(model_dir, tmp_path):
+    """A dangling link was reported as "no clair.json", and a folder called like an assignment
+    ("token=v2") was masked as a credential, hiding the very path the user has to fix."""
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    (model / "clair.json").unlink()
+    target = tmp_path / "token=v2" / "clair.json"
+    (model / "clair.json").symlink_to(target)
+    out = run_cli("search", "--model", str(model), "--uri", str(tmp_path / "g.db"), "--collection", "g", "--text", "circle")
+    assert out.returncode == 2, out.stderr
+    assert f"clair.json is a link to {str(target)!r}, which is not a file" in out.stderr, out.stderr
+    assert "***" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_path_component_shaped_like_an_assignment_is_not_a_credential():
+    from clair_vec.store.redaction import scrub
+
+    assert scrub("/srv/models/token=v2/clair.json") == "/srv/models/token=v2/clair.json"
+    assert scrub(r"C:\models\api_key=old\clair.json") == r"C:\models\api_key=old\clair.json"
+    # credentials in free text, options and URIs are still masked
+    assert scrub("password=hunter2 and token: abc") == "password=*** and token: ***"
+    assert scrub("http://root:Milvus@host:19530/?token=abc") == "http://***@host:19530/?token=***"

@@ -7,6 +7,7 @@ and hundreds of MB.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     :class:`WeightsNotFoundError` when the directory is not a checkpoint, and with
     :class:`CheckpointError` naming the field when a field is missing or wrong."""
     meta_file = Path(path) / "clair.json"
+    if meta_file.is_symlink() and not meta_file.is_file():
+        # a link is a deliberate layout (models shared between folders): say where it points
+        raise WeightsNotFoundError(
+            f"{str(path)!r}: clair.json is a link to {os.readlink(meta_file)!r}, which is not a file (moved or deleted?); "
+            "point the link at the checkpoint's clair.json, or pass the directory that holds it."
+        )
     if not meta_file.is_file():
         raise WeightsNotFoundError(
             f"{str(path)!r} is not a clair_vec checkpoint (no clair.json). Train one with "

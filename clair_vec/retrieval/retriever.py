@@ -192,15 +192,19 @@ class Retriever:
                     raise r
         return results
 
+    def text_problem(self, text: str) -> str | None:
+        """Why ``text`` cannot be a query (it does not fit the text encoder with its prompt), or None."""
+        m = self.model
+        extra = m.config.n_ctx if m.prompt_state is not None else 0
+        return text_token_problem(m.foundation.tokenizer, text, domain_templates(m.pivot, m.config.templates), extra)
+
     def text_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """``(N, dim)`` unit vectors of texts in the gallery domain's space (see :mod:`.queries`)."""
         m = self.model
         missing = [t for t in dict.fromkeys(texts) if t not in self._texts]
         if missing:
-            templates = domain_templates(m.pivot, m.config.templates)
-            extra = m.config.n_ctx if m.prompt_state is not None else 0
             for t in missing:
-                problem = text_token_problem(m.foundation.tokenizer, t, templates, extra)
+                problem = self.text_problem(t)
                 if problem:
                     raise QueryError(f"text {t[:60]!r}: {problem}")
             vecs = m.class_text_embeddings(missing, m.pivot)

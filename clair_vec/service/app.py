@@ -29,6 +29,7 @@ from clair_vec.service.follow import Follower
 from clair_vec.service.observe import Edge
 from clair_vec.service.problems import install_error_handlers
 from clair_vec.service.routes import images, page, search, status
+from clair_vec.service.schema import document
 from clair_vec.service.security import Guard
 from clair_vec.service.settings import ServiceSettings
 
@@ -42,6 +43,7 @@ def create_app(retriever: Retriever, collection: str, settings: ServiceSettings 
     app = FastAPI(title="clair_vec", summary="Cross-domain image search", redoc_url=None,
                   docs_url="/docs" if settings.docs else None, openapi_url="/openapi.json" if settings.docs else None)  # fmt: skip
     app.state.clair = ctx
+    app.openapi = lambda: document(app, ctx)  # type: ignore[method-assign]  # what FastAPI cannot infer
     install_error_handlers(app)
     routers = (search.router(ctx), images.router(ctx), page.router(), status.router(ctx))
     for r in routers:

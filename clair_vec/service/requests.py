@@ -47,6 +47,7 @@ class SearchRequest:
     labels: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)  # zero-shot tags (pseudo_label) stored by index --labels
     rerank: str | None = None
+    domain: str | None = None  # as sent, checked against the model even when no image came with it
 
     @property
     def filter(self) -> dict[str, list[str]] | None:
@@ -60,6 +61,8 @@ class SearchRequest:
                      rerank=self.rerank, exclude=exclude)  # fmt: skip
 
 
+#: the deepest page a search may ask for (``offset``)
+MAX_OFFSET = 10_000
 #: the longest integer literal a request may hold; every number the service takes fits in far fewer
 MAX_INT_DIGITS = 30
 #: values in a JSON search body: parts, labels and texts are counted in tens; texts may hold commas
@@ -172,10 +175,45 @@ def _weight(value: Any, what: str) -> float:
     return float(w)
 
 
-def from_fields(get: Any, get_all: Any, settings: ServiceSettings) -> SearchRequest:
+#: the fields of a search body, both shapes; any other is refused (a misspelt "top-k" would
+#: otherwise be ignored and the search run with the default)
+FIELDS = ("image", "domain", "text", "like", "unlike", "label", "pseudo_label", "top_k", "offset", "min_score", "rerank")
+#: the fields that take one value (the others take a list: repeated in a form)
+SCALARS = ("image", "domain", "top_k", "offset", "min_score", "rerank")
+PART_FIELDS = {"image": ("image", "domain", "weight"), "text": ("text", "weight"), "id": ("id", "weight")}
+
+
+def known_fields(names: Any, known: tuple[str, ...], what: str) -> None:
+    """Every field of ``names`` is one of ``known`` and, in JSON, none is null or an empty list (a
+    field is given with a value or left out: a client that sends ``"text": null`` or ``[]`` meant
+    something, and the search would run without it)."""
+    if isinstance(names, dict):
+        empty = [k for k, v in names.items() if v is None or v == [] and k not in ("label", "pseudo_label")]
+        if empty:
+            raise HTTPProblem(422, f"{what}: {empty[0][:40]!r} is {json.dumps(names[empty[0]])}; give it a value or leave it out")
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        shown = ", ".join(repr(n[:40]) for n in unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        raise HTTPProblem(422, f"{what} has unknown fields {shown}; the fields are {', '.join(known)}")
+
+
+def _not_text(get: Any, name: str, what: str) -> None:
+    """JSON says what a value is: "5" is a string, not a number (a form's values are all text, and
+    are read by what they spell)."""
+    value = get(name)
+    if isinstance(value, str):
+        raise HTTPProblem(422, f"{name} must be {what}, not a string: send {name}: 5, not {name}: \"5\"")
+
+
+def from_fields(get: Any, get_all: Any, settings: ServiceSettings, *, json: bool = False) -> SearchRequest:
     """The options both shapes share, read by ``get(name)`` / ``get_all(name)``."""
     s, limit = settings, settings.max_labels
-    rerank = get("rerank") or None
+    if json:
+        for name, what in (("top_k", "an integer"), ("offset", "an integer"), ("min_score", "a number")):
+            _not_text(get, name, what)
+        if get("rerank") is not None and not isinstance(get("rerank"), str):
+            raise HTTPProblem(422, f"rerank must be one of {list(RERANKS)}, got {get('rerank')!r}")
+    rerank = get("rerank") if json else get("rerank") or None  # a form's empty field is one left empty
     if rerank is not None and rerank not in RERANKS:
         raise HTTPProblem(422, f"rerank must be one of {list(RERANKS)}, got {rerank!r}")
     req = SearchRequest(
@@ -183,7 +221,7 @@ def from_fields(get: Any, get_all: Any, settings: ServiceSettings) -> SearchRequ
         ids=[(i, 1.0) for i in strings(get_all("like"), '"like"', s.max_parts, 64)]
         + [(i, -1.0) for i in strings(get_all("unlike"), '"unlike"', s.max_parts, 64)],
         top_k=integer(get("top_k"), "top_k", 1, s.max_top_k, 10),
-        offset=integer(get("offset"), "offset", 0, 10_000, 0),
+        offset=integer(get("offset"), "offset", 0, MAX_OFFSET, 0),
         min_score=number(get("min_score"), "min_score", -1.0, 1.0),
         labels=strings(get_all("label"), '"label"', limit, s.max_text_chars),
         tags=strings(get_all("pseudo_label"), '"pseudo_label"', limit, s.max_text_chars),
@@ -196,7 +234,12 @@ async def read_search(request: Request, settings: ServiceSettings) -> SearchRequ
     # the media type alone, compared as RFC 9110 says: case-insensitively, parameters apart
     ctype = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        form = await request.form(max_files=2, max_fields=4 * settings.max_parts + settings.max_labels + 16)
+        # text, like, unlike repeat up to max_parts times, label and pseudo_label up to max_labels
+        form = await request.form(max_files=1, max_fields=3 * settings.max_parts + 2 * settings.max_labels + len(SCALARS))
+        known_fields(form.keys(), FIELDS, "the form")
+        repeated = [k for k in SCALARS if len(form.getlist(k)) > 1]
+        if repeated:
+            raise HTTPProblem(422, f"the form has {repeated[0]!r} {len(form.getlist(repeated[0]))} times; it takes one value")
         req = from_fields(lambda k: _form_value(form.get(k), k), lambda k: [_form_value(v, k) for v in form.getlist(k)],
                           settings)  # fmt: skip
         upload = form.get("image")
@@ -208,6 +251,7 @@ async def read_search(request: Request, settings: ServiceSettings) -> SearchRequ
             if len(data) > settings.max_upload_bytes:
                 raise HTTPProblem(413, too_large(len(data), settings.max_upload_bytes))
             req.images.append((data, domain or None, 1.0))
+        req.domain = domain or None
         return req
     if ctype == "application/json":
         raw = await request.body()
@@ -219,10 +263,12 @@ async def read_search(request: Request, settings: ServiceSettings) -> SearchRequ
         body = await run_in_threadpool(strict_json, raw, settings.max_json_depth)
         if not isinstance(body, dict):
             raise HTTPProblem(400, 'the JSON body must be an object, e.g. {"image": "<base64>", "domain": "sketch"}')
-        req = from_fields(body.get, body.get, settings)
+        known_fields(body, (*FIELDS, "parts"), "the JSON body")
+        req = from_fields(body.get, body.get, settings, json=True)
+        domain = body.get("domain")
+        req.domain = text(domain, '"domain"', 64) if domain is not None else None
         if body.get("image") is not None:
-            domain = body.get("domain")
-            req.images.append((image_bytes(body["image"], settings), text(domain, '"domain"', 64) if domain else None, 1.0))
+            req.images.append((image_bytes(body["image"], settings), req.domain, 1.0))
         _parts(body.get("parts"), req, settings)
         return req
     raise HTTPProblem(415, 'send multipart/form-data (field "image") or application/json ({"image": base64, "domain": ...})')
@@ -243,6 +289,7 @@ def _parts(parts: Any, req: SearchRequest, settings: ServiceSettings) -> None:
         what = f"part #{n}"
         if not isinstance(p, dict) or sum(k in p for k in ("image", "text", "id")) != 1:
             raise HTTPProblem(422, f'{what} must be an object with exactly one of "image", "text" or "id" (and "weight")')
+        known_fields(p, next(f for k, f in PART_FIELDS.items() if k in p), what)
         w = _weight(p.get("weight"), what)
         if "image" in p:
             domain = p.get("domain")
@@ -251,8 +298,6 @@ def _parts(parts: Any, req: SearchRequest, settings: ServiceSettings) -> None:
             req.texts.append((text(p["text"], f"{what} text", settings.max_text_chars), w))
         else:
             req.ids.append((text(p["id"], f"{what} id", 64), w))
-    if len(req.images) + len(req.texts) + len(req.ids) > settings.max_parts:
-        raise HTTPProblem(422, f"the query has more than {settings.max_parts} parts")
 
 
 def decode_upload(data: bytes, max_pixels: int = MAX_QUERY_PIXELS) -> Image.Image:

@@ -9,7 +9,23 @@ errors) is not what this service sends.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fastapi.openapi.utils import get_openapi
+
+from clair_vec.retrieval.queries import RERANKS
+from clair_vec.service.requests import MAX_OFFSET
+from clair_vec.service.settings import ServiceSettings
+from clair_vec.service.thumbnails import THUMB_SIZES
+from clair_vec.store.ids import ID_PATTERN as _ID
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from clair_vec.service.context import ServiceContext
+
+#: a record id, whole (search hits return them)
+ID_PATTERN = f"^{_ID}$"
 
 PROBLEM = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}},
            "additionalProperties": False}  # fmt: skip
@@ -33,35 +49,93 @@ def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"description": _WHY[code], "content": {"application/json": {"schema": PROBLEM}}} for code in codes}
 
 
-_STRINGS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
-_FIELDS: dict[str, Any] = {
-    "domain": {"type": "string", "description": "the image's domain (sketch, clipart...): required with an image"},
-    "text": _STRINGS,
-    "like": _STRINGS,
-    "unlike": _STRINGS,
-    "label": _STRINGS,
-    "pseudo_label": _STRINGS,
-    "top_k": {"type": "integer", "minimum": 1},
-    "offset": {"type": "integer", "minimum": 0, "maximum": 10_000},
-    "min_score": {"type": "number", "minimum": -1, "maximum": 1},
-    "rerank": {"type": "string"},
-}
-_PART = {"type": "object", "properties": {"image": {"type": "string", "description": "base64 or a data: URL"},
-                                          "domain": {"type": "string"}, "text": {"type": "string"},
-                                          "id": {"type": "string"}, "weight": {"type": "number"}}}  # fmt: skip
+#: a text query holds a non-space character and fits the text encoder with its prompt, a limit in
+#: tokens that JSON Schema cannot count: a longer text is a 422 that gives its count and the budget
+_TEXT = {"pattern": r"\S",
+         "description": "words that fit the model's text encoder with its prompt (about 18 words for the smallest models)"}
 
-SEARCH_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "image": {"type": "string", "format": "binary"}, **_FIELDS}}},
-            "application/json": {"schema": {"type": "object", "properties": {
-                "image": {"type": "string", "description": "base64 or a data: URL"}, **_FIELDS,
-                "parts": {"type": "array", "items": _PART}}}},
-        },
+
+def _strings(max_items: int, max_chars: int, *, words: bool = False, min_items: int = 0) -> dict[str, Any]:
+    """A string or a list of them; ``words``: each must hold a non-space character."""
+    one: dict[str, Any] = {"type": "string", "maxLength": max_chars, **(_TEXT if words else {})}
+    return {"oneOf": [one, {"type": "array", "items": one, "maxItems": max_items, "minItems": min_items}]}
+
+
+def _fields(domains: list[str], s: ServiceSettings) -> dict[str, Any]:
+    ids = _strings(s.max_parts, 32, min_items=1)
+    ids["oneOf"] = [{**b, "items": {"type": "string", "pattern": ID_PATTERN}} if b["type"] == "array"
+                    else {"type": "string", "pattern": ID_PATTERN} for b in ids["oneOf"]]  # fmt: skip
+    return {
+        "domain": {"type": "string", "enum": domains, "description": "the image's domain: required with an image"},
+        "text": _strings(s.max_parts, s.max_text_chars, words=True, min_items=1),
+        "like": ids,
+        "unlike": ids,
+        "label": _strings(s.max_labels, s.max_text_chars),
+        "pseudo_label": _strings(s.max_labels, s.max_text_chars),
+        "top_k": {"type": "integer", "minimum": 1, "maximum": s.max_top_k},
+        "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+        "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+        "rerank": {"type": "string", "enum": list(RERANKS)},
     }
-}  # fmt: skip
 
-HITS = {"type": "object", "required": ["hits"], "properties": {"hits": {"type": "array", "items": {"type": "object"}},
-                                                               "note": {"type": "string"}}}  # fmt: skip
+
+def search_body(domains: list[str], s: ServiceSettings) -> dict[str, Any]:
+    """``POST /search``'s body in both shapes, as exactly as JSON Schema can say it: every request
+    the document allows is one the service runs, and the service refuses what it does not allow.
+    A query needs something to search with (an image with its domain, a text, a stored id that is
+    liked, or parts of which one weighs more than 0)."""
+    fields = _fields(domains, s)
+    weight = {"type": "number", "minimum": -100, "maximum": 100, "not": {"const": 0}}
+    text = {"type": "string", "maxLength": s.max_text_chars, **_TEXT}
+    image = {"type": "string", "format": "byte", "description": "an image (JPEG, PNG, ...) in base64, or a data: URL"}
+    part = {"oneOf": [
+        {"type": "object", "required": ["image", "domain"], "additionalProperties": False,
+         "properties": {"image": image, "domain": fields["domain"], "weight": weight}},
+        {"type": "object", "required": ["text"], "properties": {"text": text, "weight": weight}, "additionalProperties": False},
+        {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "pattern": ID_PATTERN}, "weight": weight},
+         "additionalProperties": False},
+    ]}  # fmt: skip
+    # weight absent means 1
+    positive = {"anyOf": [{"not": {"required": ["weight"]}}, {"properties": {"weight": {"exclusiveMinimum": 0}}}]}
+    # the branches only name fields: a list of texts or ids is never empty (the service refuses [])
+    something = [{"required": ["text"]}, {"required": ["like"]}, {"required": ["parts"], "properties": {"parts": {"contains": positive}}}]
+    json_shape = {
+        "type": "object",
+        "properties": {"image": image, **fields, "parts": {"type": "array", "items": part, "minItems": 1, "maxItems": s.max_parts}},
+        "additionalProperties": False,
+        "dependentRequired": {"image": ["domain"]},
+        "anyOf": [{"required": ["image"]}, *something],
+    }
+    form_shape = {
+        "type": "object",
+        "properties": {"image": {"type": "string", "format": "binary", "description": "an image file (JPEG, PNG, ...)"}, **fields},
+        "additionalProperties": False,
+        "dependentRequired": {"image": ["domain"]},
+        "anyOf": [{"required": ["image", "domain"]}, *something[:2]],
+    }
+    return {"required": True, "content": {"multipart/form-data": {"schema": form_shape}, "application/json": {"schema": json_shape}}}
+
+
+def document(app: FastAPI, ctx: ServiceContext) -> dict[str, Any]:
+    """The OpenAPI document of ``app`` as it serves now: the domains of the model it serves and
+    the limits it runs with, which FastAPI cannot infer from routes that read their own bodies
+    and parameters."""
+    doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    s, domains = ctx.settings, list(ctx.serving.model.domains)
+    paths = doc["paths"]
+    paths["/search"]["post"]["requestBody"] = search_body(domains, s)
+    fields = _fields(domains, s)
+    _parameters(paths["/similar/{rid}"]["get"], {"rid": {"type": "string", "pattern": ID_PATTERN},
+                                                 "top_k": fields["top_k"], "offset": fields["offset"],
+                                                 "min_score": fields["min_score"],
+                                                 "label": {"type": "array", "items": {"type": "string", "maxLength": s.max_text_chars},
+                                                           "maxItems": s.max_labels}})  # fmt: skip
+    _parameters(paths["/images/{rid}"]["get"], {"rid": {"type": "string", "pattern": ID_PATTERN},
+                                                "size": {"type": "integer", "enum": list(THUMB_SIZES), "default": 160}})  # fmt: skip
+    return doc
+
+
+def _parameters(operation: dict[str, Any], schemas: dict[str, dict[str, Any]]) -> None:
+    for p in operation.get("parameters", []):
+        if p["name"] in schemas:
+            p["schema"] = schemas[p["name"]]

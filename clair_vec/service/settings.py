@@ -23,7 +23,7 @@ class ServiceSettings:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_top_k: int = MAX_TOP_K
     max_labels: int = 100  # label filter values in one query
-    max_parts: int = 32  # images, texts and ids in one query
+    max_parts: int = 32  # values of each of text, like, unlike and parts in one query
     max_text_chars: int = 1000
     max_json_depth: int = 16
     #: searches waiting or running at once; the next one gets 503 with Retry-After

@@ -11,6 +11,27 @@ import pytest
 pytest.register_assert_rewrite("clair_vec.store.testing")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """A promise of the conformance suite that raises anything but an assertion or a skip (a
+    driver's own exception, most often) fails with the promise, the backend call it was making
+    and what came back, in words (:mod:`clair_vec.store.testing.tracing`)."""
+    cls = getattr(item, "cls", None)
+    promise = cls is not None and any(c.__module__.startswith("clair_vec.store.testing") for c in cls.__mro__)
+    if not promise:
+        return (yield)
+    from clair_vec.store.testing import tracing
+
+    tracing.forget()
+    try:
+        return (yield)
+    except (AssertionError, pytest.skip.Exception, pytest.fail.Exception, pytest.xfail.Exception, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        doc = getattr(getattr(item, "function", None), "__doc__", None)
+        raise AssertionError(tracing.broken_promise(item.name.partition("[")[0], doc, exc)) from exc
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
     """A failing promise shows the values it compared, the test's arguments and what it captured:

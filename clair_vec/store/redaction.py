@@ -37,8 +37,8 @@ _SECRET_PARAM = re.compile(rf"(?i)^(?:.*[_-])?(?:{_SECRET_WORDS})$")
 _URI_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
 _QUERY_SECRET = re.compile(rf"(?i)(?P<key>[?&;](?:[A-Za-z0-9]+[_-])*(?:{_SECRET_WORDS})=)[^&#\s'\"<>]+")
 #: ``password=x``, ``"api_key": "x"``, ``token: x`` in free text (headers, reprs of options)
-_ASSIGNED_SECRET = re.compile(
-    r"(?i)(?P<key>\b(?:[A-Za-z0-9]+[_-])*(?:token|api[_-]?key|password|passwd|secret)[\"']?\s*[:=]\s*[\"']?)"
+_ASSIGNED_SECRET = re.compile(  # not a path component: a folder may be called "token=v2"
+    r"(?i)(?P<key>(?<![/\\])\b(?:[A-Za-z0-9]+[_-])*(?:token|api[_-]?key|password|passwd|secret)[\"']?\s*[:=]\s*[\"']?)"
     r"(?P<value>[^\s'\",;&)}\]]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")

@@ -29,8 +29,8 @@ from clair_vec.service.batcher import Overloaded
 from clair_vec.service.context import ServiceContext
 from clair_vec.service.observe import database_problem
 from clair_vec.service.problems import HTTPProblem
-from clair_vec.service.requests import SearchRequest, decode_upload, integer, number, read_search, strings
-from clair_vec.service.schema import SEARCH_BODY, answers
+from clair_vec.service.requests import MAX_OFFSET, SearchRequest, decode_upload, integer, number, read_search, strings
+from clair_vec.service.schema import answers
 from clair_vec.store.redaction import scrub
 
 log = logging.getLogger("clair_vec.service")
@@ -54,6 +54,8 @@ def router(ctx: ServiceContext) -> APIRouter:
             try:
                 req: SearchRequest = await read()
                 images = [await run_in_threadpool(decode_upload, data) for data, _, _ in req.images]
+                if req.domain is not None and req.domain not in serving.model.domains:
+                    raise HTTPProblem(422, f"unknown domain {req.domain!r}: this model knows {serving.model.domains}")
                 for n, (_, domain, _) in enumerate(req.images):
                     if not domain:
                         raise HTTPProblem(422, f"domain is required with an image: one of {serving.model.domains}"
@@ -77,7 +79,7 @@ def router(ctx: ServiceContext) -> APIRouter:
         return JSONResponse(answer)
 
     @r.post("/search", summary="search with an image, text, stored hits, or a weighted mix (multipart or JSON)",
-            openapi_extra=SEARCH_BODY, responses=answers(400, 404, 408, 413, 415, 422, 503))  # fmt: skip
+            responses=answers(400, 404, 408, 413, 415, 422, 503))  # fmt: skip
     async def search(request: Request):
         return await answer(lambda: read_search(request, settings))
 
@@ -92,7 +94,7 @@ def router(ctx: ServiceContext) -> APIRouter:
     ):
         async def read() -> SearchRequest:
             return SearchRequest(ids=[(rid, 1.0)], top_k=integer(top_k, "top_k", 1, settings.max_top_k, 10),
-                                 offset=integer(offset, "offset", 0, 10_000, 0), min_score=number(min_score, "min_score", -1, 1),
+                                 offset=integer(offset, "offset", 0, MAX_OFFSET, 0), min_score=number(min_score, "min_score", -1, 1),
                                  labels=strings(label, '"label"', settings.max_labels, settings.max_text_chars))  # fmt: skip
 
         return await answer(read, exclude=frozenset({rid}))  # the record itself is not news

@@ -20,8 +20,10 @@ failure names what the backend gets wrong, in words. No torch needed.
 Fixtures a plugin may override besides ``backend_uri`` / ``backend_options``: ``fresh_uri`` /
 ``fresh_path`` (embedded: a store that does not exist yet), ``fresh_namespace`` (servers: an
 empty database or namespace, see :class:`FreshNamespace`), ``unreachable_uri`` (a URI where
-nothing listens; derived from an ``http(s)`` ``backend_uri`` by default) and
-``wrong_credentials`` (options with credentials the server refuses). A promise whose fixture is
+nothing listens; derived from an ``http(s)`` ``backend_uri`` by default),
+``wrong_credentials`` (options with credentials the server refuses), ``wrong_credentials_uri``
+(the URI with refused ``user:password@``; derived from ``wrong_credentials`` by default) and
+``wrong_credentials_env`` (environment variables with refused credentials). A promise whose fixture is
 None is skipped with the reason. Every collection and alias the suite makes starts with
 ``conformance_`` and is dropped at the end of its test, so the suite may run against a live
 server (``clair-vec backends --check``).
@@ -64,6 +66,7 @@ from clair_vec.store.testing.support import (
     make_records,
     open_backend,
     unreachable_like,
+    with_userinfo,
 )
 from clair_vec.store.testing.vectors import VectorPromises
 from clair_vec.store.testing.writes import WritePromises
@@ -124,6 +127,24 @@ class BackendConformance(CollectionPromises, IsolationPromises, ProcessPromises,
     def wrong_credentials(self) -> dict[str, Any] | None:
         """Options (merged over ``backend_options``) with credentials the server refuses, e.g.
         ``{"token": "root:wrong"}``; None (skip) for a store without authentication."""
+        return None
+
+    @pytest.fixture
+    def wrong_credentials_uri(self, backend_uri, wrong_credentials) -> str | None:
+        """``backend_uri`` with refused credentials in it (``user:password@``). Default: derived
+        from ``wrong_credentials`` when they are a ``token`` of the form ``user:password`` or a
+        ``user`` and a ``password``, and the URI is a server's; None (skip) otherwise, or for a
+        backend that reads no credentials from its URI."""
+        creds = wrong_credentials or {}
+        token = creds.get("token")
+        userinfo = token if isinstance(token, str) and ":" in token else (
+            f"{creds['user']}:{creds['password']}" if {"user", "password"} <= creds.keys() else None)  # fmt: skip
+        return with_userinfo(backend_uri, userinfo) if userinfo else None
+
+    @pytest.fixture
+    def wrong_credentials_env(self) -> dict[str, str] | None:
+        """Environment variables holding refused credentials, e.g. ``{"MILVUS_TOKEN":
+        "root:wrong"}``; None (skip) for a backend that reads none."""
         return None
 
     @pytest.fixture

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -46,6 +46,21 @@ def unreachable_like(uri: str | None) -> str | None:
     return None
 
 
+def with_userinfo(uri: str | None, userinfo: str) -> str | None:
+    """A server URI (``http(s)``/``grpc``) with ``user:password@`` in it; None for anything else."""
+    if not uri or urlsplit(uri).scheme not in ("http", "https", "grpc", "grpcs") or not urlsplit(uri).hostname:
+        return None
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=f"{quote(userinfo, safe=':')}@{parts.netloc.rpartition('@')[2]}"))
+
+
+def without_userinfo(uri: str | None) -> str | None:
+    if not uri or "@" not in urlsplit(uri).netloc:
+        return uri
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,10 +86,12 @@ def make_records(n: int, *, seed: int = 0, dim: int = DIM, prefix: str = "r") ->
 
 
 def open_backend(name: str, uri: str | None, options: dict[str, Any] | None = None) -> Backend:
-    """Open a backend by its registered name, as ``clair_vec.get_backend`` does for users."""
+    """Open a backend by its registered name, as ``clair_vec.get_backend`` does for users; its
+    calls are noted, so a promise that breaks says which call it was making (:mod:`.tracing`)."""
     from clair_vec.store.plugins import get_backend
+    from clair_vec.store.testing.tracing import traced
 
-    return get_backend(name, uri, **(options or {}))
+    return traced(get_backend(name, uri, **(options or {})))
 
 
 def _child(name: str, uri: str | None, options: dict[str, Any], action: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""Which backend call a promise was making when it broke, so that a failure reads "promise /
+call / what came back" rather than a driver's bare exception (a pgvector backend's
+``last_loaded_collection`` failing showed nothing but psycopg's ``DuplicateTable``).
+
+The suite's handles have their contract methods wrapped on the instance (not proxied: a
+promise may check ``isinstance`` or monkeypatch an attribute), each wrapper noting its call
+before it runs. ``clair_vec.store.pytest_plugin`` reads the note when a promise raises anything
+but an assertion or a skip, and fails it with the three in words.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+#: the Backend methods a promise calls; a plugin's own helpers are not traced
+TRACED = ("aliases", "close", "count", "create_collection", "delete", "drop_alias", "drop_collection", "existing_ids",
+          "flush", "get", "has_collection", "list_collections", "open_collection", "records", "resolve", "search",
+          "set_alias", "upsert", "vectors")  # fmt: skip
+
+_last: list[str] = []  # the latest call, of whichever thread: a promise runs its calls in order
+_depth = threading.local()  # the promise's own call, not the calls a method makes of its siblings
+
+
+def traced(backend: Any) -> Any:
+    """``backend`` with every contract method noting its call; returns the same object."""
+    for name in TRACED:
+        method = getattr(backend, name, None)
+        if callable(method):
+            setattr(backend, name, _noting(name, method))
+    return backend
+
+
+def _noting(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        depth = getattr(_depth, "n", 0)
+        if depth == 0:
+            shown = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwargs.items()]
+            _last[:] = [f"backend.{name}({', '.join(shown)})"]
+        _depth.n = depth + 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _depth.n = depth
+
+    return call
+
+
+def last_call() -> str | None:
+    return _last[0] if _last else None
+
+
+def forget() -> None:
+    _last.clear()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"<array {'x'.join(map(str, value.shape))} {value.dtype}>"
+    if isinstance(value, (list, tuple)) and len(value) > 3:
+        return f"<{len(value)} {type(value[0]).__name__}s>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def broken_promise(promise: str, doc: str | None, exc: BaseException) -> str:
+    """The words of a promise that raised ``exc`` instead of keeping or failing an assertion."""
+    from clair_vec.errors import ClairVecError
+    from clair_vec.store.redaction import scrub
+
+    words = (doc or "").strip().splitlines()[0] if doc and doc.strip() else promise.removeprefix("test_").replace("_", " ")
+    call = last_call() or "(no backend call yet: the suite's own set-up)"
+    raised = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
+    hint = ("" if isinstance(exc, ClairVecError) else
+            "\nhint: a backend raises clair_vec's errors (BackendError and its kinds), never its driver's own: map the "
+            "driver's exception in translate_error(), or classify it in is_transient()")  # fmt: skip
+    return scrub(f"the backend broke a promise\npromise: {words}\ncall: {call}\nwhat came back: {raised}{hint}\n")
