@@ -30,7 +30,7 @@ from clair_vec.store.plugins import get_backend
 from clair_vec.store.redaction import uri_secrets, without_credentials
 from clair_vec.training.bootstrap_clip import bootstrap_clip
 from clair_vec.training.features import extract_features
-from clair_vec.training.job import train_local
+from clair_vec.training.job import plan_folds, train_local
 
 log = logging.getLogger(__name__)
 RAW, CLAIR = "clip_raw_gallery", "clair_gallery"
@@ -126,8 +126,7 @@ def run_demo(
     split = plan_split(root, seed, val_fraction)
     seen = MultiDomainDataset(split.train.items + (split.validation.items if split.validation else []), str(root))
     unseen = split.unseen
-    print(f"[1/6] data {root}: {len(seen)} seen-class images ({len(seen.classes)} classes, "
-          f"{len(split.validation.classes) if split.validation else 0} of them held out for validation), "
+    print(f"[1/6] data {root}: {len(seen)} seen-class images ({len(seen.classes)} classes), "
           f"{len(unseen)} unseen-class images ({len(unseen.classes)} classes) for retrieval; domains {seen.domains}")  # fmt: skip
     pivot = "photo" if "photo" in seen.domains else ("real" if "real" in seen.domains else seen.domains[0])
     if clip_pretrained is None and not (work / "foundation" / f"{clip_model}-bootstrap.pt").exists():
@@ -150,7 +149,11 @@ def run_demo(
 
     cfg = ClairConfig(clip_model=clip_model, clip_pretrained=clip_pretrained, pivot_domain=pivot, epochs=epochs,
                       batch_size=batch_size, seed=seed)  # fmt: skip
-    print(f"[3/6] training CLAIR for {epochs} epochs on {len(split.train.classes)} classes")
+    folds, _ = plan_folds(seen, cfg, val_fraction)
+    print(f"[3/6] training CLAIR, {epochs} epochs a run: "
+          + (f"{len(folds)} selection folds that each hold out {len(folds[0])} of the {len(seen.classes)} seen classes, "
+             "then " if folds else "")
+          + f"the model on all {len(seen.classes)}")
 
     def report(s):
         if s.epoch == 0 or (s.epoch + 1) % 5 == 0 or s.epoch + 1 == epochs:

@@ -291,3 +291,15 @@ def test_a_path_component_shaped_like_an_assignment_is_not_a_credential():
     # credentials in free text, options and URIs are still masked
     assert scrub("password=hunter2 and token: abc") == "password=*** and token: ***"
     assert scrub("http://root:Milvus@host:19530/?token=abc") == "http://***@host:19530/?token=***"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), a device that is always full")
+def test_output_to_a_full_disk_is_one_line_not_a_traceback():
+    """`clair-vec ... > file` on a full disk ended in an OSError traceback."""
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "clair_vec.cli", "backends"], stdout=full, stderr=subprocess.PIPE,
+                             text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "clair-vec: error: no space left on the device (the output); free some space and run the same command again "
+        "(what was written whole is kept)"], out.stderr  # fmt: skip

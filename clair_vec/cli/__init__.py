@@ -10,6 +10,7 @@ May import: every other part of clair_vec (it is the top of the layout); nothing
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -37,6 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def os_problem(exc: OSError) -> str:
+    """What the operating system refused, where, and what to do, in one line."""
+    from clair_vec.store.redaction import scrub
+
+    where = f" ({exc.filename})" if exc.filename else " (the output)" if exc.errno == errno.ENOSPC else ""
+    fixes = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
+             errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}  # fmt: skip
+    what = fixes.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    hint = ("; free some space and run the same command again (what was written whole is kept)"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")  # fmt: skip
+    return scrub(f"{what}{where}{hint}")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's own flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -51,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # the reader went away (`clair-vec search ... | head -1`): what it wanted it got; say nothing more
         # and keep the interpreter's own flush at exit from failing again
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _quiet_stdout()
         code = 141  # 128 + SIGPIPE, what a shell reports for a command its reader closed on
+    except OSError as exc:  # a full disk, a read-only folder: the machine's words, on one line
+        print(f"clair-vec: error: {os_problem(exc)}", file=sys.stderr)
+        _quiet_stdout()
+        code = 1
     except KeyboardInterrupt:
         # every write is whole and ids are content hashes: what was written stays, and the same
         # command picks up where this one stopped
