@@ -107,3 +107,13 @@ def test_every_answer_is_what_the_document_promises(app, api, method, path, mode
     if mode == "positive" and path == "/search":  # the fuzzer got past the door: searches ran
         assert statuses.count(200) >= 20, Counter(statuses)  # the rest: 404s for ids no record has
 
+
+
+@pytest.mark.parametrize("weight", ["", "2", True, "abc"])
+def test_a_part_weight_that_is_not_a_json_number_is_a_422(app, weight):
+    """Found by the soak: a weight of "" reached float(None) and answered 500."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        got = c.post("/search", json={"parts": [{"text": "circle", "weight": weight}]})
+    assert got.status_code == 422 and "the weight of part #0 must be a number" in got.json()["detail"], got.text

@@ -24,6 +24,7 @@ top ``n`` hits. It is off by default: see README for what it measured.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -112,7 +113,7 @@ class Query:
                 raise QueryError(f"the weight of {p.describe()} is 0: leave the part out instead")
             if p.kind == "image" and p.domain not in domains:
                 raise QueryError(f"{p.describe()}: unknown domain {p.domain!r}; this model knows {sorted(domains)}")
-            if p.kind == "text" and (not isinstance(p.value, str) or not p.value.strip()):
+            if p.kind == "text" and (not isinstance(p.value, str) or not _HAS_TEXT.search(p.value)):
                 raise QueryError(f"a text part must be a non-empty string, got {p.value!r}")
             if p.kind == "id" and (not isinstance(p.value, str) or not _ID.fullmatch(p.value)):
                 raise QueryError(f"{p.value!r} is not a record id (32 hex digits, as search hits return them)")
@@ -133,13 +134,12 @@ class Query:
         return self
 
 
-def _id_pattern() -> Any:
-    import re
-
-    return re.compile(ID_PATTERN)
-
-
-_ID = _id_pattern()
+_ID = re.compile(ID_PATTERN)
+#: a text says something when it holds a character that is not white space, white space as
+#: JSON Schema (ECMA-262) counts it, so the service's OpenAPI document and this check agree
+#: (Python's str.isspace also counts the control characters \x1c-\x1f)
+TEXT_PATTERN = "[^\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+_HAS_TEXT = re.compile(TEXT_PATTERN)
 
 
 def combine(parts: Sequence[Part], embeddings: Sequence[np.ndarray]) -> np.ndarray:

@@ -169,6 +169,8 @@ def image_bytes(value: Any, settings: ServiceSettings, what: str = '"image"') ->
 
 
 def _weight(value: Any, what: str) -> float:
+    if isinstance(value, (str, bool)):  # a part is JSON: a weight is a number ("" once reached float(None): a 500)
+        raise HTTPProblem(422, f"the weight of {what} must be a number from -100 to 100, got {value!r}"[:200])
     w = number(1.0 if value is None else value, f"the weight of {what}", -100.0, 100.0)
     if w == 0:
         raise HTTPProblem(422, f"the weight of {what} is 0: leave the part out instead")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.openapi.utils import get_openapi
 
-from clair_vec.retrieval.queries import RERANKS
+from clair_vec.retrieval.queries import RERANKS, TEXT_PATTERN
 from clair_vec.service.requests import MAX_OFFSET
 from clair_vec.service.settings import ServiceSettings
 from clair_vec.service.thumbnails import THUMB_SIZES
@@ -51,7 +51,7 @@ def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 #: a text query holds a non-space character and fits the text encoder with its prompt, a limit in
 #: tokens that JSON Schema cannot count: a longer text is a 422 that gives its count and the budget
-_TEXT = {"pattern": r"\S",
+_TEXT = {"pattern": TEXT_PATTERN,
          "description": "words that fit the model's text encoder with its prompt (about 18 words for the smallest models)"}
 
 
