@@ -500,3 +500,33 @@ def test_a_failing_promise_never_prints_the_backend_password(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
     assert out.returncode == 1 and "1 failed" in out.stdout, out.stdout[-2000:]
     assert password not in out.stdout + out.stderr and "http://***@127.0.0.1:9" in out.stdout, out.stdout[-3000:]
+
+
+def test_an_error_of_the_suite_itself_is_not_blamed_on_the_backend(tmp_path):
+    """Only what a backend call raised is reported as "the backend broke a promise": an error in
+    a promise's own code after the call returned stays as it is, and so does an expected one."""
+    (tmp_path / "test_own.py").write_text(textwrap.dedent("""
+        import pytest
+        from clair_vec.errors import CollectionNotFoundError
+        from clair_vec.plugin import BackendConformance
+
+        class TestOwn(BackendConformance):
+            backend_name = "numpy"
+
+            @pytest.fixture
+            def backend_uri(self, tmp_path):
+                return str(tmp_path / "store")
+
+            def test_own_bug(self, backend):
+                backend.list_collections()
+                {}["missing"]
+
+            @pytest.mark.xfail(raises=CollectionNotFoundError, strict=True)
+            def test_expected(self, backend):
+                backend.count("conformance_nothing_here")
+    """))
+    env = {**os.environ, "CLAIR_VEC_PLUGINS": "clair_vec_numpy", "PYTHONPATH": str(ROOT / "plugins" / "example-numpy")}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_own.py", "-k", "own_bug or expected"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert "1 failed" in out.stdout and "1 xfailed" in out.stdout and "KeyError: 'missing'" in out.stdout, out.stdout[-3000:]
+    assert "the backend broke a promise" not in out.stdout.split("short test summary")[-1], out.stdout[-3000:]

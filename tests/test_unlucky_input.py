@@ -286,10 +286,12 @@ def test_a_model_whose_clair_json_links_nowhere_names_the_link_target_unmasked(m
 def test_a_path_component_shaped_like_an_assignment_is_not_a_credential():
     from clair_vec.store.redaction import scrub
 
-    assert scrub("/srv/models/token=v2/clair.json") == "/srv/models/token=v2/clair.json"
-    assert scrub(r"C:\models\api_key=old\clair.json") == r"C:\models\api_key=old\clair.json"
-    # credentials in free text, options and URIs are still masked
+    for path in ("/srv/models/token=v2/clair.json", r"C:\models\api_key=old\clair.json", "/models/v2-token=v2/clair.json"):
+        assert scrub(path) == path
+    # credentials in free text, options, URL paths and URIs are still masked
     assert scrub("password=hunter2 and token: abc") == "password=*** and token: ***"
+    assert scrub("http://host:19530/password=hunter2xyz") == "http://host:19530/password=***"
+    assert scrub("user=root/password=hunter2 /run/secrets/password: pw") == "user=root/password=*** /run/secrets/password: ***"
     assert scrub("http://root:Milvus@host:19530/?token=abc") == "http://***@host:19530/?token=***"
 
 
@@ -303,3 +305,16 @@ def test_output_to_a_full_disk_is_one_line_not_a_traceback():
     assert out.stderr.strip().splitlines() == [
         "clair-vec: error: no space left on the device (the output); free some space and run the same command again "
         "(what was written whole is kept)"], out.stderr  # fmt: skip
+
+
+def test_an_os_error_that_is_not_the_operating_systems_keeps_its_own_words():
+    """A certificate failure (errno 1) once read "not permitted"; a network error, its class name alone."""
+    import errno
+    import ssl
+    import urllib.error
+
+    from clair_vec.cli import os_problem
+
+    assert os_problem(ssl.SSLCertVerificationError(1, "certificate verify failed")) == "certificate verify failed"
+    assert os_problem(urllib.error.URLError("no route to host")) == "<urlopen error no route to host>"
+    assert os_problem(OSError(errno.EACCES, "Permission denied", "/m/clair.pt")) == "permission denied (/m/clair.pt)"

@@ -39,13 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def os_problem(exc: OSError) -> str:
-    """What the operating system refused, where, and what to do, in one line."""
+    """What the operating system refused, where, and what to do, in one line. Errors that only
+    subclass OSError (a network library's, a certificate check's) keep their own words: their
+    errno, where they have one, is not the operating system's."""
     from clair_vec.store.redaction import scrub
 
+    if type(exc).__module__ != "builtins" or not exc.strerror:
+        return scrub(str(exc)) or type(exc).__name__
     where = f" ({exc.filename})" if exc.filename else " (the output)" if exc.errno == errno.ENOSPC else ""
     fixes = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}  # fmt: skip
-    what = fixes.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    what = fixes.get(exc.errno or 0, exc.strerror)
     hint = ("; free some space and run the same command again (what was written whole is kept)"
             if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")  # fmt: skip
     return scrub(f"{what}{where}{hint}")
@@ -75,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         code = 141  # 128 + SIGPIPE, what a shell reports for a command its reader closed on
     except OSError as exc:  # a full disk, a read-only folder: the machine's words, on one line
         print(f"clair-vec: error: {os_problem(exc)}", file=sys.stderr)
-        _quiet_stdout()
+        try:  # what was printed before the error still reaches its reader
+            sys.stdout.flush()
+        except OSError:  # the output itself is what failed: keep the exit's own flush from failing again
+            _quiet_stdout()
         code = 1
     except KeyboardInterrupt:
         # every write is whole and ids are content hashes: what was written stays, and the same

@@ -37,8 +37,8 @@ _SECRET_PARAM = re.compile(rf"(?i)^(?:.*[_-])?(?:{_SECRET_WORDS})$")
 _URI_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
 _QUERY_SECRET = re.compile(rf"(?i)(?P<key>[?&;](?:[A-Za-z0-9]+[_-])*(?:{_SECRET_WORDS})=)[^&#\s'\"<>]+")
 #: ``password=x``, ``"api_key": "x"``, ``token: x`` in free text (headers, reprs of options)
-_ASSIGNED_SECRET = re.compile(  # not a path component: a folder may be called "token=v2"
-    r"(?i)(?P<key>(?<![/\\])\b(?:[A-Za-z0-9]+[_-])*(?:token|api[_-]?key|password|passwd|secret)[\"']?\s*[:=]\s*[\"']?)"
+_ASSIGNED_SECRET = re.compile(
+    r"(?i)(?P<key>\b(?:[A-Za-z0-9]+[_-])*(?:token|api[_-]?key|password|passwd|secret)[\"']?\s*[:=]\s*[\"']?)"
     r"(?P<value>[^\s'\",;&)}\]]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
@@ -88,8 +88,20 @@ def mask_credential_shapes(text: str) -> str:
         return text
     text = _URI_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{MASK}", text)
-    text = _ASSIGNED_SECRET.sub(lambda m: m["key"] + (m["value"] if m["value"] == MASK else MASK), text)
+    text = _ASSIGNED_SECRET.sub(lambda m: m[0] if _folder_name(m) else m["key"] + (m["value"] if m["value"] == MASK else MASK),
+                                text)  # fmt: skip
     return _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+
+
+def _folder_name(m: re.Match[str]) -> bool:
+    """Whether an assignment-shaped match is a folder of a file system path, such as
+    ``/models/token=v2/clair.json``: it starts a path component, has more path after it, and is
+    not part of a URL (where ``/password=...`` may well be a credential)."""
+    text, start = m.string, m.start()
+    if start == 0 or text[start - 1] not in "/\\" or not any(sep in m["value"] for sep in "/\\") or "=" not in m["key"]:
+        return False
+    token_start = max(text.rfind(c, 0, start) for c in " \t\n'\"") + 1
+    return "://" not in text[token_start : m.end()]
 
 
 def is_secret_name(name: str) -> bool:

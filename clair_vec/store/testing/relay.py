@@ -9,16 +9,20 @@ import socket
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
-_SCHEMES = ("http", "https", "grpc", "grpcs", "tcp")
+_SCHEMES = ("http", "grpc", "tcp")
+_TLS = ("https", "grpcs")
 
 
-def relay_target(uri: str | None) -> tuple[str, int] | None:
-    """Where a server URI points (host, port), or None for an embedded store's path."""
+def relay_target(uri: str | None) -> tuple[str, int] | str:
+    """Where a server URI points (host, port), or why the relay cannot stand in front of it."""
     if not uri or "://" not in uri:
-        return None
+        return "an embedded store (backend_uri is not a server URI): there is no server to lose"
     parts = urlsplit(uri)
+    if parts.scheme in _TLS:
+        return (f"a TLS server ({parts.scheme}://): a relay on 127.0.0.1 would not match its certificate; check "
+                "reconnection against a plain-text endpoint of the same engine")  # fmt: skip
     if parts.scheme not in _SCHEMES or not parts.hostname or not parts.port:
-        return None
+        return f"the relay needs a server URI with an explicit port ({'/'.join(_SCHEMES)}://host:port)"
     return parts.hostname, parts.port
 
 

@@ -23,6 +23,7 @@ TRACED = ("aliases", "close", "count", "create_collection", "delete", "drop_alia
           "set_alias", "upsert", "vectors")  # fmt: skip
 
 _last: list[str] = []  # the latest call, of whichever thread: a promise runs its calls in order
+_raised: list[BaseException] = []  # what the latest call raised, if it raised
 _depth = threading.local()  # the promise's own call, not the calls a method makes of its siblings
 
 
@@ -42,9 +43,14 @@ def _noting(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         if depth == 0:
             shown = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwargs.items()]
             _last[:] = [f"backend.{name}({', '.join(shown)})"]
+            _raised.clear()
         _depth.n = depth + 1
         try:
             return method(*args, **kwargs)
+        except BaseException as exc:
+            if depth == 0:
+                _raised[:] = [exc]
+            raise
         finally:
             _depth.n = depth
 
@@ -55,8 +61,22 @@ def last_call() -> str | None:
     return _last[0] if _last else None
 
 
+def from_backend(exc: BaseException) -> bool:
+    """Whether ``exc`` is what the latest backend call raised, or was raised from it (a promise's
+    own bug, or a value that came back and broke the promise's code, is not the backend's)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if _raised and e is _raised[0]:
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def forget() -> None:
     _last.clear()
+    _raised.clear()
 
 
 def _short(value: Any) -> str:
