@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from clair_vec.errors import AuthenticationError, BackendUnavailableError, TransientBackendError
+from clair_vec.store.redaction import without_credentials
 from clair_vec.store.testing.relay import Relay, relay_target
-from clair_vec.store.testing.support import PREFIX, Promises, make_records, open_backend, without_userinfo
+from clair_vec.store.testing.support import PREFIX, Promises, make_records, open_backend
 
 
 @dataclass
@@ -164,7 +165,8 @@ class ErrorPromises(Promises):
         else:
             for name, value in given.items():
                 monkeypatch.setenv(name, value)
-            self._refused(without_userinfo(backend_uri), options, list(given.values()), caplog, "from the environment")
+            uri = without_credentials(backend_uri) if backend_uri else backend_uri  # the environment's alone
+            self._refused(uri, options, list(given.values()), caplog, "from the environment")
 
     def test_a_request_the_engine_rejects_is_not_retried(self, backend, info, filled, monkeypatch):
         monkeypatch.setattr(backend, "retry_base_delay", 0.0)

@@ -54,13 +54,6 @@ def with_userinfo(uri: str | None, userinfo: str) -> str | None:
     return urlunsplit(parts._replace(netloc=f"{quote(userinfo, safe=':')}@{parts.netloc.rpartition('@')[2]}"))
 
 
-def without_userinfo(uri: str | None) -> str | None:
-    if not uri or "@" not in urlsplit(uri).netloc:
-        return uri
-    parts = urlsplit(uri)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
