@@ -207,15 +207,16 @@ def _not_text(get: Any, name: str, what: str) -> None:
         raise HTTPProblem(422, f"{name} must be {what}, not a string: send {name}: 5, not {name}: \"5\"")
 
 
-def from_fields(get: Any, get_all: Any, settings: ServiceSettings, *, json: bool = False) -> SearchRequest:
-    """The options both shapes share, read by ``get(name)`` / ``get_all(name)``."""
+def from_fields(get: Any, get_all: Any, settings: ServiceSettings, *, typed: bool = False) -> SearchRequest:
+    """The options both shapes share, read by ``get(name)`` / ``get_all(name)``; ``typed``: the
+    values are JSON's, whose types count (a form's are all text)."""
     s, limit = settings, settings.max_labels
-    if json:
+    if typed:
         for name, what in (("top_k", "an integer"), ("offset", "an integer"), ("min_score", "a number")):
             _not_text(get, name, what)
         if get("rerank") is not None and not isinstance(get("rerank"), str):
             raise HTTPProblem(422, f"rerank must be one of {list(RERANKS)}, got {get('rerank')!r}")
-    rerank = get("rerank") if json else get("rerank") or None  # a form's empty field is one left empty
+    rerank = get("rerank") if typed else get("rerank") or None  # a form's empty field is one left empty
     if rerank is not None and rerank not in RERANKS:
         raise HTTPProblem(422, f"rerank must be one of {list(RERANKS)}, got {rerank!r}")
     req = SearchRequest(
@@ -266,7 +267,7 @@ async def read_search(request: Request, settings: ServiceSettings) -> SearchRequ
         if not isinstance(body, dict):
             raise HTTPProblem(400, 'the JSON body must be an object, e.g. {"image": "<base64>", "domain": "sketch"}')
         known_fields(body, (*FIELDS, "parts"), "the JSON body")
-        req = from_fields(body.get, body.get, settings, json=True)
+        req = from_fields(body.get, body.get, settings, typed=True)
         domain = body.get("domain")
         req.domain = text(domain, '"domain"', 64) if domain is not None else None
         if body.get("image") is not None:
