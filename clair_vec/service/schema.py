@@ -55,23 +55,28 @@ _TEXT = {"pattern": TEXT_PATTERN,
          "description": "words that fit the model's text encoder with its prompt (about 18 words for the smallest models)"}
 
 
-def _strings(max_items: int, max_chars: int, *, words: bool = False, min_items: int = 0) -> dict[str, Any]:
-    """A string or a list of them; ``words``: each must hold a non-space character."""
-    one: dict[str, Any] = {"type": "string", "maxLength": max_chars, **(_TEXT if words else {})}
+_RECORD_ID = {"type": "string", "pattern": ID_PATTERN}
+
+
+def _one_or_list(one: dict[str, Any], max_items: int, *, min_items: int = 0) -> dict[str, Any]:
+    """``one``, or a list of them (a form repeats the field)."""
     return {"oneOf": [one, {"type": "array", "items": one, "maxItems": max_items, "minItems": min_items}]}
 
 
+def _text(s: ServiceSettings) -> dict[str, Any]:
+    return {"type": "string", "maxLength": s.max_text_chars, **_TEXT}
+
+
 def _fields(domains: list[str], s: ServiceSettings) -> dict[str, Any]:
-    ids = _strings(s.max_parts, 32, min_items=1)
-    ids["oneOf"] = [{**b, "items": {"type": "string", "pattern": ID_PATTERN}} if b["type"] == "array"
-                    else {"type": "string", "pattern": ID_PATTERN} for b in ids["oneOf"]]  # fmt: skip
+    ids = _one_or_list(_RECORD_ID, s.max_parts, min_items=1)
+    labels = _one_or_list({"type": "string", "maxLength": s.max_text_chars}, s.max_labels)
     return {
         "domain": {"type": "string", "enum": domains, "description": "the image's domain: required with an image"},
-        "text": _strings(s.max_parts, s.max_text_chars, words=True, min_items=1),
+        "text": _one_or_list(_text(s), s.max_parts, min_items=1),
         "like": ids,
         "unlike": ids,
-        "label": _strings(s.max_labels, s.max_text_chars),
-        "pseudo_label": _strings(s.max_labels, s.max_text_chars),
+        "label": labels,
+        "pseudo_label": labels,
         "top_k": {"type": "integer", "minimum": 1, "maximum": s.max_top_k},
         "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
         "min_score": {"type": "number", "minimum": -1, "maximum": 1},
@@ -79,21 +84,18 @@ def _fields(domains: list[str], s: ServiceSettings) -> dict[str, Any]:
     }
 
 
-def search_body(domains: list[str], s: ServiceSettings) -> dict[str, Any]:
+def search_body(fields: dict[str, Any], s: ServiceSettings) -> dict[str, Any]:
     """``POST /search``'s body in both shapes, as exactly as JSON Schema can say it: every request
     the document allows is one the service runs, and the service refuses what it does not allow.
     A query needs something to search with (an image with its domain, a text, a stored id that is
-    liked, or parts of which one weighs more than 0)."""
-    fields = _fields(domains, s)
+    liked, or parts of which one weighs more than 0). ``fields``: :func:`_fields`."""
     weight = {"type": "number", "minimum": -100, "maximum": 100, "not": {"const": 0}}
-    text = {"type": "string", "maxLength": s.max_text_chars, **_TEXT}
     image = {"type": "string", "format": "byte", "description": "an image (JPEG, PNG, ...) in base64, or a data: URL"}
     part = {"oneOf": [
         {"type": "object", "required": ["image", "domain"], "additionalProperties": False,
          "properties": {"image": image, "domain": fields["domain"], "weight": weight}},
-        {"type": "object", "required": ["text"], "properties": {"text": text, "weight": weight}, "additionalProperties": False},
-        {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "pattern": ID_PATTERN}, "weight": weight},
-         "additionalProperties": False},
+        {"type": "object", "required": ["text"], "properties": {"text": _text(s), "weight": weight}, "additionalProperties": False},
+        {"type": "object", "required": ["id"], "properties": {"id": _RECORD_ID, "weight": weight}, "additionalProperties": False},
     ]}  # fmt: skip
     # weight absent means 1
     positive = {"anyOf": [{"not": {"required": ["weight"]}}, {"properties": {"weight": {"exclusiveMinimum": 0}}}]}
@@ -123,14 +125,14 @@ def document(app: FastAPI, ctx: ServiceContext) -> dict[str, Any]:
     doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     s, domains = ctx.settings, list(ctx.serving.model.domains)
     paths = doc["paths"]
-    paths["/search"]["post"]["requestBody"] = search_body(domains, s)
     fields = _fields(domains, s)
-    _parameters(paths["/similar/{rid}"]["get"], {"rid": {"type": "string", "pattern": ID_PATTERN},
+    paths["/search"]["post"]["requestBody"] = search_body(fields, s)
+    _parameters(paths["/similar/{rid}"]["get"], {"rid": _RECORD_ID,
                                                  "top_k": fields["top_k"], "offset": fields["offset"],
                                                  "min_score": fields["min_score"],
                                                  "label": {"type": "array", "items": {"type": "string", "maxLength": s.max_text_chars},
                                                            "maxItems": s.max_labels}})  # fmt: skip
-    _parameters(paths["/images/{rid}"]["get"], {"rid": {"type": "string", "pattern": ID_PATTERN},
+    _parameters(paths["/images/{rid}"]["get"], {"rid": _RECORD_ID,
                                                 "size": {"type": "integer", "enum": list(THUMB_SIZES), "default": 160}})  # fmt: skip
     return doc
 

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-#: the Backend methods a promise calls; a plugin's own helpers are not traced
-TRACED = ("aliases", "close", "count", "create_collection", "delete", "drop_alias", "drop_collection", "existing_ids",
-          "flush", "get", "has_collection", "list_collections", "open_collection", "records", "resolve", "search",
-          "set_alias", "upsert", "vectors")  # fmt: skip
+from clair_vec.store.backend import Backend
+
+#: the contract's methods a promise calls, read from the contract so a new one is traced too; a
+#: plugin's own helpers and the classification hooks the base class calls are not
+TRACED = tuple(n for n in dir(Backend) if not n.startswith("_") and callable(getattr(Backend, n))
+               and n not in ("is_transient", "translate_error", "supports"))  # fmt: skip
 
 _last: list[str] = []  # the latest call, of whichever thread: a promise runs its calls in order
 _raised: list[BaseException] = []  # what the latest call raised, if it raised
