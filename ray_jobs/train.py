@@ -27,7 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         pass
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=Fmt)
-    p.add_argument("--data", required=True, help="root/<domain>/<class>/<image>, optional {seen,unseen}_classes.txt")
+    p.add_argument("--data", required=True, help="root/<domain>/<class>/<image>, optional {seen,unseen}_classes.txt; "
+                                                 "with --classes, root/<domain>/<image> unlabeled")
+    p.add_argument("--classes", default=None, metavar="FILE",
+                   help="class names, one a line: train from unlabeled images (CLIP's zero-shot labels replace labels)")
+    p.add_argument("--validation", default=None, metavar="ROOT",
+                   help="with --classes: a small labeled folder root/<domain>/<class>/<image> the selection validates on")
     p.add_argument("--out", default="runs/clair", help="where the final model directory is written")
     p.add_argument("--storage-path", default="runs/ray", help="Ray Train storage (shared by all nodes on a cluster)")
     p.add_argument("--name", default="clair", help="run name; re-running with the same name resumes")
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                              **parse_overrides(args.set))  # fmt: skip
         result = run_training(args.data, out=args.out, config=config, storage_path=args.storage_path, name=args.name,
                               workers=args.workers, gpus=args.gpus, val_fraction=args.val_fraction,
-                              feature_actors=args.feature_actors)  # fmt: skip
+                              feature_actors=args.feature_actors, classes=args.classes, validation=args.validation)  # fmt: skip
     except (ClairVecError, ValueError) as exc:
         from clair_vec.store.redaction import scrub
 
@@ -74,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     r = result.record
     if r.get("warning"):
         print(f"train.py: warning: {r['warning']}", file=sys.stderr)
-    print(f"model written to {result.model_dir}: shipped {r['shipped']} ({r['reason']}); "
-          f"held out for zero-shot evaluation: {r['unseen_classes']}")
+    held = f"held out for zero-shot evaluation: {r['unseen_classes']}" if r.get("unseen_classes") else \
+        f"trained from class names only ({len(r['seen_classes'])} classes)"
+    print(f"model written to {result.model_dir}: shipped {r['shipped']} ({r['reason']}); {held}")
     return 0
 
 

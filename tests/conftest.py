@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -79,6 +80,32 @@ def model_dir(shapes_root, tmp_path_factory) -> Path:
     cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=2, batch_size=48, lr=3e-3)
     model = train_local(shapes_root, cfg, progress=False)
     return model.save(tmp_path_factory.mktemp("ckpt") / "model")
+
+
+@pytest.fixture(scope="session")
+def seen_shapes(shapes_root):
+    from clair_vec.datasets.folders import read_class_list, scan_folder, zero_shot_split
+
+    return zero_shot_split(scan_folder(shapes_root), unseen=read_class_list(shapes_root / "unseen_classes.txt"))[0]
+
+
+@pytest.fixture(scope="session")
+def weak_root(seen_shapes, tmp_path_factory) -> Path:
+    """Unlabeled: every seen image under ROOT/<domain>/, some loose, some two folders deep, with
+    file names that do not give the class away; plus classes.txt and a labeled validation folder."""
+    root = tmp_path_factory.mktemp("weak")
+    for n, item in enumerate(seen_shapes.items):
+        nest = ("", "batch-a", "2024/june")[n % 3]
+        dest = root / "data" / item.domain / nest / f"img{n:04d}{Path(item.path).suffix}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(item.path, dest)
+    (root / "classes.txt").write_text("# the vocabulary\n" + "\n".join(seen_shapes.classes) + "\n")
+    for item in seen_shapes.items:
+        if item.label in seen_shapes.classes[:4]:
+            dest = root / "validation" / item.domain / item.label / Path(item.path).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(item.path, dest)
+    return root
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess:

@@ -100,3 +100,12 @@ def test_rerunning_with_the_same_name_resumes(ray_head, shapes_root, tmp_path):
     again, _, _ = train(ray_head, shapes_root, tmp_path, "resume", "--epochs", "3", "--val-fraction", "0")
     assert [h["epoch"] for h in again] == [0, 1, 2]
     assert [h["loss"] for h in again[:2]] == [h["loss"] for h in first]  # epochs 0-1 were not redone
+
+
+def test_the_ray_job_trains_from_unlabeled_images_and_class_names(ray_head, weak_root, tmp_path, seen_shapes):
+    _, _, model_dir = train(ray_head, weak_root / "data", tmp_path, "weak", "--classes", str(weak_root / "classes.txt"),
+                            "--validation", str(weak_root / "validation"), "--epochs", "1")  # fmt: skip
+    model = ClairModel.load(model_dir)
+    r = model.record
+    assert model.classes == seen_shapes.classes and r["supervision"] == "class names only" and r["unseen_classes"] == []
+    assert r["selection"]["folds"] and {c for f in r["selection"]["folds"] for c in f["validation_classes"]} <= set(seen_shapes.classes[:4])

@@ -1,4 +1,5 @@
-"""``clair-vec``: train, index, search, reindex, compare, alias, evaluate, serve, demo, bootstrap-clip, backends.
+"""``clair-vec``: train, index, search, reindex, compare, alias, evaluate, benchmark, report, serve, demo, bootstrap-clip,
+backends.
 
 One module per group of commands; each adds its subcommands to the parser with ``add_commands``.
 Commands import what they need when they run, so ``clair-vec --help`` and argument errors answer
@@ -15,7 +16,7 @@ import logging
 import os
 import sys
 
-from clair_vec.cli import backends, evaluate, gallery, lifecycle, serve, train
+from clair_vec.cli import backends, benchmark, evaluate, gallery, lifecycle, serve, train
 from clair_vec.cli.common import EPILOG, Formatter
 from clair_vec.errors import ClairVecError
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    for group in (train, gallery, lifecycle, evaluate, serve, backends):
+    for group in (train, gallery, lifecycle, evaluate, benchmark, serve, backends):
         group.add_commands(add)
     return p
 

@@ -23,11 +23,10 @@ def _train_config(a: argparse.Namespace):
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from clair_vec.datasets.folders import plan_split
-    from clair_vec.training.job import train_local
+    from clair_vec.training.job import plan_training, train_local
 
     cfg = _train_config(a)
-    split = plan_split(Path(a.data), cfg.seed, a.val_fraction)
+    split = plan_training(Path(a.data), cfg.seed, a.val_fraction, classes=a.classes, validation=a.validation)
     on_epoch = (lambda s: print(json.dumps(s.as_dict()), flush=True)) if a.json else (lambda s: print(epoch_line(s, cfg.epochs), flush=True))
     model = train_local(a.data, cfg, split=split, val_fraction=a.val_fraction, cache_dir=a.cache_dir, on_epoch=on_epoch,
                         device=a.device)  # fmt: skip
@@ -43,7 +42,9 @@ def cmd_train(a: argparse.Namespace) -> None:
         print(f"pseudo-label confidence filter: {filter_summary(r)}")
     # the warning is the reason when raw CLIP ships: say it once, on stderr where warnings go
     reason = "" if r.get("warning") == r["reason"] else f" ({r['reason']})"
-    print(f"saved {path}: shipped {r['shipped']}{reason}; held out for zero-shot evaluation: {list(split.unseen.classes)}")
+    held = (f"held out for zero-shot evaluation: {list(split.unseen.classes)}" if split.vocabulary is None else
+            f"trained from {len(split.train)} unlabeled images and {len(split.classes)} class names")  # fmt: skip
+    print(f"saved {path}: shipped {r['shipped']}{reason}; {held}")
     if r.get("warning"):
         print(f"clair-vec: warning: {r['warning']}", file=sys.stderr)
 
@@ -99,7 +100,13 @@ def training_args(sp: argparse.ArgumentParser, *, clip_model: str, clip_pretrain
 
 def add_commands(add) -> None:
     t = add("train", cmd_train, "train CLAIR on root/<domain>/<class>/<image> (seen classes only)")
-    t.add_argument("--data", required=True, help="dataset root; optional seen_classes.txt / unseen_classes.txt")
+    t.add_argument("--data", required=True, help="dataset root/<domain>/<class>/<image>, optional seen_classes.txt / "
+                                                 "unseen_classes.txt; with --classes, root/<domain>/<image> unlabeled")
+    t.add_argument("--classes", default=None, metavar="FILE",
+                   help="class names, one a line: train from unlabeled images, CLIP's zero-shot labels replacing labels")
+    t.add_argument("--validation", default=None, metavar="ROOT",
+                   help="with --classes: a small labeled folder root/<domain>/<class>/<image> the selection's folds "
+                        "validate on (without it, and without class folders in --data, raw CLIP ships)")
     t.add_argument("--out", required=True, help="checkpoint directory to write")
     training_args(t, clip_model="ViT-B-32", clip_pretrained="openai", epochs=20, batch_size=256)
     t.add_argument("--pivot", default="photo", help="gallery domain every other domain maps into")

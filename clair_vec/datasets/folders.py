@@ -67,17 +67,22 @@ def scan_folder(root: str | Path, domains: Sequence[str] | None = None) -> Multi
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if wanted and not wanted <= set(found):
         raise DatasetError(f"domains {sorted(wanted - set(found))} not found under {root}; it has {found}")
-    items = []
+    items, loose = [], []
     for domain in found:
         if wanted and domain not in wanted:
             continue
-        for class_dir in sorted(p for p in (root / domain).iterdir() if p.is_dir()):
-            for f in sorted(class_dir.iterdir()):
-                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                    items.append(ImageItem(str(f), domain, class_dir.name))
+        for entry in sorted((root / domain).iterdir()):
+            if entry.is_dir():
+                items += [ImageItem(str(f), domain, entry.name) for f in sorted(entry.iterdir())
+                          if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]  # fmt: skip
+            elif entry.suffix.lower() in IMAGE_SUFFIXES:
+                loose.append((str(entry), "an image directly in its domain folder, so of no class (class folders "
+                                          "root/<domain>/<class>/<image> label images; --classes FILE trains without them)"))  # fmt: skip
     if not items:
-        raise DatasetError(f"no images found under {root}; expected root/<domain>/<class>/<image>")
-    return MultiDomainDataset(items, str(root))
+        hint = (f"; {len(loose)} images sit directly in the domain folders, unlabeled: pass --classes FILE (one class "
+                "name a line) to train from unlabeled images") if loose else ""  # fmt: skip
+        raise DatasetError(f"no images found under {root}; expected root/<domain>/<class>/<image>{hint}")
+    return MultiDomainDataset(items, str(root), loose)
 
 
 def read_class_list(path: str | Path) -> list[str]:
@@ -146,16 +151,31 @@ def split_dataset(root: str | Path, seed: int = 0) -> tuple[MultiDomainDataset, 
 @dataclass
 class Split:
     """Who sees what: training classes, held-out seen classes for model selection, and the
-    zero-shot classes that only evaluation ever touches."""
+    zero-shot classes that only evaluation ever touches.
+
+    ``vocabulary`` is set for weakly supervised data (:mod:`clair_vec.datasets.unlabeled`): the
+    class names CLIP labels with, where the training images need not carry labels at all."""
 
     train: MultiDomainDataset
     validation: MultiDomainDataset | None
     unseen: MultiDomainDataset
     seed: int
+    vocabulary: list[str] | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names training knows: the vocabulary, or the seen classes' folders."""
+        if self.vocabulary is not None:
+            return list(self.vocabulary)
+        return sorted(set(self.train.classes) | set(self.validation.classes if self.validation else []))
 
     def record(self) -> dict:
-        return {"seen_classes": self.train.classes, "validation_classes": self.validation.classes if self.validation else [],
-                "unseen_classes": self.unseen.classes, "split_seed": self.seed}  # fmt: skip
+        out = {"seen_classes": self.classes if self.vocabulary is not None else self.train.classes,
+               "validation_classes": self.validation.classes if self.validation else [],
+               "unseen_classes": self.unseen.classes, "split_seed": self.seed}  # fmt: skip
+        if self.vocabulary is not None:
+            out["supervision"] = "class names only"
+        return out
 
 
 def plan_split(root: str | Path, seed: int = 0, val_fraction: float = 0.1) -> Split:

@@ -43,12 +43,14 @@ def class_folds(classes: Sequence[str], *, fraction: float, seed: int, max_folds
     return folds
 
 
-def subset(features: dict[str, DomainFeatures], classes: Sequence[str], *, views: bool = True) -> dict[str, DomainFeatures]:
-    """The rows of ``features`` whose ground-truth class is in ``classes`` (a class split, as by folder)."""
+def subset(features: dict[str, DomainFeatures], classes: Sequence[str], *, views: bool = True,
+           exclude: bool = False) -> dict[str, DomainFeatures]:  # fmt: skip
+    """The rows of ``features`` whose ground-truth class is in ``classes`` (a class split, as by
+    folder), or with ``exclude`` every other row, unlabeled images included."""
     keep = set(classes)
     out = {}
     for d, f in features.items():
-        rows = [i for i, lbl in enumerate(f.labels) if lbl in keep]
+        rows = [i for i, lbl in enumerate(f.labels) if (lbl in keep) != exclude]
         v = f.views[rows] if views else f.views[rows][:, :0]
         out[d] = DomainFeatures(f.clean[rows], v, [f.labels[i] for i in rows], [f.paths[i] for i in rows])
     return out
@@ -77,11 +79,15 @@ def run_fold(
     *,
     progress: bool = False,
     label: str = "",
+    vocabulary: Sequence[str] | None = None,
 ) -> FoldRun:
-    """Train on every class of ``features`` but ``validation_classes``; validate on those after each epoch."""
+    """Train on every image of ``features`` but those of ``validation_classes``, with the class
+    names of ``vocabulary`` (default: the labels of ``features``) less those; validate on the
+    held-out images after each epoch."""
     held = set(validation_classes)
-    classes = sorted({lbl for f in features.values() for lbl in f.labels} - held)
-    train = subset(features, classes)
+    names = vocabulary if vocabulary is not None else sorted({lbl for f in features.values() for lbl in f.labels})
+    classes = [c for c in names if c not in held]
+    train = subset(features, sorted(held), exclude=True)
     val = subset(features, sorted(held), views=False)
     trainer = ClairTrainer(config, foundation, classes, train, val_features=val, progress=progress, label=label)
     trainer.fit()
@@ -103,19 +109,21 @@ def run_folds(
     *,
     runner: FoldRunner | None = None,
     progress: bool = False,
+    vocabulary: Sequence[str] | None = None,
 ) -> tuple[list[FoldRun], dict[str, Any]]:
     """Every fold's run at the chosen confidence threshold, and how that threshold was chosen.
 
     With ``config.selection_thresholds`` each threshold trains every fold; the one whose last
     epoch has the highest mean validation mAP over the folds is kept. ``runner`` runs a list of
     (config, validation classes) jobs (Ray runs them as tasks); the default runs them here.
+    ``vocabulary``: the class names of a weakly supervised run (see :func:`run_fold`).
     """
     if not folds:
         return [], {}
     thresholds = list(dict.fromkeys(config.selection_thresholds)) or [config.confidence_threshold]
     jobs = [(config.replace(confidence_threshold=t), fold) for t in thresholds for fold in folds]
-    run = runner or (lambda js: [run_fold(c, foundation, features, f, progress=progress, label=f"fold {i + 1}/{len(js)} ")
-                                 for i, (c, f) in enumerate(js)])  # fmt: skip
+    run = runner or (lambda js: [run_fold(c, foundation, features, f, progress=progress, label=f"fold {i + 1}/{len(js)} ",
+                                          vocabulary=vocabulary) for i, (c, f) in enumerate(js)])  # fmt: skip
     results = run(jobs)
     by_threshold = {t: results[i * len(folds) : (i + 1) * len(folds)] for i, t in enumerate(thresholds)}
     scores = {t: mean_curve(runs)[-1] for t, runs in by_threshold.items()}

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 
 from clair_vec.datasets.folders import MultiDomainDataset, Split, plan_split
+from clair_vec.datasets.unlabeled import UNLABELED, labeled_classes, plan_weak_split
+from clair_vec.errors import DatasetError
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.devices import resolve_device
 from clair_vec.method.foundation import FoundationModel
@@ -28,10 +30,12 @@ def training_stats(trainer: ClairTrainer) -> dict[str, Any]:
     out: dict[str, Any] = {"bins": [i / HIST_BINS for i in range(HIST_BINS + 1)], "domains": {}}
     for d in trainer.domains:
         pl = trainer.pseudo[d]
-        truth = torch.tensor([trainer.label_index.get(lbl, -1) for lbl in trainer.features[d].labels])
+        truth = torch.tensor([trainer.label_index.get(lbl, -1) for lbl in trainer.features[d].labels], dtype=torch.long)
+        known = truth >= 0  # an unlabeled image (weak supervision) says nothing about the labels' accuracy
         out["domains"][d] = {
             "images": len(truth),
-            "pseudo_label_accuracy": float((pl.labels == truth).float().mean()) if len(truth) else float("nan"),
+            "labeled_images": int(known.sum()),
+            "pseudo_label_accuracy": float((pl.labels.cpu() == truth)[known].float().mean()) if known.any() else float("nan"),
             "kept_fraction": float(pl.kept.float().mean()) if len(truth) else float("nan"),
             "confidence_histogram": torch.histc(pl.confidence.float(), HIST_BINS, 0, 1).int().tolist(),
             "weight_histogram": torch.histc(pl.weights.float(), HIST_BINS, 0, 1).int().tolist(),
@@ -45,6 +49,17 @@ def progress_record(trainer: ClairTrainer) -> dict[str, Any]:
             "history": [h.as_dict() for h in trainer.history], "stats": training_stats(trainer)}  # fmt: skip
 
 
+def plan_training(data: str | Path, seed: int, val_fraction: float, *, classes: str | Path | list[str] | None = None,
+                  validation: str | Path | None = None) -> Split:  # fmt: skip
+    """The split of a labeled dataset (class folders), or, given ``classes``, of unlabeled images."""
+    if classes is not None:
+        return plan_weak_split(data, classes, validation=validation, seed=seed)
+    if validation is not None:
+        raise DatasetError("--validation goes with --classes (training from unlabeled images); a labeled dataset "
+                           "validates on folds of its own seen classes (--val-fraction)")  # fmt: skip
+    return plan_split(data, seed, val_fraction)
+
+
 def seen_dataset(split: Split) -> MultiDomainDataset:
     """Every seen class: the folds rotate over them all, and the final model trains on them all."""
     if split.validation is None:
@@ -53,12 +68,18 @@ def seen_dataset(split: Split) -> MultiDomainDataset:
 
 
 def plan_folds(seen: MultiDomainDataset, config: ClairConfig, val_fraction: float) -> tuple[list[list[str]], str]:
-    """The folds' validation classes, and why there are none when there are none."""
+    """The folds' validation classes, and why there are none when there are none. Only labeled
+    images can be held out: in a weakly supervised run, those of class folders or of --validation."""
     if val_fraction <= 0 or config.selection_folds <= 0:
         return [], "disabled"
-    folds = class_folds(seen.classes, fraction=val_fraction, seed=config.seed, max_folds=config.selection_folds)
-    why = (f"the {len(seen.classes)} seen classes are too few for validation folds (each fold holds out at least "
-           f"{MIN_VALIDATION_CLASSES} and trains on at least {MIN_TRAINING_CLASSES})")  # fmt: skip
+    labeled = labeled_classes(seen)
+    if not labeled:
+        return [], ("no training image is labeled and no --validation folder was given, so no class can be held out to "
+                    "validate on. Pass --validation ROOT, a small labeled folder ROOT/<domain>/<class>/<image>")  # fmt: skip
+    folds = class_folds(labeled, fraction=val_fraction, seed=config.seed, max_folds=config.selection_folds)
+    kind = "labeled" if any(i.label == UNLABELED for i in seen.items) else "seen"
+    why = (f"the {len(labeled)} {kind} classes are too few for validation folds (each fold holds out at least "
+           f"{MIN_VALIDATION_CLASSES} and trains on at least {MIN_TRAINING_CLASSES}); more classes would make folds")  # fmt: skip
     return folds, "" if folds else why
 
 
@@ -83,20 +104,26 @@ def train_local(
     on_epoch: Callable[[EpochStats], None] | None = None,
     split: Split | None = None,
     device: str | None = None,
+    classes: str | Path | list[str] | None = None,
+    validation: str | Path | None = None,
 ) -> ClairModel:
     """Folds (selection evidence), then the final model on every seen class, with the per-domain
     decision applied. ``device`` (``auto``: CUDA when there is a GPU) runs CLIP and training;
-    a given ``foundation`` runs where it was loaded."""
-    split = split or plan_split(data, config.seed, val_fraction)
+    a given ``foundation`` runs where it was loaded.
+
+    ``classes`` (a class-name file or list) makes the run weakly supervised: ``data`` is
+    ``ROOT/<domain>/<image>``, unlabeled, and ``validation`` an optional labeled folder for the
+    selection (:mod:`clair_vec.datasets.unlabeled`)."""
+    split = split or plan_training(data, config.seed, val_fraction, classes=classes, validation=validation)
     fm = foundation or FoundationModel.load(config.clip_model, config.clip_pretrained, str(resolve_device(device)))
     seen = seen_dataset(split)
     feats = extract_features(fm, seen, n_views=config.n_views, seed=config.seed, cache_dir=cache_dir, progress=progress)
     folds, why_none = plan_folds(seen, config, val_fraction)
-    runs, thresholds = run_folds(config, fm, feats, folds, progress=progress)
+    runs, thresholds = run_folds(config, fm, feats, folds, progress=progress, vocabulary=split.classes)
     selection = None
     if runs:
         config = config.replace(confidence_threshold=thresholds["chosen"])
         selection = select_on_folds(runs, fm, config, feats, thresholds)
-    trainer = ClairTrainer(config, fm, seen.classes, feats, progress=progress)
+    trainer = ClairTrainer(config, fm, split.classes, feats, progress=progress)
     trainer.fit(on_epoch)
     return choose(trainer.build_model(), split, selection, progress_record(trainer), feats, why_none=why_none)

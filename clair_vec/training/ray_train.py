@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clair_vec.datasets.folders import MultiDomainDataset, plan_split
+from clair_vec.datasets.folders import MultiDomainDataset
 from clair_vec.datasets.images import load_images
 from clair_vec.extras import require
 from clair_vec.method.config import ClairConfig
@@ -27,7 +27,7 @@ from clair_vec.method.tensor_files import load_tensor_file, save_tensor_file
 from clair_vec.ray_runtime import check_gpu_choice, gpus_each, ray_session
 from clair_vec.training.features import DomainFeatures, encode_domain_images, extract_features
 from clair_vec.training.folds import FoldRun, run_fold, run_folds
-from clair_vec.training.job import choose, plan_folds, progress_record, seen_dataset
+from clair_vec.training.job import choose, plan_folds, plan_training, progress_record, seen_dataset
 from clair_vec.training.selection import select_on_folds
 
 log = logging.getLogger(__name__)
@@ -163,20 +163,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def fold_task(clair: dict[str, Any], features: dict[str, DomainFeatures], validation_classes: list[str]) -> FoldRun:
+def fold_task(clair: dict[str, Any], features: dict[str, DomainFeatures], validation_classes: list[str],
+              vocabulary: list[str] | None = None) -> FoldRun:  # fmt: skip
     """One selection fold as a Ray task: folds are independent trainings, so they run side by side."""
     cfg = ClairConfig.from_dict(clair)
-    return run_fold(cfg, FoundationModel.load(cfg.clip_model, cfg.clip_pretrained), features, validation_classes)
+    return run_fold(cfg, FoundationModel.load(cfg.clip_model, cfg.clip_pretrained), features, validation_classes,
+                    vocabulary=vocabulary)  # fmt: skip
 
 
 def _ray_folds(config: ClairConfig, fm: FoundationModel, feats: dict[str, DomainFeatures], folds: list[list[str]],
-               run_dir: Path) -> tuple[list[FoldRun], dict[str, Any]]:  # fmt: skip
+               run_dir: Path, vocabulary: list[str]) -> tuple[list[FoldRun], dict[str, Any]]:  # fmt: skip
     """The folds on Ray tasks, cached in the run directory so that a resumed run does not redo them."""
     import hashlib
 
     import ray
 
-    key = hashlib.sha256(json.dumps([config.to_dict(), folds], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([config.to_dict(), folds, vocabulary], sort_keys=True).encode()).hexdigest()[:16]
     cache = run_dir / f"folds-{key}.pt"
     if cache.exists():
         saved = load_tensor_file(cache, what="selection folds")
@@ -185,9 +187,9 @@ def _ray_folds(config: ClairConfig, fm: FoundationModel, feats: dict[str, Domain
     ref = ray.put(feats)
 
     def runner(jobs: list[tuple[ClairConfig, list[str]]]) -> list[FoldRun]:
-        return ray.get([task.remote(c.to_dict(), ref, f) for c, f in jobs])
+        return ray.get([task.remote(c.to_dict(), ref, f, vocabulary) for c, f in jobs])
 
-    runs, thresholds = run_folds(config, fm, feats, folds, runner=runner)
+    runs, thresholds = run_folds(config, fm, feats, folds, runner=runner, vocabulary=vocabulary)
     save_tensor_file({"runs": [vars(r) for r in runs], "thresholds": thresholds}, cache)
     return runs, thresholds
 
@@ -211,8 +213,11 @@ def run_training(
     gpus: str = "auto",
     val_fraction: float = 0.3,
     feature_actors: int = 1,
+    classes: str | Path | list[str] | None = None,
+    validation: str | Path | None = None,
 ) -> TrainResult:
     """Validate, compute features once on Ray Data, train on ``workers`` Ray Train workers.
+    ``classes`` and ``validation``: weakly supervised data, as :func:`~clair_vec.training.job.train_local` takes.
 
     Bad input (missing data, more GPU workers than GPUs) raises before any worker starts.
     Re-running with the same ``name`` and ``storage_path`` resumes from the last checkpoint.
@@ -225,7 +230,8 @@ def run_training(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     check_gpu_choice(gpus)
-    split = plan_split(Path(data), config.seed, val_fraction)  # raises DatasetError naming a missing folder
+    # raises DatasetError naming a missing folder or class file, before Ray starts
+    split = plan_training(Path(data), config.seed, val_fraction, classes=classes, validation=validation)
     with ray_session():
         use_gpu = gpus_each(gpus, workers, "workers") > 0
         run_dir = Path(storage_path) / name
@@ -244,11 +250,11 @@ def run_training(
         folds, why_none = plan_folds(seen, config, val_fraction)
         selection = None
         if folds:
-            runs, thresholds = _ray_folds(config, fm, feats, folds, run_dir)
+            runs, thresholds = _ray_folds(config, fm, feats, folds, run_dir, split.classes)
             config = config.replace(confidence_threshold=thresholds["chosen"])
             selection = select_on_folds(runs, fm, config, feats, thresholds)
         loop_config = {"features": ray.put(feats), "val_features": None, "clair": config.to_dict(),
-                       "classes": seen.classes, "use_gpu": use_gpu,
+                       "classes": split.classes, "use_gpu": use_gpu,
                        "until": config.epochs}  # fmt: skip
         trainer = TorchTrainer(
             train_loop_per_worker,

@@ -202,7 +202,7 @@ def fold_tables(
         snap = run.snapshots[-1]
         head = _head(config, foundation.embed_dim, snap["head"])
         val = subset(features, run.validation_classes, views=False)
-        train = subset(features, run.training_classes, views=False)
+        train = subset(features, run.validation_classes, views=False, exclude=True)
         centers = path_centers(head, paths, {d: f.clean for d, f in train.items() if len(f)})
         maps = fold_maps(foundation, config, run.training_classes, sorted(features), snap["prompts"])
         table = score_options(head, maps, val, config.pivot_domain, paths, centers, seed=config.seed * 1000 + i)
@@ -390,8 +390,8 @@ def ship(trained: ClairModel, selection: dict[str, Any] | None, features: Mappin
             warning = ("validation is off (--val-fraction 0 or selection_folds=0): the trained head ships unchecked, and "
                        "may search unseen classes worse than raw CLIP")  # fmt: skip
             return trained, {"shipped": CLAIR, "selection": None, "reason": warning, "warning": warning}
-        warning = (f"{why_none}: nothing can show the trained head beats raw CLIP, so raw CLIP ships. Add seen classes, "
-                   "or pass --val-fraction 0 to ship the trained head unchecked.")  # fmt: skip
+        warning = (f"{why_none}. Nothing can show the trained head beats raw CLIP, so raw CLIP ships; --val-fraction 0 "
+                   "ships the trained head unchecked.")  # fmt: skip
         selection = {"gallery_blend": 0.0, "gallery_centered": False, "folds": [], "reason": why_none,
                      "domains": {d: _option(RAW, MAP_NONE) for d in trained.domains if d != trained.pivot}}  # fmt: skip
         log.info(warning)

@@ -1,0 +1,126 @@
+"""``clair-vec benchmark``: the five protocols' shipped class lists, and each protocol run end to
+end on a tiny generated copy of its folder layout (one small image a class and domain)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from clair_vec.cli import main
+from clair_vec.errors import DatasetError
+from clair_vec.evaluation.protocols import PROTOCOLS, class_key, protocol_split
+
+COUNTS = {"sketchy-split1": {"seen": 100, "unseen": 25}, "sketchy-split2": {"seen": 104, "unseen": 21},
+          "tuberlin": {"seen": 220, "unseen": 30}, "quickdraw": {"seen": 80, "unseen": 30},
+          "domainnet": {"seen": 245, "val": 55, "unseen": 45}}  # fmt: skip
+
+
+def make_layout(root: Path, name: str, *, spell=lambda c: c) -> Path:
+    """ROOT/<domain>/<class>/0.png for every class of the protocol: a disc whose colour and place
+    come from the class, drawn as a filled disc in the gallery domain and as its outline elsewhere."""
+    p = PROTOCOLS[name]
+    for part in COUNTS[name]:
+        for c in p.classes(part):
+            h = zlib.crc32(class_key(c).encode())
+            colour, x, y = (h & 255, (h >> 8) & 255, (h >> 16) & 255), 4 + (h >> 24) % 12, 4 + (h >> 4) % 12
+            for d in p.domains:
+                folder = root / d / spell(c)
+                folder.mkdir(parents=True, exist_ok=True)
+                im = Image.new("RGB", (32, 32), "white")
+                draw = ImageDraw.Draw(im)
+                if d == p.gallery:
+                    draw.ellipse((x, y, x + 14, y + 14), fill=colour)
+                else:
+                    draw.ellipse((x, y, x + 14, y + 14), outline=(0, 0, 0), width=2)
+                im.save(folder / "0.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory) -> Path:
+    from clair_vec.method.foundation import FoundationModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "clip.pt"
+    torch.save(FoundationModel.load("clair-tiny", None).state_dict(), path)
+    return path
+
+
+def test_list_shows_each_protocol_with_the_standard_class_counts(capsys):
+    assert main(["benchmark", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert {n: r["classes"] for n, r in rows.items()} == COUNTS
+    assert rows["sketchy-split1"]["metrics"] == ["mAP@all", "P@100"] == rows["tuberlin"]["metrics"]
+    assert all(rows[n]["metrics"] == ["mAP@200", "P@200"] for n in ("sketchy-split2", "quickdraw", "domainnet"))
+    for name, p in PROTOCOLS.items():  # the parts of a protocol never share a class, however it is spelt
+        keys = [class_key(c) for part in COUNTS[name] for c in p.classes(part)]
+        assert len(keys) == len(set(keys)), name
+    assert "bat" in PROTOCOLS["sketchy-split2"].classes("unseen") and "palm tree" in PROTOCOLS["quickdraw"].classes("unseen")
+    assert main(["benchmark", "list"]) == 0
+    assert "245 seen / 55 val / 45 unseen" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_each_protocol_runs_end_to_end_on_a_tiny_copy(name, tmp_path, clip_file, capsys):
+    root = make_layout(tmp_path / "data", name)
+    out = tmp_path / "run"
+    args = ["benchmark", "run", name, "--data", str(root), "--out", str(out), "--clip-model", "clair-tiny",
+            "--clip-pretrained", str(clip_file), "--epochs", "1", "--batch-size", "64"]  # fmt: skip
+    # selection folds on the smallest protocol, so that path runs too; the others ship unchecked, for time
+    assert main([*args, *([] if name == "sketchy-split2" else ["--val-fraction", "0"]), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    p = PROTOCOLS[name]
+    assert result["protocol"]["seen_classes"] == COUNTS[name]["seen"] and result["protocol"]["unseen_classes"] == COUNTS[name]["unseen"]
+    assert [r["query"] for r in result["rows"]] == list(p.queries) and all(r["gallery"] == p.gallery for r in result["rows"])
+    for r in result["rows"]:
+        assert r["queries"] == COUNTS[name]["unseen"] and len(r["classes"]) == COUNTS[name]["unseen"]
+        assert all(0.0 <= r[who][m] <= 1.0 for who in ("raw_clip", "model") for m in p.metrics)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["protocol"] == result["protocol"] and (out / "model" / "clair.json").is_file()
+    model_record = json.loads((out / "model" / "clair.json").read_text())["training"]
+    unseen = {class_key(c) for c in p.classes("unseen")}
+    assert {class_key(c) for c in model_record["unseen_classes"]} == unseen
+    assert not unseen & {class_key(c) for c in model_record["seen_classes"]}  # zero-shot: never trained on
+    if p.has_validation:  # DomainNet's validation classes are left out of training, as its protocol does
+        assert not {class_key(c) for c in p.classes("val")} & {class_key(c) for c in model_record["seen_classes"]}
+    from clair_vec.evaluation.benchmark import benchmark_table
+
+    table = benchmark_table(saved)
+    assert f"{p.metrics[0]} raw CLIP" in table and f"{p.metrics[1]} raw CLIP" in table and "CLAIR" in table
+    assert len(table.splitlines()) == 3 + len(p.queries) + 1
+    if name == "sketchy-split2":
+        assert saved["record"]["selection"]["folds"]
+        assert main(["report", str(out / "results.json"), "--out", str(tmp_path / "report")]) == 0
+        assert (tmp_path / "report" / "index.html").read_text().count("<img") > 0
+
+
+def test_class_folders_spelt_the_dataset_s_way_are_found(tmp_path):
+    root = make_layout(tmp_path / "data", "tuberlin", spell=lambda c: c.replace(" ", "_").replace("-", "_").upper())
+    split = protocol_split(PROTOCOLS["tuberlin"], root)
+    assert len(split.train.classes) == 220 and "HOT_AIR_BALLOON" in split.unseen.classes
+
+
+def test_a_missing_folder_or_class_is_one_line_that_names_it(tmp_path, clip_file, capsys):
+    root = make_layout(tmp_path / "data", "quickdraw")
+    for f in (root / "sketch" / "zebra").iterdir():
+        f.unlink()
+    (root / "sketch" / "zebra").rmdir()
+    with pytest.raises(DatasetError, match=r"quickdraw: 1 of its 30 unseen classes have no folder with images under .*sketch: \['zebra'\]"):
+        protocol_split(PROTOCOLS["quickdraw"], root)
+    args = ["--out", str(tmp_path / "o"), "--clip-model", "clair-tiny", "--clip-pretrained", str(clip_file)]
+    assert main(["benchmark", "run", "quickdraw", "--data", str(root), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'zebra'" in err and not (tmp_path / "o").exists()
+    assert main(["benchmark", "run", "domainnet", "--data", str(root), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing ['real', 'clipart', 'infograph', 'painting', 'quickdraw']" in err
+    assert main(["benchmark", "run", "sketchy-split1", "--data", str(tmp_path / "nowhere"), *args]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (root / "results.json").write_text("[1, 2]")
+    assert main(["report", str(root / "results.json"), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a results file" in capsys.readouterr().err
