@@ -18,6 +18,7 @@ EXTRAS = {
     "ray": "Ray Train and Ray Data",
     "serve": "the HTTP service and its page",
     "report": "plots",
+    "remote": "s3:// and parquet sources",
     "test": "the backend conformance suite (pytest)",
 }
 # backends that ship as extras of clair_vec (their own distributions, clair-vec-<name>)

@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     r = result.record
     if r.get("warning"):
         print(f"train.py: warning: {r['warning']}", file=sys.stderr)
-    held = f"held out for zero-shot evaluation: {r['unseen_classes']}" if r.get("unseen_classes") else \
-        f"trained from class names only ({len(r['seen_classes'])} classes)"
+    held = f"trained from class names only ({len(r['seen_classes'])} classes)" if r.get("supervision") else \
+        f"held out for zero-shot evaluation: {r['unseen_classes']}"
     print(f"model written to {result.model_dir}: shipped {r['shipped']} ({r['reason']}); {held}")
     return 0
 

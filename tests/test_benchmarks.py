@@ -97,12 +97,39 @@ def test_each_protocol_runs_end_to_end_on_a_tiny_copy(name, tmp_path, clip_file,
         assert saved["record"]["selection"]["folds"]
         assert main(["report", str(out / "results.json"), "--out", str(tmp_path / "report")]) == 0
         assert (tmp_path / "report" / "index.html").read_text().count("<img") > 0
+        # the dataset moved away: the report still draws, saying which images it could not find
+        (root / "photo").rename(tmp_path / "photo-elsewhere")
+        assert main(["report", str(out / "results.json"), "--out", str(tmp_path / "report2")]) == 0
+        assert "(image not found)" in (tmp_path / "report2" / "index.html").read_text()
 
 
 def test_class_folders_spelt_the_dataset_s_way_are_found(tmp_path):
     root = make_layout(tmp_path / "data", "tuberlin", spell=lambda c: c.replace(" ", "_").replace("-", "_").upper())
     split = protocol_split(PROTOCOLS["tuberlin"], root)
     assert len(split.train.classes) == 220 and "HOT_AIR_BALLOON" in split.unseen.classes
+
+
+def test_two_folders_of_one_class_are_refused_not_merged(tmp_path):
+    root = make_layout(tmp_path / "data", "quickdraw")
+    (root / "photo" / "alarm clock").mkdir()
+    (root / "photo" / "alarm_clock" / "0.png").rename(root / "photo" / "alarm clock" / "0.png")
+    (root / "photo" / "alarm_clock" / "1.png").write_bytes((root / "photo" / "alarm clock" / "0.png").read_bytes())
+    with pytest.raises(DatasetError, match=r"1 class\(es\) have more than one folder under .*photo, e.g. \['alarm clock', 'alarm_clock'\]"):
+        protocol_split(PROTOCOLS["quickdraw"], root)
+
+
+@pytest.mark.parametrize("text, why", [
+    ('{"rows": [{}], "k": 200, "model": "m", "classes_from": "x", "samples": {}}', "row 0: field 'query'"),
+    ('{"rows": [1], "k": 200, "model": "m", "classes_from": "x", "samples": {}}', "row 0 is not an object"),
+    ('{"rows": [], "k": 200}', "field 'model'"),
+    ('{"rows": [], "k": 200, "model": "m", "classes_from": "x", "samples": {"sketch": [{"query": 1}]}}', "samples of 'sketch'"),
+    ("{not json", "not JSON"),
+])  # fmt: skip
+def test_report_refuses_a_results_file_it_cannot_draw_in_one_line(text, why, tmp_path, capsys):
+    (tmp_path / "r.json").write_text(text)
+    assert main(["report", str(tmp_path / "r.json"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and why in err and "is not a results file" in err, err
 
 
 def test_a_missing_folder_or_class_is_one_line_that_names_it(tmp_path, clip_file, capsys):

@@ -174,14 +174,17 @@ def test_every_cli_option_has_help_with_its_default():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {"train", "index", "search", "evaluate", "serve", "demo", "bootstrap-clip", "backends",
-                                "reindex", "compare", "alias"}
-    for name, p in sub.choices.items():
+                                "reindex", "compare", "alias", "benchmark", "report"}
+    actions = next(a for a in sub.choices["benchmark"]._actions if a.dest == "benchmark_command").choices
+    assert set(actions) == {"list", "run"}
+    commands = {**{n: p for n, p in sub.choices.items() if n != "benchmark"}, **{f"benchmark {n}": p for n, p in actions.items()}}
+    for name, p in commands.items():
         for action in p._actions:
             if action.dest == "help":
                 continue
             assert action.help, f"clair-vec {name} {action.option_strings or action.dest} has no help"
         text = p.format_help()
-        assert "(default:" in text or name == "backends", name
+        assert "(default:" in text or name in ("backends", "report", "benchmark list"), name
         assert "(default: None)" not in text.replace("(None:", ""), f"clair-vec {name} shows a meaningless default"
     train, demo = sub.choices["train"], sub.choices["demo"]
     assert "--seed" in train.format_help() and "--seed" in demo.format_help()

@@ -32,6 +32,9 @@ def test_unlabeled_images_are_found_at_any_depth_and_carry_no_label(weak_root, s
     split = plan_weak_split(weak_root / "data", weak_root / "classes.txt", validation=weak_root / "validation")
     assert split.classes == seen_shapes.classes and split.unseen.items == []  # the file's order, comments dropped
     assert split.validation is not None and split.validation.classes == seen_shapes.classes[:4]
+    # the validation images are copies of training images here: a fold must not train on what it validates on
+    assert len(split.train) == len(seen_shapes) - len(split.validation)
+    assert sum("a --validation image" in why for _, why in split.train.skipped) == len(split.validation)
     assert split.record()["supervision"] == "class names only" and split.record()["seen_classes"] == seen_shapes.classes
 
 
@@ -39,6 +42,18 @@ def test_class_folders_below_a_domain_label_only_vocabulary_classes(seen_shapes,
     ds = scan_unlabeled(shapes_root, seen_shapes.classes)  # class folders of seen and unseen classes
     labels = {i.label for i in ds.items}
     assert labels == set(seen_shapes.classes) | {UNLABELED}  # an unseen class's folder names no vocabulary class
+
+
+def test_folds_of_a_weak_run_leave_two_known_class_names_to_train_with():
+    from clair_vec.training.folds import class_folds
+
+    # the validation folder's classes are the vocabulary's and two others: a fold may not hold out a and b both
+    folds = class_folds(["a", "b", "x", "y"], fraction=0.5, seed=0, max_folds=10, vocabulary=["a", "b"])
+    assert folds == [["x", "y"]]
+    # three labeled classes make folds when the vocabulary is larger: each fold still trains on four names
+    assert len(class_folds(["a", "b", "c"], fraction=0.5, seed=0, max_folds=3, vocabulary=list("abcdef"))) == 3
+    assert class_folds(["a", "b", "c"], fraction=0.5, seed=0, max_folds=3) == []  # labeled: one class left to train on
+    assert class_folds(["a", "b"], fraction=0.5, seed=0, max_folds=3, vocabulary=["a", "b"]) == []
 
 
 def _head(model) -> dict[str, torch.Tensor]:
@@ -66,14 +81,18 @@ def test_permuting_the_folder_labels_leaves_the_head_weights_identical(tiny_clip
     assert any(v.abs().sum() > 0 for k, v in heads[0].items() if k.startswith("mlp.2"))  # it trained
 
 
-def test_without_labels_or_a_validation_folder_raw_clip_ships_and_says_why(tiny_clip, weak_root):
+def test_without_labels_or_a_validation_folder_raw_clip_ships_and_says_why(tiny_clip, weak_root, tmp_path):
     model = train_local(weak_root / "data", ClairConfig(**TINY), foundation=tiny_clip, classes=weak_root / "classes.txt",
                         progress=False)  # fmt: skip
+    def strict(token: str):
+        raise AssertionError(f"{token} is not JSON")
+
+    json.loads((model.save(tmp_path / "m") / "clair.json").read_text(), parse_constant=strict)  # no NaN where nothing is labeled
     r = model.record
     assert r["shipped"] == "raw_clip" and "--validation ROOT" in r["warning"] and "--val-fraction 0" in r["warning"]
     assert r["supervision"] == "class names only"
     stats = r["stats"]["domains"]
-    assert all(s["labeled_images"] == 0 and s["pseudo_label_accuracy"] != s["pseudo_label_accuracy"] for s in stats.values())
+    assert all(s["labeled_images"] == 0 and s["pseudo_label_accuracy"] is None for s in stats.values())
 
 
 def test_the_validation_folder_feeds_the_selection_folds(tiny_clip, weak_root, seen_shapes):
@@ -124,6 +143,23 @@ def test_bad_weak_inputs_each_give_one_clear_line(weak_root, tmp_path):
     for kwargs, words in cases:
         with pytest.raises(DatasetError, match=words):
             plan_training(weak_root / "data", 0, 0.3, **kwargs)
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    binary = tmp_path / "b.txt"
+    binary.write_bytes(b"\x80\x81 not text")
+    for path, words in ((folder, "is a folder"), (binary, "is not UTF-8 text")):
+        with pytest.raises(DatasetError, match=f"class-name file .* {words}"):
+            plan_training(weak_root / "data", 0, 0.3, classes=path)
+    sharp = tmp_path / "sharp.txt"
+    sharp.write_text("# languages\nC# code\nF# code\n")
+    assert plan_training(weak_root / "data", 0, 0.3, classes=sharp).classes == ["C# code", "F# code"]
+    loose_val = tmp_path / "loose_val"
+    for domain in ("clipart", "photo", "sketch"):
+        (loose_val / domain).mkdir(parents=True)
+        shutil.copy(next((weak_root / "validation" / domain).rglob("*.png")), loose_val / domain / "a.png")
+    with pytest.raises(DatasetError, match="class folders of the --validation folder") as err:
+        plan_training(weak_root / "data", 0, 0.3, classes=weak_root / "classes.txt", validation=loose_val)
+    assert "--classes" not in str(err.value)  # it was given: the hint is for training data, not this folder
     partial = tmp_path / "partial" / "photo" / "circle"
     partial.mkdir(parents=True)
     shutil.copy(next((weak_root / "validation" / "photo").rglob("*.png")), partial)

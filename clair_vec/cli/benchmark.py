@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from clair_vec.cli.common import Formatter
-from clair_vec.errors import ClairVecError
 
 
 def cmd_list(a: argparse.Namespace) -> None:
@@ -40,19 +39,12 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
+    from clair_vec.evaluation.benchmark import read_results
     from clair_vec.evaluation.report import write_report
     from clair_vec.extras import require
 
     require("report", "matplotlib", needed_for="clair-vec report")
-    path = Path(a.results)
-    try:
-        result = json.loads(path.read_text())
-        if not isinstance(result, dict) or not isinstance(result.get("rows"), list) or "k" not in result:
-            raise ValueError("no result rows")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ClairVecError(f"{path} is not a results file ({exc}); give the results.json that `clair-vec benchmark run` "
-                            "wrote") from None  # fmt: skip
-    out = write_report(result, a.out)
+    out = write_report(read_results(a.results), a.out)
     print(f"report written to {out}", file=sys.stderr)
 
 

@@ -17,10 +17,16 @@ _ID = re.compile(ID_PATTERN)
 
 def cmd_index(a: argparse.Namespace) -> None:
     require_model(a)
+    from clair_vec.retrieval.remote import read_list
     from clair_vec.retrieval.retriever import Retriever
 
+    if a.column and not a.from_list:
+        raise ClairVecError("--column names the column of a --from-list file: give --from-list FILE too")
+    images = list(a.images) + [x for f in a.from_list or [] for x in read_list(f, column=a.column)]
+    if not images:
+        raise ClairVecError("nothing to index: give image files, folders, URLs, s3:// prefixes or shards, or --from-list FILE")
     with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device) as r:
-        s = r.index(a.collection, a.images, domain=a.domain, label_from_folder=a.label_from_folder, labels=a.labels,
+        s = r.index(a.collection, images, domain=a.domain, label_from_folder=a.label_from_folder, labels=a.labels,
                     prune_missing=a.prune, batch_size=a.batch_size, precision=a.precision)  # fmt: skip
     print(json.dumps(s.as_dict()))
 
@@ -71,7 +77,12 @@ def add_commands(add) -> None:
     device_arg(ix)
     ix.add_argument("--collection", required=True, help="collection name: letters, digits, underscores")
     ix.add_argument("--domain", default=None, help="domain of the images (default: the model's gallery domain)")
-    ix.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    ix.add_argument("images", nargs="*",
+                    help="image files or folders (searched recursively), http(s):// URLs, s3://bucket/prefix, webdataset "
+                         "shards (shard-{0000..0099}.tar, local or s3://) or parquet files of image bytes")
+    ix.add_argument("--from-list", action="append", metavar="FILE",
+                    help="index the URLs or paths listed in FILE: .txt one a line, .csv or .parquet by --column (repeatable)")
+    ix.add_argument("--column", default=None, help="the column of a .csv/.parquet --from-list file that holds them (default: url)")
     backend_args(ix)
     ix.add_argument("--label-from-folder", action="store_true", help="store each image's folder name as its label")
     ix.add_argument("--labels", default=None, metavar="FILE",

@@ -55,12 +55,13 @@ class MultiDomainDataset:
         return len(self.items)
 
 
-def scan_folder(root: str | Path, domains: Sequence[str] | None = None) -> MultiDomainDataset:
-    """Index ``root/<domain>/<class>/<image>``; files with non-image suffixes are ignored."""
+def scan_folder(root: str | Path, domains: Sequence[str] | None = None, *, what: str = "dataset folder") -> MultiDomainDataset:
+    """Index ``root/<domain>/<class>/<image>``; files with non-image suffixes are ignored.
+    ``what`` names the folder in errors (e.g. "--validation folder")."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(
-            f"dataset folder {str(root)!r} does not exist; expected root/<domain>/<class>/<image> "
+            f"{what} {str(root)!r} does not exist; expected root/<domain>/<class>/<image> "
             "(e.g. PACS or DomainNet unpacked), or run `clair-vec demo` to generate one."
         )
     wanted = set(domains) if domains else None
@@ -79,18 +80,31 @@ def scan_folder(root: str | Path, domains: Sequence[str] | None = None) -> Multi
                 loose.append((str(entry), "an image directly in its domain folder, so of no class (class folders "
                                           "root/<domain>/<class>/<image> label images; --classes FILE trains without them)"))  # fmt: skip
     if not items:
-        hint = (f"; {len(loose)} images sit directly in the domain folders, unlabeled: pass --classes FILE (one class "
-                "name a line) to train from unlabeled images") if loose else ""  # fmt: skip
-        raise DatasetError(f"no images found under {root}; expected root/<domain>/<class>/<image>{hint}")
+        hint = ""
+        if loose:
+            hint = f"; {len(loose)} images sit directly in the domain folders, of no class"
+            if what == "dataset folder":
+                hint += ": pass --classes FILE (one class name a line) to train from unlabeled images"
+        raise DatasetError(f"no images found in class folders of the {what} {root}; expected root/<domain>/<class>/<image>{hint}")
     return MultiDomainDataset(items, str(root), loose)
 
 
-def read_class_list(path: str | Path) -> list[str]:
-    """One class name a line; blank lines and ``#`` comments ignored."""
+def read_class_list(path: str | Path, *, what: str = "class split file", comments: str = "anywhere") -> list[str]:
+    """One class name a line; blank lines and ``#`` comments ignored (``comments="line"``: only
+    lines that start with ``#``, so that a name may hold one)."""
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{what} {str(path)!r} is a folder; give a text file with one class name a line")
     if not path.is_file():
-        raise DatasetError(f"class split file {str(path)!r} does not exist")
-    names = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
+        raise DatasetError(f"{what} {str(path)!r} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DatasetError(f"{what} {str(path)!r} is not UTF-8 text; give a text file with one class name a line") from None
+    if comments == "line":
+        names = [ln.strip() for ln in lines if not ln.lstrip().startswith("#")]
+    else:
+        names = [ln.split("#")[0].strip() for ln in lines]
     return [n for n in names if n]
 
 

@@ -14,6 +14,8 @@ the training images have no class folders at all.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 from clair_vec.datasets.folders import ImageItem, MultiDomainDataset, Split, read_class_list, scan_folder
@@ -27,7 +29,7 @@ UNLABELED = ""
 def read_vocabulary(path: str | Path) -> list[str]:
     """The class names CLIP labels with: one a line, blank lines and ``#`` comments ignored, in
     file order, each name once."""
-    names = list(dict.fromkeys(read_class_list(path)))
+    names = list(dict.fromkeys(read_class_list(path, what="class-name file", comments="line")))
     if len(names) < 2:
         raise DatasetError(f"class-name file {str(path)!r} names {len(names)} class(es); CLIP's zero-shot labels need at "
                            "least 2 (one class name a line)")  # fmt: skip
@@ -75,10 +77,35 @@ def plan_weak_split(root: str | Path, classes: str | Path | list[str], *, valida
     train = scan_unlabeled(root, vocabulary)
     held = None
     if validation is not None:
-        held = scan_folder(validation)
+        held = scan_folder(validation, what="--validation folder")
         missing = sorted(set(train.domains) - set(held.domains))
         if missing:
             raise DatasetError(f"validation folder {str(validation)!r} has no {missing} images; it needs every training "
                                f"domain ({train.domains}) laid out as ROOT/<domain>/<class>/<image>")  # fmt: skip
         held = held.subset(domains=train.domains)
+        train = without_copies(train, held)
     return Split(train, held, MultiDomainDataset([], str(root)), seed, vocabulary=vocabulary)
+
+
+def _digest(path: str) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def without_copies(train: MultiDomainDataset, validation: MultiDomainDataset) -> MultiDomainDataset:
+    """``train`` less the images whose bytes are a validation image's: a fold must not train on the
+    very image it validates on. Only files of a validation file's size are read."""
+    sizes = {os.path.getsize(i.path) for i in validation.items}
+    candidates = [i for i in train.items if os.path.getsize(i.path) in sizes]
+    if not candidates:
+        return train
+    held = {_digest(i.path) for i in validation.items}
+    copies = {i.path for i in candidates if _digest(i.path) in held}
+    kept = [i for i in train.items if i.path not in copies]
+    if not kept:
+        raise DatasetError("every training image is also in the --validation folder; give training images of their own")
+    skipped = [*train.skipped, *((p, "the same bytes as a --validation image: it validates, so it does not train") for p in sorted(copies))]
+    return MultiDomainDataset(kept, train.root, skipped)

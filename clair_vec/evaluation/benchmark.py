@@ -9,10 +9,12 @@ The run writes ``OUT/model`` (the trained model, as ``clair-vec train`` writes i
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+from clair_vec.errors import DatasetError
 from clair_vec.evaluation.protocols import PROTOCOLS, get_protocol, protocol_split
 from clair_vec.method.config import ClairConfig
 
@@ -47,8 +49,63 @@ def run_benchmark(name: str, data: str | Path, config: ClairConfig, *, out: str 
                           "seen_classes": len(split.train.classes), "unseen_classes": len(split.unseen.classes)}  # fmt: skip
     path = out / RESULTS
     tmp = path.with_name(f".{RESULTS}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.write_text(json.dumps(_finite(result), indent=1, default=str, allow_nan=False))
     os.replace(tmp, path)  # a run killed while writing leaves the last complete file, or none
+    return result
+
+
+def _finite(x: Any) -> Any:
+    """NaN and infinities as null: results.json is JSON every parser reads."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+_ROW = {"query": str, "gallery": str, "classes": list, "queries": int, "gallery_size": int, "raw_clip": dict, "model": dict}
+_METRICS = ("mAP@all", "P@100")  # and mAP@k, P@k of the file's k
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A results.json, checked to hold what the report draws; one line naming the first problem."""
+    path = Path(path)
+
+    def bad(why: str) -> DatasetError:
+        return DatasetError(f"{path} is not a results file ({why}); give the results.json that `clair-vec benchmark run` wrote")
+
+    try:
+        result = json.loads(path.read_bytes())
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise bad(f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(result, dict):
+        raise bad("not a JSON object")
+    for key, kind in (("model", str), ("classes_from", str), ("k", int), ("rows", list), ("samples", dict)):
+        if not isinstance(result.get(key), kind):
+            raise bad(f"field {key!r} is missing or not a {kind.__name__}")
+    metrics = (*_METRICS, f"mAP@{result['k']}", f"P@{result['k']}")
+    for i, row in enumerate(result["rows"]):
+        if not isinstance(row, dict):
+            raise bad(f"row {i} is not an object")
+        for key, kind in _ROW.items():
+            if not isinstance(row.get(key), kind):
+                raise bad(f"row {i}: field {key!r} is missing or not a {kind.__name__}")
+        for who in ("raw_clip", "model"):
+            missing = [m for m in metrics if not isinstance(row[who].get(m), (int, float))]
+            if missing:
+                raise bad(f"row {i}: {who} lacks {missing}")
+    for domain, samples in result["samples"].items():
+        ok = isinstance(samples, list) and all(
+            isinstance(s, dict) and isinstance(s.get("query"), str) and isinstance(s.get("label"), str)
+            and isinstance(s.get("hits"), list)
+            and all(isinstance(h, dict) and isinstance(h.get("path"), str) and isinstance(h.get("label"), str) for h in s["hits"])
+            for s in samples)  # fmt: skip
+        if not ok:
+            raise bad(f"samples of {domain!r} are not a list of queries with their hits")
     return result
 
 

@@ -86,9 +86,15 @@ def protocol_split(protocol: Protocol, root: str | Path, seed: int = 0) -> Split
         raise DatasetError(f"{protocol.name} needs the domain folders {list(protocol.domains)} under {root}; missing "
                            f"{missing_domains} (it has {present})")  # fmt: skip
     ds = scan_folder(root, list(protocol.domains))
-    folders: dict[str, dict[str, str]] = {d: {} for d in protocol.domains}  # domain -> key -> folder name
+    spellings: dict[str, dict[str, set[str]]] = {d: {} for d in protocol.domains}  # domain -> key -> folder names
     for item in ds.items:
-        folders[item.domain].setdefault(class_key(item.label), item.label)
+        spellings[item.domain].setdefault(class_key(item.label), set()).add(item.label)
+    for d, keys in spellings.items():
+        twice = sorted(sorted(names) for names in keys.values() if len(names) > 1)
+        if twice:  # which one holds the class? merging them silently could mix two classes
+            raise DatasetError(f"{protocol.name}: {len(twice)} class(es) have more than one folder under {root / d}, e.g. "
+                               f"{twice[0]}; keep one folder a class")  # fmt: skip
+    folders = {d: {k: next(iter(v)) for k, v in keys.items()} for d, keys in spellings.items()}
     parts = ["seen", "unseen", *(["val"] if protocol.has_validation else [])]
     named: dict[str, list[str]] = {}
     for part in parts:

@@ -31,17 +31,35 @@ figure{display:inline-block;margin:0;text-align:center;font-size:11px}figure img
 """
 
 
-def _thumb(src: str, out_dir: Path) -> str:
-    """Copy a small JPEG of ``src`` into ``out_dir/img`` and return its relative path."""
+def _acc(stats: dict[str, Any]) -> str:
+    """The pseudo-labels' accuracy, or why there is none (weak supervision: no labeled image)."""
+    a = stats.get("pseudo_label_accuracy")
+    return f"{a:.2f}" if isinstance(a, (int, float)) and a == a else "unmeasured (no labeled image)"
+
+
+def _thumb(src: str, out_dir: Path) -> str | None:
+    """Copy a small JPEG of ``src`` into ``out_dir/img`` and return its relative path; None when
+    ``src`` cannot be read (a results file drawn after its dataset moved)."""
     name = hashlib.sha256(src.encode("utf-8", "surrogateescape")).hexdigest()[:16] + ".jpg"
     target = out_dir / "img" / name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(src) as im:
-            im = im.convert("RGB")
-            im.thumbnail((THUMB, THUMB))
-            im.save(target, "JPEG", quality=85)
+        try:
+            with Image.open(src) as im:
+                im = im.convert("RGB")
+                im.thumbnail((THUMB, THUMB))
+                im.save(target, "JPEG", quality=85)
+        except (OSError, ValueError):  # missing, unreadable or not an image (PIL's errors are OSErrors)
+            return None
     return f"img/{name}"
+
+
+def _figure(src: str, out_dir: Path, css: str, width: int, label: str, caption: str) -> str:
+    thumb = _thumb(src, out_dir)
+    e = html.escape
+    if thumb is None:
+        return f"<figure class=muted>(image not found)<br>{e(caption)}</figure>"
+    return f"<figure><img class='{css}' src='{thumb}' width={width} alt='{e(label)}'>{e(caption)}</figure>"
 
 
 def _bar_chart(result: dict[str, Any], out: Path) -> str:
@@ -87,7 +105,7 @@ def _training_chart(stats: dict[str, Any], out: Path) -> str:
     for ax, (d, s) in zip(axes[0], domains.items(), strict=True):
         ax.bar(bins[:-1], s["confidence_histogram"], width=bins[1] - bins[0], align="edge", color="#2a6fdb", label="confidence")
         ax.step(bins[:-1], s["weight_histogram"], where="post", color="#d22", label="refined weight")
-        ax.set_title(f"{d}: pseudo-label acc {s['pseudo_label_accuracy']:.2f}, kept {s['kept_fraction']:.2f}", fontsize=9)
+        ax.set_title(f"{d}: pseudo-label acc {_acc(s)}, kept {s['kept_fraction']:.2f}", fontsize=9)
         ax.set_xlabel("score")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -103,7 +121,7 @@ def _fmt(v: Any) -> str:
 def filter_summary(record: dict[str, Any]) -> str:
     """How much the pseudo-label confidence filter dropped per domain, from the training record."""
     domains = (record.get("stats") or {}).get("domains") or {}
-    parts = [f"{d} dropped {1 - s['kept_fraction']:.0%} (pseudo-label accuracy {s['pseudo_label_accuracy']:.2f})"
+    parts = [f"{d} dropped {1 - s['kept_fraction']:.0%} (pseudo-label accuracy {_acc(s)})"
              for d, s in domains.items() if isinstance(s.get("kept_fraction"), float)]  # fmt: skip
     return "; ".join(parts)
 
@@ -180,13 +198,10 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     for domain, samples in result["samples"].items():
         parts.append(f"<h3>{e(domain)}</h3>")
         for s in samples:
-            hits = "".join(
-                f"<figure><img class='hit {'ok' if h['label'] == s['label'] else 'bad'}' src='{_thumb(h['path'], out)}' "
-                f"width={THUMB // 1.4:.0f} alt='{e(h['label'])}'>{e(h['label'])}</figure>"
-                for h in s["hits"]
-            )
-            parts.append(f"<div class=row><figure><img class=q src='{_thumb(s['query'], out)}' width={THUMB} "
-                         f"alt='query {e(s['label'])}'>query: {e(s['label'])}</figure>{hits}</div>")  # fmt: skip
+            hits = "".join(_figure(h["path"], out, f"hit {'ok' if h['label'] == s['label'] else 'bad'}", round(THUMB / 1.4),
+                                   h["label"], h["label"]) for h in s["hits"])  # fmt: skip
+            query = _figure(s["query"], out, "q", THUMB, f"query {s['label']}", f"query: {s['label']}")
+            parts.append(f"<div class=row>{query}{hits}</div>")
     stats = record.get("stats")
     if stats:
         parts.append(f"<h2>Training pseudo-labels</h2><img alt='pseudo-label confidence' src='{_training_chart(stats, out)}'>")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from PIL import Image
 from clair_vec.errors import CollectionMismatchError, CorruptImageError, DatasetError
 from clair_vec.method.model_card import ModelCard
 from clair_vec.progress import progress_bar
+from clair_vec.retrieval import remote
 from clair_vec.retrieval import sources as src_mod
 from clair_vec.retrieval.sources import ImageSource
 from clair_vec.store.backend import Backend, CollectionInfo, Record
@@ -135,7 +137,9 @@ def moved(stored: dict[str, dict], rid: str, path: str | None) -> bool:
     """Whether the stored record ``rid`` names a file that is gone while ``path`` holds the same
     bytes: its payload must follow the file, or a prune would delete a live image."""
     old = stored.get(rid, {}).get("path")
-    return path is not None and isinstance(old, str) and old != path and not old.startswith("<") and not os.path.exists(old)
+    # a URI cannot be checked from here: the same bytes at two URIs are a duplicate, not a move
+    return (path is not None and isinstance(old, str) and old != path and not old.startswith("<")
+            and not remote.is_remote(old) and not os.path.exists(remote.stored_file(old)))  # fmt: skip
 
 
 def stale_ids(be: Backend, collection: str, domain: str, current: dict[str, str]) -> list[str]:
@@ -174,16 +178,24 @@ def index_sources(
     seen = seen if seen is not None else {}  # id -> the first source with those bytes in this run
     preprocess = model.foundation.preprocess
 
+    def read_one(s: ImageSource) -> tuple[str, bytes | None] | CorruptImageError:
+        try:
+            return src_mod.read(s, domain)
+        except CorruptImageError as exc:
+            return exc
+
     def plan(start: int) -> tuple[list[tuple[ImageSource, str, bytes | None]], list[tuple[str, ImageSource, bytes | None]]]:
         """Read, hash and look up one batch: what it holds, and what of it must be decoded."""
         read: list[tuple[ImageSource, str, bytes | None]] = []
-        for s in sources[start : start + batch_size]:
-            try:
-                rid, data = src_mod.read(s, domain)
-                read.append((s, rid, data))
-            except CorruptImageError as exc:
-                summary.skipped.append((exc.path, exc.reason))
+        batch = sources[start : start + batch_size]
+        # remote images are fetched side by side: a URL's latency, not the link, is what limits one at a time
+        results = list(fetchers.map(read_one, batch)) if any(s.fetch is not None for s in batch) else map(read_one, batch)
+        for s, got in zip(batch, results, strict=True):
+            if isinstance(got, CorruptImageError):
+                summary.skipped.append((got.path, got.reason))
                 continue
+            rid, data = got
+            read.append((s, rid, data))
             if on_read is not None:
                 on_read(s, rid)
         stored = be.get(collection, [rid for _, rid, _ in read])
@@ -213,7 +225,8 @@ def index_sources(
             read, todo = plan(start)
             yield (start, read, todo), todo
 
-    with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar:
+    with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar, \
+            ThreadPoolExecutor(FETCHERS, thread_name_prefix="clair-fetch") as fetchers:
         for (start, read, todo), done in prepared_batches(batches(), pixels, capture=(CorruptImageError,)):
             ready = []
             for (rid, s, _), px in zip(todo, done, strict=True):
@@ -237,6 +250,8 @@ def index_sources(
     return summary
 
 
+#: remote images fetched at once (img2dataset's default thread count per process)
+FETCHERS = 16
 #: images per batch: each batch is decoded, encoded and written whole
 BATCH_SIZES = (1, 4096)
 
@@ -261,9 +276,9 @@ def prune(be: Backend, collection: str, roots: Sequence[str | Path], *, domain: 
     check_prune_roots(roots)
     bases = [os.path.abspath(r) for r in roots]
 
-    def missing(path: object) -> bool:  # in-memory images are stored as "<image #i>": never files
-        return (isinstance(path, str) and not path.startswith("<") and src_mod.is_under(os.path.abspath(path), bases)
-                and not os.path.exists(path))  # fmt: skip
+    def missing(path: object) -> bool:  # in-memory images are stored as "<image #i>", remote ones as URIs: never files
+        return (isinstance(path, str) and not path.startswith("<") and not remote.is_remote(path)
+                and src_mod.is_under(os.path.abspath(path), bases) and not os.path.exists(remote.stored_file(path)))  # fmt: skip
 
     gone = [rid for rid, payload in be.records(collection, filter={"domain": domain}) if missing(payload.get("path"))]
     removed = be.delete(collection, gone) if gone else 0

@@ -25,7 +25,7 @@ from clair_vec.errors import BackendError, CollectionMismatchError, CorruptImage
 from clair_vec.method.model import MODEL_ENV, ClairModel, load_model
 from clair_vec.method.pixel_batches import default_batch_size
 from clair_vec.method.prompts import domain_templates
-from clair_vec.retrieval import sources
+from clair_vec.retrieval import remote, sources
 from clair_vec.retrieval.indexing import (
     IndexSummary,
     check_batch_size,
@@ -130,8 +130,10 @@ class Retriever:
         roots = [str(i) for i in images if isinstance(i, (str, Path))]
         if prune_missing:  # first: its message says why a missing folder matters there
             check_prune_roots(roots)
-        missing = [r for r in roots if not os.path.lexists(r)]
-        if missing:  # a typo: refused before anything is opened or written
+        local = [r for r in roots if not remote.is_remote(r)]
+        local = [p for r in local for p in (remote.shard_inputs(r) if remote.is_shard(r) else [r])]  # each shard of a pattern
+        missing = [r for r in local if not os.path.lexists(r)]
+        if missing:  # a typo, a missing shard: refused before anything is opened or written
             raise DatasetError(f"no such file or folder: {', '.join(missing)}")
         ignored: list[tuple[str, str]] = []
         items = sources.expand(images, label_from_folder=label_from_folder, ignored=ignored)  # array errors raise here

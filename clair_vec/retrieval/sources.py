@@ -7,17 +7,19 @@ malformed array (NaN, floats outside [0, 1]) is a caller's bug and raises before
 
 from __future__ import annotations
 
+import functools
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from clair_vec.datasets.images import decode_image, load_image, not_an_image, to_rgb, walk_images
+from clair_vec.datasets.images import IMAGE_SUFFIXES, decode_image, load_image, not_an_image, to_rgb, walk_images
 from clair_vec.errors import CorruptImageError
+from clair_vec.retrieval import remote
 from clair_vec.store.ids import content_digest, file_record_id, record_id
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -25,11 +27,12 @@ ImageInput = str | Path | Image.Image | np.ndarray
 
 @dataclass
 class ImageSource:
-    name: str  # the path, or "<image #i>" / "<array #i>" for in-memory images
-    path: str | None = None
+    name: str  # the path or URI, or "<image #i>" / "<array #i>" for in-memory images
+    path: str | None = None  # what a record stores: a local path, or a URI without its credentials
     image: Image.Image | None = None
     label: str = ""
     problem: str | None = None  # why it cannot be indexed, when known before reading it
+    fetch: Callable[[], bytes] | None = None  # the bytes of a remote image (clair_vec.retrieval.remote)
 
 
 def printable(name: str) -> str:
@@ -102,7 +105,9 @@ def expand(
         images = [images]
     out: list[ImageSource] = []
     for i, item in enumerate(images):
-        if isinstance(item, (str, Path)):
+        if isinstance(item, str) and (remote.is_remote(item) or remote.is_shard(item) or item.lower().endswith(".parquet")):
+            out += remote_sources(item, label_from_folder=label_from_folder)
+        elif isinstance(item, (str, Path)):
             p = Path(item)
             if p.is_dir():
                 listing = walk_images(p)
@@ -120,10 +125,40 @@ def expand(
     return out
 
 
+def remote_sources(item: str, *, label_from_folder: bool = False) -> list[ImageSource]:
+    """Sources of a URL, an ``s3://`` object or prefix, webdataset shards (a brace pattern names
+    several) or a parquet file of images."""
+    if remote.is_shard(item):
+        out = []
+        for shard in remote.shard_inputs(item):
+            for name, data, label in remote.shard_members(shard):
+                out.append(ImageSource(name, path=name, label=label if label_from_folder else "", fetch=_given(data)))
+        return out
+    if item.lower().endswith(".parquet") and not remote.is_remote(item):
+        return [ImageSource(name, path=name, fetch=_given(data)) for name, data in remote.parquet_images(item)]
+    if item.startswith("s3://") and Path(item).suffix.lower() not in IMAGE_SUFFIXES:
+        uris = remote.list_s3(item)
+    else:
+        uris = [item]
+    out = []
+    for uri in uris:
+        name = remote.shown(uri)
+        label = name.split("?")[0].rstrip("/").split("/")[-2] if label_from_folder and name.count("/") > 3 else ""
+        out.append(ImageSource(name, path=name, label=label, fetch=functools.partial(remote.fetch, uri)))
+    return out
+
+
+def _given(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
 def read(src: ImageSource, domain: str) -> tuple[str, bytes | None]:
     """``(record id, file bytes)`` without decoding; in-memory images hash their PNG encoding."""
     if src.problem:
         raise CorruptImageError(src.name, src.problem)
+    if src.fetch is not None:
+        data = src.fetch()
+        return record_id(domain, content_digest(data)), data
     if src.image is not None:
         buf = io.BytesIO()
         src.image.save(buf, format="PNG")
@@ -140,4 +175,6 @@ def decode(src: ImageSource, data: bytes | None = None) -> Image.Image:
         return src.image
     if src.problem:
         raise CorruptImageError(src.name, src.problem)
+    if data is None and src.fetch is not None:
+        data = src.fetch()
     return load_image(src.path) if data is None else decode_image(data, src.name)  # type: ignore[arg-type]

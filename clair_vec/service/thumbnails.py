@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from clair_vec.datasets.images import decode_image
-from clair_vec.errors import CorruptImageError
+from clair_vec.errors import CorruptImageError, DatasetError
+from clair_vec.retrieval import remote
 from clair_vec.retrieval.retriever import Retriever
 from clair_vec.retrieval.sources import is_under
 from clair_vec.service.problems import HTTPProblem
@@ -25,6 +26,7 @@ from clair_vec.store.ids import ID_PATTERN, content_digest, record_id
 
 THUMB_SIZES = (64, 128, 160, 256, 512)
 MAX_IMAGE_FILE = 64 * 1024 * 1024  # a gallery file larger than this is not thumbnailed
+REMOTE_KEY = "remote:"  # the cache's "path" of an image fetched from a URL, S3, a shard or a parquet file
 _ID = re.compile(ID_PATTERN)
 
 
@@ -63,6 +65,19 @@ class Thumbnails:
                 self._cache.popitem(last=False)
         return data
 
+    def _remote(self, rid: str, path: str) -> tuple[str, tuple[int, ...] | None, bytes | None]:
+        """The bytes of a record indexed from a URL, S3, a shard or a parquet file."""
+        container = remote.stored_file(path)
+        if not remote.is_remote(container) and self.roots and not is_under(os.path.realpath(container), self.roots):
+            raise HTTPProblem(404, f"the file of record {rid} is outside the served gallery folders")
+        if remote.is_remote(container) and self.roots:
+            raise HTTPProblem(404, f"record {rid} was indexed from {remote.scheme(path)}; this service serves only its gallery folders")
+        try:
+            data = remote.stored_bytes(path)
+        except (CorruptImageError, DatasetError) as exc:
+            raise HTTPProblem(404, f"the image of record {rid} cannot be fetched: {getattr(exc, 'reason', exc)}") from None
+        return REMOTE_KEY + rid, (), data if len(data) <= MAX_IMAGE_FILE else None
+
     def _render(self, rid: str, size: int) -> tuple[str, tuple[int, ...], bytes]:
         if not _ID.fullmatch(rid):
             raise HTTPProblem(404, f"no image {rid!r}: ids are 32 hex digits, as returned in search hits")
@@ -73,11 +88,14 @@ class Thumbnails:
         path, domain = payload.get("path"), payload.get("domain", "")
         if not isinstance(path, str) or not path or path.startswith("<"):
             raise HTTPProblem(404, f"record {rid} was indexed from an in-memory image; there is no file to show")
-        real = os.path.realpath(path)
-        if self.roots and not is_under(real, self.roots):
-            raise HTTPProblem(404, f"the file of record {rid} is outside the served gallery folders")
-        made_from = file_signature(real)
-        data = read_regular_file(real, MAX_IMAGE_FILE)
+        if remote.is_remote(path) or remote.stored_file(path) != path:
+            real, made_from, data = self._remote(rid, path)
+        else:
+            real = os.path.realpath(path)
+            if self.roots and not is_under(real, self.roots):
+                raise HTTPProblem(404, f"the file of record {rid} is outside the served gallery folders")
+            made_from = file_signature(real)
+            data = read_regular_file(real, MAX_IMAGE_FILE)
         if data is None or made_from is None:
             raise HTTPProblem(404, f"the file of record {rid} is gone, not a regular file, or too large to thumbnail")
         if record_id(domain, content_digest(data)) != rid:  # only ever the exact bytes that were indexed
@@ -93,6 +111,8 @@ class Thumbnails:
 
 
 def file_signature(path: str) -> tuple[int, ...] | None:
+    if path.startswith(REMOTE_KEY):  # fetched by content id: the cached thumbnail is of exactly those bytes
+        return ()
     """What changes when a file is replaced or rewritten (None: it is gone)."""
     try:
         st = os.stat(path)

@@ -6,7 +6,9 @@ the final model will (at least two classes left to train on). The folds are dist
 ``max_folds`` of them where the classes allow, so that the spread of their gains measures how much
 a gain depends on which classes are held out: the noise the selection must see past. Folds never
 see their own validation classes: not in the head, the pseudo-label vocabulary, the prompts, the
-centres or the mapping.
+centres or the mapping. In a weakly supervised run the unlabeled images of a held-out class cannot
+be told apart and stay in the fold's training (never its labeled validation images, nor copies of
+them): there, a fold validates on classes whose names it does not know.
 """
 
 from __future__ import annotations
@@ -27,18 +29,27 @@ MIN_VALIDATION_CLASSES = 2  # one class would make retrieval trivially right
 MIN_TRAINING_CLASSES = 2
 
 
-def class_folds(classes: Sequence[str], *, fraction: float, seed: int, max_folds: int) -> list[list[str]]:
-    """The validation classes of each fold; ``[]`` when the classes are too few to hold any out."""
+def class_folds(classes: Sequence[str], *, fraction: float, seed: int, max_folds: int,
+                vocabulary: Sequence[str] | None = None) -> list[list[str]]:  # fmt: skip
+    """The validation classes of each fold; ``[]`` when the classes are too few to hold any out.
+
+    ``vocabulary`` (weak supervision): the class names training knows, which may differ from the
+    labeled ``classes``; a fold must leave at least two of them to train with."""
     n = len(classes)
     size = max(MIN_VALIDATION_CLASSES, round(n * fraction))
-    if fraction <= 0 or max_folds <= 0 or n - size < MIN_TRAINING_CLASSES:
+    if fraction <= 0 or max_folds <= 0 or n < size:
         return []
+    names = set(classes if vocabulary is None else vocabulary)
+    if len(names - set(classes)) + (n - size) < MIN_TRAINING_CLASSES:
+        return []  # even the fold that holds out the fewest known names leaves too few
     rng, order = random.Random(seed), sorted(classes)
     count = min(max_folds, math.comb(n, size))
     folds: list[list[str]] = []
-    while len(folds) < count:
+    for _ in range(100 * count):  # bounded: some class sets may not be allowed, and draws repeat
+        if len(folds) == count:
+            break
         fold = sorted(rng.sample(order, size))
-        if fold not in folds:
+        if fold not in folds and len(names - set(fold)) >= MIN_TRAINING_CLASSES:
             folds.append(fold)
     return folds
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from clair_vec.datasets.folders import MultiDomainDataset, Split, plan_split
-from clair_vec.datasets.unlabeled import UNLABELED, labeled_classes, plan_weak_split
+from clair_vec.datasets.unlabeled import labeled_classes, plan_weak_split
 from clair_vec.errors import DatasetError
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.devices import resolve_device
@@ -35,7 +35,8 @@ def training_stats(trainer: ClairTrainer) -> dict[str, Any]:
         out["domains"][d] = {
             "images": len(truth),
             "labeled_images": int(known.sum()),
-            "pseudo_label_accuracy": float((pl.labels.cpu() == truth)[known].float().mean()) if known.any() else float("nan"),
+            # None, not NaN, where no image is labeled: clair.json stays JSON that any parser reads
+            "pseudo_label_accuracy": float((pl.labels.cpu() == truth)[known].float().mean()) if known.any() else None,
             "kept_fraction": float(pl.kept.float().mean()) if len(truth) else float("nan"),
             "confidence_histogram": torch.histc(pl.confidence.float(), HIST_BINS, 0, 1).int().tolist(),
             "weight_histogram": torch.histc(pl.weights.float(), HIST_BINS, 0, 1).int().tolist(),
@@ -67,17 +68,20 @@ def seen_dataset(split: Split) -> MultiDomainDataset:
     return MultiDomainDataset(split.train.items + split.validation.items, split.train.root, list(split.train.skipped))
 
 
-def plan_folds(seen: MultiDomainDataset, config: ClairConfig, val_fraction: float) -> tuple[list[list[str]], str]:
+def plan_folds(seen: MultiDomainDataset, config: ClairConfig, val_fraction: float,
+               vocabulary: list[str] | None = None) -> tuple[list[list[str]], str]:  # fmt: skip
     """The folds' validation classes, and why there are none when there are none. Only labeled
-    images can be held out: in a weakly supervised run, those of class folders or of --validation."""
+    images can be held out: in a weakly supervised run (``vocabulary``), those of class folders or
+    of --validation."""
     if val_fraction <= 0 or config.selection_folds <= 0:
         return [], "disabled"
     labeled = labeled_classes(seen)
     if not labeled:
         return [], ("no training image is labeled and no --validation folder was given, so no class can be held out to "
                     "validate on. Pass --validation ROOT, a small labeled folder ROOT/<domain>/<class>/<image>")  # fmt: skip
-    folds = class_folds(labeled, fraction=val_fraction, seed=config.seed, max_folds=config.selection_folds)
-    kind = "labeled" if any(i.label == UNLABELED for i in seen.items) else "seen"
+    folds = class_folds(labeled, fraction=val_fraction, seed=config.seed, max_folds=config.selection_folds,
+                        vocabulary=vocabulary)  # fmt: skip
+    kind = "seen" if vocabulary is None else "labeled"
     why = (f"the {len(labeled)} {kind} classes are too few for validation folds (each fold holds out at least "
            f"{MIN_VALIDATION_CLASSES} and trains on at least {MIN_TRAINING_CLASSES}); more classes would make folds")  # fmt: skip
     return folds, "" if folds else why
@@ -118,7 +122,7 @@ def train_local(
     fm = foundation or FoundationModel.load(config.clip_model, config.clip_pretrained, str(resolve_device(device)))
     seen = seen_dataset(split)
     feats = extract_features(fm, seen, n_views=config.n_views, seed=config.seed, cache_dir=cache_dir, progress=progress)
-    folds, why_none = plan_folds(seen, config, val_fraction)
+    folds, why_none = plan_folds(seen, config, val_fraction, split.vocabulary)
     runs, thresholds = run_folds(config, fm, feats, folds, progress=progress, vocabulary=split.classes)
     selection = None
     if runs:

@@ -247,7 +247,7 @@ def run_training(
                   "cache_dir": run_dir / "features"}  # fmt: skip
         seen = seen_dataset(split)
         feats = ray_extract_features(fm, seen, n_views=config.n_views, **common)
-        folds, why_none = plan_folds(seen, config, val_fraction)
+        folds, why_none = plan_folds(seen, config, val_fraction, split.vocabulary)
         selection = None
         if folds:
             runs, thresholds = _ray_folds(config, fm, feats, folds, run_dir, split.classes)

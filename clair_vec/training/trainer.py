@@ -55,7 +55,8 @@ class EpochStats:
         d = asdict(self)
         d.update({f"loss_{k}": v for k, v in self.terms.items()})
         d.update(self.extra)
-        return d
+        # NaN (no labeled image to measure against) is not JSON: strict parsers refuse the line
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
 VAL_KEY = "val_mAP@200"
@@ -226,21 +227,26 @@ class ClairTrainer:
             keys[d] = (idx, k)
             pl = self.pseudo[d]
             y, w = pl.labels[idx], pl.weights[idx]
-            terms = {
-                "inst_disc": losses.instance_discrimination_loss(q, k, self.banks[d], idx, c.tau),
-                "instance": losses.supervised_instance_loss(q, k, y, w, idx, self.banks[d], pl.labels, pl.kept, c.tau),
-                "cluster": ramp * losses.prototype_loss(q, y, w, *protos[d], c.tau_cluster),
-            }
-            dom_terms = []
-            for e in self.domains:
-                if e == d:
-                    continue
-                if c.inter_domain == "instance":
-                    pe = self.pseudo[e]
-                    dom_terms.append(losses.inter_domain_loss(q, y, w, self.banks[e], pe.labels, pe.kept, c.tau))
-                else:
-                    dom_terms.append(losses.prototype_loss(q, y, w, *protos[e], c.tau_cluster))
-            terms["domain"] = torch.stack(dom_terms).mean() if dom_terms else q.sum() * 0.0
+            terms = {}
+            # a term weighted 0 is still measured (the epoch record shows every term) but outside
+            # the graph: its backward pass was half of a CPU step's time with the default weights
+            with torch.set_grad_enabled(torch.is_grad_enabled() and c.w_inst_disc != 0):
+                terms["inst_disc"] = losses.instance_discrimination_loss(q, k, self.banks[d], idx, c.tau)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and c.w_instance != 0):
+                terms["instance"] = losses.supervised_instance_loss(q, k, y, w, idx, self.banks[d], pl.labels, pl.kept, c.tau)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and c.w_cluster != 0):
+                terms["cluster"] = ramp * losses.prototype_loss(q, y, w, *protos[d], c.tau_cluster)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and c.w_domain != 0):
+                dom_terms = []
+                for e in self.domains:
+                    if e == d:
+                        continue
+                    if c.inter_domain == "instance":
+                        pe = self.pseudo[e]
+                        dom_terms.append(losses.inter_domain_loss(q, y, w, self.banks[e], pe.labels, pe.kept, c.tau))
+                    else:
+                        dom_terms.append(losses.prototype_loss(q, y, w, *protos[e], c.tau_cluster))
+                terms["domain"] = torch.stack(dom_terms).mean() if dom_terms else q.sum() * 0.0
             if text is not None:
                 v = self.features[d].clean[batch[d]].to(dev, non_blocking=True)
                 terms["prompt"] = losses.prompt_loss(v, text[d], y, w, self.foundation.logit_scale)

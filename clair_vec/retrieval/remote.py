@@ -1,0 +1,344 @@
+"""Images that live elsewhere: ``http(s)://`` URLs, ``s3://`` objects and prefixes, webdataset
+``.tar`` shards (local or on S3, with brace patterns such as ``shard-{0000..0099}.tar``), parquet
+files holding image bytes, and URL lists (``.txt``, ``.csv``, ``.parquet``), as img2dataset reads
+them. No torch here.
+
+Every remote image is one :class:`~clair_vec.retrieval.sources.ImageSource` whose name is its URI
+(credentials left out: a stored record never holds them) and whose ``fetch`` returns its bytes.
+A record's id is the hash of those bytes, so re-runs, resumed runs and the same images from local
+disk all give the same ids. A fetch that fails for a reason that may pass (a timeout, a reset, a
+5xx or 429 answer, a truncated body) is retried with exponential backoff; one that will not (404,
+403) is not. Either way the image is skipped and reported by name; the run goes on.
+
+S3 goes through Arrow's own filesystem (``pyarrow.fs.S3FileSystem``): any S3-compatible endpoint
+via ``AWS_ENDPOINT_URL``, credentials from the standard AWS chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import functools
+import http.client
+import io
+import os
+import re
+import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import PurePosixPath
+
+from clair_vec.datasets.images import IMAGE_SUFFIXES
+from clair_vec.errors import CorruptImageError, DatasetError
+from clair_vec.store.redaction import register_secret, uri_secrets, without_credentials
+
+REMOTE = ("http://", "https://", "s3://")
+#: the largest image fetched: a URL list pointing at a video must not fill the memory
+MAX_BYTES = 64 << 20
+#: tries after the first, the first wait (doubling), and the seconds a fetch may take; the
+#: environment may change them (a slow link wants a longer timeout)
+RETRIES = int(os.environ.get("CLAIR_VEC_FETCH_RETRIES", "3"))
+BACKOFF = float(os.environ.get("CLAIR_VEC_FETCH_BACKOFF", "0.5"))
+TIMEOUT = float(os.environ.get("CLAIR_VEC_FETCH_TIMEOUT", "30"))
+_TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def is_remote(name: object) -> bool:
+    return isinstance(name, str) and name.startswith(REMOTE)
+
+
+def shown(uri: str) -> str:
+    """The URI as it is stored and printed: user info and credential-like parameters left out; the
+    secrets themselves registered, so that no log line or error repeats them."""
+    for secret in uri_secrets(uri):
+        register_secret(secret)
+    return without_credentials(uri)
+
+
+class _Transient(Exception):
+    """A failure worth another try."""
+
+
+def _retry(uri: str, once: Callable[[], bytes], *, retries: int = RETRIES, backoff: float = BACKOFF) -> bytes:
+    name = shown(uri)
+    for attempt in range(retries + 1):
+        try:
+            return once()
+        except _Transient as exc:
+            if attempt == retries:
+                raise CorruptImageError(name, f"{exc} (gave up after {retries + 1} tries)") from None
+            time.sleep(backoff * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _read_limited(stream, name: str) -> bytes:
+    data = stream.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise CorruptImageError(name, f"larger than {MAX_BYTES >> 20} MiB; not fetched as an image")
+    return data
+
+
+def fetch_url(url: str, *, timeout: float = TIMEOUT, retries: int = RETRIES, backoff: float = BACKOFF) -> bytes:
+    """The body of an ``http(s)`` URL."""
+    name = shown(url)
+
+    parts = urllib.parse.urlsplit(url)
+    headers = {"User-Agent": "clair-vec"}
+    target = url
+    if parts.username is not None:  # urllib does not send a URL's user info: basic auth, as curl does
+        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        target = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+    def once() -> bytes:
+        request = urllib.request.Request(target, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                data = _read_limited(response, name)
+                length = response.headers.get("Content-Length")
+                if length and length.isdigit() and len(data) < int(length):  # read(n) returns what came, no error
+                    raise _Transient(f"the response ended after {len(data)} bytes, short of its length {length}")
+                return data
+        except urllib.error.HTTPError as exc:
+            if exc.code in _TRANSIENT_HTTP:
+                raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
+            raise CorruptImageError(name, f"HTTP {exc.code} {exc.reason}") from None
+        except http.client.IncompleteRead as exc:
+            raise _Transient(f"the response ended after {len(exc.partial)} bytes, short of its length") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise _Transient(f"cannot fetch: {reason}") from None
+
+    return _retry(url, once, retries=retries, backoff=backoff)
+
+
+# ---------------------------------------------------------------------- S3
+@functools.lru_cache(maxsize=1)
+def s3_filesystem():
+    """One S3 filesystem for the process: ``AWS_ENDPOINT_URL`` for any S3-compatible server."""
+    from clair_vec.extras import require
+
+    require("remote", "pyarrow", needed_for="reading s3:// images")
+    from pyarrow import fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+              "connect_timeout": 10, "request_timeout": TIMEOUT}  # fmt: skip
+    if endpoint:
+        scheme, _, rest = endpoint.partition("://")
+        kwargs.update(endpoint_override=rest or scheme, scheme=scheme if rest else "https")
+    return fs.S3FileSystem(**kwargs)
+
+
+def _s3_path(uri: str) -> str:
+    return uri[len("s3://") :].lstrip("/")
+
+
+def _s3_problem(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
+
+
+def _s3_transient(text: str) -> bool:
+    return any(w in text.lower() for w in ("timeout", "timed out", "connection", "unreachable", "throttl", "slow down", "503", "500"))
+
+
+def fetch_s3(uri: str, *, retries: int = RETRIES, backoff: float = BACKOFF) -> bytes:
+    name = shown(uri)
+
+    def once() -> bytes:
+        try:
+            with s3_filesystem().open_input_stream(_s3_path(uri)) as f:
+                return _read_limited(f, name)
+        except FileNotFoundError:
+            raise CorruptImageError(name, "no such object") from None
+        except (OSError, ValueError) as exc:
+            text = _s3_problem(exc)
+            if _s3_transient(text):
+                raise _Transient(text) from None
+            raise CorruptImageError(name, text) from None
+
+    return _retry(uri, once, retries=retries, backoff=backoff)
+
+
+def list_s3(uri: str) -> list[str]:
+    """The image objects under an ``s3://bucket/prefix``, sorted; an unreachable bucket or
+    refused credentials are one :class:`DatasetError` that says which."""
+    from pyarrow import fs
+
+    path = _s3_path(uri).rstrip("/")
+    try:
+        infos = s3_filesystem().get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=False))
+    except FileNotFoundError:
+        raise DatasetError(f"{shown(uri)}: no such bucket or prefix") from None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{shown(uri)}: cannot list it ({_s3_problem(exc)}); check AWS_ENDPOINT_URL and the credentials") from None
+    keys = sorted(i.path for i in infos if i.type == fs.FileType.File and PurePosixPath(i.path).suffix.lower() in IMAGE_SUFFIXES)
+    return [f"s3://{k}" for k in keys]
+
+
+def fetch(uri: str) -> bytes:
+    return fetch_s3(uri) if uri.startswith("s3://") else fetch_url(uri)
+
+
+# ---------------------------------------------------------------------- shards, parquet, lists
+def expand_braces(pattern: str) -> list[str]:
+    """``a-{0000..0002}.tar`` -> a-0000.tar, a-0001.tar, a-0002.tar; ``{x,y}`` -> both (as webdataset)."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    body = m.group(1)
+    lo, sep, hi = body.partition("..")
+    if sep and lo.isdigit() and hi.isdigit():
+        width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
+        items = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        items = body.split(",")
+    return [out for item in items for out in expand_braces(pattern[: m.start()] + item + pattern[m.end() :])]
+
+
+def is_shard(name: str) -> bool:
+    return name.split("?")[0].lower().endswith(".tar")
+
+
+def _shard_bytes(uri: str) -> bytes:
+    if is_remote(uri):
+        return fetch(uri)
+    try:
+        with open(uri, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise DatasetError(f"shard {uri}: {exc.strerror or exc}") from None
+
+
+def shard_members(uri: str) -> list[tuple[str, bytes, str]]:
+    """``(name, bytes, label)`` of each image in a webdataset shard, in shard order. A sample's
+    ``.cls`` or ``.txt`` member, when there is one, is its label (``--label-from-folder``)."""
+    try:
+        data = _shard_bytes(uri)
+    except CorruptImageError as exc:
+        raise DatasetError(f"shard {exc.path}: {exc.reason}") from None
+    images: list[tuple[str, bytes]] = []
+    labels: dict[str, str] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")  # webdataset: the key is up to the first dot
+                body = tar.extractfile(member).read()  # type: ignore[union-attr]
+                if f".{ext.lower()}" in IMAGE_SUFFIXES:
+                    images.append((member.name, body))
+                elif ext.lower() in ("cls", "txt", "label"):
+                    labels[key] = body.decode("utf-8", "replace").strip()
+    except tarfile.TarError as exc:
+        raise DatasetError(f"shard {shown(uri)} is not a readable tar file ({exc})") from None
+    base = shown(uri)
+    return [(f"{base}#{name}", body, labels.get(name.partition(".")[0], "")) for name, body in images]
+
+
+def parquet_images(path: str, *, image_column: str | None = None, key_column: str | None = None) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` of each row of a parquet file holding image bytes: the column of binary
+    values (or ``image_column``; a struct with ``bytes``, as Hugging Face writes images, works too),
+    named ``path#key`` by ``key_column`` (default ``key`` or ``url``, else the row number)."""
+    pq = _parquet()
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path} is not a readable parquet file ({str(exc)[:200]})") from None
+    import pyarrow as pa
+
+    names = table.column_names
+    if image_column is None:
+        binary = [n for n in names if pa.types.is_binary(table.schema.field(n).type) or pa.types.is_large_binary(table.schema.field(n).type)
+                  or (pa.types.is_struct(table.schema.field(n).type) and "bytes" in [f.name for f in table.schema.field(n).type])]  # fmt: skip
+        if len(binary) != 1:
+            raise DatasetError(f"{path}: cannot tell which column holds the images (binary columns: {binary}); "
+                               f"pass --image-column, one of {names}")  # fmt: skip
+        image_column = binary[0]
+    if image_column not in names:
+        raise DatasetError(f"{path} has no column {image_column!r}; it has {names}")
+    key_column = key_column or next((n for n in ("key", "url") if n in names), None)
+    values = table.column(image_column).to_pylist()
+    keys = table.column(key_column).to_pylist() if key_column else list(range(len(values)))
+    out = []
+    for key, value in zip(keys, values, strict=True):
+        body = value.get("bytes") if isinstance(value, dict) else value
+        out.append((f"{path}#{shown(str(key))}", body if isinstance(body, bytes) else b""))
+    return out
+
+
+def _parquet():
+    from clair_vec.extras import require
+
+    require("remote", "pyarrow", needed_for="reading parquet files")
+    import pyarrow.parquet as pq
+
+    return pq
+
+
+def read_list(path: str, *, column: str | None = None) -> list[str]:
+    """The URLs (or paths) of a list file: ``.txt`` one a line; ``.csv`` and ``.parquet`` by
+    ``column`` (default ``url``), as img2dataset reads its inputs."""
+    low = path.lower()
+    if low.endswith(".parquet"):
+        pq = _parquet()
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"list {path} is not a readable parquet file ({str(exc)[:200]})") from None
+        col = column or "url"
+        if col not in table.column_names:
+            raise DatasetError(f"list {path} has no column {col!r}; it has {table.column_names} (choose one with --column)")
+        return [str(v).strip() for v in table.column(col).to_pylist() if v is not None and str(v).strip()]
+    try:
+        text = open(path, encoding="utf-8", newline="").read()
+    except FileNotFoundError:
+        raise DatasetError(f"list {path} does not exist") from None
+    except IsADirectoryError:
+        raise DatasetError(f"list {path} is a folder; give a .txt, .csv or .parquet file") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"list {path} is not UTF-8 text") from None
+    if low.endswith(".csv"):
+        rows = csv.DictReader(io.StringIO(text))
+        col = column or "url"
+        if rows.fieldnames is None or col not in rows.fieldnames:
+            raise DatasetError(f"list {path} has no column {col!r}; it has {rows.fieldnames} (choose one with --column)")
+        return [r[col].strip() for r in rows if r.get(col) and r[col].strip()]
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def stored_file(path: str) -> str:
+    """The local file a stored path lives in: ``shard.tar#member`` and ``images.parquet#key``
+    live in the shard or parquet file; any other path is its own file."""
+    head, sep, _ = path.partition("#")
+    return head if sep and head.lower().endswith((".tar", ".parquet")) else path
+
+
+def scheme(path: str) -> str:
+    return path.split("://", 1)[0] + "://" if "://" in path else "a file"
+
+
+def stored_bytes(path: str) -> bytes:
+    """The bytes of a stored record's image, by the path it was stored under (thumbnails)."""
+    container, sep, member = path.partition("#")
+    if sep and is_shard(container):
+        for name, data, _ in shard_members(container):
+            if name.partition("#")[2] == member:
+                return data
+        raise CorruptImageError(path, "no such member in its shard any more")
+    if sep and container.lower().endswith(".parquet"):
+        for name, data in parquet_images(container):
+            if name == path:
+                return data
+        raise CorruptImageError(path, "no such row in its parquet file any more")
+    return fetch(path)
+
+
+def shard_inputs(name: str) -> Sequence[str]:
+    """The shards a (brace) pattern names."""
+    return expand_braces(name)

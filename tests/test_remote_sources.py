@@ -1,0 +1,263 @@
+"""Galleries where the images live: URL lists against a real HTTP server on loopback (with 404s,
+a flaky and a truncated answer), webdataset shards, parquet files of image bytes, and S3 against
+moto's standalone S3 server. Each is indexed with ``clair-vec index`` in one process and searched
+in another; the hits must be those of the same images indexed from local disk."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+FAST = {"CLAIR_VEC_FETCH_BACKOFF": "0.01", "CLAIR_VEC_FETCH_TIMEOUT": "5", "CLAIR_VEC_PROGRESS": "0"}
+SECRET = "s3cr3t-PASSWORD-9"
+
+
+@pytest.fixture(scope="module")
+def photos(shapes_root) -> list[Path]:
+    """The gallery: every photo of four seen classes."""
+    return sorted(p for c in ("circle", "square", "triangle", "star") for p in (shapes_root / "photo" / c).iterdir())
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    flaky_seen: set[str] = set()
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        path = self.path.split("?")[0]
+        if path.startswith("/missing/"):
+            self.send_error(404, "Not Found")
+        elif path.startswith("/flaky/") and path not in self.flaky_seen:
+            self.flaky_seen.add(path)
+            self.send_error(503, "Service Unavailable")  # once: the retry gets it
+        elif path.startswith("/trunc/"):
+            body = (Path(self.directory) / path.split("/")[-1]).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body) + 100))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+        elif path.startswith("/private/"):
+            import base64
+
+            want = "Basic " + base64.b64encode(f"user:{SECRET}".encode()).decode()
+            if self.headers.get("Authorization") != want:
+                self.send_error(401, "Unauthorized")
+            else:
+                self.path = "/" + path.split("/")[-1]
+                super().do_GET()
+        else:
+            if path.startswith("/flaky/"):
+                self.path = "/" + path.split("/")[-1]
+            super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def web(photos, tmp_path_factory):
+    """An HTTP server on loopback serving the gallery's photos by file name."""
+    root = tmp_path_factory.mktemp("www")
+    for p in photos:
+        shutil.copy(p, root / f"{p.parent.name}-{p.name}")
+    (root / "notes.txt").write_text("not an image")
+    handler = lambda *a, **k: _Handler(*a, directory=str(root), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+def _index(model_dir, uri, collection, *inputs, env=None):
+    out = run_cli("index", "--model", str(model_dir), "--uri", uri, "--collection", collection, *map(str, inputs),
+                  env={**FAST, **(env or {})})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1]), out
+
+
+def _hits(model_dir, uri, collection, query):
+    out = run_cli("search", "--model", str(model_dir), "--uri", uri, "--collection", collection, "--domain", "sketch",
+                  "--top-k", "10", str(query))  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [(h["id"], h["score"]) for h in json.loads(out.stdout.strip().splitlines()[-1])["hits"]]
+
+
+@pytest.fixture(scope="module")
+def local(model_dir, photos, shapes_root, tmp_path_factory):
+    """The same photos indexed from local disk, and a sketch query's top 10 there."""
+    uri = str(tmp_path_factory.mktemp("local") / "g.db")
+    summary, _ = _index(model_dir, uri, "local", *photos)
+    assert summary["indexed"] == len(photos)
+    query = sorted((shapes_root / "sketch" / "star").iterdir())[0]
+    return query, _hits(model_dir, uri, "local", query)
+
+
+def test_a_url_list_gives_the_hits_of_local_disk_and_reports_what_failed(model_dir, web, local, photos, tmp_path):
+    base, root = web
+    names = sorted(p.name for p in root.iterdir() if p.suffix == ".png")
+    good = [f"{base}/{n}" for n in names[1:]] + [f"{base}/flaky/{names[0]}"]
+    bad = [f"{base}/missing/x.png", f"{base}/trunc/{names[1]}", f"{base}/notes.txt"]
+    listing = tmp_path / "urls.txt"
+    listing.write_text("# the gallery\n" + "\n".join(good + bad) + "\n")
+    uri = str(tmp_path / "g.db")
+    summary, out = _index(model_dir, uri, "web", "--from-list", listing)
+    assert summary["indexed"] == len(photos) and summary["duplicates"] == [] and summary["already_present"] == 0
+    reasons = dict(summary["skipped"])
+    assert reasons[f"{base}/missing/x.png"] == "HTTP 404 Not Found"
+    assert "short of its length" in reasons[f"{base}/trunc/{names[1]}"] and "gave up after 4 tries" in reasons[f"{base}/trunc/{names[1]}"]
+    assert f"{base}/notes.txt" in reasons and len(reasons) == 3
+    query, local_hits = local
+    assert _hits(model_dir, uri, "web", query) == local_hits  # same ids (bytes), same scores, same order
+    again, _ = _index(model_dir, uri, "web", "--from-list", listing)  # a re-run skips what is done
+    assert again["indexed"] == 0 and again["already_present"] == len(photos)
+
+
+def test_credentials_in_urls_are_used_and_never_shown_or_stored(model_dir, web, tmp_path):
+    base, root = web
+    name = sorted(p.name for p in root.iterdir() if p.suffix == ".png")[0]
+    host = base.removeprefix("http://")
+    listing = tmp_path / "urls.csv"
+    listing.write_text(f"id,image_url\n1,http://user:{SECRET}@{host}/private/{name}\n2,{base}/missing/y.png?token={SECRET}\n")
+    uri = str(tmp_path / "g.db")
+    summary, out = _index(model_dir, uri, "private", "--from-list", listing, "--column", "image_url")
+    assert summary["indexed"] == 1
+    dump = run_cli("search", "--model", str(model_dir), "--uri", uri, "--collection", "private", "--text", "a photo")
+    for text in (out.stdout, out.stderr, dump.stdout, dump.stderr, json.dumps(summary)):
+        assert SECRET not in text
+    assert f"http://{host}/private/{name}" in dump.stdout  # stored without the user info
+
+
+def _shards(photos, folder: Path, n: int = 2) -> Path:
+    """webdataset shards: each sample a key.png and its key.cls label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(n):
+        with tarfile.open(folder / f"shard-{s:04d}.tar", "w") as tar:
+            for i, p in enumerate(photos[s::n]):
+                key = f"sample{s:02d}{i:04d}"
+                tar.add(p, arcname=f"{key}.png")
+                label = p.parent.name.encode()
+                info = tarfile.TarInfo(f"{key}.cls")
+                info.size = len(label)
+                import io
+
+                tar.addfile(info, io.BytesIO(label))
+    return folder
+
+
+def test_webdataset_shards_and_parquet_files_give_the_hits_of_local_disk(model_dir, local, photos, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = _shards(photos, tmp_path / "shards")
+    uri = str(tmp_path / "g.db")
+    summary, _ = _index(model_dir, uri, "wds", shards / "shard-{0000..0001}.tar", "--label-from-folder")
+    assert summary["indexed"] == len(photos)
+    query, local_hits = local
+    assert _hits(model_dir, uri, "wds", query) == local_hits
+    dump = run_cli("search", "--model", str(model_dir), "--uri", uri, "--collection", "wds", "--domain", "sketch", str(query))
+    hit = json.loads(dump.stdout.splitlines()[-1])["hits"][0]
+    assert "shard-000" in hit["path"] and ".tar#sample" in hit["path"] and hit["label"] in ("circle", "square", "triangle", "star")
+
+    table = pa.table({"key": [f"k{i}" for i in range(len(photos))], "jpg": [p.read_bytes() for p in photos]})
+    pq.write_table(table, tmp_path / "images.parquet")
+    summary, _ = _index(model_dir, uri, "pq", tmp_path / "images.parquet")
+    assert summary["indexed"] == len(photos)
+    assert _hits(model_dir, uri, "pq", query) == local_hits
+
+    missing = run_cli("index", "--model", str(model_dir), "--uri", uri, "--collection", "wds",
+                      str(shards / "shard-{0000..0002}.tar"), env=FAST)  # fmt: skip
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "shard-0002.tar" in missing.stderr
+
+
+def test_stored_bytes_come_back_for_thumbnails(photos, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clair_vec.retrieval import remote
+
+    shards = _shards(photos, tmp_path / "shards", n=1)
+    members = remote.shard_members(str(shards / "shard-0000.tar"))
+    assert [m[1] for m in members] == [p.read_bytes() for p in photos]
+    assert remote.stored_bytes(members[3][0]) == photos[3].read_bytes()
+    pq.write_table(pa.table({"url": ["a", "b"], "image": [photos[0].read_bytes(), photos[1].read_bytes()]}), tmp_path / "x.parquet")
+    assert remote.stored_bytes(f"{tmp_path / 'x.parquet'}#b") == photos[1].read_bytes()
+    assert remote.read_list(str(tmp_path / "x.parquet")) == ["a", "b"]
+    with pytest.raises(Exception, match="no column 'nope'"):
+        remote.read_list(str(tmp_path / "x.parquet"), column="nope")
+
+
+# ---------------------------------------------------------------------- S3 on loopback
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _moto_server() -> str | None:
+    found = shutil.which("moto_server")
+    if found:
+        return found
+    for candidate in Path("/root/.pyenv/versions").glob("*/bin/moto_server"):
+        return str(candidate)
+    return None
+
+
+@pytest.fixture(scope="module")
+def s3(photos):
+    binary = _moto_server()
+    if binary is None:
+        pytest.skip("no S3 server here: pip install 'moto[server]' provides moto_server")
+    port = _free_port()
+    proc = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_REGION": "us-east-1"}  # fmt: skip
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        # the server's own Python (moto brings boto3) uploads: Arrow's streams use multipart uploads,
+        # which moto's server does not complete
+        upload = ("import boto3, sys, pathlib\n"
+                  "s3 = boto3.client('s3', endpoint_url=sys.argv[1])\n"
+                  "s3.create_bucket(Bucket='gallery')\n"
+                  "for p in sys.argv[2:]:\n"
+                  "    q = pathlib.Path(p)\n"
+                  "    s3.put_object(Bucket='gallery', Key=f'photos/{q.parent.name}/{q.name}', Body=q.read_bytes())\n")  # fmt: skip
+        done = subprocess.run([str(Path(binary).with_name("python")), "-c", upload, env["AWS_ENDPOINT_URL"], *map(str, photos)],
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_an_s3_prefix_gives_the_hits_of_local_disk(model_dir, s3, local, photos, tmp_path):
+    uri = str(tmp_path / "g.db")
+    summary, out = _index(model_dir, uri, "s3", "s3://gallery/photos/", "--label-from-folder", env=s3)
+    assert summary["indexed"] == len(photos) and summary["skipped"] == []
+    query, local_hits = local
+    assert _hits(model_dir, uri, "s3", query) == local_hits
+    assert SECRET not in out.stdout + out.stderr
+    no_bucket = run_cli("index", "--model", str(model_dir), "--uri", uri, "--collection", "s3", "s3://nobucket/x/",
+                        env={**FAST, **s3})  # fmt: skip
+    assert no_bucket.returncode == 2 and no_bucket.stderr.count("\n") == 1 and "s3://nobucket/x/" in no_bucket.stderr
+    closed = {**s3, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_EC2_METADATA_DISABLED": "true"}
+    down = run_cli("index", "--model", str(model_dir), "--uri", uri, "--collection", "s3", "s3://gallery/photos/",
+                   env={**FAST, **closed})  # fmt: skip
+    assert down.returncode == 2 and down.stderr.count("\n") == 1 and "cannot list it" in down.stderr, down.stderr
