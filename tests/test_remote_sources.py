@@ -170,6 +170,11 @@ def test_webdataset_shards_and_parquet_files_give_the_hits_of_local_disk(model_d
     hit = json.loads(dump.stdout.splitlines()[-1])["hits"][0]
     assert "shard-000" in hit["path"] and ".tar#sample" in hit["path"] and hit["label"] in ("circle", "square", "triangle", "star")
 
+    re = run_cli("reindex", "--model", str(model_dir), "--uri", uri, "--from", "wds", "--to", "wds2", env=FAST)
+    assert re.returncode == 0, re.stderr[-2000:]
+    done = json.loads(re.stdout.strip().splitlines()[-1])  # the members are read again from their shards
+    assert done["indexed"] == len(photos) and done["no_file"] == [] and done["skipped"] == []
+
     table = pa.table({"key": [f"k{i}" for i in range(len(photos))], "jpg": [p.read_bytes() for p in photos]})
     pq.write_table(table, tmp_path / "images.parquet")
     summary, _ = _index(model_dir, uri, "pq", tmp_path / "images.parquet")
@@ -237,7 +242,8 @@ def s3(photos):
                   "s3.create_bucket(Bucket='gallery')\n"
                   "for p in sys.argv[2:]:\n"
                   "    q = pathlib.Path(p)\n"
-                  "    s3.put_object(Bucket='gallery', Key=f'photos/{q.parent.name}/{q.name}', Body=q.read_bytes())\n")  # fmt: skip
+                  "    s3.put_object(Bucket='gallery', Key=f'photos/{q.parent.name}/{q.name}', Body=q.read_bytes())\n"
+                  "s3.put_object(Bucket='gallery', Key='photos/README.txt', Body=b'not an image')\n")  # fmt: skip
         done = subprocess.run([str(Path(binary).with_name("python")), "-c", upload, env["AWS_ENDPOINT_URL"], *map(str, photos)],
                               env={**os.environ, **env}, capture_output=True, text=True, timeout=120)  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
@@ -251,6 +257,7 @@ def test_an_s3_prefix_gives_the_hits_of_local_disk(model_dir, s3, local, photos,
     uri = str(tmp_path / "g.db")
     summary, out = _index(model_dir, uri, "s3", "s3://gallery/photos/", "--label-from-folder", env=s3)
     assert summary["indexed"] == len(photos) and summary["skipped"] == []
+    assert summary["ignored"] == [["s3://gallery/photos/README.txt", "not an image file (by its name)"]]
     query, local_hits = local
     assert _hits(model_dir, uri, "s3", query) == local_hits
     assert SECRET not in out.stdout + out.stderr

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from clair_vec.datasets.images import Listing, walk_images
+from clair_vec.errors import DatasetError
 from clair_vec.extras import require
 from clair_vec.ray_runtime import gpus_each, ray_session
 from clair_vec.retrieval.sources import printable, utf8_problem
@@ -243,6 +244,10 @@ def ray_index(
     card = ModelCard.read(model_dir)  # the driver reads the checkpoint's metadata only: no torch, no CLIP
     domain = domain or card.pivot
     card.check_domain(domain)
+    elsewhere = [i for i in inputs if "://" in str(i) or str(i).lower().endswith((".tar", ".parquet")) or "{" in str(i)]
+    if elsewhere:
+        raise DatasetError(f"the Ray indexing job reads image folders; {elsewhere[0]} is a URL, shard or parquet source: "
+                           "index it with `clair-vec index` (the same ids), or copy it to a shared folder")  # fmt: skip
     inputs = [os.path.abspath(i) for i in inputs]  # workers may run elsewhere, from another directory
     missing = [i for i in inputs if not Path(i).exists()]
     if missing:

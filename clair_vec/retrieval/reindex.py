@@ -12,6 +12,7 @@ it was indexed, is reported by name (a changed file is indexed as it is now).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from clair_vec.method.pixel_batches import default_batch_size
 from clair_vec.progress import progress_bar
+from clair_vec.retrieval import remote
 from clair_vec.retrieval.indexing import (
     IndexSummary,
     check_batch_size,
@@ -89,6 +91,10 @@ def reindex(
                     summary.no_file.append((rid, "indexed from an in-memory image: there is no file to read again"))
                 elif domain not in m.domains:
                     summary.skipped.append((path, f"domain {domain!r} is not one the new model knows ({m.domains})"))
+                elif remote.is_remote(path) or remote.stored_file(path) != path:  # a URL, an S3 object, a shard member
+                    by_domain.setdefault(domain, []).append(ImageSource(path, path=path, label=str(payload.get("label") or ""),
+                                                                        fetch=functools.partial(remote.stored_bytes, path)))  # fmt: skip
+                    was[path] = rid
                 else:
                     problem = utf8_problem(path)
                     exists = problem is None and os.path.isfile(path)

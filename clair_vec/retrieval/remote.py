@@ -165,9 +165,10 @@ def fetch_s3(uri: str, *, retries: int = RETRIES, backoff: float = BACKOFF) -> b
     return _retry(uri, once, retries=retries, backoff=backoff)
 
 
-def list_s3(uri: str) -> list[str]:
-    """The image objects under an ``s3://bucket/prefix``, sorted; an unreachable bucket or
-    refused credentials are one :class:`DatasetError` that says which."""
+def list_s3(uri: str, ignored: list[tuple[str, str]] | None = None) -> list[str]:
+    """The image objects under an ``s3://bucket/prefix``, sorted (the others appended to
+    ``ignored`` with why); an unreachable bucket or refused credentials are one
+    :class:`DatasetError` that says which."""
     from pyarrow import fs
 
     path = _s3_path(uri).rstrip("/")
@@ -177,7 +178,10 @@ def list_s3(uri: str) -> list[str]:
         raise DatasetError(f"{shown(uri)}: no such bucket or prefix") from None
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{shown(uri)}: cannot list it ({_s3_problem(exc)}); check AWS_ENDPOINT_URL and the credentials") from None
-    keys = sorted(i.path for i in infos if i.type == fs.FileType.File and PurePosixPath(i.path).suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(i.path for i in infos if i.type == fs.FileType.File)
+    keys = [k for k in files if PurePosixPath(k).suffix.lower() in IMAGE_SUFFIXES]
+    if ignored is not None:
+        ignored += [(f"s3://{k}", "not an image file (by its name)") for k in files if k not in set(keys)]
     return [f"s3://{k}" for k in keys]
 
 
@@ -239,6 +243,12 @@ def shard_members(uri: str) -> list[tuple[str, bytes, str]]:
         raise DatasetError(f"shard {shown(uri)} is not a readable tar file ({exc})") from None
     base = shown(uri)
     return [(f"{base}#{name}", body, labels.get(name.partition(".")[0], "")) for name, body in images]
+
+
+@functools.lru_cache(maxsize=1)
+def _members(shard: str) -> dict[str, bytes]:
+    """The last shard read, by member name: a reindex reads a shard's members one after another."""
+    return {name.partition("#")[2]: data for name, data, _ in shard_members(shard)}
 
 
 def parquet_images(path: str, *, image_column: str | None = None, key_column: str | None = None) -> list[tuple[str, bytes]]:
@@ -327,10 +337,10 @@ def stored_bytes(path: str) -> bytes:
     """The bytes of a stored record's image, by the path it was stored under (thumbnails)."""
     container, sep, member = path.partition("#")
     if sep and is_shard(container):
-        for name, data, _ in shard_members(container):
-            if name.partition("#")[2] == member:
-                return data
-        raise CorruptImageError(path, "no such member in its shard any more")
+        found = _members(container).get(member)
+        if found is None:
+            raise CorruptImageError(path, "no such member in its shard any more")
+        return found
     if sep and container.lower().endswith(".parquet"):
         for name, data in parquet_images(container):
             if name == path:

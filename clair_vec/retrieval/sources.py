@@ -106,7 +106,7 @@ def expand(
     out: list[ImageSource] = []
     for i, item in enumerate(images):
         if isinstance(item, str) and (remote.is_remote(item) or remote.is_shard(item) or item.lower().endswith(".parquet")):
-            out += remote_sources(item, label_from_folder=label_from_folder)
+            out += remote_sources(item, label_from_folder=label_from_folder, ignored=ignored)
         elif isinstance(item, (str, Path)):
             p = Path(item)
             if p.is_dir():
@@ -125,7 +125,7 @@ def expand(
     return out
 
 
-def remote_sources(item: str, *, label_from_folder: bool = False) -> list[ImageSource]:
+def remote_sources(item: str, *, label_from_folder: bool = False, ignored: list[tuple[str, str]] | None = None) -> list[ImageSource]:
     """Sources of a URL, an ``s3://`` object or prefix, webdataset shards (a brace pattern names
     several) or a parquet file of images."""
     if remote.is_shard(item):
@@ -137,7 +137,7 @@ def remote_sources(item: str, *, label_from_folder: bool = False) -> list[ImageS
     if item.lower().endswith(".parquet") and not remote.is_remote(item):
         return [ImageSource(name, path=name, fetch=_given(data)) for name, data in remote.parquet_images(item)]
     if item.startswith("s3://") and Path(item).suffix.lower() not in IMAGE_SUFFIXES:
-        uris = remote.list_s3(item)
+        uris = remote.list_s3(item, ignored)
     else:
         uris = [item]
     out = []
