@@ -122,6 +122,10 @@ def test_a_url_list_gives_the_hits_of_local_disk_and_reports_what_failed(model_d
     assert _hits(model_dir, uri, "web", query) == local_hits  # same ids (bytes), same scores, same order
     again, _ = _index(model_dir, uri, "web", "--from-list", listing)  # a re-run skips what is done
     assert again["indexed"] == 0 and again["already_present"] == len(photos)
+    _shards(photos, root)  # shards on the web server: streamed to a temporary file, read by offset
+    remote_shards, _ = _index(model_dir, uri, "webshards", f"{base}/shard-{{0000..0001}}.tar")
+    assert remote_shards["indexed"] == len(photos)
+    assert _hits(model_dir, uri, "webshards", query) == local_hits
 
 
 def test_credentials_in_urls_are_used_and_never_shown_or_stored(model_dir, web, tmp_path):
@@ -194,8 +198,8 @@ def test_stored_bytes_come_back_for_thumbnails(photos, tmp_path):
 
     shards = _shards(photos, tmp_path / "shards", n=1)
     members = remote.shard_members(str(shards / "shard-0000.tar"))
-    assert [m[1] for m in members] == [p.read_bytes() for p in photos]
-    assert remote.stored_bytes(members[3][0]) == photos[3].read_bytes()
+    assert [m.read() for m in members] == [p.read_bytes() for p in photos]
+    assert remote.stored_bytes(members[3].name) == photos[3].read_bytes()
     pq.write_table(pa.table({"url": ["a", "b"], "image": [photos[0].read_bytes(), photos[1].read_bytes()]}), tmp_path / "x.parquet")
     assert remote.stored_bytes(f"{tmp_path / 'x.parquet'}#b") == photos[1].read_bytes()
     assert remote.read_list(str(tmp_path / "x.parquet")) == ["a", "b"]

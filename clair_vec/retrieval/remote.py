@@ -16,19 +16,24 @@ via ``AWS_ENDPOINT_URL``, credentials from the standard AWS chain.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import csv
 import functools
+import hashlib
 import http.client
 import io
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from clair_vec.datasets.images import IMAGE_SUFFIXES
@@ -209,46 +214,93 @@ def is_shard(name: str) -> bool:
     return name.split("?")[0].lower().endswith(".tar")
 
 
-def _shard_bytes(uri: str) -> bytes:
-    if is_remote(uri):
-        return fetch(uri)
-    try:
-        with open(uri, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise DatasetError(f"shard {uri}: {exc.strerror or exc}") from None
+_SPOOL: list[str] = []  # the folder remote shards are downloaded to, made once a process
 
 
-def shard_members(uri: str) -> list[tuple[str, bytes, str]]:
-    """``(name, bytes, label)`` of each image in a webdataset shard, in shard order. A sample's
+def _spool_dir() -> str:
+    if not _SPOOL:
+        folder = tempfile.mkdtemp(prefix="clair-vec-shards-")
+        atexit.register(shutil.rmtree, folder, True)
+        _SPOOL.append(folder)
+    return _SPOOL[0]
+
+
+def _download(uri: str) -> str:
+    """A remote shard streamed to a local file (shards are larger than any image: never whole in
+    memory), retried like any fetch; the file goes when the process ends."""
+    target = os.path.join(_spool_dir(), hashlib.sha256(uri.encode()).hexdigest()[:24] + ".tar")
+    if os.path.exists(target):
+        return target
+
+    def once() -> bytes:
+        part = target + ".part"
+        try:
+            if uri.startswith("s3://"):
+                with s3_filesystem().open_input_stream(_s3_path(uri)) as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            else:
+                with urllib.request.urlopen(uri, timeout=TIMEOUT) as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except FileNotFoundError:
+            raise CorruptImageError(shown(uri), "no such object") from None
+        except urllib.error.HTTPError as exc:
+            if exc.code in _TRANSIENT_HTTP:
+                raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
+            raise CorruptImageError(shown(uri), f"HTTP {exc.code} {exc.reason}") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise _Transient(_s3_problem(exc)) from None
+        os.replace(part, target)
+        return b""
+
+    _retry(uri, once)
+    return target
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str  # the stored name: shard URI (without credentials) # member name
+    file: str  # the local shard file
+    offset: int
+    size: int
+    label: str
+
+    def read(self) -> bytes:
+        with open(self.file, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+def shard_members(uri: str) -> list[Member]:
+    """Each image of a webdataset shard, in shard order, read by offset when needed. A sample's
     ``.cls`` or ``.txt`` member, when there is one, is its label (``--label-from-folder``)."""
     try:
-        data = _shard_bytes(uri)
+        path = _download(uri) if is_remote(uri) else uri
     except CorruptImageError as exc:
         raise DatasetError(f"shard {exc.path}: {exc.reason}") from None
-    images: list[tuple[str, bytes]] = []
+    images: list[tarfile.TarInfo] = []
     labels: dict[str, str] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        with tarfile.open(path, mode="r:") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 key, _, ext = member.name.partition(".")  # webdataset: the key is up to the first dot
-                body = tar.extractfile(member).read()  # type: ignore[union-attr]
                 if f".{ext.lower()}" in IMAGE_SUFFIXES:
-                    images.append((member.name, body))
-                elif ext.lower() in ("cls", "txt", "label"):
-                    labels[key] = body.decode("utf-8", "replace").strip()
+                    images.append(member)
+                elif ext.lower() in ("cls", "txt", "label") and member.size <= 4096:
+                    labels[key] = tar.extractfile(member).read().decode("utf-8", "replace").strip()  # type: ignore[union-attr]
+    except OSError as exc:
+        raise DatasetError(f"shard {shown(uri)}: {exc.strerror or exc}") from None
     except tarfile.TarError as exc:
         raise DatasetError(f"shard {shown(uri)} is not a readable tar file ({exc})") from None
     base = shown(uri)
-    return [(f"{base}#{name}", body, labels.get(name.partition(".")[0], "")) for name, body in images]
+    return [Member(f"{base}#{m.name}", path, m.offset_data, m.size, labels.get(m.name.partition(".")[0], "")) for m in images]
 
 
-@functools.lru_cache(maxsize=1)
-def _members(shard: str) -> dict[str, bytes]:
-    """The last shard read, by member name: a reindex reads a shard's members one after another."""
-    return {name.partition("#")[2]: data for name, data, _ in shard_members(shard)}
+@functools.lru_cache(maxsize=4)
+def _members(shard: str) -> dict[str, Member]:
+    """A shard's members by name: a reindex or the thumbnails read them one after another."""
+    return {m.name.partition("#")[2]: m for m in shard_members(shard)}
 
 
 def parquet_images(path: str, *, image_column: str | None = None, key_column: str | None = None) -> list[tuple[str, bytes]]:
@@ -340,7 +392,7 @@ def stored_bytes(path: str) -> bytes:
         found = _members(container).get(member)
         if found is None:
             raise CorruptImageError(path, "no such member in its shard any more")
-        return found
+        return found.read()
     if sep and container.lower().endswith(".parquet"):
         for name, data in parquet_images(container):
             if name == path:

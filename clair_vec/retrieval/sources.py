@@ -131,8 +131,8 @@ def remote_sources(item: str, *, label_from_folder: bool = False, ignored: list[
     if remote.is_shard(item):
         out = []
         for shard in remote.shard_inputs(item):
-            for name, data, label in remote.shard_members(shard):
-                out.append(ImageSource(name, path=name, label=label if label_from_folder else "", fetch=_given(data)))
+            out += [ImageSource(m.name, path=m.name, label=m.label if label_from_folder else "", fetch=m.read)
+                    for m in remote.shard_members(shard)]  # fmt: skip
         return out
     if item.lower().endswith(".parquet") and not remote.is_remote(item):
         return [ImageSource(name, path=name, fetch=_given(data)) for name, data in remote.parquet_images(item)]
