@@ -98,7 +98,7 @@ def run_demo(
     web_per_class: int = 100,
     web_mix: dict[str, float] | None = None,
     bootstrap_steps: int = 1200,
-    epochs: int = 30,
+    epochs: int = 60,
     batch_size: int = 64,
     top_k: int = 200,
     seed: int = 0,

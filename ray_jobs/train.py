@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture")
     p.add_argument("--clip-pretrained", default="openai", help="open_clip tag or local checkpoint; 'none' = random")
     p.add_argument("--pivot", default="photo", help="gallery domain every other domain maps into")
-    p.add_argument("--epochs", type=int, default=20, help="training epochs")
+    p.add_argument("--epochs", type=int, default=60, help="training epochs")
     p.add_argument("--batch-size", type=int, default=256, help="images per step over all workers, split evenly over domains")
     p.add_argument("--seed", type=int, default=0, help="seeds the class split (without split files) and training")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any ClairConfig field, e.g. lr=0.003")

@@ -72,7 +72,7 @@ def test_the_next_steps_the_demo_prints_work_as_printed(tmp_path, monkeypatch):
         proc.wait(timeout=30)
 
 
-def test_ablation_table_over_demo_workdirs(tmp_path):
+def test_ablation_table_over_demo_workdirs(tmp_path, capsys):
     from clair_vec.evaluation.ablation import VARIANTS, demo_run, format_table, run
 
     for seed in (0, 1):
@@ -90,6 +90,15 @@ def test_ablation_table_over_demo_workdirs(tmp_path):
         assert p["kept"] == pytest.approx(0.3, abs=0.02) and p["spec_kept"] == 1.0  # the spec filter keeps everything
     table = format_table(res)
     assert "| default, unchecked |" in table and "accuracy kept / dropped" in table
+
+    from clair_vec.evaluation import training_seeds
+
+    assert training_seeds.main(["--workdir", str(tmp_path / "w0"), "--workdir", str(tmp_path / "w1"), "--training-seeds", "2",
+                                "--config", 'short={"epochs": 1}', "--json"]) == 0  # fmt: skip
+    out = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])["short"]
+    assert out["cells"] == 4 and len(out["mean"]) == 2 and out["worst"] <= min(out["mean"])  # clipart and sketch
+    cells = [training_seeds.gains(r, pivot, {"epochs": 1}, t) for r, pivot in runs[:1] for t in (0, 0)]
+    assert cells[0] == cells[1]  # one training seed, one batch order, one result
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("MILVUS_LITE_URI"),

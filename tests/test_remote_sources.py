@@ -50,6 +50,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body[: len(body) // 2])
             self.close_connection = True
+        elif path.startswith("/redirect-"):  # /redirect-same/NAME, /redirect-other/NAME, /redirect-file/NAME
+            kind, name = path.split("/")[1].removeprefix("redirect-"), path.split("/")[-1]
+            port = self.server.server_address[1]
+            where = {"same": f"http://127.0.0.1:{port}/private/{name}", "other": f"http://localhost:{port}/private/{name}",
+                     "file": "file:///etc/passwd"}[kind]  # fmt: skip
+            self.send_response(302)
+            self.send_header("Location", where)
+            self.end_headers()
         elif path.startswith("/private/"):
             import base64
 
@@ -141,6 +149,46 @@ def test_credentials_in_urls_are_used_and_never_shown_or_stored(model_dir, web, 
     for text in (out.stdout, out.stderr, dump.stdout, dump.stderr, json.dumps(summary)):
         assert SECRET not in text
     assert f"http://{host}/private/{name}" in dump.stdout  # stored without the user info
+
+
+def test_redirects_keep_credentials_on_their_host_and_never_leave_http(model_dir, web, tmp_path):
+    base, root = web
+    names = sorted(p.name for p in root.iterdir() if p.suffix == ".png")
+    host = base.removeprefix("http://")
+    urls = [f"http://user:{SECRET}@{host}/redirect-{kind}/{names[i]}" for i, kind in enumerate(("same", "other", "file"))]
+    (tmp_path / "urls.txt").write_text("\n".join(urls))
+    summary, out = _index(model_dir, str(tmp_path / "g.db"), "redirects", "--from-list", tmp_path / "urls.txt")
+    reasons = dict(summary["skipped"])
+    assert summary["indexed"] == 1  # the same host keeps the credentials
+    assert reasons[f"http://{host}/redirect-other/{names[1]}"] == "HTTP 401 Unauthorized"  # another host never gets them
+    assert "is not allowed" in reasons[f"http://{host}/redirect-file/{names[2]}"]  # urllib refuses it before any handler
+    assert SECRET not in out.stdout + out.stderr
+
+
+def test_odd_but_valid_inputs_and_unreasonable_patterns(photos, tmp_path):
+    import io
+
+    from clair_vec.errors import DatasetError
+    from clair_vec.retrieval import remote
+
+    with tarfile.open(tmp_path / "dots.tar", "w") as tar:  # what `tar -C dir -cf x.tar .` writes
+        tar.add(photos[0], arcname="./a.png")
+        tar.add(photos[1], arcname="sub/v1.2/b.png")
+        info = tarfile.TarInfo("./a.cls")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"circle"))
+    members = remote.shard_members(str(tmp_path / "dots.tar"))
+    assert [(m.name.split("#")[1], m.label) for m in members] == [("./a.png", "circle"), ("sub/v1.2/b.png", "")]
+    for bad in ("s-{5..1}.tar", "s-{0..99999999}.tar"):
+        with pytest.raises(DatasetError, match="must run upwards over at most"):
+            remote.expand_braces(bad)
+    (tmp_path / "bom.csv").write_bytes("\ufeffurl,n\nhttp://x/a.png,1\n".encode())
+    assert remote.read_list(str(tmp_path / "bom.csv")) == ["http://x/a.png"]
+    from clair_vec.retrieval.sources import remote_sources
+
+    labelled = remote_sources("http://cdn.example.com/render?src=/photos/cat/1.jpg", label_from_folder=True)
+    assert labelled[0].label == ""  # the host and the query are not folders
+    assert remote_sources("HTTPS://example.com/photos/cat/1.jpg", label_from_folder=True)[0].label == "cat"
 
 
 def _shards(photos, folder: Path, n: int = 2) -> Path:

@@ -63,7 +63,7 @@ def add_commands(add) -> None:
     r.add_argument("--data", required=True, help="the dataset as ROOT/<domain>/<class>/<image> (clair-vec benchmark list "
                                                  "names each protocol's domains)")  # fmt: skip
     r.add_argument("--out", required=True, help="folder for the model and results.json")
-    training_args(r, clip_model="ViT-B-32", clip_pretrained="openai", epochs=20, batch_size=256)
+    training_args(r, clip_model="ViT-B-32", clip_pretrained="openai", epochs=60, batch_size=256)
     r.add_argument("--val-fraction", type=float, default=0.3, help="share of seen classes each selection fold holds out")
     r.add_argument("--cache-dir", default=None, help="reuse CLIP features across runs")
     r.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any ClairConfig field")

@@ -28,7 +28,9 @@ def cmd_index(a: argparse.Namespace) -> None:
     with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device) as r:
         s = r.index(a.collection, images, domain=a.domain, label_from_folder=a.label_from_folder, labels=a.labels,
                     prune_missing=a.prune, batch_size=a.batch_size, precision=a.precision)  # fmt: skip
-    print(json.dumps(s.as_dict()))
+    from clair_vec.store.redaction import scrub
+
+    print(scrub(json.dumps(s.as_dict())))  # a reason may quote what a server said, a redirect's URL with it
 
 
 def search_queries(a: argparse.Namespace) -> tuple[list, list]:

@@ -108,7 +108,7 @@ def add_commands(add) -> None:
                    help="with --classes: a small labeled folder root/<domain>/<class>/<image> the selection's folds "
                         "validate on (without it, and without class folders in --data, raw CLIP ships)")
     t.add_argument("--out", required=True, help="checkpoint directory to write")
-    training_args(t, clip_model="ViT-B-32", clip_pretrained="openai", epochs=20, batch_size=256)
+    training_args(t, clip_model="ViT-B-32", clip_pretrained="openai", epochs=60, batch_size=256)
     t.add_argument("--pivot", default="photo", help="gallery domain every other domain maps into")
     t.add_argument("--val-fraction", type=float, default=0.3,
                    help="share of seen classes each validation fold holds out (at least 2; each fold a random class set) to "
@@ -122,7 +122,7 @@ def add_commands(add) -> None:
     d.add_argument("--data", default=None, help="use this dataset instead of generating one")
     # the demo's defaults differ from train's on purpose: a tiny CLIP bootstrapped on ~1,400 generated
     # images needs more, smaller steps than ViT-B-32 on a real dataset
-    training_args(d, clip_model="clair-tiny", clip_pretrained=None, epochs=30, batch_size=64)
+    training_args(d, clip_model="clair-tiny", clip_pretrained=None, epochs=60, batch_size=64)
     d.add_argument("--per-class", type=int, default=40, help="generated images per class and domain")
     d.add_argument("--bootstrap-steps", type=int, default=1200, help="steps of the stand-in CLIP bootstrap")
     d.add_argument("--mix", default=None, metavar="DOMAIN=SHARE,...",

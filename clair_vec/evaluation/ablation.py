@@ -177,7 +177,7 @@ def _run(data: Path, fm: FoundationModel, clip_pretrained: str, seed: int, cache
 def run(
     runs: Sequence[tuple[Run, str]],
     *,
-    epochs: int = 30,
+    epochs: int = 60,
     batch_size: int = 64,
     k: int = 200,
     config: dict[str, Any] | None = None,
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clip-pretrained", default=None, help="with --data: CLIP weights (default: bootstrap a stand-in per seed)")
     p.add_argument("--bootstrap-steps", type=int, default=1200, help="steps of each stand-in bootstrap")
     p.add_argument("--mix", default=None, metavar="DOMAIN=SHARE,...", help="domain mix of the bootstrap (default photo=0.8)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per training")
+    p.add_argument("--epochs", type=int, default=60, help="epochs per training (as the demo)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
     p.add_argument("--k", type=int, default=200, help="cut-off of mAP@k")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="a ClairConfig field for every row")

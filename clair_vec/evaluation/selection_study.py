@@ -77,7 +77,7 @@ def _beds(splits: Sequence[str], workdirs: Sequence[str], out: Path, seeds: int,
         yield f"demo {work.name}", seed, work / "data", FoundationModel.load(clip_model, str(ckpt)), str(ckpt), "photo", {}
 
 
-def run(splits: Sequence[str], out: str | Path, *, workdirs: Sequence[str] = (), seeds: int = 3, epochs: int = 30,
+def run(splits: Sequence[str], out: str | Path, *, workdirs: Sequence[str] = (), seeds: int = 3, epochs: int = 60,
         batch_size: int = 64, bootstrap_steps: int = 1200, clip_model: str = "clair-tiny",
         variants: dict[str, tuple[dict[str, Any], float]] | None = None) -> dict[str, Any]:  # fmt: skip
     out = Path(out)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="e.g. vlcs_mini:dog,bird or folder=/data/PACS:dog,house (repeatable)")
     p.add_argument("--workdir", action="append", default=[], help="a finished `clair-vec demo` work directory (one seed each)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per split, each with its own stand-in CLIP")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per training (the demo trains 30)")
+    p.add_argument("--epochs", type=int, default=60, help="epochs per training (the demo trains 60)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
     p.add_argument("--bootstrap-steps", type=int, default=1200, help="steps of each stand-in CLIP bootstrap")
     p.add_argument("--clip-model", default="clair-tiny", help="architecture of the stand-in CLIP")

@@ -75,10 +75,14 @@ class ClairConfig:
     # closed-form mapping (§3.8, A5)
     mapping: str = "ridge_identity"
     mapping_lambda: float = 1.0
-    # optimisation (§4)
-    epochs: int = 20
+    # optimisation (§4). 60 epochs at 3e-4 rather than the spec's proposed 20-30 at 1e-3: on the
+    # demo's three data seeds x three training seeds the unseen-class gain went from +0.009 +- 0.023
+    # (clipart) / +0.025 +- 0.022 (sketch), worst -0.040, to +0.041 +- 0.007 / +0.044 +- 0.006, worst
+    # +0.025: the shorter, faster schedule's outcome was decided by the batch order
+    # (docs/method.md, "Training schedule")
+    epochs: int = 60
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 3e-4
     prompt_lr: float = 2e-3
     weight_decay: float = 1e-4
     lr_warmup_epochs: int = 1

@@ -28,6 +28,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -50,10 +51,12 @@ BACKOFF = float(os.environ.get("CLAIR_VEC_FETCH_BACKOFF", "0.5"))
 TIMEOUT = float(os.environ.get("CLAIR_VEC_FETCH_TIMEOUT", "30"))
 _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 _BRACE = re.compile(r"\{([^{}]*)\}")
+_WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")  # webdataset's own split of a member name into key and extension
+MAX_SHARDS = 100_000
 
 
 def is_remote(name: object) -> bool:
-    return isinstance(name, str) and name.startswith(REMOTE)
+    return isinstance(name, str) and name[:8].lower().startswith(REMOTE)
 
 
 def shown(uri: str) -> str:
@@ -80,45 +83,86 @@ def _retry(uri: str, once: Callable[[], bytes], *, retries: int = RETRIES, backo
     raise AssertionError("unreachable")
 
 
-def _read_limited(stream, name: str) -> bytes:
-    data = stream.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise CorruptImageError(name, f"larger than {MAX_BYTES >> 20} MiB; not fetched as an image")
-    return data
+def _read_limited(stream, name: str, *, limit: int = MAX_BYTES, deadline: float | None = None, out=None) -> bytes:
+    """At most ``limit`` bytes of ``stream``, by chunks, before ``deadline`` (a server that drips
+    a byte at a time must not hold a worker forever); into ``out`` when given."""
+    chunks, total = [], 0
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > limit:
+            raise CorruptImageError(name, f"larger than {limit >> 20} MiB; not fetched")
+        if deadline is not None and time.monotonic() > deadline:
+            raise _Transient(f"slower than {TIMEOUT:g} s in all (CLAIR_VEC_FETCH_TIMEOUT)")
+        if out is None:
+            chunks.append(chunk)
+        else:
+            out.write(chunk)
+    return b"".join(chunks)
+
+
+class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects to http(s) only, and credentials only to the host they were given for."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 (the stdlib's signature)
+        new = urllib.parse.urlsplit(newurl)
+        if new.scheme.lower() not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"redirected to a {new.scheme or 'relative'}: URL, not followed",
+                                         headers, fp)  # fmt: skip
+        out = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if out is not None and new.netloc.lower() != urllib.parse.urlsplit(req.full_url).netloc.lower():
+            out.remove_header("Authorization")
+        return out
+
+
+_OPENER = urllib.request.build_opener(_SameHostRedirects())
+
+
+def _request(url: str) -> urllib.request.Request:
+    """A request for ``url``: its user info sent as basic auth (as curl does; urllib would put it
+    in the host name), never left in the URL itself."""
+    parts = urllib.parse.urlsplit(url)
+    headers = {"User-Agent": "clair-vec"}
+    if parts.username is not None:
+        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return urllib.request.Request(url, headers=headers)
+
+
+def _http(url: str, name: str, *, timeout: float, limit: int, out=None) -> bytes:
+    """One try at an ``http(s)`` body: :class:`_Transient` for what may pass."""
+    try:
+        request = _request(url)
+    except ValueError as exc:  # a malformed URL: it will not get better
+        raise CorruptImageError(name, f"not a valid URL ({exc})") from None
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            data = _read_limited(response, name, limit=limit, deadline=time.monotonic() + timeout, out=out)
+            got = len(data) if out is None else out.tell()
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and got < int(length):  # read(n) returns what came, no error
+                raise _Transient(f"the response ended after {got} bytes, short of its length {length}")
+            return data
+    except urllib.error.HTTPError as exc:
+        if exc.code in _TRANSIENT_HTTP:
+            raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
+        raise CorruptImageError(name, f"HTTP {exc.code} {exc.reason}") from None
+    except http.client.IncompleteRead as exc:
+        raise _Transient(f"the response ended after {len(exc.partial)} bytes, short of its length") from None
+    except ValueError as exc:
+        raise CorruptImageError(name, f"not a valid URL ({exc})") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _Transient(f"cannot fetch: {reason}") from None
 
 
 def fetch_url(url: str, *, timeout: float = TIMEOUT, retries: int = RETRIES, backoff: float = BACKOFF) -> bytes:
     """The body of an ``http(s)`` URL."""
     name = shown(url)
-
-    parts = urllib.parse.urlsplit(url)
-    headers = {"User-Agent": "clair-vec"}
-    target = url
-    if parts.username is not None:  # urllib does not send a URL's user info: basic auth, as curl does
-        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        target = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-    def once() -> bytes:
-        request = urllib.request.Request(target, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                data = _read_limited(response, name)
-                length = response.headers.get("Content-Length")
-                if length and length.isdigit() and len(data) < int(length):  # read(n) returns what came, no error
-                    raise _Transient(f"the response ended after {len(data)} bytes, short of its length {length}")
-                return data
-        except urllib.error.HTTPError as exc:
-            if exc.code in _TRANSIENT_HTTP:
-                raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
-            raise CorruptImageError(name, f"HTTP {exc.code} {exc.reason}") from None
-        except http.client.IncompleteRead as exc:
-            raise _Transient(f"the response ended after {len(exc.partial)} bytes, short of its length") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise _Transient(f"cannot fetch: {reason}") from None
-
-    return _retry(url, once, retries=retries, backoff=backoff)
+    return _retry(url, lambda: _http(url, name, timeout=timeout, limit=MAX_BYTES), retries=retries, backoff=backoff)
 
 
 # ---------------------------------------------------------------------- S3
@@ -186,7 +230,8 @@ def list_s3(uri: str, ignored: list[tuple[str, str]] | None = None) -> list[str]
     files = sorted(i.path for i in infos if i.type == fs.FileType.File)
     keys = [k for k in files if PurePosixPath(k).suffix.lower() in IMAGE_SUFFIXES]
     if ignored is not None:
-        ignored += [(f"s3://{k}", "not an image file (by its name)") for k in files if k not in set(keys)]
+        images = set(keys)
+        ignored += [(f"s3://{k}", "not an image file (by its name)") for k in files if k not in images]
     return [f"s3://{k}" for k in keys]
 
 
@@ -203,6 +248,8 @@ def expand_braces(pattern: str) -> list[str]:
     body = m.group(1)
     lo, sep, hi = body.partition("..")
     if sep and lo.isdigit() and hi.isdigit():
+        if int(hi) < int(lo) or int(hi) - int(lo) >= MAX_SHARDS:
+            raise DatasetError(f"{pattern}: the range {{{body}}} must run upwards over at most {MAX_SHARDS:,} shards")
         width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
         items = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
     else:
@@ -225,34 +272,39 @@ def _spool_dir() -> str:
     return _SPOOL[0]
 
 
+_DOWNLOADS = threading.Lock()  # one download of a shard at a time: two thumbnails may want the same one
+MAX_SHARD = 64 << 30
+
+
 def _download(uri: str) -> str:
     """A remote shard streamed to a local file (shards are larger than any image: never whole in
     memory), retried like any fetch; the file goes when the process ends."""
     target = os.path.join(_spool_dir(), hashlib.sha256(uri.encode()).hexdigest()[:24] + ".tar")
-    if os.path.exists(target):
-        return target
+    name = shown(uri)
 
     def once() -> bytes:
-        part = target + ".part"
+        fd, part = tempfile.mkstemp(dir=_spool_dir(), suffix=".part")
         try:
-            if uri.startswith("s3://"):
-                with s3_filesystem().open_input_stream(_s3_path(uri)) as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            else:
-                with urllib.request.urlopen(uri, timeout=TIMEOUT) as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        except FileNotFoundError:
-            raise CorruptImageError(shown(uri), "no such object") from None
-        except urllib.error.HTTPError as exc:
-            if exc.code in _TRANSIENT_HTTP:
-                raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
-            raise CorruptImageError(shown(uri), f"HTTP {exc.code} {exc.reason}") from None
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            raise _Transient(_s3_problem(exc)) from None
-        os.replace(part, target)
+            with os.fdopen(fd, "wb") as dst:
+                if uri.startswith("s3://"):
+                    try:
+                        with s3_filesystem().open_input_stream(_s3_path(uri)) as src:
+                            _read_limited(src, name, limit=MAX_SHARD, out=dst)
+                    except FileNotFoundError:
+                        raise CorruptImageError(name, "no such object") from None
+                    except OSError as exc:
+                        raise _Transient(_s3_problem(exc)) from None
+                else:
+                    _http(uri, name, timeout=max(TIMEOUT, 600.0), limit=MAX_SHARD, out=dst)
+            os.replace(part, target)
+        finally:
+            if os.path.exists(part):  # a failed or interrupted try leaves nothing half-written
+                os.unlink(part)
         return b""
 
-    _retry(uri, once)
+    with _DOWNLOADS:
+        if not os.path.exists(target):
+            _retry(uri, once)
     return target
 
 
@@ -265,6 +317,8 @@ class Member:
     label: str
 
     def read(self) -> bytes:
+        if self.size > MAX_BYTES:
+            raise CorruptImageError(self.name, f"larger than {MAX_BYTES >> 20} MiB; not read as an image")
         with open(self.file, "rb") as f:
             f.seek(self.offset)
             return f.read(self.size)
@@ -284,17 +338,21 @@ def shard_members(uri: str) -> list[Member]:
             for member in tar:
                 if not member.isfile():
                     continue
-                key, _, ext = member.name.partition(".")  # webdataset: the key is up to the first dot
-                if f".{ext.lower()}" in IMAGE_SUFFIXES:
+                m = _WDS_NAME.match(member.name)  # webdataset's rule: the key is the path up to the file name's first dot
+                if m is None:
+                    continue
+                key, ext = m.group(1), m.group(2).lower()
+                if f".{ext.rsplit('.', 1)[-1]}" in IMAGE_SUFFIXES:
                     images.append(member)
-                elif ext.lower() in ("cls", "txt", "label") and member.size <= 4096:
+                elif ext.rsplit(".", 1)[-1] in ("cls", "txt", "label") and member.size <= 4096:
                     labels[key] = tar.extractfile(member).read().decode("utf-8", "replace").strip()  # type: ignore[union-attr]
     except OSError as exc:
         raise DatasetError(f"shard {shown(uri)}: {exc.strerror or exc}") from None
     except tarfile.TarError as exc:
         raise DatasetError(f"shard {shown(uri)} is not a readable tar file ({exc})") from None
     base = shown(uri)
-    return [Member(f"{base}#{m.name}", path, m.offset_data, m.size, labels.get(m.name.partition(".")[0], "")) for m in images]
+    return [Member(f"{base}#{m.name}", path, m.offset_data, m.size, labels.get(_WDS_NAME.match(m.name).group(1), ""))  # type: ignore[union-attr]
+            for m in images]  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4)
@@ -319,8 +377,8 @@ def parquet_images(path: str, *, image_column: str | None = None, key_column: st
         binary = [n for n in names if pa.types.is_binary(table.schema.field(n).type) or pa.types.is_large_binary(table.schema.field(n).type)
                   or (pa.types.is_struct(table.schema.field(n).type) and "bytes" in [f.name for f in table.schema.field(n).type])]  # fmt: skip
         if len(binary) != 1:
-            raise DatasetError(f"{path}: cannot tell which column holds the images (binary columns: {binary}); "
-                               f"pass --image-column, one of {names}")  # fmt: skip
+            raise DatasetError(f"{path}: cannot tell which column holds the images: it needs exactly one column of "
+                               f"image bytes, and has {len(binary)} ({binary}) among {names}")  # fmt: skip
         image_column = binary[0]
     if image_column not in names:
         raise DatasetError(f"{path} has no column {image_column!r}; it has {names}")
@@ -358,7 +416,7 @@ def read_list(path: str, *, column: str | None = None) -> list[str]:
             raise DatasetError(f"list {path} has no column {col!r}; it has {table.column_names} (choose one with --column)")
         return [str(v).strip() for v in table.column(col).to_pylist() if v is not None and str(v).strip()]
     try:
-        text = open(path, encoding="utf-8", newline="").read()
+        text = open(path, encoding="utf-8-sig", newline="").read()  # a spreadsheet's byte-order mark is not part of a name
     except FileNotFoundError:
         raise DatasetError(f"list {path} does not exist") from None
     except IsADirectoryError:

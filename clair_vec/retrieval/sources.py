@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -128,6 +129,8 @@ def expand(
 def remote_sources(item: str, *, label_from_folder: bool = False, ignored: list[tuple[str, str]] | None = None) -> list[ImageSource]:
     """Sources of a URL, an ``s3://`` object or prefix, webdataset shards (a brace pattern names
     several) or a parquet file of images."""
+    if not remote.is_remote(item):  # stored absolute, as local files are: a later process may run elsewhere
+        item = os.path.abspath(item)
     if remote.is_shard(item):
         out = []
         for shard in remote.shard_inputs(item):
@@ -143,7 +146,8 @@ def remote_sources(item: str, *, label_from_folder: bool = False, ignored: list[
     out = []
     for uri in uris:
         name = remote.shown(uri)
-        label = name.split("?")[0].rstrip("/").split("/")[-2] if label_from_folder and name.count("/") > 3 else ""
+        folders = urlsplit(name).path.rstrip("/").split("/")[1:-1]  # the path's folders, never the host or the query
+        label = folders[-1] if label_from_folder and folders else ""
         out.append(ImageSource(name, path=name, label=label, fetch=functools.partial(remote.fetch, uri)))
     return out
 

@@ -111,9 +111,9 @@ class Thumbnails:
 
 
 def file_signature(path: str) -> tuple[int, ...] | None:
+    """What changes when a file is replaced or rewritten (None: it is gone)."""
     if path.startswith(REMOTE_KEY):  # fetched by content id: the cached thumbnail is of exactly those bytes
         return ()
-    """What changes when a file is replaced or rewritten (None: it is gone)."""
     try:
         st = os.stat(path)
     except OSError:
