@@ -248,6 +248,9 @@ def test_stored_bytes_come_back_for_thumbnails(photos, tmp_path):
     members = remote.shard_members(str(shards / "shard-0000.tar"))
     assert [m.read() for m in members] == [p.read_bytes() for p in photos]
     assert remote.stored_bytes(members[3].name) == photos[3].read_bytes()
+    from clair_vec.retrieval.sources import expand
+
+    assert [s.name for s in expand([shards / "shard-0000.tar"])] == [m.name for m in members]  # a Path works as a str does
     pq.write_table(pa.table({"url": ["a", "b"], "image": [photos[0].read_bytes(), photos[1].read_bytes()]}), tmp_path / "x.parquet")
     assert remote.stored_bytes(f"{tmp_path / 'x.parquet'}#b") == photos[1].read_bytes()
     assert remote.read_list(str(tmp_path / "x.parquet")) == ["a", "b"]
