@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -196,22 +196,23 @@ def _s3_transient(text: str) -> bool:
     return any(w in text.lower() for w in ("timeout", "timed out", "connection", "unreachable", "throttl", "slow down", "503", "500"))
 
 
+def _s3(uri: str, name: str, *, limit: int, out=None) -> bytes:
+    """One try at an S3 object: :class:`_Transient` for what may pass."""
+    try:
+        with s3_filesystem().open_input_stream(_s3_path(uri)) as f:
+            return _read_limited(f, name, limit=limit, out=out)
+    except FileNotFoundError:
+        raise CorruptImageError(name, "no such object") from None
+    except (OSError, ValueError) as exc:
+        text = _s3_problem(exc)
+        if _s3_transient(text):
+            raise _Transient(text) from None
+        raise CorruptImageError(name, text) from None
+
+
 def fetch_s3(uri: str, *, retries: int = RETRIES, backoff: float = BACKOFF) -> bytes:
     name = shown(uri)
-
-    def once() -> bytes:
-        try:
-            with s3_filesystem().open_input_stream(_s3_path(uri)) as f:
-                return _read_limited(f, name)
-        except FileNotFoundError:
-            raise CorruptImageError(name, "no such object") from None
-        except (OSError, ValueError) as exc:
-            text = _s3_problem(exc)
-            if _s3_transient(text):
-                raise _Transient(text) from None
-            raise CorruptImageError(name, text) from None
-
-    return _retry(uri, once, retries=retries, backoff=backoff)
+    return _retry(uri, lambda: _s3(uri, name, limit=MAX_BYTES), retries=retries, backoff=backoff)
 
 
 def list_s3(uri: str, ignored: list[tuple[str, str]] | None = None) -> list[str]:
@@ -287,13 +288,7 @@ def _download(uri: str) -> str:
         try:
             with os.fdopen(fd, "wb") as dst:
                 if uri.startswith("s3://"):
-                    try:
-                        with s3_filesystem().open_input_stream(_s3_path(uri)) as src:
-                            _read_limited(src, name, limit=MAX_SHARD, out=dst)
-                    except FileNotFoundError:
-                        raise CorruptImageError(name, "no such object") from None
-                    except OSError as exc:
-                        raise _Transient(_s3_problem(exc)) from None
+                    _s3(uri, name, limit=MAX_SHARD, out=dst)
                 else:
                     _http(uri, name, timeout=max(TIMEOUT, 600.0), limit=MAX_SHARD, out=dst)
             os.replace(part, target)
@@ -365,11 +360,7 @@ def parquet_images(path: str, *, image_column: str | None = None, key_column: st
     """``(name, bytes)`` of each row of a parquet file holding image bytes: the column of binary
     values (or ``image_column``; a struct with ``bytes``, as Hugging Face writes images, works too),
     named ``path#key`` by ``key_column`` (default ``key`` or ``url``, else the row number)."""
-    pq = _parquet()
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path} is not a readable parquet file ({str(exc)[:200]})") from None
+    table = _read_table(path, path)
     import pyarrow as pa
 
     names = table.column_names
@@ -392,13 +383,17 @@ def parquet_images(path: str, *, image_column: str | None = None, key_column: st
     return out
 
 
-def _parquet():
+def _read_table(path: str, what: str):
+    """A parquet file as an Arrow table; ``what`` names it in the one-line error."""
     from clair_vec.extras import require
 
     require("remote", "pyarrow", needed_for="reading parquet files")
     import pyarrow.parquet as pq
 
-    return pq
+    try:
+        return pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{what} is not a readable parquet file ({str(exc)[:200]})") from None
 
 
 def read_list(path: str, *, column: str | None = None) -> list[str]:
@@ -406,11 +401,7 @@ def read_list(path: str, *, column: str | None = None) -> list[str]:
     ``column`` (default ``url``), as img2dataset reads its inputs."""
     low = path.lower()
     if low.endswith(".parquet"):
-        pq = _parquet()
-        try:
-            table = pq.read_table(path)
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"list {path} is not a readable parquet file ({str(exc)[:200]})") from None
+        table = _read_table(path, f"list {path}")
         col = column or "url"
         if col not in table.column_names:
             raise DatasetError(f"list {path} has no column {col!r}; it has {table.column_names} (choose one with --column)")
@@ -458,7 +449,3 @@ def stored_bytes(path: str) -> bytes:
         raise CorruptImageError(path, "no such row in its parquet file any more")
     return fetch(path)
 
-
-def shard_inputs(name: str) -> Sequence[str]:
-    """The shards a (brace) pattern names."""
-    return expand_braces(name)

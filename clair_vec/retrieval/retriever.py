@@ -131,7 +131,7 @@ class Retriever:
         if prune_missing:  # first: its message says why a missing folder matters there
             check_prune_roots(roots)
         local = [r for r in roots if not remote.is_remote(r)]
-        local = [p for r in local for p in (remote.shard_inputs(r) if remote.is_shard(r) else [r])]  # each shard of a pattern
+        local = [p for r in local for p in (remote.expand_braces(r) if remote.is_shard(r) else [r])]  # each shard of a pattern
         missing = [r for r in local if not os.path.lexists(r)]
         if missing:  # a typo, a missing shard: refused before anything is opened or written
             raise DatasetError(f"no such file or folder: {', '.join(missing)}")

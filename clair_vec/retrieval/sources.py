@@ -135,7 +135,7 @@ def remote_sources(item: str, *, label_from_folder: bool = False, ignored: list[
         item = os.path.abspath(item)
     if remote.is_shard(item):
         out = []
-        for shard in remote.shard_inputs(item):
+        for shard in remote.expand_braces(item):
             out += [ImageSource(m.name, path=m.name, label=m.label if label_from_folder else "", fetch=m.read)
                     for m in remote.shard_members(shard)]  # fmt: skip
         return out
