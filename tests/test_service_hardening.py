@@ -94,19 +94,35 @@ def test_a_batch_of_mixed_searches_gives_each_request_its_own_hits(retriever, sk
     finally:
         ctx.retriever.run = original
     assert [r.status_code for r in answers] == [200] * len(requests)
+    # A batched CLIP pass rounds the last bits differently from a single one, and per-domain centring
+    # of this random tiny CLIP's near-identical features magnifies that (up to ~1e-4 seen in CI), so
+    # scores are compared within this run's own measured rounding noise. What tells one request's
+    # answer from another's is exact: its length (every top_k differs), its labels, its ids.
+    tol = 10 * _batch_noise(ctx.retriever, [img for img, _ in requests]) + 1e-6
     for got, want, (_, fields) in zip(answers, alone, requests, strict=True):
         hits = got.json()["hits"]
-        # exactly its own hits, its own top_k and filter; only hits of equal score may trade places (a
-        # batched matrix product rounds the last bits differently from a single one, and per-domain
-        # centring of this random tiny CLIP's near-identical features magnifies that to ~3e-5;
-        # another request's hits would differ by orders of magnitude more)
-        tol = 1e-4
+        # exactly its own hits, its own top_k and filter; only hits of equal score may trade places
         assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in want], abs=tol)
         assert all(g["id"] == w["id"] or abs(g["score"] - w["score"]) < tol for g, w in zip(hits, want, strict=True))
         assert {h["id"] for h in hits if h["score"] > hits[-1]["score"] + tol} <= {h["id"] for h in want}
         assert len(hits) == min(int(fields["top_k"]), 8 * (1 if isinstance(fields.get("label"), str) else 2 if "label" in fields else 4))
+        wanted = fields.get("label")
+        if wanted is not None:
+            assert {h["label"] for h in hits} <= ({wanted} if isinstance(wanted, str) else set(wanted))
     assert ctx.batcher.batches - before < len(requests)  # some were served together
     assert ctx.batcher.batches - before <= 3
+
+
+def _batch_noise(retriever, images: list[bytes]) -> float:
+    """The largest score change of any hit between searching ``images`` together and one at a time."""
+    from clair_vec.retrieval.queries import Part, Query
+    from clair_vec.service.requests import decode_upload
+
+    queries = [Query.of(Part.image(decode_upload(img), "sketch"), top_k=8) for img in images]
+    together = retriever.run("g", queries)
+    alone = [retriever.run("g", [q])[0] for q in queries]
+    return max(abs(a.score - b.score) for t, s in zip(together, alone, strict=True)
+               for a in t for b in s if a.id == b.id)  # fmt: skip
 
 
 class _sync:

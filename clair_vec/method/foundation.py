@@ -51,6 +51,17 @@ def _without_random_init_warning() -> Iterator[None]:
         root.removeFilter(quiet)
 
 
+@contextlib.contextmanager
+def _seeded_rng(seed: int | None) -> Iterator[None]:
+    """torch's global RNG seeded with ``seed`` inside, and as it was outside; untouched for None."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _quantisable_linears(visual: torch.nn.Module) -> set[str]:
     """The Linear layers that run as modules: an attention pool (ResNet CLIPs) reads its
     projections' ``.weight`` directly, which a quantised layer no longer has."""
@@ -99,7 +110,11 @@ class FoundationModel:
         self._int8_lock = threading.Lock()
 
     @classmethod
-    def load(cls, arch: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu") -> FoundationModel:
+    def load(cls, arch: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu",
+             seed: int | None = None) -> FoundationModel:  # fmt: skip
+        """``seed`` fixes random weights (``pretrained=None``) whatever torch's global RNG holds, so a
+        training run from random CLIP is the same in a fresh process and after other work; None draws
+        them from the global RNG, as open_clip does."""
         if arch not in open_clip.list_models():
             raise ValueError(
                 f"unknown open_clip architecture {arch!r}; e.g. ViT-B-32, ViT-B-16, or a tiny test "
@@ -108,7 +123,7 @@ class FoundationModel:
         if pretrained is None:
             # random weights are what the caller asked for (tests, benchmarks, the bootstrap's
             # starting point): open_clip's root-logger warning about them is noise in every run
-            with _without_random_init_warning():
+            with _without_random_init_warning(), _seeded_rng(seed):
                 model = open_clip.create_model(arch, pretrained=None)
             return cls(model, arch, None, device)
         if os.path.isdir(pretrained):

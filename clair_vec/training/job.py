@@ -119,7 +119,8 @@ def train_local(
     ``ROOT/<domain>/<image>``, unlabeled, and ``validation`` an optional labeled folder for the
     selection (:mod:`clair_vec.datasets.unlabeled`)."""
     split = split or plan_training(data, config.seed, val_fraction, classes=classes, validation=validation)
-    fm = foundation or FoundationModel.load(config.clip_model, config.clip_pretrained, str(resolve_device(device)))
+    fm = foundation or FoundationModel.load(config.clip_model, config.clip_pretrained, str(resolve_device(device)),
+                                            seed=config.seed)  # fmt: skip
     seen = seen_dataset(split)
     feats = extract_features(fm, seen, n_views=config.n_views, seed=config.seed, cache_dir=cache_dir, progress=progress)
     folds, why_none = plan_folds(seen, config, val_fraction, split.vocabulary)

@@ -236,7 +236,7 @@ def run_training(
         use_gpu = gpus_each(gpus, workers, "workers") > 0
         run_dir = Path(storage_path) / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        fm = FoundationModel.load(config.clip_model, config.clip_pretrained)
+        fm = FoundationModel.load(config.clip_model, config.clip_pretrained, seed=config.seed)
         if fm.pretrained is None:  # random CLIP (tests): workers load it from a file like any checkpoint
             weights = run_dir / "foundation.pt"
             if not weights.exists():  # atomic: a run killed mid-write must not leave a torn file to resume from
