@@ -36,6 +36,17 @@ def test_demo_end_to_end_reports_metrics_for_both_methods(tmp_path, capsys, back
     assert "next:" in out and len(res["next"]) == 3
 
 
+def test_a_seed_reproduces_its_numbers_at_the_same_thread_count(tmp_path, capsys):
+    kw = dict(per_class=6, web_per_class=10, bootstrap_steps=15, epochs=2, batch_size=24, top_k=20, progress=False, seed=3,
+              threads=1)  # fmt: skip
+    first, again = (run_demo(tmp_path / w, **kw) for w in ("a", "b"))
+    assert first["threads"] == again["threads"] == 1
+    assert first["rows"] == again["rows"] and first["model"] == again["model"]
+    assert "1 torch thread as asked" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--threads 0: give at least 1"):
+        run_demo(tmp_path / "c", **{**kw, "threads": 0})
+
+
 def test_the_next_steps_the_demo_prints_work_as_printed(tmp_path, monkeypatch):
     """Copied from the demo's output into a shell, in the directory it ran in."""
     import shlex

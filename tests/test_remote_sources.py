@@ -151,6 +151,32 @@ def test_credentials_in_urls_are_used_and_never_shown_or_stored(model_dir, web, 
     assert f"http://{host}/private/{name}" in dump.stdout  # stored without the user info
 
 
+def test_reindex_finds_a_protected_gallery_s_credentials_in_netrc_never_in_the_store(model_dir, web, tmp_path):
+    base, root = web
+    name = sorted(p.name for p in root.iterdir() if p.suffix == ".png")[1]
+    host = base.removeprefix("http://")
+    uri, nowhere = str(tmp_path / "g.db"), {"NETRC": str(tmp_path / "absent")}
+    summary, _ = _index(model_dir, uri, "locked", f"http://user:{SECRET}@{host}/private/{name}", env=nowhere)
+    assert summary["indexed"] == 1
+    # the stored URI keeps no credentials, so without a netrc entry reindex is refused, and says where they go
+    re = run_cli("reindex", "--model", str(model_dir), "--uri", uri, "--from", "locked", "--to", "again", env={**FAST, **nowhere})
+    (_, why), = json.loads(re.stdout.strip().splitlines()[-1])["skipped"]
+    assert why.startswith("HTTP 401 Unauthorized: the server wants credentials") and "~/.netrc" in why
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine {host.split(':')[0]}\n  login user\n  password {SECRET}\n")
+    netrc.chmod(0o600)
+    re = run_cli("reindex", "--model", str(model_dir), "--uri", uri, "--from", "locked", "--to", "again",
+                 env={**FAST, "NETRC": str(netrc)})  # fmt: skip
+    assert re.returncode == 0, re.stderr[-2000:]
+    assert json.loads(re.stdout.strip().splitlines()[-1])["indexed"] == 1
+    netrc.write_text("machine\n")  # broken: one clear reason per image, and no line of the file repeated
+    broken = run_cli("index", "--model", str(model_dir), "--uri", uri, "--collection", "x", f"{base}/private/{name}",
+                     env={**FAST, "NETRC": str(netrc)})  # fmt: skip
+    (_, why), = json.loads(broken.stdout.strip().splitlines()[-1])["skipped"]
+    assert why.startswith(f"cannot read the netrc file {netrc}") and "fix it, or point $NETRC at another" in why
+    assert SECRET not in re.stdout + re.stderr + broken.stdout + broken.stderr
+
+
 def test_redirects_keep_credentials_on_their_host_and_never_leave_http(model_dir, web, tmp_path):
     base, root = web
     names = sorted(p.name for p in root.iterdir() if p.suffix == ".png")

@@ -63,7 +63,8 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
     run_demo(a.workdir, data=a.data, backend=a.backend, uri=a.uri, epochs=a.epochs, per_class=a.per_class,
              bootstrap_steps=a.bootstrap_steps, clip_model=a.clip_model, clip_pretrained=a.clip_pretrained,
-             batch_size=a.batch_size, seed=a.seed, web_mix=parse_mix(a.mix) if a.mix else None, device=a.device)  # fmt: skip
+             batch_size=a.batch_size, seed=a.seed, web_mix=parse_mix(a.mix) if a.mix else None, device=a.device,
+             threads=a.threads)  # fmt: skip
 
 
 def cmd_bootstrap_clip(a: argparse.Namespace) -> None:
@@ -127,6 +128,9 @@ def add_commands(add) -> None:
     d.add_argument("--bootstrap-steps", type=int, default=1200, help="steps of the stand-in CLIP bootstrap")
     d.add_argument("--mix", default=None, metavar="DOMAIN=SHARE,...",
                    help="domain mix of the stand-in CLIP's web pool (default photo=0.8, the other domains share the rest)")
+    d.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the cores free now). A seed gives the same numbers at the same thread "
+                        "count: torch's sums, and so the stand-in CLIP, depend on it")  # fmt: skip
     backend_args(d)
     d.set_defaults(backend="milvus")
 

@@ -10,6 +10,10 @@ disk all give the same ids. A fetch that fails for a reason that may pass (a tim
 5xx or 429 answer, a truncated body) is retried with exponential backoff; one that will not (404,
 403) is not. Either way the image is skipped and reported by name; the run goes on.
 
+An ``http(s)`` URL's credentials come from its user info, or else from the netrc file (``$NETRC``,
+default ``~/.netrc``) for its host, as curl and requests read it: stored URIs keep no credentials,
+so ``reindex`` of a password-protected gallery finds them there.
+
 S3 goes through Arrow's own filesystem (``pyarrow.fs.S3FileSystem``): any S3-compatible endpoint
 via ``AWS_ENDPOINT_URL``, credentials from the standard AWS chain.
 """
@@ -23,6 +27,7 @@ import functools
 import hashlib
 import http.client
 import io
+import netrc
 import os
 import re
 import shutil
@@ -127,15 +132,40 @@ def _request(url: str) -> urllib.request.Request:
     headers = {"User-Agent": "clair-vec"}
     if parts.username is not None:
         user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    else:
+        user, password = _netrc_login(parts.hostname or "")
+    if user is not None:
+        register_secret(password)
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     return urllib.request.Request(url, headers=headers)
+
+
+def _netrc_login(host: str) -> tuple[str | None, str]:
+    """The login and password the netrc file holds for ``host`` (or its ``default``), if any."""
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    if not host or not os.path.isfile(path):
+        return None, ""
+    try:
+        entry = _read_netrc(path, os.path.getmtime(path)).authenticators(host)
+    except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as exc:
+        # the file's own text is not repeated: it holds passwords
+        raise DatasetError(f"cannot read the netrc file {path} for {host}'s credentials ({type(exc).__name__} at "
+                           f"line {getattr(exc, 'lineno', '?')}): fix it, or point $NETRC at another") from None  # fmt: skip
+    return (entry[0], entry[2] or "") if entry else (None, "")
+
+
+@functools.lru_cache(maxsize=4)
+def _read_netrc(path: str, _mtime: float) -> netrc.netrc:  # the mtime in the key: an edited file is read again
+    return netrc.netrc(path)
 
 
 def _http(url: str, name: str, *, timeout: float, limit: int, out=None) -> bytes:
     """One try at an ``http(s)`` body: :class:`_Transient` for what may pass."""
     try:
         request = _request(url)
+    except DatasetError as exc:  # an unreadable netrc file
+        raise CorruptImageError(name, str(exc)) from None
     except ValueError as exc:  # a malformed URL: it will not get better
         raise CorruptImageError(name, f"not a valid URL ({exc})") from None
     try:
@@ -149,7 +179,11 @@ def _http(url: str, name: str, *, timeout: float, limit: int, out=None) -> bytes
     except urllib.error.HTTPError as exc:
         if exc.code in _TRANSIENT_HTTP:
             raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
-        raise CorruptImageError(name, f"HTTP {exc.code} {exc.reason}") from None
+        hint = ""
+        if exc.code == 401 and "Authorization" not in request.headers:
+            hint = (": the server wants credentials; give them in the URL (https://USER:PASSWORD@host/...) or in "
+                    "~/.netrc ($NETRC), which is where reindex finds them, since stored URIs keep none")  # fmt: skip
+        raise CorruptImageError(name, f"HTTP {exc.code} {exc.reason}{hint}") from None
     except http.client.IncompleteRead as exc:
         raise _Transient(f"the response ended after {len(exc.partial)} bytes, short of its length") from None
     except ValueError as exc:
