@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="log a progress line per batch")
     p.add_argument("--from-collection", default=None, metavar="OLD",
                    help="re-embed the files this collection's records name (their labels kept) instead of folders")
-    p.add_argument("images", nargs="*", help="image files or folders")
+    p.add_argument("images", nargs="*", help="image files or folders; http(s):// URLs, s3://bucket/prefix, webdataset shards "
+                                             "(shard-{0000..0099}.tar, local or remote), parquet files of images")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

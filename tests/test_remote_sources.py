@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -264,6 +265,47 @@ def test_webdataset_shards_and_parquet_files_give_the_hits_of_local_disk(model_d
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "shard-0002.tar" in missing.stderr
 
 
+def _ray_job(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    pytest.importorskip("ray")
+    job = Path(__file__).resolve().parents[1] / "ray_jobs" / "index.py"
+    env = {k: v for k, v in {**os.environ, **FAST, **(env or {})}.items() if k != "RAY_ADDRESS"}  # its own Ray: workers see env
+    return subprocess.run([sys.executable, str(job), *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_the_ray_job_reads_urls_shards_and_parquet_and_gives_the_hits_of_local_disk(model_dir, web, local, photos, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base, root = web
+    names = sorted(p.name for p in root.iterdir() if p.suffix == ".png")
+    uri, query, local_hits = str(tmp_path / "g.db"), *local
+    urls = [f"{base}/{n}" for n in names] + [f"{base}/missing/x.png"]
+    out = _ray_job("--model", str(model_dir), "--uri", uri, "--collection", "urls", "--actors", "2", "--batch-size", "4", *urls)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("{"), out.stdout[-3000:]
+    s = json.loads(out.stdout.strip().splitlines()[-1])
+    assert s["indexed"] == len(photos) and s["skipped"] == [[f"{base}/missing/x.png", "HTTP 404 Not Found"]]
+    assert _hits(model_dir, uri, "urls", query) == local_hits
+
+    shards = _shards(photos, tmp_path / "shards")
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(len(photos))], "jpg": [p.read_bytes() for p in photos]}),
+                   tmp_path / "images.parquet")  # fmt: skip
+    out = _ray_job("--model", str(model_dir), "--uri", uri, "--collection", "mixed", "--label-from-folder",
+                   str(shards / "shard-{0000..0001}.tar"), str(tmp_path / "images.parquet"), f"{base}/shard-9999.tar")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = json.loads(out.stdout.strip().splitlines()[-1])
+    assert s["indexed"] == len(photos) and len(s["duplicates"]) == len(photos)  # the parquet rows are the shards' images
+    (gone, why), = s["skipped"]
+    assert gone == f"{base}/shard-9999.tar" and "HTTP 404" in why
+    assert _hits(model_dir, uri, "mixed", query) == local_hits
+
+    refused = _ray_job("--model", str(model_dir), "--uri", uri, "--collection", "x", f"http://user:{SECRET}@{base[7:]}/{names[0]}",
+                       str(shards / "shard-{0000..0003}.tar"))  # fmt: skip
+    assert refused.returncode == 2 and "~/.netrc" in refused.stderr and SECRET not in refused.stdout + refused.stderr
+    missing = _ray_job("--model", str(model_dir), "--uri", uri, "--collection", "x", str(shards / "shard-{0000..0003}.tar"))
+    assert missing.returncode == 2 and "shard-0002.tar" in missing.stderr and "Started a local Ray" not in missing.stderr
+
+
 def test_stored_bytes_come_back_for_thumbnails(photos, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -342,6 +384,13 @@ def test_an_s3_prefix_gives_the_hits_of_local_disk(model_dir, s3, local, photos,
     query, local_hits = local
     assert _hits(model_dir, uri, "s3", query) == local_hits
     assert SECRET not in out.stdout + out.stderr
+    ray = _ray_job("--model", str(model_dir), "--uri", uri, "--collection", "s3ray", "--actors", "2", "s3://gallery/photos/",
+                   "s3://nobucket/x/", env=s3)  # fmt: skip
+    assert ray.returncode == 0, ray.stderr[-3000:]
+    s = json.loads(ray.stdout.strip().splitlines()[-1])
+    assert s["indexed"] == len(photos) and s["ignored"] == [["s3://gallery/photos/README.txt", "not an image file (by its name)"]]
+    assert s["skipped"] == [["s3://nobucket/x/", "s3://nobucket/x/: no such bucket or prefix"]]
+    assert _hits(model_dir, uri, "s3ray", query) == local_hits and SECRET not in ray.stdout + ray.stderr
     no_bucket = run_cli("index", "--model", str(model_dir), "--uri", uri, "--collection", "s3", "s3://nobucket/x/",
                         env={**FAST, **s3})  # fmt: skip
     assert no_bucket.returncode == 2 and no_bucket.stderr.count("\n") == 1 and "s3://nobucket/x/" in no_bucket.stderr

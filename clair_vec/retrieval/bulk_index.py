@@ -2,6 +2,11 @@
 
     list files (tasks) -> read + hash (tasks) -> look up, decode, CLIP + CLAIR, write (actor pool)
 
+Inputs are folders and files, or the sources ``clair-vec index`` reads elsewhere (``http(s)://``
+URLs, ``s3://`` objects and prefixes, webdataset shards, parquet files of images). A local file is
+read twice, by the hashing task and by the actor that encodes it, so that no image's bytes travel
+through Ray; a remote image is fetched once, by the hashing task, and its bytes travel with it.
+
 - Nothing the size of the gallery passes through the driver: files are listed and read on
   workers, and the driver only adds up small per-batch tallies.
 - Listing and hashing run on plain tasks that import neither torch nor open_clip (this module
@@ -25,45 +30,76 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.datasets.images import Listing, walk_images
-from clair_vec.errors import DatasetError
+from clair_vec.datasets.images import IMAGE_SUFFIXES, Listing, walk_images
+from clair_vec.errors import CorruptImageError, DatasetError
 from clair_vec.extras import require
 from clair_vec.ray_runtime import gpus_each, ray_session
-from clair_vec.retrieval.sources import printable, utf8_problem
-from clair_vec.store.ids import file_record_id
+from clair_vec.retrieval import remote
+from clair_vec.retrieval.sources import printable, remote_sources, utf8_problem
+from clair_vec.store.ids import content_digest, file_record_id, record_id
+from clair_vec.store.redaction import uri_secrets
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- tasks: no torch here
+def is_elsewhere(name: str) -> bool:
+    """A URL, an ``s3://`` name, a webdataset shard (or a member of one), or a parquet file (or a row of one)."""
+    head = name.partition("#")[0]
+    return remote.is_remote(name) or remote.is_shard(head) or head.lower().endswith(".parquet")
+
+
 def list_files(row: dict[str, Any], *, label_from_folder: bool) -> list[dict[str, Any]]:
     """Image files under one input (a folder, recursively and sorted; or a file), and the entries
-    of a folder that are not image files, with ``ignored`` saying why (reported, not indexed)."""
-    root = Path(str(row["input"]))
+    of a folder that are not image files, with ``ignored`` saying why (reported, not indexed).
+    A remote input lists its images (an ``s3://`` prefix, a shard's members, a parquet file's rows);
+    one that cannot be read (a missing shard, an unknown bucket) is one skipped row saying why."""
+    item = str(row["input"])
+    if is_elsewhere(item):
+        ignored: list[tuple[str, str]] = []
+        try:
+            found = remote_sources(item, label_from_folder=label_from_folder, ignored=ignored)
+        except DatasetError as exc:
+            return [{"path": os.fsencode(remote.shown(item)), "label": "", "ignored": "", "problem": str(exc)}]
+        return ([{"path": os.fsencode(src.name), "label": src.label, "ignored": "", "problem": ""} for src in found]
+                + [{"path": os.fsencode(p), "label": "", "ignored": reason, "problem": ""} for p, reason in ignored])  # fmt: skip
+    root = Path(item)
     listing = walk_images(root) if root.is_dir() else Listing(files=[root])
-    files = [{"path": os.fsencode(str(f)), "label": f.parent.name if label_from_folder else "", "ignored": ""}
+    files = [{"path": os.fsencode(str(f)), "label": f.parent.name if label_from_folder else "", "ignored": "", "problem": ""}
              for f in listing.files]  # fmt: skip
-    return files + [{"path": os.fsencode(p), "label": "", "ignored": reason} for p, reason in listing.ignored]
+    return files + [{"path": os.fsencode(p), "label": "", "ignored": reason, "problem": ""} for p, reason in listing.ignored]
 
 
 def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.ndarray]:
-    """Read and hash each file: ``id`` or ``error`` per row. Paths travel as bytes, so a name
-    that is not valid UTF-8 reaches this point and is reported, not lost."""
-    paths, ids, errors = [], [], []
-    for raw, ignored in zip(batch["path"], batch["ignored"], strict=True):
+    """Read and hash each file: ``id`` or ``error`` per row, and a remote image's bytes in ``data``
+    (fetched once: the encoding actor decodes them). Paths travel as bytes, so a name that is not
+    valid UTF-8 reaches this point and is reported, not lost."""
+    paths, ids, errors, data = [], [], [], []
+    problems = batch.get("problem", [""] * len(batch["path"]))
+    for raw, ignored, known in zip(batch["path"], batch["ignored"], problems, strict=True):
         path = os.fsdecode(bytes(raw))
         paths.append(printable(path))
-        problem = str(ignored) or utf8_problem(path)
+        problem = str(ignored) or str(known) or utf8_problem(path)
+        body = b""
         if problem is None:
             try:
-                ids.append(file_record_id(path, domain)[0])
+                if is_elsewhere(path):
+                    body = remote.stored_bytes(path)
+                    ids.append(record_id(domain, content_digest(body)))
+                else:
+                    ids.append(file_record_id(path, domain)[0])
+            except CorruptImageError as exc:
+                problem = exc.reason
+            except DatasetError as exc:  # the shard or parquet file a member lived in is gone
+                problem = str(exc)
             except OSError as exc:
                 problem = f"{type(exc).__name__}: {exc.strerror or exc}"
         if problem is not None:
             ids.append("")
         errors.append(problem or "")
+        data.append(body)
     return {"path": np.array(paths, dtype=object), "label": batch["label"], "id": np.array(ids, dtype=object),
-            "error": np.array(errors, dtype=object), "ignored": batch["ignored"]}  # fmt: skip
+            "error": np.array(errors, dtype=object), "ignored": batch["ignored"], "data": np.array(data, dtype=object)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- writing
@@ -159,10 +195,16 @@ class EncodeActor:
             todo.append(i)
         preprocess = self.model.foundation.preprocess
 
+        fetched = batch.get("data")
+
         def load(i: int) -> tuple[str, Any]:
             # hashed again from the bytes decoded here: a file rewritten since the hashing task
             # read it gets the id of what is stored, not of what was hashed
-            rid, data = file_record_id(paths[i], self.domain)
+            if fetched is not None and len(fetched[i]):
+                data = bytes(fetched[i])
+                rid = record_id(self.domain, content_digest(data))
+            else:
+                rid, data = file_record_id(paths[i], self.domain)
             return rid, preprocess(decode_image(data, paths[i]))
 
         items = []
@@ -224,7 +266,8 @@ def ray_index(
     from_collection: str | None = None,
     precision: str | None = None,
 ) -> Any:
-    """Index every image under ``inputs`` (folders or files) into ``collection`` on Ray; or, with
+    """Index every image under ``inputs`` (folders, files, or the remote sources of
+    :func:`~clair_vec.retrieval.sources.expand`) into ``collection`` on Ray; or, with
     ``from_collection``, re-embed the files that collection's records (of ``domain``) name, keeping
     their labels (the Ray form of ``clair-vec reindex``). ``precision``: of the CLIP forward, as in
     :meth:`~clair_vec.retrieval.retriever.Retriever.index`.
@@ -244,12 +287,17 @@ def ray_index(
     card = ModelCard.read(model_dir)  # the driver reads the checkpoint's metadata only: no torch, no CLIP
     domain = domain or card.pivot
     card.check_domain(domain)
-    elsewhere = [i for i in inputs if "://" in str(i) or str(i).lower().endswith((".tar", ".parquet")) or "{" in str(i)]
-    if elsewhere:
-        raise DatasetError(f"the Ray indexing job reads image folders; {elsewhere[0]} is a URL, shard or parquet source: "
-                           "index it with `clair-vec index` (the same ids), or copy it to a shared folder")  # fmt: skip
-    inputs = [os.path.abspath(i) for i in inputs]  # workers may run elsewhere, from another directory
-    missing = [i for i in inputs if not Path(i).exists()]
+    inputs = [str(i) for i in inputs]
+    secret = next((i for i in inputs if uri_secrets(i)), None)
+    if secret is not None:
+        raise DatasetError(f"{remote.shown(secret)}: the Ray job hands image names to its workers, and a name never "
+                           "holds credentials; give them in ~/.netrc ($NETRC) on every node for http(s), or through "
+                           "the AWS credential chain for s3://, or index it with `clair-vec index`")  # fmt: skip
+    # workers may run elsewhere, from another directory; a shard pattern becomes one row per shard,
+    # each listed on a worker
+    inputs = [i if remote.is_remote(i) else os.path.abspath(i) for i in inputs]
+    inputs = [s for i in inputs for s in (remote.expand_braces(i) if remote.is_shard(i) else [i])]
+    missing = [i for i in inputs if not remote.is_remote(i) and not Path(i).exists()]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {missing}")
     if (from_collection is None) == (not inputs):
@@ -263,8 +311,7 @@ def ray_index(
             embedded = not be.shared
             # read before the store actor opens an embedded store: it takes one process at a time
             rows = (_collection_rows(be, from_collection, domain) if from_collection is not None else
-                    ray.data.from_items([{"input": str(i)} for i in inputs])
-                    .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder}, num_cpus=0))  # fmt: skip
+                    _input_rows(inputs, label_from_folder=label_from_folder, tasks=max(2, actors)))  # fmt: skip
         finally:
             be.close()
         # one process may open an embedded store: everyone writes through this actor
@@ -291,6 +338,26 @@ def ray_index(
                     ray.kill(store_actor)
 
 
+def _input_rows(inputs: list[str], *, label_from_folder: bool, tasks: int) -> Any:
+    """The rows :func:`list_files` makes of ``inputs``. An image URL or an ``s3://`` image needs no
+    listing: its row is made here, so a thousand URLs are not a thousand listing tasks."""
+    import ray
+
+    direct = [i for i in inputs if remote.is_remote(i) and not remote.is_shard(i) and not i.lower().endswith(".parquet")
+              and (not i.startswith("s3://") or Path(i).suffix.lower() in IMAGE_SUFFIXES)]  # fmt: skip
+    listed = [i for i in inputs if i not in set(direct)]
+    parts = []
+    if direct:
+        parts.append(ray.data.from_items([r for i in direct for r in list_files({"input": i}, label_from_folder=label_from_folder)]))
+    if listed:
+        # listing tasks ask for no CPU (see _stream), so a bounded pool keeps them from starting a
+        # worker process per input
+        parts.append(ray.data.from_items([{"input": i} for i in listed])
+                     .flat_map(list_files, fn_kwargs={"label_from_folder": label_from_folder}, num_cpus=0,
+                               compute=ray.data.TaskPoolStrategy(size=tasks)))  # fmt: skip
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
 def _collection_rows(be: Any, collection: str, domain: str) -> Any:
     """The files a collection's records of ``domain`` name, as rows like :func:`list_files` makes,
     a page at a time into Ray's object store (the driver never holds the whole listing)."""
@@ -301,7 +368,7 @@ def _collection_rows(be: Any, collection: str, domain: str) -> Any:
     for _, payload in be.records(be.resolve(collection), filter={"domain": domain}):
         path = payload.get("path")
         if isinstance(path, str) and path and not path.startswith("<"):
-            page.append({"path": os.fsencode(path), "label": str(payload.get("label") or ""), "ignored": ""})
+            page.append({"path": os.fsencode(path), "label": str(payload.get("label") or ""), "ignored": "", "problem": ""})
         if len(page) >= 4096:
             parts.append(ray.data.from_items(page))
             page = []

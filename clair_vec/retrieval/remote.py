@@ -261,6 +261,8 @@ def list_s3(uri: str, ignored: list[tuple[str, str]] | None = None) -> list[str]
     except FileNotFoundError:
         raise DatasetError(f"{shown(uri)}: no such bucket or prefix") from None
     except (OSError, ValueError) as exc:
+        if "NO_SUCH_BUCKET" in str(exc):  # how Arrow says it when the prefix is not the bucket's root
+            raise DatasetError(f"{shown(uri)}: no such bucket or prefix") from None
         raise DatasetError(f"{shown(uri)}: cannot list it ({_s3_problem(exc)}); check AWS_ENDPOINT_URL and the credentials") from None
     files = sorted(i.path for i in infos if i.type == fs.FileType.File)
     keys = [k for k in files if PurePosixPath(k).suffix.lower() in IMAGE_SUFFIXES]
@@ -417,6 +419,13 @@ def parquet_images(path: str, *, image_column: str | None = None, key_column: st
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _parquet_rows(path: str, _mtime: float) -> dict[str, bytes]:
+    """A parquet file's images by name: a reindex or a Ray job reads its rows one after another
+    (the mtime in the key: a rewritten file is read again)."""
+    return dict(parquet_images(path))
+
+
 def _read_table(path: str, what: str):
     """A parquet file as an Arrow table; ``what`` names it in the one-line error."""
     from clair_vec.extras import require
@@ -477,9 +486,9 @@ def stored_bytes(path: str) -> bytes:
             raise CorruptImageError(path, "no such member in its shard any more")
         return found.read()
     if sep and container.lower().endswith(".parquet"):
-        for name, data in parquet_images(container):
-            if name == path:
-                return data
-        raise CorruptImageError(path, "no such row in its parquet file any more")
+        found = _parquet_rows(container, os.path.getmtime(container) if os.path.exists(container) else 0.0).get(path)
+        if found is None:
+            raise CorruptImageError(path, "no such row in its parquet file any more")
+        return found
     return fetch(path)
 
