@@ -129,7 +129,7 @@ def add_commands(add) -> None:
     d.add_argument("--mix", default=None, metavar="DOMAIN=SHARE,...",
                    help="domain mix of the stand-in CLIP's web pool (default photo=0.8, the other domains share the rest)")
     d.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: the cores free now). A seed gives the same numbers at the same thread "
+                   help="torch threads (None: the cores free now). A seed gives the same numbers at the same thread "
                         "count: torch's sums, and so the stand-in CLIP, depend on it")  # fmt: skip
     backend_args(d)
     d.set_defaults(backend="milvus")
