@@ -10,9 +10,11 @@ P@200 for raw CLIP features against CLAIR.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,23 @@ def estimate(clip_model: str, batch_size: int, steps: int, epochs: int, images: 
     return f"about {total / 60:.0f} min ({step:.2f} s a bootstrap step now)" if total >= 90 else f"about {total:.0f} s"
 
 
+def _restoring_torch_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The demo sets torch's thread count for itself; a caller (a notebook, a test) keeps its own."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
+
+
+@_restoring_torch_threads
 def run_demo(
     workdir: str | Path = "clair_demo",
     *,
@@ -146,6 +165,9 @@ def run_demo(
                   f"{bootstrap_steps} steps)")  # fmt: skip
             bootstrap_clip(pool, ckpt, arch=clip_model, steps=bootstrap_steps, seed=seed, progress=progress, mix=web_mix,
                            device=str(where))  # fmt: skip
+            # a later run in this folder reuses the stand-in: what made it is recorded beside it
+            ckpt.with_suffix(".json").write_text(json.dumps({"seed": seed, "steps": bootstrap_steps, "threads": threads,
+                                                             "device": str(where), "mix": web_mix}))  # fmt: skip
         clip_pretrained = str(ckpt)
     print(f"[2/6] foundation model {clip_model} / {clip_pretrained}")
     foundation = FoundationModel.load(clip_model, clip_pretrained, str(where))
@@ -189,7 +211,9 @@ def run_demo(
         be.flush(RAW)
         # torch's float sums depend on its thread count, and 1,200 bootstrap steps amplify that into a
         # different stand-in CLIP: a seed reproduces its numbers at the same thread count
-        results: dict[str, Any] = {"backend": backend, "uri": be.display_uri, "seed": seed, "threads": threads,
+        made = Path(clip_pretrained).with_suffix(".json")
+        stand_in = json.loads(made.read_text()) if made.is_file() else None
+        results: dict[str, Any] = {"backend": backend, "uri": be.display_uri, "seed": seed, "threads": threads, "stand_in": stand_in,
                                    "model": model.model_id, "gallery": len(g), "rows": {},
                                    "shipped": model.record["shipped"], "validation": model.record.get("validation")}  # fmt: skip
         for q in [d for d in unseen.domains if d != pivot]:

@@ -38,11 +38,16 @@ def test_demo_end_to_end_reports_metrics_for_both_methods(tmp_path, capsys, back
 
 def test_a_seed_reproduces_its_numbers_at_the_same_thread_count(tmp_path, capsys):
     kw = dict(per_class=6, web_per_class=10, bootstrap_steps=15, epochs=2, batch_size=24, top_k=20, progress=False, seed=3,
-              threads=1)  # fmt: skip
+              threads=2)  # fmt: skip
+    import torch
+
+    threads = torch.get_num_threads()
     first, again = (run_demo(tmp_path / w, **kw) for w in ("a", "b"))
-    assert first["threads"] == again["threads"] == 1
-    assert first["rows"] == again["rows"] and first["model"] == again["model"]
-    assert "1 torch thread as asked" in capsys.readouterr().out
+    assert torch.get_num_threads() == threads  # the caller's thread count is its own again
+    assert first["threads"] == again["threads"] == 2 and first["stand_in"] == {"seed": 3, "steps": 15, "threads": 2, "device": "cpu",
+                                                                               "mix": None}  # fmt: skip
+    assert first["rows"] == again["rows"]  # in another folder: the views are keyed by path under the data root
+    assert "2 torch threads as asked" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--threads 0: give at least 1"):
         run_demo(tmp_path / "c", **{**kw, "threads": 0})
 

@@ -45,61 +45,83 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------- tasks: no torch here
 def is_elsewhere(name: str) -> bool:
     """A URL, an ``s3://`` name, a webdataset shard (or a member of one), or a parquet file (or a row of one)."""
-    head = name.partition("#")[0]
-    return remote.is_remote(name) or remote.is_shard(head) or head.lower().endswith(".parquet")
+    return (remote.is_remote(name) or remote.is_shard(name) or name.lower().endswith(".parquet")
+            or remote.split_member(name) is not None)  # fmt: skip
+
+
+def _row(path: str, label: str = "", *, ignored: str = "", problem: str = "", data: bytes = b"") -> dict[str, Any]:
+    return {"path": os.fsencode(path), "label": label, "ignored": ignored, "problem": problem, "data": data}
 
 
 def list_files(row: dict[str, Any], *, label_from_folder: bool) -> list[dict[str, Any]]:
     """Image files under one input (a folder, recursively and sorted; or a file), and the entries
     of a folder that are not image files, with ``ignored`` saying why (reported, not indexed).
-    A remote input lists its images (an ``s3://`` prefix, a shard's members, a parquet file's rows);
-    one that cannot be read (a missing shard, an unknown bucket) is one skipped row saying why."""
+    A remote input lists its images (an ``s3://`` prefix, a shard's members, a parquet file's
+    rows); one that cannot be read (a missing shard, an unknown bucket) is one skipped row saying
+    why. A remote shard's and a parquet file's images are read here, whole, and travel as ``data``:
+    read by name later, each worker would read the whole container again."""
     item = str(row["input"])
-    if is_elsewhere(item):
-        ignored: list[tuple[str, str]] = []
-        try:
-            found = remote_sources(item, label_from_folder=label_from_folder, ignored=ignored)
-        except DatasetError as exc:
-            return [{"path": os.fsencode(remote.shown(item)), "label": "", "ignored": "", "problem": str(exc)}]
-        return ([{"path": os.fsencode(src.name), "label": src.label, "ignored": "", "problem": ""} for src in found]
-                + [{"path": os.fsencode(p), "label": "", "ignored": reason, "problem": ""} for p, reason in ignored])  # fmt: skip
-    root = Path(item)
-    listing = walk_images(root) if root.is_dir() else Listing(files=[root])
-    files = [{"path": os.fsencode(str(f)), "label": f.parent.name if label_from_folder else "", "ignored": "", "problem": ""}
-             for f in listing.files]  # fmt: skip
-    return files + [{"path": os.fsencode(p), "label": "", "ignored": reason, "problem": ""} for p, reason in listing.ignored]
+    if not is_elsewhere(item):
+        root = Path(item)
+        listing = walk_images(root) if root.is_dir() else Listing(files=[root])
+        return ([_row(str(f), f.parent.name if label_from_folder else "") for f in listing.files]
+                + [_row(p, ignored=reason) for p, reason in listing.ignored])  # fmt: skip
+    ignored: list[tuple[str, str]] = []
+    try:
+        if remote.is_shard(item) and remote.is_remote(item):
+            return [_row(m.name, m.label if label_from_folder else "", problem=got.reason if isinstance(got, Exception) else "",
+                         data=got if isinstance(got, bytes) else b"") for m, got in remote.shard_images(item)]  # fmt: skip
+        found = remote_sources(item, label_from_folder=label_from_folder, ignored=ignored)
+        carried = item.lower().endswith(".parquet")  # its sources hold their bytes already
+        return ([_row(src.name, src.label, data=src.fetch() if carried and src.fetch else b"") for src in found]
+                + [_row(p, ignored=reason) for p, reason in ignored])  # fmt: skip
+    except DatasetError as exc:
+        return [_row(remote.shown(item), problem=str(exc))]
+
+
+#: remote images fetched at once by one hashing task (as ``clair-vec index`` fetches them)
+FETCHERS = 16
 
 
 def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.ndarray]:
     """Read and hash each file: ``id`` or ``error`` per row, and a remote image's bytes in ``data``
-    (fetched once: the encoding actor decodes them). Paths travel as bytes, so a name that is not
-    valid UTF-8 reaches this point and is reported, not lost."""
-    paths, ids, errors, data = [], [], [], []
-    problems = batch.get("problem", [""] * len(batch["path"]))
-    for raw, ignored, known in zip(batch["path"], batch["ignored"], problems, strict=True):
-        path = os.fsdecode(bytes(raw))
-        paths.append(printable(path))
-        problem = str(ignored) or str(known) or utf8_problem(path)
-        body = b""
+    (fetched once, here, :data:`FETCHERS` at a time: the encoding actor decodes them). Paths travel
+    as bytes, so a name that is not valid UTF-8 reaches this point and is reported, not lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = len(batch["path"])
+    names = [os.fsdecode(bytes(raw)) for raw in batch["path"]]
+    carried = batch.get("data", [b""] * n)
+    problems = batch.get("problem", [""] * n)
+    ids, errors, data = [""] * n, [""] * n, [b""] * n
+
+    def read(i: int) -> None:
+        path = names[i]
+        problem = str(batch["ignored"][i]) or str(problems[i]) or utf8_problem(path)
         if problem is None:
             try:
                 if is_elsewhere(path):
-                    body = remote.stored_bytes(path)
-                    ids.append(record_id(domain, content_digest(body)))
+                    body = bytes(carried[i]) if len(carried[i]) else remote.stored_bytes(path)
+                    ids[i], data[i] = record_id(domain, content_digest(body)), body
                 else:
-                    ids.append(file_record_id(path, domain)[0])
+                    ids[i] = file_record_id(path, domain)[0]
             except CorruptImageError as exc:
                 problem = exc.reason
             except DatasetError as exc:  # the shard or parquet file a member lived in is gone
                 problem = str(exc)
             except OSError as exc:
                 problem = f"{type(exc).__name__}: {exc.strerror or exc}"
-        if problem is not None:
-            ids.append("")
-        errors.append(problem or "")
-        data.append(body)
-    return {"path": np.array(paths, dtype=object), "label": batch["label"], "id": np.array(ids, dtype=object),
-            "error": np.array(errors, dtype=object), "ignored": batch["ignored"], "data": np.array(data, dtype=object)}  # fmt: skip
+        errors[i] = problem or ""
+
+    fetched = [i for i in range(n) if remote.is_remote(names[i]) and not len(carried[i])]
+    with ThreadPoolExecutor(max(1, min(FETCHERS, len(fetched)))) as pool:
+        list(pool.map(read, fetched))
+    rest = set(range(n)) - set(fetched)
+    for i in sorted(rest):
+        read(i)
+    return {"path": np.array([printable(p) for p in names], dtype=object), "label": batch["label"],
+            "id": np.array(ids, dtype=object), "error": np.array(errors, dtype=object), "ignored": batch["ignored"],
+            "data": np.array(data, dtype=object)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- writing
@@ -200,7 +222,7 @@ class EncodeActor:
         def load(i: int) -> tuple[str, Any]:
             # hashed again from the bytes decoded here: a file rewritten since the hashing task
             # read it gets the id of what is stored, not of what was hashed
-            if fetched is not None and len(fetched[i]):
+            if fetched is not None and is_elsewhere(paths[i]):
                 data = bytes(fetched[i])
                 rid = record_id(self.domain, content_digest(data))
             else:
@@ -299,7 +321,8 @@ def ray_index(
     inputs = [s for i in inputs for s in (remote.expand_braces(i) if remote.is_shard(i) else [i])]
     missing = [i for i in inputs if not remote.is_remote(i) and not Path(i).exists()]
     if missing:
-        raise FileNotFoundError(f"no such file or folder: {missing}")
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise FileNotFoundError(f"no such file or folder: {missing[:5]}{more}")
     if (from_collection is None) == (not inputs):
         raise ValueError("give image folders or --from-collection OLD, one of the two")
     vocabulary = list(labels) if labels else None
@@ -345,7 +368,8 @@ def _input_rows(inputs: list[str], *, label_from_folder: bool, tasks: int) -> An
 
     direct = [i for i in inputs if remote.is_remote(i) and not remote.is_shard(i) and not i.lower().endswith(".parquet")
               and (not i.startswith("s3://") or Path(i).suffix.lower() in IMAGE_SUFFIXES)]  # fmt: skip
-    listed = [i for i in inputs if i not in set(direct)]
+    chosen = set(direct)
+    listed = [i for i in inputs if i not in chosen]
     parts = []
     if direct:
         parts.append(ray.data.from_items([r for i in direct for r in list_files({"input": i}, label_from_folder=label_from_folder)]))
@@ -368,7 +392,7 @@ def _collection_rows(be: Any, collection: str, domain: str) -> Any:
     for _, payload in be.records(be.resolve(collection), filter={"domain": domain}):
         path = payload.get("path")
         if isinstance(path, str) and path and not path.startswith("<"):
-            page.append({"path": os.fsencode(path), "label": str(payload.get("label") or ""), "ignored": "", "problem": ""})
+            page.append(_row(path, str(payload.get("label") or "")))
         if len(page) >= 4096:
             parts.append(ray.data.from_items(page))
             page = []

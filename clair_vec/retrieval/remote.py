@@ -11,7 +11,8 @@ disk all give the same ids. A fetch that fails for a reason that may pass (a tim
 403) is not. Either way the image is skipped and reported by name; the run goes on.
 
 An ``http(s)`` URL's credentials come from its user info, or else from the netrc file (``$NETRC``,
-default ``~/.netrc``) for its host, as curl and requests read it: stored URIs keep no credentials,
+default ``~/.netrc``) entry of its host, as ``curl --netrc`` reads it (never its ``default``
+entry): stored URIs keep no credentials,
 so ``reindex`` of a password-protected gallery finds them there.
 
 S3 goes through Arrow's own filesystem (``pyarrow.fs.S3FileSystem``): any S3-compatible endpoint
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import csv
 import functools
 import hashlib
 import http.client
 import io
+import logging
 import netrc
 import os
 import re
@@ -58,6 +61,7 @@ _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _WDS_NAME = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")  # webdataset's own split of a member name into key and extension
 MAX_SHARDS = 100_000
+log = logging.getLogger(__name__)
 
 
 def is_remote(name: object) -> bool:
@@ -117,8 +121,9 @@ class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
             raise urllib.error.HTTPError(newurl, code, f"redirected to a {new.scheme or 'relative'}: URL, not followed",
                                          headers, fp)  # fmt: skip
         out = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if out is not None and new.netloc.lower() != urllib.parse.urlsplit(req.full_url).netloc.lower():
-            out.remove_header("Authorization")
+        old = urllib.parse.urlsplit(req.full_url)
+        if out is not None and (new.netloc.lower() != old.netloc.lower() or new.scheme.lower() != old.scheme.lower()):
+            out.remove_header("Authorization")  # another host, or https sent down to cleartext http
         return out
 
 
@@ -142,16 +147,21 @@ def _request(url: str) -> urllib.request.Request:
 
 
 def _netrc_login(host: str) -> tuple[str | None, str]:
-    """The login and password the netrc file holds for ``host`` (or its ``default``), if any."""
+    """The login and password the netrc file holds for ``host`` itself. Its ``default`` entry is
+    never used: a URL list names hosts the user never chose to send a password to."""
     path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
-    if not host or not os.path.isfile(path):
+    if not host:
         return None, ""
     try:
-        entry = _read_netrc(path, os.path.getmtime(path)).authenticators(host)
+        hosts = _read_netrc(path, os.path.getmtime(path)).hosts
+    except FileNotFoundError:
+        return None, ""
     except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as exc:
-        # the file's own text is not repeated: it holds passwords
-        raise DatasetError(f"cannot read the netrc file {path} for {host}'s credentials ({type(exc).__name__} at "
-                           f"line {getattr(exc, 'lineno', '?')}): fix it, or point $NETRC at another") from None  # fmt: skip
+        # a broken file must not stop public URLs; the file's own text is never repeated (it holds passwords)
+        _warn_once(f"cannot read the netrc file {path} ({type(exc).__name__} at line {getattr(exc, 'lineno', '?')}); "
+                   "fetching without its credentials: fix it, or point $NETRC at another")  # fmt: skip
+        return None, ""
+    entry = next((v for k, v in hosts.items() if k.lower() == host.lower()), None)
     return (entry[0], entry[2] or "") if entry else (None, "")
 
 
@@ -160,12 +170,15 @@ def _read_netrc(path: str, _mtime: float) -> netrc.netrc:  # the mtime in the ke
     return netrc.netrc(path)
 
 
+@functools.lru_cache(maxsize=32)
+def _warn_once(message: str) -> None:
+    log.warning("%s", message)
+
+
 def _http(url: str, name: str, *, timeout: float, limit: int, out=None) -> bytes:
     """One try at an ``http(s)`` body: :class:`_Transient` for what may pass."""
     try:
         request = _request(url)
-    except DatasetError as exc:  # an unreadable netrc file
-        raise CorruptImageError(name, str(exc)) from None
     except ValueError as exc:  # a malformed URL: it will not get better
         raise CorruptImageError(name, f"not a valid URL ({exc})") from None
     try:
@@ -386,6 +399,25 @@ def shard_members(uri: str) -> list[Member]:
             for m in images]  # fmt: skip
 
 
+def shard_images(uri: str) -> list[tuple[Member, bytes | CorruptImageError]]:
+    """Every image of a shard with its bytes, in one pass. A remote shard is downloaded for it and
+    removed after, so that a Ray listing task hands its workers bytes instead of each worker
+    downloading the whole shard again for the members it hashes."""
+    members = shard_members(uri)
+    try:
+        out = []
+        for m in members:
+            try:
+                out.append((m, m.read()))
+            except CorruptImageError as exc:  # too large: reported as that member's reason
+                out.append((m, exc))
+        return out
+    finally:
+        if is_remote(uri) and members:
+            with contextlib.suppress(OSError):
+                os.remove(members[0].file)
+
+
 @functools.lru_cache(maxsize=4)
 def _members(shard: str) -> dict[str, Member]:
     """A shard's members by name: a reindex or the thumbnails read them one after another."""
@@ -419,11 +451,16 @@ def parquet_images(path: str, *, image_column: str | None = None, key_column: st
     return out
 
 
+#: parquet files up to this size are held, once read, for the next row asked of them
+PARQUET_CACHE = 256 << 20
+
+
 @functools.lru_cache(maxsize=2)
 def _parquet_rows(path: str, _mtime: float) -> dict[str, bytes]:
-    """A parquet file's images by name: a reindex or a Ray job reads its rows one after another
-    (the mtime in the key: a rewritten file is read again)."""
-    return dict(parquet_images(path))
+    """A parquet file's images by name, the first row of a name winning, as a scan of the file
+    finds it: a reindex or the thumbnails read rows one after another (the mtime in the key: a
+    rewritten file is read again)."""
+    return dict(reversed(parquet_images(path)))
 
 
 def _read_table(path: str, what: str):
@@ -466,11 +503,21 @@ def read_list(path: str, *, column: str | None = None) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+_MEMBER = re.compile(r"^(.*?\.(?:tar|parquet))#(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def split_member(path: str) -> tuple[str, str] | None:
+    """``(container, member)`` of ``shard.tar#member`` or ``images.parquet#key``, else None. The
+    first ``.tar#``/``.parquet#`` splits, so a '#' in a folder name before it stays in the path."""
+    m = _MEMBER.match(path)
+    return (m.group(1), m.group(2)) if m else None
+
+
 def stored_file(path: str) -> str:
     """The local file a stored path lives in: ``shard.tar#member`` and ``images.parquet#key``
     live in the shard or parquet file; any other path is its own file."""
-    head, sep, _ = path.partition("#")
-    return head if sep and head.lower().endswith((".tar", ".parquet")) else path
+    found = split_member(path)
+    return found[0] if found else path
 
 
 def scheme(path: str) -> str:
@@ -479,14 +526,22 @@ def scheme(path: str) -> str:
 
 def stored_bytes(path: str) -> bytes:
     """The bytes of a stored record's image, by the path it was stored under (thumbnails)."""
-    container, sep, member = path.partition("#")
-    if sep and is_shard(container):
+    container, member = split_member(path) or ("", "")
+    if is_shard(container):
         found = _members(container).get(member)
         if found is None:
             raise CorruptImageError(path, "no such member in its shard any more")
         return found.read()
-    if sep and container.lower().endswith(".parquet"):
-        found = _parquet_rows(container, os.path.getmtime(container) if os.path.exists(container) else 0.0).get(path)
+    if container.lower().endswith(".parquet"):
+        try:
+            size, mtime = os.path.getsize(container), os.path.getmtime(container)
+        except OSError:
+            raise CorruptImageError(path, "its parquet file is gone") from None
+        if size > PARQUET_CACHE:  # read again each time rather than held: a big file would stay in memory
+            rows = dict(reversed(parquet_images(container)))
+        else:
+            rows = _parquet_rows(container, mtime)
+        found = rows.get(path)
         if found is None:
             raise CorruptImageError(path, "no such row in its parquet file any more")
         return found

@@ -58,6 +58,17 @@ def view_seed(seed: int, key: str, view: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def view_key(path: str, root: str) -> str:
+    """What seeds an image's augmented views: its path under the dataset's root, so the same
+    dataset in another folder (another demo work directory, another node's mount) gets the same
+    views; an image outside the root (a --validation folder) keys by its own path."""
+    if root:
+        rel = os.path.relpath(path, root)
+        if not rel.startswith(os.pardir):
+            return Path(rel).as_posix()
+    return path
+
+
 def encode_domain_images(
     foundation: FoundationModel,
     images: Sequence[Image.Image],
@@ -69,7 +80,7 @@ def encode_domain_images(
     batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean, views) features of decoded images of one domain; ``keys`` (their paths) seed the views.
+    """(clean, views) features of decoded images of one domain; ``keys`` (see :func:`view_key`) seed the views.
 
     Seeding each view by (seed, view, key) makes the features identical whether one process
     computes them all or Ray Data actors compute them in arbitrary batches.
@@ -134,7 +145,7 @@ def _local_features(
         images, ok, skipped = load_images([i.path for i in items])
         kept = [items[i] for i in ok]
         clean, views = encode_domain_images(
-            foundation, images, [i.path for i in kept], domain, n_views=n_views, seed=seed, batch_size=batch_size,
+            foundation, images, [view_key(i.path, dataset.root) for i in kept], domain, n_views=n_views, seed=seed, batch_size=batch_size,
             progress=progress,
         )
         out[domain] = DomainFeatures(clean, views, [i.label for i in kept], [i.path for i in kept], skipped)

@@ -25,7 +25,7 @@ from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.model import ClairModel
 from clair_vec.method.tensor_files import load_tensor_file, save_tensor_file
 from clair_vec.ray_runtime import check_gpu_choice, gpus_each, ray_session
-from clair_vec.training.features import DomainFeatures, encode_domain_images, extract_features
+from clair_vec.training.features import DomainFeatures, encode_domain_images, extract_features, view_key
 from clair_vec.training.folds import FoldRun, run_fold, run_folds
 from clair_vec.training.job import choose, plan_folds, plan_training, progress_record, seen_dataset
 from clair_vec.training.selection import select_on_folds
@@ -49,11 +49,12 @@ class ClipFeatureActor:
         for domain in sorted(set(batch["domain"].tolist())):
             rows = np.flatnonzero(batch["domain"] == domain)
             paths = [str(batch["path"][r]) for r in rows]
+            keys = [str(batch["key"][r]) for r in rows]
             images, ok, skipped = load_images(paths)
             for path, reason in skipped:
                 error[rows[paths.index(path)]] = reason
             if images:
-                c, v = encode_domain_images(self.fm, images, [paths[i] for i in ok], domain, n_views=self.n_views, seed=self.seed)
+                c, v = encode_domain_images(self.fm, images, [keys[i] for i in ok], domain, n_views=self.n_views, seed=self.seed)
                 clean[rows[ok]], views[rows[ok]] = c.numpy(), v.numpy()
         return {**batch, "clean": clean, "views": views, "error": error}
 
@@ -77,7 +78,8 @@ def ray_extract_features(
     import ray
 
     def compute() -> dict[str, DomainFeatures]:
-        items = [{"idx": i, "path": it.path, "domain": it.domain, "label": it.label} for i, it in enumerate(dataset.items)]
+        items = [{"idx": i, "path": it.path, "key": view_key(it.path, dataset.root), "domain": it.domain, "label": it.label}
+                 for i, it in enumerate(dataset.items)]  # fmt: skip
         ds = ray.data.from_items(items).map_batches(
             ClipFeatureActor,
             fn_constructor_kwargs={"clip_model": foundation.arch, "clip_pretrained": foundation.pretrained,
