@@ -69,7 +69,8 @@ def test_permuting_the_folder_labels_leaves_the_head_weights_identical(tiny_clip
     shuffled = labels[:]
     random.Random(1).shuffle(shuffled)
     assert shuffled != labels
-    permuted = MultiDomainDataset([type(i)(i.path, i.domain, lbl) for i, lbl in zip(seen_shapes.items, shuffled, strict=True)])
+    permuted = MultiDomainDataset([type(i)(i.path, i.domain, lbl) for i, lbl in zip(seen_shapes.items, shuffled, strict=True)],
+                                  seen_shapes.root)  # the same root: views are seeded by the path under it  # fmt: skip
     empty = MultiDomainDataset([])
     vocabulary = seen_shapes.classes if weak else None
     heads = []
