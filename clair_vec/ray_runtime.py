@@ -65,7 +65,7 @@ def ray_session() -> Iterator[bool]:
 
     started = not ray.is_initialized()
     if started:
-        _joined = bool(os.environ.get("RAY_ADDRESS"))
+        _joined = os.environ.get("RAY_ADDRESS", "") not in ("", "local")  # "local": a new Ray of this process's own
         ray.init()
         _started_here = True
     try:

@@ -170,8 +170,15 @@ def _read_netrc(path: str, _mtime: float) -> netrc.netrc:  # the mtime in the ke
     return netrc.netrc(path)
 
 
-@functools.lru_cache(maxsize=32)
+_WARNED: set[str] = set()
+_WARNED_LOCK = threading.Lock()  # 16 fetch threads meet the same broken file at once
+
+
 def _warn_once(message: str) -> None:
+    with _WARNED_LOCK:
+        if message in _WARNED:
+            return
+        _WARNED.add(message)
     log.warning("%s", message)
 
 
