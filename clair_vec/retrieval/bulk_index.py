@@ -45,8 +45,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------- tasks: no torch here
 def is_elsewhere(name: str) -> bool:
     """A URL, an ``s3://`` name, a webdataset shard (or a member of one), or a parquet file (or a row of one)."""
-    return (remote.is_remote(name) or remote.is_shard(name) or name.lower().endswith(".parquet")
-            or remote.split_member(name) is not None)  # fmt: skip
+    return remote.is_source(name) or remote.split_member(name) is not None
 
 
 def _row(path: str, label: str = "", *, ignored: str = "", problem: str = "", data: bytes = b"") -> dict[str, Any]:

@@ -318,6 +318,12 @@ def is_shard(name: str) -> bool:
     return name.split("?")[0].lower().endswith(".tar")
 
 
+def is_source(name: str) -> bool:
+    """A name read through this module rather than as one local image file: a URL, an ``s3://``
+    name, a webdataset shard (or pattern) or a parquet file of images."""
+    return is_remote(name) or is_shard(name) or name.lower().endswith(".parquet")
+
+
 _SPOOL: list[str] = []  # the folder remote shards are downloaded to, made once a process
 
 
@@ -544,10 +550,8 @@ def stored_bytes(path: str) -> bytes:
             size, mtime = os.path.getsize(container), os.path.getmtime(container)
         except OSError:
             raise CorruptImageError(path, "its parquet file is gone") from None
-        if size > PARQUET_CACHE:  # read again each time rather than held: a big file would stay in memory
-            rows = dict(reversed(parquet_images(container)))
-        else:
-            rows = _parquet_rows(container, mtime)
+        # a big file is read again each time rather than held: it would stay in memory
+        rows = _parquet_rows.__wrapped__(container, mtime) if size > PARQUET_CACHE else _parquet_rows(container, mtime)
         found = rows.get(path)
         if found is None:
             raise CorruptImageError(path, "no such row in its parquet file any more")

@@ -108,7 +108,7 @@ def expand(
     for i, item in enumerate(images):
         if isinstance(item, Path) and item.suffix.lower() in (".tar", ".parquet"):
             item = str(item)  # a shard or a parquet file given as a Path is read as one, not as an image file
-        if isinstance(item, str) and (remote.is_remote(item) or remote.is_shard(item) or item.lower().endswith(".parquet")):
+        if isinstance(item, str) and remote.is_source(item):
             out += remote_sources(item, label_from_folder=label_from_folder, ignored=ignored)
         elif isinstance(item, (str, Path)):
             p = Path(item)
