@@ -47,15 +47,19 @@ def _hits_relevance(rows: list, query_labels: list[str], top_k: int) -> np.ndarr
 
 
 def torch_threads() -> tuple[int, str]:
-    """Threads for torch given the cores this process may use and how busy they are now: torch's
-    default of one thread per core fights every other process for them (a busy 2-core box ran the
-    bootstrap at 3.3 s a step with 2 threads)."""
+    """Threads for torch: one per core this process may use, less one for the thread that reads
+    and augments the bootstrap's next batch. Not fitted to the load: torch's sums depend on the
+    thread count, so a count chosen by how busy the box was made one seed give two tables. On a
+    busy box the demo takes longer, and says so."""
     from clair_vec.method.pixel_batches import usable_cores
 
     cores = usable_cores()
+    threads = max(1, cores - 1)
+    why = f"{cores} core{'s' if cores != 1 else ''}: {threads} torch thread{'s' if threads != 1 else ''}"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    free = max(1, min(cores, round(cores - load)))
-    return free, f"{cores} cores, load {load:.1f}: {free} torch thread{'s' if free != 1 else ''}"
+    if load > cores - threads + 0.5:
+        why += f" (the box is busy, load {load:.1f}: this run will be slower; --threads N chooses the count)"
+    return threads, why
 
 
 def estimate(clip_model: str, batch_size: int, steps: int, epochs: int, images: int, folds: int = 5) -> str:
@@ -65,14 +69,17 @@ def estimate(clip_model: str, batch_size: int, steps: int, epochs: int, images: 
     import torch
 
     from clair_vec.method.foundation import FoundationModel
+    from clair_vec.training.bootstrap_clip import _adamw
 
     fm = FoundationModel.load(clip_model, None)
     model = fm.model.train()
     size = fm.image_size
     tokens = fm.tokenize(["a photo of a circle."] * 8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    t0 = time.perf_counter()
-    for _ in range(3):
+    opt = _adamw(model.parameters(), 0.0)  # the bootstrap's own optimiser: its step is a fifth of the cost
+    t0 = 0.0
+    for i in range(4):  # the first step allocates: time the three after it
+        if i == 1:
+            t0 = time.perf_counter()
         for p_ in model.parameters():
             p_.requires_grad_(True)
         loss = model.encode_image(torch.randn(batch_size, 3, size, size)).sum() + model.encode_text(tokens).sum()
@@ -80,11 +87,14 @@ def estimate(clip_model: str, batch_size: int, steps: int, epochs: int, images: 
         loss.backward()
         opt.step()
     step = (time.perf_counter() - t0) / 3
-    # a real bootstrap step also loads and augments its batch: 1.45 timed steps (measured on 2 cores:
-    # 0.16 s timed, 0.23 s a step over 1200 steps). The other stages, in timed steps: a CLIP pass
-    # over every image (3 views), the training epochs over cached features for the model and each
-    # validation fold, then about 20 s of indexing and evaluation
-    total = step * (1.45 * steps + 1.5 * images / batch_size + 0.02 * epochs * images / batch_size * (1 + folds)) + 20
+    # A real bootstrap step also reads and augments the next batch on a second thread. With a core
+    # left over that hides behind the step (1.2 timed steps: 0.17 s timed, 0.20 s a step over 1200
+    # steps, 1 thread on 2 cores); with every core stepping it adds to it (1.75: 0.10 s, 0.175 s).
+    # The other stages, in timed steps: a CLIP pass over every image (3 views), the training epochs
+    # over cached features for the model and each validation fold, then about 20 s of indexing and
+    # evaluation
+    per_step = 1.2 if torch.get_num_threads() < (os.cpu_count() or 1) else 1.75
+    total = step * (per_step * steps + 1.5 * images / batch_size + 0.02 * epochs * images / batch_size * (1 + folds)) + 20
     return f"about {total / 60:.0f} min ({step:.2f} s a bootstrap step now)" if total >= 90 else f"about {total:.0f} s"
 
 

@@ -250,3 +250,56 @@ def test_the_stand_in_clip_is_the_same_for_a_seed_with_two_threads(tmp_path, mon
     assert all(torch.equal(made[0][k], made[1][k]) for k in made[0])
     assert seen == [True] * 24
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is left as it was
+
+
+def test_reading_the_next_batch_ahead_gives_the_stand_in_of_reading_it_in_turn(tmp_path, monkeypatch):
+    # the bootstrap reads batch k+1 on a second thread while it steps on batch k; if the step drew
+    # random numbers, the two would interleave and the seed would no longer fix the stand-in
+    from concurrent.futures import Future
+
+    import torch
+
+    from clair_vec.datasets.folders import scan_folder
+    from clair_vec.datasets.shapes import SHAPES, make_web_pool
+    from clair_vec.method.tensor_files import load_tensor_file
+    from clair_vec.training import bootstrap_clip as module
+
+    class InTurn:
+        """Runs a submitted read when its result is asked for: after the step before it, as a plain loop does."""
+
+        def __init__(self, *a, **kw):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn):
+            future = Future()
+            future.result = lambda timeout=None: fn()
+            return future
+
+    pool = scan_folder(make_web_pool(tmp_path / "web", per_class=6, classes=SHAPES[:4], seed=1))
+    ahead = load_tensor_file(module.bootstrap_clip(pool, tmp_path / "ahead.pt", steps=8, batch_size=16, seed=3, progress=False))
+    monkeypatch.setattr(module, "ThreadPoolExecutor", InTurn)
+    in_turn = load_tensor_file(module.bootstrap_clip(pool, tmp_path / "turn.pt", steps=8, batch_size=16, seed=3, progress=False))
+    assert all(torch.equal(ahead[k], in_turn[k]) for k in ahead)
+    other = load_tensor_file(module.bootstrap_clip(pool, tmp_path / "other.pt", steps=8, batch_size=16, seed=4, progress=False))
+    assert not all(torch.equal(ahead[k], other[k]) for k in ahead)  # the comparison can tell stand-ins apart
+
+
+def test_a_pool_with_no_readable_image_stops_the_bootstrap_with_one_clear_error(tmp_path):
+    from clair_vec.datasets.folders import scan_folder
+    from clair_vec.datasets.shapes import SHAPES, make_web_pool
+    from clair_vec.errors import DatasetError
+    from clair_vec.training.bootstrap_clip import bootstrap_clip
+
+    web = make_web_pool(tmp_path / "web", per_class=2, classes=SHAPES[:2], seed=1)
+    pool = scan_folder(web)
+    for item in pool.items:
+        Path(item.path).write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="no readable image left"):
+        bootstrap_clip(pool, tmp_path / "clip.pt", steps=3, batch_size=4, seed=0, progress=False)
+    assert not (tmp_path / "clip.pt").exists()
