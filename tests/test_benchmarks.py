@@ -137,7 +137,7 @@ def test_a_missing_folder_or_class_is_one_line_that_names_it(tmp_path, clip_file
     for f in (root / "sketch" / "zebra").iterdir():
         f.unlink()
     (root / "sketch" / "zebra").rmdir()
-    with pytest.raises(DatasetError, match=r"quickdraw: 1 of its 30 unseen classes have no folder with images under .*sketch: \['zebra'\]"):
+    with pytest.raises(DatasetError, match=r"quickdraw: 1 of its 30 unseen classes has no folder with images under .*sketch: \['zebra'\]"):
         protocol_split(PROTOCOLS["quickdraw"], root)
     args = ["--out", str(tmp_path / "o"), "--clip-model", "clair-tiny", "--clip-pretrained", str(clip_file)]
     assert main(["benchmark", "run", "quickdraw", "--data", str(root), *args]) == 2

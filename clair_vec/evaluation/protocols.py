@@ -102,7 +102,8 @@ def protocol_split(protocol: Protocol, root: str | Path, seed: int = 0) -> Split
         for d in protocol.domains:
             lacking = [c for c in listed if class_key(c) not in folders[d]]
             if lacking:
-                raise DatasetError(f"{protocol.name}: {len(lacking)} of its {len(listed)} {part} classes have no folder "
+                raise DatasetError(f"{protocol.name}: {len(lacking)} of its {len(listed)} {part} classes "
+                                   f"{'has' if len(lacking) == 1 else 'have'} no folder "
                                    f"with images under {root / d}: {_shown(lacking)}")  # fmt: skip
         named[part] = [folders[protocol.gallery][class_key(c)] for c in listed]
         for d in protocol.queries:  # a label is a folder name, so a class must be spelt alike in every domain
