@@ -69,6 +69,7 @@ def estimate(clip_model: str, batch_size: int, steps: int, epochs: int, images: 
     import torch
 
     from clair_vec.method.foundation import FoundationModel
+    from clair_vec.method.pixel_batches import usable_cores
     from clair_vec.training.bootstrap_clip import _adamw
 
     fm = FoundationModel.load(clip_model, None)
@@ -93,7 +94,7 @@ def estimate(clip_model: str, batch_size: int, steps: int, epochs: int, images: 
     # The other stages, in timed steps: a CLIP pass over every image (3 views), the training epochs
     # over cached features for the model and each validation fold, then about 20 s of indexing and
     # evaluation
-    per_step = 1.2 if torch.get_num_threads() < (os.cpu_count() or 1) else 1.75
+    per_step = 1.2 if torch.get_num_threads() < usable_cores() else 1.75
     total = step * (per_step * steps + 1.5 * images / batch_size + 0.02 * epochs * images / batch_size * (1 + folds)) + 20
     return f"about {total / 60:.0f} min ({step:.2f} s a bootstrap step now)" if total >= 90 else f"about {total:.0f} s"
 

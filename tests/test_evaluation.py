@@ -255,8 +255,6 @@ def test_the_stand_in_clip_is_the_same_for_a_seed_with_two_threads(tmp_path, mon
 def test_reading_the_next_batch_ahead_gives_the_stand_in_of_reading_it_in_turn(tmp_path, monkeypatch):
     # the bootstrap reads batch k+1 on a second thread while it steps on batch k; if the step drew
     # random numbers, the two would interleave and the seed would no longer fix the stand-in
-    from concurrent.futures import Future
-
     import torch
 
     from clair_vec.datasets.folders import scan_folder
@@ -264,30 +262,45 @@ def test_reading_the_next_batch_ahead_gives_the_stand_in_of_reading_it_in_turn(t
     from clair_vec.method.tensor_files import load_tensor_file
     from clair_vec.training import bootstrap_clip as module
 
-    class InTurn:
-        """Runs a submitted read when its result is asked for: after the step before it, as a plain loop does."""
+    states: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-        def __init__(self, *a, **kw):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
+    class Recorded(module._InTurn):
+        """Reads each batch when the step before it is done, noting torch's generator around it."""
 
         def submit(self, fn):
-            future = Future()
-            future.result = lambda timeout=None: fn()
-            return future
+            def read():
+                before = torch.get_rng_state()
+                out = fn()
+                states.append((before, torch.get_rng_state()))
+                return out
+
+            return super().submit(read)
 
     pool = scan_folder(make_web_pool(tmp_path / "web", per_class=6, classes=SHAPES[:4], seed=1))
     ahead = load_tensor_file(module.bootstrap_clip(pool, tmp_path / "ahead.pt", steps=8, batch_size=16, seed=3, progress=False))
-    monkeypatch.setattr(module, "ThreadPoolExecutor", InTurn)
+    monkeypatch.setattr(module, "ThreadPoolExecutor", Recorded)
     in_turn = load_tensor_file(module.bootstrap_clip(pool, tmp_path / "turn.pt", steps=8, batch_size=16, seed=3, progress=False))
+    assert len(states) == 8
+    # a step drew nothing: each read starts where the one before it left the generator
+    assert all(torch.equal(states[k][1], states[k + 1][0]) for k in range(7))
     assert all(torch.equal(ahead[k], in_turn[k]) for k in ahead)
     other = load_tensor_file(module.bootstrap_clip(pool, tmp_path / "other.pt", steps=8, batch_size=16, seed=4, progress=False))
     assert not all(torch.equal(ahead[k], other[k]) for k in ahead)  # the comparison can tell stand-ins apart
+
+
+def test_a_model_whose_step_draws_random_numbers_reads_its_batches_in_turn():
+    from torch import nn
+
+    from clair_vec.method.foundation import FoundationModel
+    from clair_vec.training.bootstrap_clip import draws_random_numbers
+
+    assert not draws_random_numbers(FoundationModel.load("clair-tiny", None).model)
+    assert draws_random_numbers(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)))
+    assert not draws_random_numbers(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.0)))
+    assert draws_random_numbers(nn.MultiheadAttention(4, 2, dropout=0.1))
+    from open_clip.transformer import PatchDropout
+
+    assert draws_random_numbers(PatchDropout(0.5)) and not draws_random_numbers(PatchDropout(0.0))
 
 
 def test_a_pool_with_no_readable_image_stops_the_bootstrap_with_one_clear_error(tmp_path):
@@ -303,3 +316,18 @@ def test_a_pool_with_no_readable_image_stops_the_bootstrap_with_one_clear_error(
     with pytest.raises(DatasetError, match="no readable image left"):
         bootstrap_clip(pool, tmp_path / "clip.pt", steps=3, batch_size=4, seed=0, progress=False)
     assert not (tmp_path / "clip.pt").exists()
+
+
+def test_the_bootstrap_optimiser_is_fused_where_the_device_has_the_kernel_and_steps_where_not():
+    # torch checks a fused optimiser's device only at its first step: a device without the kernel
+    # (meta here) must get the plain one up front, not fail mid-bootstrap
+    import torch
+
+    from clair_vec.training.bootstrap_clip import _adamw
+
+    for device, fused in (("cpu", True), ("meta", None)):
+        w = torch.nn.Parameter(torch.ones(3, device=device))
+        opt = _adamw([w], 1e-3)
+        assert opt.defaults["fused"] is fused
+        w.grad = torch.ones(3, device=device)
+        opt.step()

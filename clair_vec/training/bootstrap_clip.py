@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from clair_vec.progress import progress_bar
 from clair_vec.training.features import train_transform
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @contextlib.contextmanager
@@ -50,12 +52,49 @@ def deterministic_algorithms() -> Iterator[None]:
 
 def _adamw(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """AdamW's fused kernel where the device has one: the token table is most of a tiny CLIP's
-    weights, and the per-tensor loop spent 32 ms of a 280 ms step on it (7 ms fused; 1 CPU thread)."""
+    weights, and the per-tensor loop spent 32 ms of a 280 ms step on it (7 ms fused; 1 CPU thread).
+    Decided here from the parameters' device, since torch only checks it at the first step."""
     params = list(params)
     try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.1, fused=True)
-    except RuntimeError:  # a device without the fused kernel
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        fused_on = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # a torch that moved it: the two devices every release has
+        fused_on = {"cpu", "cuda"}
+    fused = bool(params) and all(p.device.type in fused_on and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.1, **({"fused": True} if fused else {}))
+
+
+def draws_random_numbers(model: torch.nn.Module) -> bool:
+    """Whether a training step of ``model`` draws from torch's generator (dropout of any kind): then
+    the next batch cannot be augmented on another thread meanwhile without the two draws
+    interleaving by timing."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        if isinstance(m, torch.nn.MultiheadAttention) and m.dropout > 0:
+            return True
+        if float(getattr(m, "prob", 0.0) or 0.0) > 0 and type(m).__name__ == "PatchDropout":
+            return True
+    return False
+
+
+class _InTurn:
+    """An executor that runs a submitted call when its result is asked for, on the asking thread."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __enter__(self) -> _InTurn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[[], _T]) -> Future[_T]:
+        future: Future[_T] = Future()
+        future.result = lambda timeout=None: fn()  # type: ignore[method-assign]
+        return future
 
 
 def bootstrap_clip(
@@ -117,12 +156,14 @@ def bootstrap_clip(
         return batch, torch.stack(pixels)
 
     # The next batch is read and augmented on a second thread while this one steps (a sixth of a
-    # step on 2 cores). One producer draws every random number, in order (the step itself draws
-    # none), so a seed still gives the same stand-in.
-    with deterministic_algorithms(), ThreadPoolExecutor(1, thread_name_prefix="clair-bootstrap-batch") as reader, \
+    # step on 2 cores). One producer draws every random number, in order, so a seed still gives the
+    # same stand-in; a model whose step draws too (dropout) reads its batches in turn instead.
+    executor = _InTurn if draws_random_numbers(model) else ThreadPoolExecutor
+    with deterministic_algorithms(), executor(1, thread_name_prefix="clair-bootstrap-batch") as reader, \
             progress_bar(total=steps, desc="bootstrap tiny CLIP", unit="step", enabled=progress) as bar:  # fmt: skip
-        ahead = reader.submit(next_batch) if steps > 0 else None
+        ahead: Future[tuple[list, torch.Tensor]] | None = reader.submit(next_batch) if steps > 0 else None
         for step in range(steps):
+            assert ahead is not None  # submitted for every step, the first before the loop
             batch, pixels = ahead.result()
             ahead = reader.submit(next_batch) if step + 1 < steps else None
             img = F.normalize(model.encode_image(pixels.to(fm.device, non_blocking=True)), dim=-1)
