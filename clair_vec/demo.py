@@ -76,7 +76,7 @@ def estimate(clip_model: str, batch_size: int, steps: int, epochs: int, images: 
     model = fm.model.train()
     size = fm.image_size
     tokens = fm.tokenize(["a photo of a circle."] * 8)
-    opt = _adamw(model.parameters(), 0.0)  # the bootstrap's own optimiser: its step is a fifth of the cost
+    opt = _adamw(model.parameters(), 0.0)  # the bootstrap's own optimiser, so a timed step costs what a real one does
     t0 = 0.0
     for i in range(4):  # the first step allocates: time the three after it
         if i == 1:

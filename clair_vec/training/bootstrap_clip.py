@@ -69,12 +69,14 @@ def draws_random_numbers(model: torch.nn.Module) -> bool:
     """Whether a training step of ``model`` draws from torch's generator (dropout of any kind): then
     the next batch cannot be augmented on another thread meanwhile without the two draws
     interleaving by timing."""
+    from open_clip.transformer import PatchDropout
+
     for m in model.modules():
         if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
             return True
         if isinstance(m, torch.nn.MultiheadAttention) and m.dropout > 0:
             return True
-        if float(getattr(m, "prob", 0.0) or 0.0) > 0 and type(m).__name__ == "PatchDropout":
+        if isinstance(m, PatchDropout) and m.prob > 0:
             return True
     return False
 
