@@ -70,13 +70,13 @@ def estimate(clip_model: str, batch_size: int, steps: int, epochs: int, images: 
 
     from clair_vec.method.foundation import FoundationModel
     from clair_vec.method.pixel_batches import usable_cores
-    from clair_vec.training.bootstrap_clip import _adamw
+    from clair_vec.training.bootstrap_clip import bootstrap_optimizer
 
     fm = FoundationModel.load(clip_model, None)
     model = fm.model.train()
     size = fm.image_size
     tokens = fm.tokenize(["a photo of a circle."] * 8)
-    opt = _adamw(model.parameters(), 0.0)  # the bootstrap's own optimiser, so a timed step costs what a real one does
+    opt = bootstrap_optimizer(model.parameters(), 0.0)  # the bootstrap's own optimiser, so a timed step costs what a real one does
     t0 = 0.0
     for i in range(4):  # the first step allocates: time the three after it
         if i == 1:

@@ -323,11 +323,11 @@ def test_the_bootstrap_optimiser_is_fused_where_the_device_has_the_kernel_and_st
     # (meta here) must get the plain one up front, not fail mid-bootstrap
     import torch
 
-    from clair_vec.training.bootstrap_clip import _adamw
+    from clair_vec.training.bootstrap_clip import bootstrap_optimizer
 
     for device, fused in (("cpu", True), ("meta", None)):
         w = torch.nn.Parameter(torch.ones(3, device=device))
-        opt = _adamw([w], 1e-3)
+        opt = bootstrap_optimizer([w], 1e-3)
         assert opt.defaults["fused"] is fused
         w.grad = torch.ones(3, device=device)
         opt.step()

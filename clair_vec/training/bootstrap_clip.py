@@ -50,7 +50,7 @@ def deterministic_algorithms() -> Iterator[None]:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
-def _adamw(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def bootstrap_optimizer(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """AdamW's fused kernel where the device has one: the token table is most of a tiny CLIP's
     weights, and the per-tensor loop spent 32 ms of a 280 ms step on it (7 ms fused; 1 CPU thread).
     Decided here from the parameters' device, since torch only checks it at the first step."""
@@ -134,7 +134,7 @@ def bootstrap_clip(
     augment = {d: train_transform(fm.image_size, d) for d in domains}
     prompts = [domain_templates(d)[0].format(clean_class_name(c)) for d in domains for c in classes]
     tokens = fm.tokenize(prompts)
-    opt = _adamw(model.parameters(), lr)
+    opt = bootstrap_optimizer(model.parameters(), lr)
 
     def next_batch() -> tuple[list, torch.Tensor]:
         nonlocal cached_bytes, pick_from
