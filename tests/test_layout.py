@@ -192,7 +192,7 @@ def test_entry_points_name_modules_that_exist():
 
 @pytest.mark.parametrize("module", ["clair_vec.evaluation.ablation", "clair_vec.evaluation.diagnostics", "clair_vec.datasets.real",
                                     "clair_vec.benchmarks.backends", "clair_vec.benchmarks.service",
-                                    "clair_vec.benchmarks.encode", "clair_vec.benchmarks.precision"])  # fmt: skip
+                                    "clair_vec.benchmarks.encode", "clair_vec.benchmarks.precision", "clair_vec.benchmarks.ann"])  # fmt: skip
 def test_documented_commands_run(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage:" in out.stdout, out.stderr[-2000:]

@@ -109,6 +109,25 @@ def test_reindex_re_embeds_with_the_new_model_and_reports_gone_and_changed_files
     assert again["indexed"] == 0 and again["already_present"] == 31
 
 
+def test_the_index_is_chosen_per_collection_and_reindex_can_change_it(model_dir, model_b, shapes_root, tmp_path):
+    gallery = gallery_copy(shapes_root, tmp_path / "gallery")
+    uri = str(tmp_path / "g.db")
+    cli_json("index", "--model", str(model_dir), "--collection", "v1", "--uri", uri, "--label-from-folder", str(gallery))
+    cli_json("reindex", "--from", "v1", "--to", "v2", "--model", str(model_b), "--uri", uri,
+             "--backend-option", "index_type=HNSW", "--backend-option", 'index_params={"M": 8, "efConstruction": 64}')  # fmt: skip
+    with get_backend("milvus", uri) as be:  # a handle with no index option searches each by its own index
+        for name, kind in (("v1", "FLAT"), ("v2", "HNSW")):
+            assert be.client.describe_index(name, "vector")["index_type"] == kind
+        assert be._search_params("v1", 100) == {"metric_type": "COSINE"}
+        assert be._search_params("v2", 100)["params"] == {"ef": 100}  # never a beam narrower than top_k
+    query = str(gallery / "heart" / "0000.png")
+    hits = cli_json("search", "--model", str(model_b), "--collection", "v2", "--uri", uri, "--domain", "photo", "--top-k", "32", query)
+    assert len(hits["hits"]) == 32 and hits["hits"][0]["path"] == query  # every record: the beam follows top_k
+    bad = run_cli("index", "--model", str(model_dir), "--collection", "v3", "--uri", uri, "--backend-option", "index_params={M: 8}", query)
+    assert bad.returncode == 2 and "--backend-option index_params=...: the value is not a JSON object" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_reindex_killed_mid_run_then_resumed_stores_each_file_once(model_dir, model_b, tmp_path):
     from clair_vec.datasets.shapes import SHAPES, make_shapes_dataset
 

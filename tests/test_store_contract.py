@@ -301,6 +301,10 @@ def test_check_options_parse_numbers_but_keep_credentials_strings():
 
     assert parse_options(["timeout=5", "ratio=0.5", "db_name=prod", "flag=true", "token=123456"]) == {
         "timeout": 5, "ratio": 0.5, "db_name": "prod", "flag": True, "token": "123456"}  # fmt: skip
+    assert parse_options(['index_params={"M": 16}', "index_threshold=none", 'token={"not": "parsed"}']) == {
+        "index_params": {"M": 16}, "index_threshold": None, "token": '{"not": "parsed"}'}  # fmt: skip
+    with pytest.raises(ValueError, match="--backend-option index_params=...: the value is not a JSON object"):
+        parse_options(["index_params={M: 16}"], flag="--backend-option")
 
 
 def test_records_written_before_a_refused_batch_stay(tmp_path, monkeypatch):

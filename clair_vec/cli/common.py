@@ -26,6 +26,21 @@ def backend_args(sp: argparse.ArgumentParser) -> None:
                     "(default: the backend's embedded default in the current directory)")  # fmt: skip
 
 
+def backend_option_arg(sp: argparse.ArgumentParser, what: str) -> None:
+    sp.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"an option of the backend (repeatable; JSON for a dict), {what}")  # fmt: skip
+
+
+def backend_options(a: argparse.Namespace) -> dict:
+    """``--backend-option`` pairs as the backend's keyword options; a bad pair is one line."""
+    from clair_vec.store.deployment_check import parse_options
+
+    try:
+        return parse_options(getattr(a, "backend_option", None) or [], flag="--backend-option")
+    except ValueError as exc:
+        raise ClairVecError(str(exc)) from None
+
+
 def device_arg(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--device", default="auto", help="where the model runs: auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
 

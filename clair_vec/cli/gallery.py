@@ -7,7 +7,17 @@ import json
 import re
 import sys
 
-from clair_vec.cli.common import MAX_TOP_K, backend_args, device_arg, filters, int_range, model_arg, require_model
+from clair_vec.cli.common import (
+    MAX_TOP_K,
+    backend_args,
+    backend_option_arg,
+    backend_options,
+    device_arg,
+    filters,
+    int_range,
+    model_arg,
+    require_model,
+)
 from clair_vec.errors import ClairVecError
 from clair_vec.retrieval.indexing import BATCH_SIZES
 from clair_vec.store.ids import ID_PATTERN
@@ -25,7 +35,7 @@ def cmd_index(a: argparse.Namespace) -> None:
     images = list(a.images) + [x for f in a.from_list or [] for x in read_list(f, column=a.column)]
     if not images:
         raise ClairVecError("nothing to index: give image files, folders, URLs, s3:// prefixes or shards, or --from-list FILE")
-    with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device) as r:
+    with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device, backend_options=backend_options(a)) as r:
         s = r.index(a.collection, images, domain=a.domain, label_from_folder=a.label_from_folder, labels=a.labels,
                     prune_missing=a.prune, batch_size=a.batch_size, precision=a.precision)  # fmt: skip
     from clair_vec.store.redaction import scrub
@@ -64,7 +74,7 @@ def cmd_search(a: argparse.Namespace) -> None:
     from clair_vec.retrieval.retriever import Retriever
 
     queries, shown = search_queries(a)
-    with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device) as r:
+    with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device, backend_options=backend_options(a)) as r:
         rows = r.run(a.collection, queries)
         note = empty_filter_note(r, a.collection, queries[0].filter) if queries[0].filter and not any(rows) else None
     for query, row in zip(shown, rows, strict=True):
@@ -86,6 +96,7 @@ def add_commands(add) -> None:
                     help="index the URLs or paths listed in FILE: .txt one a line, .csv or .parquet by --column (repeatable)")
     ix.add_argument("--column", default=None, help="the column of a .csv/.parquet --from-list file that holds them (default: url)")
     backend_args(ix)
+    backend_option_arg(ix, "e.g. index_type=HNSW for a new Milvus collection, or Qdrant Edge's index_threshold=20000")
     ix.add_argument("--label-from-folder", action="store_true", help="store each image's folder name as its label")
     ix.add_argument("--labels", default=None, metavar="FILE",
                     help="label vocabulary, one a line: tag each image zero-shot over it (default: store no tag)")
@@ -104,6 +115,7 @@ def add_commands(add) -> None:
     s.add_argument("--domain", default=None, help="domain of the query images (e.g. sketch); required with images")
     s.add_argument("images", nargs="*", help="query image files: each its own query, or parts of one with --text/--like/--unlike")
     backend_args(s)
+    backend_option_arg(s, "e.g. Milvus's search_params='{\"params\": {\"ef\": 128}}' or Qdrant Edge's hnsw_ef=128")
     s.add_argument("--text", action="append", metavar="TEXT", help="search with words too (repeatable), e.g. --text guitar")
     s.add_argument("--text-weight", type=float, default=1.0, help="weight of each --text against an image's 1")
     s.add_argument("--like", action="append", metavar="ID", help="more like this stored record (repeatable)")

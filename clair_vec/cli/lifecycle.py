@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from clair_vec.cli.common import backend_args, device_arg, int_range, require_model
+from clair_vec.cli.common import backend_args, backend_option_arg, backend_options, device_arg, int_range, require_model
 
 
 def cmd_reindex(a: argparse.Namespace) -> None:
@@ -16,7 +16,7 @@ def cmd_reindex(a: argparse.Namespace) -> None:
     from clair_vec.retrieval.reindex import reindex
     from clair_vec.retrieval.retriever import Retriever
 
-    with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device) as r:
+    with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device, backend_options=backend_options(a)) as r:
         s = reindex(r.backend, a.source, r, a.target, labels=a.labels, batch_size=a.batch_size, precision=a.precision)
     print(json.dumps(s.as_dict()))
 
@@ -66,6 +66,7 @@ def add_commands(add) -> None:
     r.add_argument("--model", default=None, help="the new model's checkpoint directory (default: $CLAIR_VEC_MODEL)")
     device_arg(r)
     backend_args(r)
+    backend_option_arg(r, "e.g. index_type=HNSW: the new collection is built with that index")
     r.add_argument("--labels", default=None, metavar="FILE", help="re-tag zero-shot over this vocabulary (default: no tags)")
     r.add_argument("--batch-size", type=int_range(1, 4096), default=None,
                    help="images per encode and write (default: 256 on a GPU, 64 on a CPU)")

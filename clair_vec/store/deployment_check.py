@@ -12,6 +12,7 @@ pytest is needed (it is the suite's runner); the store imports it only here, whe
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import textwrap
@@ -292,20 +293,28 @@ def format_report(report: CheckReport) -> str:
     return "\n".join(lines)
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
+def parse_options(pairs: list[str], flag: str = "--option") -> dict[str, Any]:
     """``["timeout=5", "db_name=prod"]`` -> ``{"timeout": 5, "db_name": "prod"}``: numbers and
-    true/false become numbers and booleans, except for credentials, which stay strings."""
+    true/false become numbers and booleans, none/null None, ``{...}`` a JSON object, except for
+    credentials, which stay strings."""
     from clair_vec.store.redaction import is_secret_name, register_secret
 
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--option takes KEY=VALUE, got {scrub(pair)!r}")
+            raise ValueError(f"{flag} takes KEY=VALUE, got {scrub(pair)!r}")
         key = key.strip()
         if is_secret_name(key):
             register_secret(value)
             out[key] = value
+            continue
+        if value.lstrip().startswith("{"):
+            try:
+                out[key] = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"{flag} {key}=...: the value is not a JSON object ({exc}), e.g. "
+                                 f"{key}='{{\"M\": 16}}'") from None  # fmt: skip
             continue
         out[key] = _scalar(value)
     return out
@@ -315,6 +324,8 @@ def _scalar(value: str) -> Any:
     lowered = value.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
     for kind in (int, float):
         try:
             return kind(value)

