@@ -151,3 +151,39 @@ def test_a_failed_milvus_re_index_leaves_the_collection_searchable_and_says_what
     with get_backend("milvus", uri) as be:  # a new process's view: loaded, exact, every record
         assert be.client.describe_index("g", "vector")["index_type"] == "FLAT"
         assert be.count("g") == 1200 and len(be.search("g", queries[:1], top_k=1200)[0]) == 1200
+
+
+def test_qdrant_edge_leaves_the_graph_for_later_when_the_disk_cannot_hold_it(tmp_path, monkeypatch, caplog):
+    from clair_vec.store import disk_space
+
+    gallery, queries = ann.clustered(3000, 64, 30, 1.0, seed=4)
+    uri = str(tmp_path / "q")
+    be = get_backend("qdrant", uri, index_threshold=1000)
+    try:
+        be.create_collection(CollectionInfo("g", 64, "m"))
+        be.upsert("g", [Record(f"{i:08x}", v, {"domain": "photo", "label": "", "path": ""}) for i, v in enumerate(gallery)])
+        monkeypatch.setattr(disk_space, "free_bytes", lambda path: 65 * 2**20)  # the margin, and not the graph
+        be.flush("g")
+        assert _indexed(be) == 0 and "not building the HNSW graph of 'g' now" in caplog.text
+        assert be.count("g") == 3000 and len(be.search("g", queries[:1], top_k=3000)[0]) == 3000
+        monkeypatch.undo()
+        be.flush("g")  # room again: the next flush builds it
+        assert _indexed(be) == 3000
+    finally:
+        be.close()
+
+
+def test_a_milvus_lite_collection_left_without_an_index_is_searched_and_then_grown(tmp_path):
+    """kill -9 between dropping the FLAT index and creating the HNSW one leaves no index at all."""
+    pytest.importorskip("milvus_lite")
+    gallery, queries = ann.clustered(1200, 16, 12, 1.0, seed=5)
+    uri = str(tmp_path / "m.db")
+    with get_backend("milvus", uri, index_threshold=5000) as be:
+        _milvus_fill(be, gallery)
+        be.client.release_collection("g")
+        be.client.drop_index("g", "vector")
+    with get_backend("milvus", uri, index_threshold=1000) as be:
+        assert len(be.search("g", queries[:1], top_k=1200)[0]) == 1200  # loads and scans
+        be.flush("g")
+        assert be.client.describe_index("g", "vector")["index_type"] == "HNSW"
+        assert be.count("g") == 1200

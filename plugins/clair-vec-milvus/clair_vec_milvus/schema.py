@@ -92,12 +92,14 @@ class MilvusCollections(Backend):
             return  # created with a chosen index, or before the automatic one existed
         if int(client.get_collection_stats(name).get("row_count", 0)) < self.index_threshold:
             return
-        if str((client.describe_index(name, "vector") or {}).get("index_type") or "") != "FLAT":
+        current = (client.describe_index(name, "vector") or {}).get("index_type")
+        if current not in (None, "FLAT"):
             return  # asked afresh: another handle may have grown it already
         failure: BaseException | None = None
         client.release_collection(name)
         try:
-            client.drop_index(name, "vector")
+            if current is not None:  # None: a run killed between the drop and the create left none
+                client.drop_index(name, "vector")
             try:
                 self._make_index(name, *AUTO_INDEX)
             except BaseException:

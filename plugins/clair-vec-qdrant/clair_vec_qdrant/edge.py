@@ -7,6 +7,7 @@ its lock and the check before opening it are :mod:`clair_vec_qdrant.edge_store`'
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -17,7 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.plugin import ALIASES_FILE, AliasFile, Backend, CollectionInfo, Hit, Record, WriteMarker, point_uuid
+from clair_vec.plugin import (
+    ALIASES_FILE,
+    AliasFile,
+    Backend,
+    CollectionInfo,
+    DiskFullError,
+    Hit,
+    Record,
+    WriteMarker,
+    point_uuid,
+)
 
 from .edge_store import INFO_FILE, StoreLock, check_last_write, collections, read_info, shard_dir
 from .points import VECTOR, hit_of, must_match, point_payload, record_of, vector_of
@@ -197,10 +208,23 @@ class QdrantEdgeBackend(Backend):
             shard.flush()
             if self.index_threshold is not None:
                 info = shard.info()
-                if info.points_count - info.indexed_vectors_count >= max(self.index_threshold, 1):
+                if info.points_count - info.indexed_vectors_count >= max(self.index_threshold, 1) and self._room_for_graph(name, info):
                     shard.optimize()  # minutes at a million vectors on 2 cores; the caller asked for it
                     shard.flush()
         self._last_flush[name] = time.monotonic()
+
+    def _room_for_graph(self, name: str, info: Any) -> bool:
+        """The optimiser may rewrite every segment, and a memory-mapped write that finds no room
+        dies of SIGBUS: with too little free space the graph waits (searches scan meanwhile) and
+        the records already written stay."""
+        stored = read_info(self._dir(name))
+        dim = stored.dim if stored is not None else 512
+        try:
+            self._check_room(info.points_count * (4 * dim + 8 * self.hnsw_m + 256))
+        except DiskFullError as exc:
+            logging.getLogger(__name__).warning("not building the HNSW graph of %r now: %s", name, exc)
+            return False
+        return True
 
     def _delete(self, name: str, ids: Sequence[str]) -> None:
         shard = self._shard(name)
