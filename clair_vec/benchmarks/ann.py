@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from clair_vec.benchmarks.backends import wait_for_index
 from clair_vec.store.backend import CollectionInfo, Record
 from clair_vec.store.plugins import get_backend
 
@@ -180,7 +181,7 @@ def run_variant(v: Variant, uri: str, gallery: np.ndarray, queries: np.ndarray, 
             be.upsert(COLLECTION, list(_records(gallery[s : s + 10_000], s)))
         insert_s = time.perf_counter() - t
         be.flush(COLLECTION)
-        _wait_for_server_index(be)
+        wait_for_index(be, timeout=3600, collection=COLLECTION)  # a Milvus server builds in the background
         if backend == "milvus":  # Qdrant Edge builds its graph inside flush()
             _settle()
         be.search(COLLECTION, queries[:1], top_k=k)
@@ -213,19 +214,6 @@ def _settle(timeout: float = 1800) -> None:
         time.sleep(5)
         if _tree_cpu_s() - before < 0.25:
             return
-
-
-def _wait_for_server_index(be: Any, timeout: float = 3600) -> None:
-    """A Milvus server builds its index in the background after a flush and answers from an
-    interim index meanwhile: wait for the build, then reload, to time the steady state."""
-    client = getattr(be, "client", None) if not getattr(be, "lite", True) else None
-    if client is None:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and client.describe_index(COLLECTION, "vector").get("pending_index_rows", 0):
-        time.sleep(1)
-    client.release_collection(COLLECTION)
-    client.load_collection(COLLECTION)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,9 +55,11 @@ class QdrantEdgeBackend(Backend):
 
     Search is exact until a shard is optimised: the engine builds its HNSW graph only when asked.
     ``index_threshold`` (vectors, default :data:`AUTO_INDEX_VECTORS`) makes ``flush()`` build it
-    once that many vectors are not yet in a graph (None: never, every search scans); ``hnsw_m`` and ``hnsw_ef_construct`` shape the
-    graph of collections this handle creates (with ``full_scan_threshold_kb``: smaller segments are
-    scanned), ``hnsw_ef`` is the search's beam width (never below ``top_k``; None: the engine's). ``python -m clair_vec.benchmarks.ann`` measures the trade.
+    once that many vectors are not yet in a graph (None: never, every search scans).
+    ``hnsw_m`` and ``hnsw_ef_construct`` shape the graph of collections this handle creates (with
+    ``full_scan_threshold_kb``: smaller segments are scanned); ``hnsw_ef`` is the search's beam
+    width (never below ``top_k``; None: the engine's). ``python -m clair_vec.benchmarks.ann``
+    measures the trade.
     """
 
     name = "qdrant"
