@@ -4,6 +4,7 @@ arithmetic (the exact answer it scores recall against, the galleries it draws)."
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -78,13 +79,38 @@ def test_the_synthetic_gallery_is_unit_vectors_in_clusters_and_queries_are_not_g
 
 def test_the_benchmark_reports_exact_recall_for_exact_search_on_qdrant_edge(tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
-    assert ann.main(["--vectors", "6000", "--dim", "512", "--clusters", "30", "--engines", "qdrant-edge", "--out", str(out)]) == 0
+    assert ann.main(["--vectors", "6000", "--dim", "512", "--clusters", "30", "--engines", "qdrant-edge", "--ef", "32,256",
+                     "--out", str(out)]) == 0  # fmt: skip
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     exact = [r for r in rows if r["index"].startswith("exact")]
     graph = [r for r in rows if r["index"].startswith("HNSW")]
-    assert len(exact) == 1 and exact[0]["recall@10"] >= 0.999
-    assert {r["search"] for r in graph} == {"ef 32", "ef 64", "ef 128"} and all(r["recall@10"] >= 0.9 for r in graph)
-    assert "| qdrant-edge | 6,000 | HNSW m16 efc100 | ef 64 |" in capsys.readouterr().out
+    default = [r for r in rows if r["index"] == "default"]
+    assert len(exact) == 1 and exact[0]["recall@10"] >= 0.999 and exact[0]["queries"] == 200
+    assert len(default) == 1 and default[0]["recall@10"] >= 0.999  # below 20,000 vectors the default scans
+    assert {r["search"] for r in graph} == {"ef 32", "ef 256"} and all(r["recall@10"] >= 0.9 for r in graph)
+    assert "| qdrant-edge | 6,000 | HNSW m16 efc100 | ef 256 |" in capsys.readouterr().out
+
+
+def test_a_slow_index_is_measured_within_the_budget_on_at_least_20_queries(tmp_path, monkeypatch):
+    """A FLAT million-vector gallery on Milvus Lite answers in seconds a query: recall and QPS
+    stop at the budget rather than run 200 + 200 + 400 queries."""
+    be = get_backend("qdrant", str(tmp_path / "q"))
+    calls = []
+    real = be.search
+
+    def slow(name, vectors, top_k):
+        calls.append(len(vectors))
+        time.sleep(0.01)
+        return real(name, vectors, top_k=top_k)
+
+    monkeypatch.setattr(ann, "get_backend", lambda *a, **k: be)
+    monkeypatch.setattr(be, "search", slow)
+    gallery, queries = ann.clustered(500, 32, 5, 1.0, seed=0)
+    rows = ann.run_variant(ann.Variant("qdrant-edge", "exact", {}), "unused", gallery, queries,
+                           ann.exact_top(gallery, queries, 10), 10, budget_s=0.05)  # fmt: skip
+    assert rows[0]["queries"] == 20 and rows[0]["recall@10"] >= 0.999
+    # warm-up, 20 for recall, then each QPS run stops at its deadline: 1 + 20 + 200 + 400 without a budget
+    assert len(calls) < 1 + 20 + 5 + 16 * 5
 
 
 def _milvus_fill(be, vectors, name="g"):
@@ -187,3 +213,71 @@ def test_a_milvus_lite_collection_left_without_an_index_is_searched_and_then_gro
         be.flush("g")
         assert be.client.describe_index("g", "vector")["index_type"] == "HNSW"
         assert be.count("g") == 1200
+
+
+
+def test_the_benchmark_measures_a_collection_s_own_vectors_holding_200_out_as_queries(tmp_path, capsys):
+    gallery, _ = ann.clustered(700, 32, 7, 1.0, seed=6)
+    source = str(tmp_path / "source")
+    with get_backend("qdrant", source) as be:
+        _fill(be, gallery)
+    out = tmp_path / "rows.jsonl"
+    assert ann.main(["--from-collection", "g", "--from-backend", "qdrant", "--from-uri", source, "--engines", "qdrant-edge",
+                     "--only", "exact,default", "--out", str(out)]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in rows] == ["default", "exact (no graph)"]
+    assert all(r["n"] == 500 and r["queries"] == 200 and r["recall@10"] >= 0.999 for r in rows)
+    with get_backend("qdrant", source) as be:  # the source is read, never changed
+        assert be.count("g") == 700
+    with pytest.raises(SystemExit, match="holds 700 vectors: more than the 700 held out"):
+        ann.from_collection("qdrant", source, "g", 700, seed=0)
+
+
+def test_a_milvus_lite_gallery_too_large_for_lite_is_told_once_where_to_go(tmp_path, monkeypatch, caplog):
+    pytest.importorskip("milvus_lite")
+    from clair_vec_milvus import writes
+
+    monkeypatch.setattr(writes, "LITE_LARGE_ROWS", 100)
+    gallery, _ = ann.clustered(150, 16, 3, 1.0, seed=7)
+    with get_backend("milvus", str(tmp_path / "m.db")) as be:
+        _milvus_fill(be, gallery[:90])
+        assert "Milvus Lite collection" not in caplog.text  # below: nothing said
+        be.upsert("g", [Record(f"{i:08x}", v, {"domain": "photo", "label": "", "path": ""}) for i, v in enumerate(gallery[90:], 90)])
+        be.flush("g")
+        be.flush("g")
+    said = [r.getMessage() for r in caplog.records if "Milvus Lite collection 'g' holds 150 vectors" in r.getMessage()]
+    assert len(said) == 1 and "use Qdrant Edge (--backend qdrant) or a Milvus server" in said[0]
+
+
+def test_a_server_flush_waits_for_the_index_and_gives_up_with_a_warning(tmp_path, monkeypatch, caplog):
+    """What a server's describe_index says, played to a Lite handle that takes itself for a server:
+    pending rows are waited for; a failed build or a build past index_timeout is a warning and the
+    flush returns (the records are there); a transient error while asking is "not yet"."""
+    pytest.importorskip("milvus_lite")
+    from pymilvus.exceptions import MilvusException
+
+    gallery, _ = ann.clustered(50, 16, 2, 1.0, seed=8)
+    with get_backend("milvus", str(tmp_path / "m.db"), index_timeout=0.2) as be:
+        _milvus_fill(be, gallery)
+        be.lite = False
+        answers = iter([MilvusException(message="rpc deadline exceeded"), {"pending_index_rows": 50}, {"pending_index_rows": 0}])
+
+        def told(name, field):
+            answer = next(answers)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        monkeypatch.setattr(be.client, "describe_index", told)
+        monkeypatch.setattr(time, "sleep", lambda s: None)
+        be.flush("g")
+        assert next(answers, "all asked") == "all asked" and "not indexed" not in caplog.text
+        monkeypatch.setattr(be.client, "describe_index", lambda name, field: {"state": "Failed", "index_state_fail_reason": "disk"})
+        be.flush("g")
+        assert "failed to index 'g'" in caplog.text and "(disk)" in caplog.text
+        monkeypatch.setattr(be.client, "describe_index", lambda name, field: {"pending_index_rows": 7})
+        be.flush("g")  # never done: gives up at index_timeout
+        assert "rows still not indexed after 0 s" in caplog.text
+    for bad in (None, "soon", -1):
+        with pytest.raises(ValueError, match="index_timeout must be a number of seconds >= 0"):
+            get_backend("milvus", str(tmp_path / "m.db"), index_timeout=bad)

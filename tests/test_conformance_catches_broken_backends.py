@@ -109,6 +109,15 @@ BROKEN = textwrap.dedent('''
             raise DuplicateTable('relation "last_loaded_collection" already exists')
 
 
+    class SwallowsOptions(NumpyBackend):
+        """Keeps the options it does not know for itself instead of passing them on: a misspelt
+        one is ignored while the user believes it set."""
+
+        def __init__(self, uri=None, **options):
+            self.extra_options = options
+            super().__init__(uri)
+
+
     class PadsHits(NumpyBackend):
         """Always returns top_k hits, topping up with records the filter excluded."""
 
@@ -350,7 +359,7 @@ BROKEN = textwrap.dedent('''
         "retries_refused_password": RetriesRefusedPassword, "leaks_password": LeaksPassword,
         "claims_shared_but_locks": ClaimsSharedButLocks, "unlocked_not_shared": UnlockedNotShared,
         "caches_aliases": CachesAliases, "drops_then_sets_alias": DropsThenSetsAlias, "wrong_vectors": WrongVectors,
-        "no_storage_path": NoStoragePath, "leaks_driver_errors": LeaksDriverErrors,
+        "no_storage_path": NoStoragePath, "leaks_driver_errors": LeaksDriverErrors, "swallows_options": SwallowsOptions,
     }
 
 
@@ -424,6 +433,7 @@ EXPECTED = {
     "wrong_vectors": ["test_vectors_by_id_come_back_as_written_and_missing_ids_are_named"],
     "no_storage_path": ["test_embedded_stores_check_free_space_before_writing"],
     "leaks_driver_errors": ["test_every_filter_key_is_applied_in_search_and_count[domain]"],
+    "swallows_options": ["test_an_option_the_backend_does_not_have_is_refused_by_name"],
 }
 #: variants that do everything right: each must pass the promises listed
 CONTROLS = {"good_password": ["test_refused_credentials_are_not_retried_and_say_so"]}

@@ -119,13 +119,18 @@ def test_the_index_is_chosen_per_collection_and_reindex_can_change_it(model_dir,
         for name, kind in (("v1", "FLAT"), ("v2", "HNSW")):
             assert be.client.describe_index(name, "vector")["index_type"] == kind
         assert be._search_params("v1", 100) == {"metric_type": "COSINE"}
-        assert be._search_params("v2", 100)["params"] == {"ef": 100}  # never a beam narrower than top_k
+        assert be._search_params("v2", 10)["params"] == {"ef": 256}
+        assert be._search_params("v2", 300)["params"] == {"ef": 300}  # never a beam narrower than top_k
     query = str(gallery / "heart" / "0000.png")
     hits = cli_json("search", "--model", str(model_b), "--collection", "v2", "--uri", uri, "--domain", "photo", "--top-k", "32", query)
-    assert len(hits["hits"]) == 32 and hits["hits"][0]["path"] == query  # every record: the beam follows top_k
+    assert len(hits["hits"]) == 32 and hits["hits"][0]["path"] == query  # every record, from a new process
     bad = run_cli("index", "--model", str(model_dir), "--collection", "v3", "--uri", uri, "--backend-option", "index_params={M: 8}", query)
     assert bad.returncode == 2 and "--backend-option index_params=...: the value is not a JSON object" in bad.stderr
     assert "Traceback" not in bad.stderr
+    misspelt = run_cli("search", "--model", str(model_b), "--collection", "v2", "--uri", uri, "--domain", "photo", "--backend-option", "ef=32", query)
+    last = misspelt.stderr.strip().splitlines()[-1]
+    assert misspelt.returncode == 2 and "Traceback" not in misspelt.stderr
+    assert last.startswith("clair-vec: error: the milvus backend (MilvusBackend at ") and "has no option 'ef'; its options: db_name," in last
 
 
 def test_reindex_killed_mid_run_then_resumed_stores_each_file_once(model_dir, model_b, tmp_path):

@@ -124,6 +124,35 @@ class TestMilvusLiteServerProcess(MilvusNamespace, BackendConformance):
         return milvus_lite_uri
 
 
+def test_a_server_collection_gets_hnsw_from_the_start_and_flush_waits_until_it_is_built(milvus_uri):
+    """A server cannot switch a loaded collection's index without releasing it under other
+    clients, so the automatic index is HNSW from creation there (index_threshold=None keeps it
+    exact). The server builds it in the background and answers from a temporary index until
+    then, so flush, which ends an indexing run, returns once nothing is left to index."""
+    import numpy as np
+
+    from clair_vec.store.backend import CollectionInfo, Record
+    from clair_vec.store.plugins import get_backend
+
+    vectors = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)  # segments above 1024 rows get indexed
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for kind, threshold in (("HNSW", 20_000), ("FLAT", None)):
+        name = f"{PREFIX}{kind.lower()}_{uuid.uuid4().hex[:8]}"
+        with get_backend("milvus", milvus_uri, index_threshold=threshold) as be:
+            try:
+                be.create_collection(CollectionInfo(name, 16, "m"))
+                be.upsert(name, [Record(f"{i:04x}", v, {"domain": "photo", "label": "", "path": ""}) for i, v in enumerate(vectors)])
+                be.flush(name)
+                described = be.client.describe_index(name, "vector")
+                assert described["index_type"] == kind and int(described.get("pending_index_rows") or 0) == 0
+                assert described["indexed_rows"] == described["total_rows"] == 3000
+                with get_backend("milvus", milvus_uri) as other:  # a new handle searches by the collection's index
+                    hits = other.search(name, vectors[:20], top_k=1)
+                    assert [row[0].id for row in hits] == [f"{i:04x}" for i in range(20)]
+            finally:
+                be.drop_collection(name)
+
+
 def test_index_then_search_in_new_processes_against_the_server(milvus_uri, model_dir, shapes_root):
     """The README flow as separate commands against a real server: index, search, re-index."""
     import uuid

@@ -3,6 +3,7 @@
     python -m clair_vec.benchmarks.ann --vectors 1000000                      # Milvus Lite and Qdrant Edge
     python -m clair_vec.benchmarks.ann --vectors 20000,100000 --engines milvus-lite,qdrant-edge
     python -m clair_vec.benchmarks.ann --vectors 100000 --engines milvus-server --milvus-uri http://127.0.0.1:19530
+    python -m clair_vec.benchmarks.ann --from-collection gallery --from-uri ./clair_vec_milvus.db   # your own vectors
 
 Each size gets one gallery of clustered unit vectors (``--clusters`` Gaussian clusters on the
 sphere, about as tight as a CLIP gallery of many categories) of the model's dimension, and queries
@@ -13,7 +14,7 @@ the backend plugins a user runs:
   stop getting faster (a Milvus server builds its index in the background, Milvus Lite
   reorganises its segments in the background after a bulk insert);
 - ``rss_mb``: the resident memory the engine added, this process and its children (Milvus Lite
-  runs its engine in a child process);
+  runs its engine in a child process), and a local server's processes given with ``--server-pid``;
 - ``recall@10`` against exact numpy search, for each search setting;
 - ``qps_1`` and ``qps_16``: single queries from 1 and from 16 client threads sharing the handle.
 
@@ -56,24 +57,26 @@ class Variant:
     searches: dict[str, dict[str, Any]] = field(default_factory=lambda: {"": {}})
 
 
-def variants(engine: str, n: int) -> list[Variant]:
+def variants(engine: str, n: int, efs: tuple[int, ...] = (32, 64, 128)) -> list[Variant]:
     nlist = max(16, min(4096, int(4 * math.sqrt(n))))
     if engine.startswith("milvus"):
         hnsw = {"index_type": "HNSW", "index_params": {"M": 16, "efConstruction": 200}}
         ivf = {"index_type": "IVF_FLAT", "index_params": {"nlist": nlist}}
         sq8 = {"index_type": "IVF_SQ8", "index_params": {"nlist": nlist}}
         return [
+            Variant(engine, "default", {}),
             Variant(engine, "FLAT", {"index_type": "FLAT"}),
-            Variant(engine, "HNSW M16 efC200", hnsw, {f"ef {ef}": {"search_params": {"params": {"ef": ef}}} for ef in (32, 64, 128)}),
+            Variant(engine, "HNSW M16 efC200", hnsw, {f"ef {ef}": {"search_params": {"params": {"ef": ef}}} for ef in efs}),
             Variant(engine, f"IVF_FLAT nlist {nlist}", ivf,
                     {f"nprobe {p}": {"search_params": {"params": {"nprobe": p}}} for p in (8, 16, 32)}),  # fmt: skip
             Variant(engine, f"IVF_SQ8 nlist {nlist}", sq8, {"nprobe 16": {"search_params": {"params": {"nprobe": 16}}}}),
         ]
     if engine == "qdrant-edge":
         return [
+            Variant(engine, "default", {}),
             Variant(engine, "exact (no graph)", {"index_threshold": None}),
             Variant(engine, "HNSW m16 efc100", {"index_threshold": 0, "hnsw_m": 16, "hnsw_ef_construct": 100},
-                    {f"ef {ef}": {"hnsw_ef": ef} for ef in (32, 64, 128)}),  # fmt: skip
+                    {f"ef {ef}": {"hnsw_ef": ef} for ef in efs}),  # fmt: skip
         ]
     raise SystemExit(f"unknown engine {engine!r}: choose from milvus-lite, milvus-server, qdrant-edge")
 
@@ -96,6 +99,24 @@ def clustered(n: int, dim: int, clusters: int, spread: float, seed: int) -> tupl
     return draw(n), draw(200)
 
 
+def from_collection(backend: str, uri: str | None, name: str, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A real gallery: every vector of an existing collection (a ``clair-vec demo`` or your own),
+    ``queries`` of them drawn at random and held out of the gallery as the queries."""
+    with get_backend(backend, uri) as be:
+        ids = [rid for rid, _ in be.records(name)]
+        if len(ids) <= queries:
+            raise SystemExit(f"collection {name!r} holds {len(ids)} vectors: more than the {queries} held out as queries are needed")
+        rows = []
+        for s in range(0, len(ids), 4096):
+            got = be.vectors(name, ids[s : s + 4096])
+            rows.append(np.stack([got[i] for i in ids[s : s + 4096]]))
+    vectors = np.concatenate(rows).astype(np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    held = np.zeros(len(vectors), bool)
+    held[np.random.default_rng(seed).choice(len(vectors), queries, replace=False)] = True
+    return vectors[~held], vectors[held]
+
+
 def exact_top(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     best = np.empty((len(queries), 0), np.int64)
     best_s = np.empty((len(queries), 0), np.float32)
@@ -108,8 +129,12 @@ def exact_top(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(best, order, axis=1)
 
 
+#: engines running outside this process tree whose memory and CPU count too (``--server-pid``)
+SERVER_PIDS: list[int] = []
+
+
 def _tree() -> list[int]:
-    """This process and its descendants (Linux /proc)."""
+    """This process, the ``--server-pid`` processes, and their descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -118,7 +143,7 @@ def _tree() -> list[int]:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [os.getpid()]
+    out, todo = [], [os.getpid(), *SERVER_PIDS]
     while todo:
         pid = todo.pop()
         out.append(pid)
@@ -127,7 +152,7 @@ def _tree() -> list[int]:
 
 
 def rss_mb() -> float:
-    """Resident memory of this process and its descendants."""
+    """Resident memory of :func:`_tree`'s processes."""
     total = 0
     for pid in _tree():
         try:
@@ -139,7 +164,7 @@ def rss_mb() -> float:
 
 
 def _tree_cpu_s() -> float:
-    """CPU seconds (user + system) used so far by this process and its descendants."""
+    """CPU seconds (user + system) used so far by :func:`_tree`'s processes."""
     total = 0
     for pid in _tree():
         try:
@@ -155,20 +180,29 @@ def _records(vectors: np.ndarray, start: int) -> Iterator[Record]:
         yield Record(f"{i:08x}", v, {"domain": "photo", "label": "", "path": ""})
 
 
-def _qps(be: Any, queries: np.ndarray, clients: int, k: int) -> float:
-    reps = max(1, 400 // len(queries)) if clients > 1 else 1
-    work = [q for _ in range(reps) for q in queries]
-    t = time.perf_counter()
-    if clients == 1:
-        for q in work:
+def _qps(be: Any, queries: np.ndarray, clients: int, k: int, budget_s: float) -> float:
+    """Queries a second from ``clients`` threads, over at most ``budget_s`` seconds: a FLAT
+    million-vector gallery on Milvus Lite answers in seconds, and 400 of its queries would
+    take most of an hour to say what the first 30 s already say."""
+    work = [q for _ in range(max(1, 400 // len(queries)) if clients > 1 else 1) for q in queries]
+    deadline = time.perf_counter() + budget_s
+    done = [0] * clients
+
+    def client(c: int) -> None:
+        for q in work[c::clients]:
             be.search(COLLECTION, q[None], top_k=k)
-    else:
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(lambda q: be.search(COLLECTION, q[None], top_k=k), work))
-    return len(work) / (time.perf_counter() - t)
+            done[c] += 1
+            if time.perf_counter() > deadline:
+                return
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return sum(done) / (time.perf_counter() - t)
 
 
-def run_variant(v: Variant, uri: str, gallery: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int) -> list[dict]:
+def run_variant(v: Variant, uri: str, gallery: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int,
+                budget_s: float = 60.0) -> list[dict]:  # fmt: skip
     backend = "milvus" if v.engine.startswith("milvus") else "qdrant"
     rss0 = rss_mb()
     be = get_backend(backend, uri, **v.options)
@@ -182,7 +216,7 @@ def run_variant(v: Variant, uri: str, gallery: np.ndarray, queries: np.ndarray, 
         insert_s = time.perf_counter() - t
         be.flush(COLLECTION)
         wait_for_index(be, timeout=3600, collection=COLLECTION)  # a Milvus server builds in the background
-        if backend == "milvus":  # Qdrant Edge builds its graph inside flush()
+        if backend == "milvus" and (v.engine == "milvus-lite" or SERVER_PIDS):  # Qdrant Edge builds inside flush()
             _settle()
         be.search(COLLECTION, queries[:1], top_k=k)
         build_s = time.perf_counter() - t
@@ -190,12 +224,17 @@ def run_variant(v: Variant, uri: str, gallery: np.ndarray, queries: np.ndarray, 
         for label, attrs in v.searches.items():
             for key, value in attrs.items():
                 setattr(be, key, value)
-            hits = [be.search(COLLECTION, q[None], top_k=k)[0] for q in queries]
-            recall = float(np.mean([len({int(h.id, 16) for h in row} & set(ex.tolist())) / k for row, ex in zip(hits, exact, strict=True)]))
+            hits, deadline = [], time.perf_counter() + budget_s
+            for q in queries:  # at least 20 queries, then only while the budget lasts (a slow FLAT)
+                hits.append(be.search(COLLECTION, q[None], top_k=k)[0])
+                if len(hits) >= 20 and time.perf_counter() > deadline:
+                    break
+            recall = float(np.mean([len({int(h.id, 16) for h in row} & set(ex.tolist())) / k for row, ex in zip(hits, exact, strict=False)]))
             rows.append({"engine": v.engine, "n": len(gallery), "index": v.index, "search": label or "-",
                          "insert_s": round(insert_s, 1), "build_s": round(build_s, 1), "rss_mb": round(rss),
-                         f"recall@{k}": round(recall, 4), "qps_1": round(_qps(be, queries, 1, k), 1),
-                         "qps_16": round(_qps(be, queries, 16, k), 1)})  # fmt: skip
+                         f"recall@{k}": round(recall, 4), "queries": len(hits),
+                         "qps_1": round(_qps(be, queries, 1, k, budget_s / 2), 1),
+                         "qps_16": round(_qps(be, queries, 16, k, budget_s / 2), 1)})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
         be.drop_collection(COLLECTION)
     finally:
@@ -227,20 +266,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="only these index families, comma-separated (e.g. FLAT,HNSW; exact for Qdrant Edge's scan)")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ef", default="64,128,256", help="HNSW search ef values, comma-separated")
+    p.add_argument("--budget", type=float, default=60.0,
+                   help="seconds for each recall measurement (at least 20 queries) and for each pair of QPS runs")  # fmt: skip
+    p.add_argument("--from-collection", default=None, metavar="NAME",
+                   help="measure on this collection's own vectors (200 held out as queries) instead of synthetic ones")
+    p.add_argument("--from-backend", default="milvus", help="the backend holding --from-collection")
+    p.add_argument("--from-uri", default=None, help="its URI (default: the backend's embedded default)")
+    p.add_argument("--server-pid", type=int, action="append", default=[],
+                   help="a local Milvus server's pid: its processes' memory is counted, and its idle CPU awaited")
     p.add_argument("--out", default=None, help="also write the rows here as JSON lines")
     a = p.parse_args(argv)
+    SERVER_PIDS[:] = a.server_pid
     rows: list[dict] = []
-    for n in (int(x) for x in a.vectors.split(",")):
-        gallery, queries = clustered(n, a.dim, a.clusters, a.spread, a.seed)
+    sizes = [0] if a.from_collection else [int(x) for x in a.vectors.split(",")]
+    for n in sizes:
+        if a.from_collection:
+            gallery, queries = from_collection(a.from_backend, a.from_uri, a.from_collection, 200, a.seed)
+            n = len(gallery)
+        else:
+            gallery, queries = clustered(n, a.dim, a.clusters, a.spread, a.seed)
         exact = exact_top(gallery, queries, a.top_k)
         for engine in a.engines.split(","):
-            for v in variants(engine, n):
+            for v in variants(engine, n, tuple(int(e) for e in a.ef.split(","))):
                 if a.only and v.index.split()[0] not in a.only.split(","):
                     continue
                 tmp = Path(tempfile.mkdtemp(prefix="clair-ann-"))
                 try:
                     uri = a.milvus_uri if engine == "milvus-server" else str(tmp / ("ann.db" if engine == "milvus-lite" else "qdrant"))
-                    rows += run_variant(v, uri, gallery, queries, exact, a.top_k)
+                    rows += run_variant(v, uri, gallery, queries, exact, a.top_k, a.budget)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
                 if a.out:

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top-k", type=int, default=10, help="k of recall@k")
     p.add_argument("--backends", default="numpy,milvus,qdrant", help="comma-separated backend names")
     p.add_argument("--uri", default=None, help="server URL (default: a temporary embedded store per backend)")
-    p.add_argument("--index-type", default=None, help="Milvus index type (default: the plugin's: FLAT, and HNSW from 20,000 rows on Milvus Lite)")
+    p.add_argument("--index-type", default=None, help="Milvus index type (default: the plugin's: on Milvus Lite FLAT, HNSW from 20,000 rows; on a server HNSW)")
     p.add_argument("--index-params", default=None, help="Milvus index params, JSON")
     p.add_argument("--search-params", default=None, help="Milvus search params, JSON (e.g. '{\"params\": {\"ef\": 256}}')")
     a = p.parse_args(argv)

@@ -245,8 +245,10 @@ def index_sources(
             bar.update(n)
             log.info("%s: %d/%d read; indexed %d, already present %d, skipped %d", collection, start + n,
                      len(sources), summary.indexed, summary.already_present, len(summary.skipped))  # fmt: skip
-    if flush and (summary.indexed or summary.replaced):
-        be.flush(collection)
+        if flush and (summary.indexed or summary.replaced):
+            # the engine may build its index now (minutes at a million vectors): the bar says so
+            bar.set_postfix_str("flush: the database may build its index", refresh=True)
+            be.flush(collection)
     return summary
 
 

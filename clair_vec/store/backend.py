@@ -225,6 +225,26 @@ def matches(payload: Mapping[str, Any], flt: Mapping[str, list[Any]]) -> bool:
     return all(payload.get(k) in vs for k, vs in flt.items())
 
 
+def declared_options(cls: type) -> list[str]:
+    """The keyword options a backend class's ``__init__`` methods declare, base class included."""
+    import inspect
+
+    names = {"disk_margin_mb"}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        init = getattr(init, "__wrapped__", init)
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):  # a C-implemented __init__ has no signature to read
+            continue
+        for p in params:
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self", "uri"):
+                names.add(p.name)
+    return sorted(names)
+
+
 class Backend(ABC):
     """Base class of vector-database backends.
 
@@ -268,12 +288,18 @@ class Backend(ABC):
             raise ValueError(f"disk_margin_mb must be >= 0, got {margin}")
         #: free space kept on an embedded store's disk beyond what a write needs (option ``disk_margin_mb``)
         self.disk_margin_bytes = int(margin * 2**20)
-        self.options = options
         for secret in uri_secrets(uri):
             register_secret(secret)
         for key, value in options.items():
             if is_secret_name(key):
                 register_secret(value)
+        if options:
+            # whatever reaches here no __init__ took: a misspelt option (hnsw_eff=128) must not be
+            # ignored while the user believes it set
+            raise ValueError(
+                f"the {type(self).name or type(self).__name__} backend ({type(self).__name__} at {self.display_uri}) has no option "
+                f"{', '.join(repr(k) for k in sorted(options))}; its options: {', '.join(declared_options(type(self)))}"
+            )
         install_log_filter("clair_vec", type(self).__module__.split(".")[0])
         self._infos: dict[str, CollectionInfo] = {}
         self._loaded: set[str] = set()

@@ -32,7 +32,8 @@ def clair_vec_register_backends(register: Callable[..., None]) -> None:
     ``factory(uri=None, **options)`` must return a :class:`clair_vec.store.backend.Backend`. ``uri=None``
     asks for the backend's embedded default (an engine that is only a server reads its address
     from the environment, or refuses with a message naming the variable). Options carry
-    connection settings; credentials come from options or the environment (see
+    connection settings; declare them as keyword parameters and pass the rest on to
+    ``Backend.__init__``, which refuses any option no ``__init__`` took, by name; credentials come from options or the environment (see
     ``plugins/WRITING_A_BACKEND.md``, *Server engines*). Names must be unique across plugins; a
     clash raises an error naming both plugins.
 

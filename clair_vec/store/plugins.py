@@ -152,8 +152,9 @@ def backends() -> dict[str, tuple[Callable[..., Backend], str]]:
     return found
 
 
-def get_backend(name: str | None = None, uri: str | None = None, **options: Any) -> Backend:
-    """Instantiate a backend by name (default ``milvus``, or ``CLAIR_VEC_BACKEND``)."""
+def get_backend(name: str | None = None, uri: str | None = None, /, **options: Any) -> Backend:
+    """Instantiate a backend by name (default ``milvus``, or ``CLAIR_VEC_BACKEND``). An option
+    named ``uri`` or ``name`` is the backend's to refuse, not a second value of these."""
     name = name or os.environ.get("CLAIR_VEC_BACKEND", DEFAULT_BACKEND)
     registered = backends()
     if name not in registered:
@@ -177,6 +178,8 @@ def get_backend(name: str | None = None, uri: str | None = None, **options: Any)
             f"unknown backend {name!r}; installed backends: {installed}{failed}. Install a plugin that provides it "
             f"(pip install clair-vec-{name}), or, where entry points are unavailable, set {PLUGINS_ENV} to its module."
         )
+    if "uri" in options:  # the factory takes uri by keyword: say so by name rather than as a TypeError
+        raise ValueError(f"the {name} backend has no option 'uri': give the address as the URI itself (--uri)")
     return registered[name][0](uri=uri, **options)
 
 

@@ -71,6 +71,18 @@ class ErrorPromises(Promises):
         finally:
             be.close()
 
+    def test_an_option_the_backend_does_not_have_is_refused_by_name(self, backend_uri, backend_options):
+        """A misspelt option (``hnsw_eff=128``) ignored would leave the user believing it set:
+        declare options as keyword parameters, and pass the rest to ``Backend.__init__``, which
+        refuses them."""
+        try:
+            be = open_backend(self.backend_name, backend_uri, {**backend_options, "clair_vec_no_such_option": 1})
+        except ValueError as exc:
+            assert "clair_vec_no_such_option" in str(exc), f"the refusal does not name the option: {exc}"
+            return
+        be.close()
+        pytest.fail("an option no backend declares was accepted silently: pass unknown options to Backend.__init__")
+
     def test_a_refused_connection_is_backend_unavailable_at_once(self, unreachable_uri, backend_options, caplog):
         if unreachable_uri is None:
             pytest.skip("no unreachable_uri: an embedded store, or a server URI that is not http(s)/grpc (override "

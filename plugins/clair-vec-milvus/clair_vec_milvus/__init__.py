@@ -10,17 +10,20 @@ write that finished before it (an indexing run in another process) visible; late
 Session-consistent (this handle's own writes are always visible) and skip the Strong wait for
 the server's next time tick, about 200 ms a query on a 2.3 standalone server.
 
-Index: a new collection is exact (FLAT), on Lite and servers alike: searches agree with
-brute-force cosine ranking. On Milvus Lite, the flush that finds ``index_threshold`` rows
-(default 20,000) re-indexes it as HNSW (M 16, efConstruction 200) once: Lite's FLAT answered
-2.8 queries a second at 100k x 512-d, its HNSW 16 at recall@10 1.000. A server keeps the index
-it was created with (re-indexing would release the collection under other clients): pass
-``index_type="HNSW"`` and ``index_params`` when creating a large gallery there (``clair-vec index
---backend-option index_type=HNSW``). Searches use the parameters of each collection's own index,
-whichever handle created it (HNSW: ``ef`` 64, never below ``top_k``; IVF: ``nprobe`` 16), unless
-``search_params`` is given. Milvus Lite's IVF indexes returned fewer hits than asked on small
-collections (4 of 32 at nlist 4, nprobe 4), so none is chosen automatically. Measure with
-``python -m clair_vec.benchmarks.ann``.
+Index, with no ``index_type`` given: on Milvus Lite a new collection is exact (FLAT) until the
+flush that finds ``index_threshold`` rows (default 20,000) re-indexes it as HNSW (M 16,
+efConstruction 200), once: Lite's FLAT answered 2.8 queries a second at 100k x 512-d, its HNSW
+16 (ef 64) at recall@10 1.000. Lite's searches still cost time in proportion to the gallery
+whatever the index (0.9 queries a second at 1M): a flush past 200,000 rows warns once. On a server a new collection is HNSW from the start, since a server
+cannot change a loaded collection's index without releasing it under other clients
+(``index_threshold=None`` keeps it FLAT), and a flush waits until the server has indexed what it
+holds (up to ``index_timeout``, an hour): until then it answers from a temporary index of lower
+recall. A ``milvus-lite server`` URI is a server here. ``index_type`` and ``index_params`` choose another
+(``clair-vec index --backend-option index_type=IVF_FLAT``). Searches use the parameters of each
+collection's own index, whichever handle created it (HNSW: ``ef`` 256, never below ``top_k``;
+IVF: ``nprobe`` 16), unless ``search_params`` is given. Milvus Lite's IVF indexes returned fewer
+hits than asked on small collections (4 of 32 at nlist 4, nprobe 4), so none is chosen
+automatically. Measure with ``python -m clair_vec.benchmarks.ann``.
 
 Credentials (servers only), the first found wins: option ``token`` (``user:password``), or
 ``user`` and ``password``; else the URI's user info (``http://user:password@host:19530``); else

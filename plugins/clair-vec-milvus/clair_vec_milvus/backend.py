@@ -37,6 +37,7 @@ class MilvusBackend(MilvusErrors, MilvusCollections, MilvusWrites, MilvusSearch,
         index_threshold: int | None = AUTO_INDEX_ROWS,
         search_params: dict[str, Any] | None = None,
         load_timeout: float = 120.0,
+        index_timeout: float = 3600.0,
         **options: Any,
     ) -> None:
         uri = uri or os.environ.get("CLAIR_VEC_MILVUS_URI") or DEFAULT_URI
@@ -47,16 +48,23 @@ class MilvusBackend(MilvusErrors, MilvusCollections, MilvusWrites, MilvusSearch,
         if index_threshold is not None and (not isinstance(index_threshold, int) or isinstance(index_threshold, bool)
                                             or index_threshold < 0):  # fmt: skip
             raise ValueError(f"index_threshold must be a non-negative integer or None, got {index_threshold!r}")
+        for key, value in (("load_timeout", load_timeout), ("index_timeout", index_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{key} must be a number of seconds >= 0, got {value!r}")
         for key, value in (("index_params", index_params), ("search_params", search_params)):
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"{key} must be a JSON object (a dict), e.g. {key}='{{\"M\": 16}}', got {value!r}")
-        #: None: FLAT, and on Milvus Lite HNSW once a flush finds index_threshold rows (see _flush)
+        #: None: on Milvus Lite FLAT, then HNSW once a flush finds index_threshold rows; on a server
+        #: HNSW from the start (see MilvusCollections._first_index)
         self.index_type = index_type
         self.index_params = dict(index_params or {})
         self.index_threshold = index_threshold
         self.search_params = dict(search_params or {})
         self._index_types: dict[str, str] = {}
+        self._warned_large: set[str] = set()
         self.load_timeout = load_timeout
+        #: how long flush() waits for a server to index what it holds (see MilvusWrites._wait_for_index)
+        self.index_timeout = index_timeout
         self.db_name = db_name
         self._timeout = timeout
         self._credential = self._find_credential(token, user, password)

@@ -11,8 +11,8 @@ from clair_vec.plugin import Backend, BackendUnavailableError, CollectionInfo, C
 #: payload keys stored as scalar fields (every other key goes to the dynamic field)
 _FIELDS = ("domain", "label", "path")
 #: with no index_type given, a Milvus Lite collection is exact (FLAT) until a flush finds this
-#: many rows, then HNSW: FLAT in Lite answered 2.8 queries a second at 100k x 512-d, HNSW 16 at
-#: recall@10 1.000 (python -m clair_vec.benchmarks.ann --vectors 20000,100000)
+#: many rows, then HNSW: FLAT in Lite answered 2.8 queries a second at 100k x 512-d, HNSW 16 (at
+#: ef 64) at recall@10 1.000 (python -m clair_vec.benchmarks.ann --vectors 20000,100000)
 AUTO_INDEX_ROWS = 20_000
 AUTO_INDEX = ("HNSW", {"M": 16, "efConstruction": 200})
 #: the collection property that marks a collection as created with the automatic index
@@ -36,15 +36,27 @@ class MilvusCollections(Backend):
         schema.add_field("domain", DataType.VARCHAR, max_length=128)
         schema.add_field("label", DataType.VARCHAR, max_length=512)
         schema.add_field("path", DataType.VARCHAR, max_length=4096)
+        kind, params = self._first_index()
         index = client.prepare_index_params()
-        index.add_index(field_name="vector", index_type=self.index_type or "FLAT", metric_type="COSINE", params=self.index_params)
+        index.add_index(field_name="vector", index_type=kind, metric_type="COSINE", params=params)
         # the spec travels in the collection's properties, set in the same call that creates it,
         # so no collection exists without one
         client.create_collection(
             info.name, schema=schema, index_params=index, consistency_level="Strong",
             properties={"clair_vec": info.to_json(), **({AUTO_PROPERTY: "auto"} if self.index_type is None else {})},
         )  # fmt: skip
-        self._index_types[info.name] = self.index_type or "FLAT"
+        self._index_types[info.name] = kind
+
+    def _first_index(self) -> tuple[str, dict]:
+        """The index a new collection is created with. Chosen: that one. Automatic: on Milvus
+        Lite FLAT, grown to HNSW by the flush that reaches ``index_threshold`` rows; on a server
+        HNSW from the start, since a server cannot change it later without releasing the
+        collection under other clients, and it searches segments too small to index exactly."""
+        if self.index_type is not None:
+            return self.index_type, self.index_params
+        if self.lite or self.index_threshold is None:
+            return "FLAT", {}
+        return AUTO_INDEX[0], dict(AUTO_INDEX[1])
 
     def _read_info(self, name: str) -> CollectionInfo | None:
         if not self._exists() or not self.client.has_collection(name):

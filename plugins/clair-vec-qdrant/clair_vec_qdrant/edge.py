@@ -35,9 +35,14 @@ from .points import VECTOR, hit_of, must_match, point_payload, record_of, vector
 from .uri import edge_path
 
 #: flush() builds the HNSW graph once this many vectors are not in one (exact search below):
-#: at 20k x 512-d exact search answered 338 queries a second and the graph 823 at recall@10
-#: 1.000, built in 12 s on 2 cores (python -m clair_vec.benchmarks.ann --vectors 20000,100000)
+#: at 20k x 512-d exact search answered 338 queries a second and the graph 823 (at ef 64) at
+#: recall@10 1.000, built in 12 s on 2 cores (python -m clair_vec.benchmarks.ann --vectors 20000,100000)
 AUTO_INDEX_VECTORS = 20_000
+#: the search's beam: at 1M clustered 512-d vectors (m 16, ef_construct 100) ef 64 gave recall@10
+#: 0.847, 128 0.950, 256 0.984 at 873 queries a second against the exact scan's 4.6 (300k: 0.9935
+#: already at 64). A query's CLIP encode costs far more than any of these beams, so recall wins
+#: (python -m clair_vec.benchmarks.ann --vectors 300000,1000000 --engines qdrant-edge --ef 64,128,192,256)
+HNSW_EF = 256
 
 #: the least free space kept beyond a write: the log files Qdrant Edge seals at close must fit
 #: (4 MiB held on an 8 MiB disk in tests/test_store_full_disk.py; with 0 a write died of SIGBUS)
@@ -58,7 +63,7 @@ class QdrantEdgeBackend(Backend):
     once that many vectors are not yet in a graph (None: never, every search scans).
     ``hnsw_m`` and ``hnsw_ef_construct`` shape the graph of collections this handle creates (with
     ``full_scan_threshold_kb``: smaller segments are scanned); ``hnsw_ef`` is the search's beam
-    width (never below ``top_k``; None: the engine's). ``python -m clair_vec.benchmarks.ann``
+    width (default :data:`HNSW_EF`, never below ``top_k``; None: the engine's). ``python -m clair_vec.benchmarks.ann``
     measures the trade.
     """
 
@@ -72,7 +77,7 @@ class QdrantEdgeBackend(Backend):
         index_threshold: int | None = AUTO_INDEX_VECTORS,
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 100,
-        hnsw_ef: int | None = 64,
+        hnsw_ef: int | None = HNSW_EF,
         full_scan_threshold_kb: int = 10_000,
         **options: Any,
     ) -> None:
