@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from clair_vec.benchmarks.backends import wait_for_index
+from clair_vec.benchmarks.backends import reload_built_index
 from clair_vec.store.backend import CollectionInfo, Record
 from clair_vec.store.plugins import get_backend
 
@@ -215,7 +215,7 @@ def run_variant(v: Variant, uri: str, gallery: np.ndarray, queries: np.ndarray, 
             be.upsert(COLLECTION, list(_records(gallery[s : s + 10_000], s)))
         insert_s = time.perf_counter() - t
         be.flush(COLLECTION)
-        wait_for_index(be, timeout=3600, collection=COLLECTION)  # a Milvus server builds in the background
+        reload_built_index(be, COLLECTION)  # the flush waited for a Milvus server's background build
         if backend == "milvus" and (v.engine == "milvus-lite" or SERVER_PIDS):  # Qdrant Edge builds inside flush()
             _settle()
         be.search(COLLECTION, queries[:1], top_k=k)
