@@ -61,10 +61,18 @@ def wait_for_milvus(
     from pymilvus import MilvusClient
 
     deadline = time.monotonic() + timeout
-    started = time.monotonic()
+    # The launcher unpacks the binary before it starts it: on a slow disk that takes longer than any
+    # fixed grace period, and a launcher with no child then is not a dead server (CI failed on
+    # exactly that). It opens logs/milvus-stdout.log right before it spawns the binary, so the
+    # binary counts as started from then, and as dead when, 5 s later, the launcher has no child.
+    spawn_log = log.parent / "logs" / "milvus-stdout.log" if log is not None else None
+    spawned: float | None = None
     last: Exception | None = None
     while time.monotonic() < deadline:
-        dead = proc is not None and (proc.poll() is not None or (launcher and time.monotonic() - started > 5
+        if launcher and spawned is None and (spawn_log is None or spawn_log.exists()):
+            spawned = time.monotonic()
+        dead = proc is not None and (proc.poll() is not None or (launcher and spawned is not None
+                                                                  and time.monotonic() - spawned > 5
                                                                   and not _live_children(proc.pid)))  # fmt: skip
         if dead:
             logs = [log] if log else []
