@@ -215,7 +215,7 @@ def test_a_model_upgrade_under_traffic_loses_no_request(uri, interrupted, model_
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     serve = subprocess.Popen([sys.executable, "-m", "clair_vec.cli", "serve", "--model", str(model_dir), "--collection", live,
-                              *common, "--port", str(port), "--follow-interval", "0.5"],
+                              *common, "--port", str(port), "--follow-interval", "0.5", "--threads", "1"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     stop, log = threading.Event(), []
     clients: list[threading.Thread] = []
@@ -232,6 +232,7 @@ def test_a_model_upgrade_under_traffic_loses_no_request(uri, interrupted, model_
             time.sleep(0.5)
         info = httpx.get(f"{url}/info").json()
         assert (info["alias"], info["collection"], info["model"]) == (live, v1, a_id)
+        assert info["cpu_threads"] == 1  # --threads reaches the process that serves
         clients += [threading.Thread(target=_traffic, args=(url, (shapes_root / "sketch" / c / "0000.png").read_bytes(), stop, log))
                     for c in UNSEEN[:2]]  # fmt: skip
         for t in clients:

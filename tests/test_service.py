@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pytest
+import torch
 from conftest import UNSEEN, run_cli
 from PIL import Image
 
@@ -67,6 +68,7 @@ def test_health_ready_info_and_collections(client, retriever):
     info = client.get("/info").json()
     assert info["domains"] == ["clipart", "photo", "sketch"] and info["gallery_domain"] == "photo"
     assert info["query_domains"] == ["clipart", "sketch"]
+    assert info["cpu_threads"] == torch.get_num_threads()
     assert client.get("/collections").json() == {"collections": ["gallery"], "serving": "gallery", "backend": "milvus"}
 
 
@@ -214,6 +216,24 @@ def test_serve_refuses_to_start_without_the_collection(model_dir, gallery, tmp_p
     assert out.returncode == 2 and "--replicas needs --ray" in out.stderr
     out = run_cli("serve", "--model", str(model_dir), "--collection", "gallery", "--uri", store, "--ray", "--replicas", "2")
     assert out.returncode == 2 and "need a database server" in out.stderr
+
+
+def test_threads_set_the_torch_threads_of_the_serving_process_and_a_bad_count_is_refused_first(model_dir, store):
+    from clair_vec.service.app import open_retriever
+
+    before = torch.get_num_threads()
+    try:
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(ValueError, match="threads must be a whole number of at least 1"):
+                open_retriever(model_dir, "gallery", backend=None, uri=store, threads=bad)
+        assert torch.get_num_threads() == before
+        with open_retriever(model_dir, "gallery", backend=None, uri=store, threads=1) as r:
+            assert torch.get_num_threads() == 1
+            assert TestClient(create_app(r, "gallery")).get("/info").json()["cpu_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    out = run_cli("serve", "--model", str(model_dir), "--collection", "gallery", "--uri", store, "--threads", "0")
+    assert out.returncode == 2 and "--threads" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_limits_hold_for_streamed_bodies_and_allow_base64_up_to_the_limit(client):

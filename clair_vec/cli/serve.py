@@ -27,7 +27,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
                                idle_timeout_s=a.idle_timeout, api_key=key, cors_origins=tuple(a.cors_origin or ()),
                                docs=a.docs, replica_header=a.replica_header, follow_interval_s=a.follow_interval,
                                allowed_hosts=default_allowed_hosts(a.host, tuple(a.allowed_host or ())),
-                               device=a.device)  # fmt: skip
+                               device=a.device, threads=a.threads)  # fmt: skip
     if a.ray:
         from clair_vec.ray_runtime import leave_through_exit_process
         from clair_vec.service.ray_serve import run
@@ -76,6 +76,10 @@ def add_commands(add) -> None:
                      help="concurrent searches served by one CLIP pass and one engine call")  # fmt: skip
     lim.add_argument("--batch-wait-ms", type=number_range(-1e-9, 1000), default=2.0,
                      help="longest wait for more searches to batch with, only while others are arriving")  # fmt: skip
+    lim.add_argument("--threads", type=int_range(1, 1024), default=None,
+                     help="torch threads for the CLIP forward on a CPU (default: one per core). With a small model the "
+                     "HTTP and engine threads are the bottleneck and 1 serves more queries a second; a ViT-B-32 "
+                     "wants every core (see the README's performance section)")  # fmt: skip
     lim.add_argument("--max-connections", type=int_range(1, 1_000_000), default=512,
                      help="open connections; past it, new requests get 503")  # fmt: skip
     lim.add_argument("--header-timeout", type=number_range(0, 3600), default=10.0,

@@ -44,6 +44,20 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     return torch.device(text)
 
 
+def set_cpu_threads(threads: int | None) -> None:
+    """Run this process's CPU forwards on ``threads`` torch threads (None: leave torch's choice)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a whole number of at least 1, got {threads!r}")
+    torch.set_num_threads(threads)
+
+
+def cpu_threads() -> int:
+    """The torch threads this process's CPU forwards run on."""
+    return torch.get_num_threads()
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     """Where ``module``'s parameters live (the CPU for a module without any)."""
     return next((p.device for p in module.parameters()), torch.device("cpu"))

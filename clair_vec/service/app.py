@@ -63,9 +63,12 @@ def create_app(retriever: Retriever, collection: str, settings: ServiceSettings 
 
 
 def open_retriever(model: str | Path | None, collection: str, *, backend: str | None, uri: str | None,
-                   device: str | None = None) -> Retriever:  # fmt: skip
+                   device: str | None = None, threads: int | None = None) -> Retriever:  # fmt: skip
     """Open model and backend and check the collection (or the collection an alias names), so a bad
-    start fails before serving."""
+    start fails before serving. ``threads``: torch threads of this process (None: torch's default)."""
+    from clair_vec.method.devices import set_cpu_threads
+
+    set_cpu_threads(threads)
     r = Retriever(model, backend=backend, uri=uri, device=device)
     try:
         r.collection(r.backend.resolve(collection))

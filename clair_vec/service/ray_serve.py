@@ -61,7 +61,8 @@ def deployment(replicas: int = 1) -> Any:
 
             # the key is read here, on the replica's node: it never travels through the cluster's state
             self.collection, self.settings = collection, dataclasses.replace(settings, api_key=read_api_key(api_key_file))
-            self.retriever = open_retriever(model, collection, backend=backend, uri=uri, device=settings.device)
+            self.retriever = open_retriever(model, collection, backend=backend, uri=uri, device=settings.device,
+                                            threads=settings.threads)  # fmt: skip
 
         def __serve_build_asgi_app__(self) -> Any:
             from clair_vec.service.app import create_app

@@ -49,7 +49,7 @@ def serve(
     from clair_vec.store.redaction import install_log_filter
 
     install_log_filter("clair_vec", "uvicorn")
-    retriever = open_retriever(model, collection, backend=backend, uri=uri, device=settings.device)
+    retriever = open_retriever(model, collection, backend=backend, uri=uri, device=settings.device, threads=settings.threads)
     scheme = "https" if ssl_certfile else "http"
     try:
         print(f"clair-vec serve: {collection!r} on {retriever.backend.name} at {scheme}://{host}:{port}/", flush=True)

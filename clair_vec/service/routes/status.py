@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from clair_vec.method.devices import cpu_threads
 from clair_vec.service.context import ServiceContext
 from clair_vec.service.observe import database_problem
 from clair_vec.service.schema import answers
@@ -27,7 +28,7 @@ def router(ctx: ServiceContext) -> APIRouter:
                 "model": model.model_id, "domains": model.domains, "gallery_domain": model.pivot,
                 "query_domains": [d for d in model.domains if d != model.pivot], "max_top_k": ctx.settings.max_top_k,
                 "max_upload_bytes": ctx.settings.max_upload_bytes, "max_labels": ctx.settings.max_labels,
-                "backend": ctx.backend.name}  # fmt: skip
+                "backend": ctx.backend.name, "cpu_threads": cpu_threads()}  # fmt: skip
 
     @r.get("/labels", summary="labels and zero-shot tags stored in the collection (for the filter on the page)",
            responses=answers(503))  # fmt: skip
