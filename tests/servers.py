@@ -88,7 +88,8 @@ def wait_for_milvus(
         except Exception as exc:  # not up yet
             last = exc
             time.sleep(1)
-    raise TimeoutError(f"Milvus at {uri} did not answer within {timeout:.0f} s: {last}")
+    why = " (the launcher never started the binary: no logs/milvus-stdout.log)" if launcher and spawned is None else ""
+    raise TimeoutError(f"Milvus at {uri} did not answer within {timeout:.0f} s{why}: {last}")
 
 
 class MilvusServer:

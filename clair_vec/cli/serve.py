@@ -77,9 +77,9 @@ def add_commands(add) -> None:
     lim.add_argument("--batch-wait-ms", type=number_range(-1e-9, 1000), default=2.0,
                      help="longest wait for more searches to batch with, only while others are arriving")  # fmt: skip
     lim.add_argument("--threads", type=int_range(1, 1024), default=None,
-                     help="torch threads for the CLIP forward on a CPU (default: one per core). With a small model the "
-                     "HTTP and engine threads are the bottleneck and 1 serves more queries a second; a ViT-B-32 "
-                     "wants every core (see the README's performance section)")  # fmt: skip
+                     help="torch threads for the CLIP forward on a CPU (default: one per core; one per replica with "
+                     "--ray). With a small model the HTTP and engine threads are the bottleneck and 1 serves more "
+                     "queries a second; a ViT-B-32 wants every core (docs/service.md, 'Batching and limits')")  # fmt: skip
     lim.add_argument("--max-connections", type=int_range(1, 1_000_000), default=512,
                      help="open connections; past it, new requests get 503")  # fmt: skip
     lim.add_argument("--header-timeout", type=number_range(0, 3600), default=10.0,

@@ -51,8 +51,8 @@ class ServiceSettings:
     replica_header: bool = False  # x-served-by: host:pid, for debugging a load balancer
     #: where the model runs (clair_vec.method.devices): auto (CUDA when there is a GPU), cpu, cuda, cuda:N
     device: str | None = None
-    #: torch threads for the CLIP forward on a CPU (None: torch's default, one per core). The HTTP
-    #: and engine threads need CPU too: see ``clair-vec serve --threads``
+    #: torch threads for the CLIP forward on a CPU (None: torch's default, one per core; Ray gives a
+    #: replica one). The HTTP and engine threads need CPU too: see ``clair-vec serve --threads``
     threads: int | None = None
 
 
