@@ -229,7 +229,7 @@ def declared_options(cls: type) -> list[str]:
     """The keyword options a backend class's ``__init__`` methods declare, base class included."""
     import inspect
 
-    names = {"disk_margin_mb"}
+    names = set()
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         init = getattr(init, "__wrapped__", init)
@@ -281,9 +281,9 @@ class Backend(ABC):
             if method is not None and not getattr(method, "_untracks", False):
                 setattr(cls, name, wrap(method))
 
-    def __init__(self, uri: str | None = None, **options: Any) -> None:
+    def __init__(self, uri: str | None = None, *, disk_margin_mb: float = DEFAULT_MARGIN_MB, **options: Any) -> None:
         self.uri = uri
-        margin = float(options.pop("disk_margin_mb", DEFAULT_MARGIN_MB))
+        margin = float(disk_margin_mb)
         if margin < 0:
             raise ValueError(f"disk_margin_mb must be >= 0, got {margin}")
         #: free space kept on an embedded store's disk beyond what a write needs (option ``disk_margin_mb``)
