@@ -20,6 +20,7 @@ import statistics
 from typing import Any
 
 from clair_vec.evaluation.ablation import Run, Variant, closed_form, data_run, demo_run, score
+from clair_vec.method.centering import decide_centring
 from clair_vec.method.config import ClairConfig
 from clair_vec.training.trainer import ClairTrainer
 
@@ -30,7 +31,8 @@ def gains(run: Run, pivot: str, changes: dict[str, Any], training_seed: int, k: 
     base = ClairConfig(clip_model=run.foundation.arch, clip_pretrained=run.clip_pretrained, pivot_domain=pivot,
                        batch_size=64, seed=run.seed)  # fmt: skip
     raw = score(closed_form(run, base, Variant(trained=False, center=False)), run.test, pivot, queries, k)
-    cfg = base.replace(**changes).replace(seed=run.seed * 100 + training_seed)
+    cfg, _ = decide_centring(base.replace(**changes).replace(seed=run.seed * 100 + training_seed),
+                             {d: f.clean for d, f in run.train.items()})  # as training decides it
     trainer = ClairTrainer(cfg, run.foundation, run.seen_classes, run.train, progress=False)
     trainer.fit()
     model = trainer.build_model()

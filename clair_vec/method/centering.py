@@ -8,16 +8,29 @@ is left to compare is mostly what the image shows. It is the mean-only form of d
 batch normalisation. Training centres each domain's slice of a batch the same way, so the head
 learns in the space it is searched in.
 
+Centring assumes the domains differ in style. Where they are photo collections that differ in
+which classes they hold (VLCS: Caltech, LabelMe, SUN), a domain's mean is partly its classes, and
+subtracting it takes content away. The two cases differ in how much of the features' variance
+lies between the domain means (:func:`domain_share`, which needs no label), so the method centres
+only above ``ClairConfig.domain_center_min_share`` (:func:`decide_centring`).
+
 The centres are part of the model (``clair.pt`` ``centers``) and of its id: a gallery embedded
 with them is searched only by queries embedded with them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from clair_vec.method.config import ClairConfig
+
+log = logging.getLogger(__name__)
 
 
 def center_batch(z: torch.Tensor) -> torch.Tensor:
@@ -60,3 +73,42 @@ class DomainCenters:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.centers)
+
+
+@torch.no_grad()
+def domain_share(features: Mapping[str, torch.Tensor]) -> float:
+    """The share of the variance of the L2-normalised ``features`` (domain -> rows) that lies
+    between the domain means: 0 where the domains overlap, 1 where each domain is one point.
+
+    For unit vectors the total variance is ``1 - |mean|^2``, so only the domain means are needed;
+    they are summed in chunks, in float64, so a large domain never normalises at once."""
+    sums, counts = {}, {}
+    for d, feats in features.items():
+        total = torch.zeros(feats.shape[-1], dtype=torch.float64)
+        for start in range(0, len(feats), 4096):
+            total += F.normalize(feats[start : start + 4096].double().cpu(), dim=-1).sum(0)
+        if len(feats):
+            sums[d], counts[d] = total, len(feats)
+    n = sum(counts.values())
+    if len(sums) < 2:
+        return 0.0
+    mean = sum(sums.values()) / n
+    spread = 1.0 - float(mean @ mean)
+    between = sum(counts[d] * float(((sums[d] / counts[d] - mean) ** 2).sum()) for d in sums) / n
+    return between / spread if spread > 1e-12 else 0.0
+
+
+def decide_centring(config: ClairConfig, features: Mapping[str, torch.Tensor]) -> tuple[ClairConfig, dict[str, Any]]:
+    """The config training runs with, and what was decided: per-domain centring stays on only where
+    the domains hold at least ``domain_center_min_share`` of the features' variance. Decided once, on
+    every seen image, before the folds, so the folds and the final model centre alike."""
+    if not config.domain_center:
+        return config, {"domain_center": False, "reason": "off in the config"}
+    share = domain_share(features)
+    record = {"domain_share": round(share, 4), "min_share": config.domain_center_min_share}
+    if share >= config.domain_center_min_share:
+        return config, {"domain_center": True, **record}
+    log.warning("per-domain centring is off for this data: the domains hold %.0f%% of the image features' variance, "
+                "below domain_center_min_share=%.2f, so they differ more in what they show than in style; "
+                "--set domain_center_min_share=0 centres anyway", 100 * share, config.domain_center_min_share)  # fmt: skip
+    return config.replace(domain_center=False), {"domain_center": False, **record}

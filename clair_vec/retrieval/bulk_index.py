@@ -35,7 +35,7 @@ from clair_vec.errors import CorruptImageError, DatasetError
 from clair_vec.extras import require
 from clair_vec.ray_runtime import gpus_each, ray_session
 from clair_vec.retrieval import remote
-from clair_vec.retrieval.sources import printable, remote_sources, utf8_problem
+from clair_vec.retrieval.sources import NO_FILE, printable, remote_sources, utf8_problem
 from clair_vec.store.ids import content_digest, file_record_id, record_id
 from clair_vec.store.redaction import uri_secrets
 
@@ -332,14 +332,15 @@ def ray_index(
             precision = collection_precision(prepare_collection(be, collection, card, model_dir, precision))
             embedded = not be.shared
             # read before the store actor opens an embedded store: it takes one process at a time
-            rows = (_collection_rows(be, from_collection, domain) if from_collection is not None else
+            no_file: list[tuple[str, str]] = []
+            rows = (_collection_rows(be, from_collection, domain, no_file) if from_collection is not None else
                     _input_rows(inputs, label_from_folder=label_from_folder, tasks=max(2, actors)))  # fmt: skip
         finally:
             be.close()
         # one process may open an embedded store: everyone writes through this actor
         store_actor = ray.remote(num_cpus=0)(StoreActor).remote(backend, uri, collection) if embedded else None
         try:
-            summary = IndexSummary(collection, be.name)
+            summary = IndexSummary(collection, be.name, skipped=no_file)
             actor_kwargs = {"model_dir": str(Path(model_dir).resolve()), "domain": domain, "collection": collection,
                             "backend": backend, "uri": uri, "store": store_actor, "vocabulary": vocabulary,
                             "device": "cuda" if gpu else "cpu", "threads": threads_per_actor, "precision": precision}  # fmt: skip
@@ -381,17 +382,21 @@ def _input_rows(inputs: list[str], *, label_from_folder: bool, tasks: int) -> An
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _collection_rows(be: Any, collection: str, domain: str) -> Any:
+def _collection_rows(be: Any, collection: str, domain: str, no_file: list[tuple[str, str]]) -> Any:
     """The files a collection's records of ``domain`` name, as rows like :func:`list_files` makes,
-    a page at a time into Ray's object store (the driver never holds the whole listing)."""
+    a page at a time into Ray's object store (the driver never holds the whole listing). A record
+    indexed from an image in memory names no file: it goes to ``no_file`` (record id, why), as
+    ``clair-vec reindex`` reports it, instead of vanishing from the new collection unsaid."""
     import ray
 
     parts = []
     page: list[dict[str, Any]] = []
-    for _, payload in be.records(be.resolve(collection), filter={"domain": domain}):
+    for rid, payload in be.records(be.resolve(collection), filter={"domain": domain}):
         path = payload.get("path")
         if isinstance(path, str) and path and not path.startswith("<"):
             page.append(_row(path, str(payload.get("label") or "")))
+        else:
+            no_file.append((rid, NO_FILE))
         if len(page) >= 4096:
             parts.append(ray.data.from_items(page))
             page = []

@@ -26,6 +26,9 @@ from clair_vec.store.ids import content_digest, file_record_id, record_id
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
+#: why a record made from an in-memory image (named ``<image #i>``) cannot be re-embedded
+NO_FILE = "indexed from an in-memory image: there is no file to read again"
+
 @dataclass
 class ImageSource:
     name: str  # the path or URI, or "<image #i>" / "<array #i>" for in-memory images

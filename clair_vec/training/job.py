@@ -13,6 +13,7 @@ import torch
 from clair_vec.datasets.folders import MultiDomainDataset, Split, plan_split
 from clair_vec.datasets.unlabeled import labeled_classes, plan_weak_split
 from clair_vec.errors import DatasetError
+from clair_vec.method.centering import decide_centring
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.devices import resolve_device
 from clair_vec.method.foundation import FoundationModel
@@ -123,6 +124,7 @@ def train_local(
                                             seed=config.seed)  # fmt: skip
     seen = seen_dataset(split)
     feats = extract_features(fm, seen, n_views=config.n_views, seed=config.seed, cache_dir=cache_dir, progress=progress)
+    config, centring = decide_centring(config, {d: f.clean for d, f in feats.items()})
     folds, why_none = plan_folds(seen, config, val_fraction, split.vocabulary)
     runs, thresholds = run_folds(config, fm, feats, folds, progress=progress, vocabulary=split.classes)
     selection = None
@@ -131,4 +133,5 @@ def train_local(
         selection = select_on_folds(runs, fm, config, feats, thresholds)
     trainer = ClairTrainer(config, fm, split.classes, feats, progress=progress)
     trainer.fit(on_epoch)
-    return choose(trainer.build_model(), split, selection, progress_record(trainer), feats, why_none=why_none)
+    return choose(trainer.build_model(), split, selection, {**progress_record(trainer), "centring": centring}, feats,
+                  why_none=why_none)

@@ -20,6 +20,7 @@ import torch
 from clair_vec.datasets.folders import MultiDomainDataset
 from clair_vec.datasets.images import load_images
 from clair_vec.extras import require
+from clair_vec.method.centering import decide_centring
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.model import ClairModel
@@ -249,6 +250,7 @@ def run_training(
                   "cache_dir": run_dir / "features"}  # fmt: skip
         seen = seen_dataset(split)
         feats = ray_extract_features(fm, seen, n_views=config.n_views, **common)
+        config, centring = decide_centring(config, {d: f.clean for d, f in feats.items()})
         folds, why_none = plan_folds(seen, config, val_fraction, split.vocabulary)
         selection = None
         if folds:
@@ -271,7 +273,7 @@ def run_training(
         with result.checkpoint.as_directory() as d:
             trained = ClairModel.load(Path(d) / "model")
             progress = json.loads((Path(d) / "progress.json").read_text())
-        model = choose(trained, split, selection, progress, feats, why_none=why_none)
+        model = choose(trained, split, selection, {**progress, "centring": centring}, feats, why_none=why_none)
         out = model.save(out)
         log.info("zero-shot classes held out of training: %s", split.unseen.classes)
         return TrainResult(out, dict(result.metrics), progress["history"], model.record)
