@@ -27,9 +27,10 @@ def server_uri():
     return uri
 
 
-def serve(model_dir, collection: str, uri: str, port: int, env: dict, replicas: int = 2) -> subprocess.Popen:
+def serve(model_dir, collection: str, uri: str, port: int, env: dict, replicas: int = 2, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "clair_vec.cli", "serve", "--ray", "--replicas", str(replicas),
-                             "--model", str(model_dir), "--collection", collection, "--uri", uri, "--port", str(port), "--replica-header"],
+                             "--model", str(model_dir), "--collection", collection, "--uri", uri, "--port", str(port), "--replica-header",
+                             *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
 
@@ -80,12 +81,14 @@ def test_two_replicas_answer_like_the_single_process_service(ray_head, server_ur
                     for q in queries]  # fmt: skip
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = serve(model_dir, name, server_uri, port, ray_head.env)
+    # a replica runs one torch thread unless told (Ray sets OMP_NUM_THREADS from its CPU share)
+    proc = serve(model_dir, name, server_uri, port, ray_head.env, 2, "--threads", "2")
     try:
         wait_ready(proc, url, 2)
         served_by = set()
         with httpx.Client(timeout=60) as client:
             assert client.get(f"{url}/readyz").json()["count"] == 32
+            assert {client.get(f"{url}/info").json()["cpu_threads"] for _ in range(8)} == {2}
             for _ in range(4):
                 for q, want in zip(queries, expected, strict=True):
                     r = client.post(f"{url}/search", files={"image": ("q.png", q)}, data={"domain": "sketch", "top_k": "8"})
