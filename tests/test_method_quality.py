@@ -119,28 +119,40 @@ def test_centres_are_each_domains_mean_and_apply_subtracts_then_normalises():
     assert not DomainCenters() and centers
 
 
-def _two_domains(offset: float, n: int = 400, dim: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+def _two_domains(offset: float, n: int = 400, dim: int = 16, seed: int = 0, n_sketch: int | None = None) -> dict[str, torch.Tensor]:
     """Two domains of the same classes, the second moved by ``offset`` along one direction (a style)."""
     g = torch.Generator().manual_seed(seed)
     classes = torch.randn(8, dim, generator=g)
     style = F.normalize(torch.randn(dim, generator=g), dim=0)
-    def draw(shift: float) -> torch.Tensor:
-        return F.normalize(classes[torch.randint(8, (n,), generator=g)] + 0.5 * torch.randn(n, dim, generator=g)
+    def draw(shift: float, k: int) -> torch.Tensor:
+        return F.normalize(classes[torch.randint(8, (k,), generator=g)] + 0.5 * torch.randn(k, dim, generator=g)
                            + shift * style, dim=-1)  # fmt: skip
-    return {"photo": draw(0.0), "sketch": draw(offset)}
+    return {"photo": draw(0.0, n), "sketch": draw(offset, n if n_sketch is None else n_sketch)}
+
+
+def _share_written_out(features: dict[str, torch.Tensor]) -> float:
+    """The definition, term by term: the variance of the domain means (each domain weighing the
+    same) over itself plus the mean variance within a domain."""
+    z = {d: F.normalize(f.double(), dim=-1) for d, f in features.items()}
+    means = torch.stack([f.mean(0) for f in z.values()])
+    between = ((means - means.mean(0)) ** 2).sum(1).mean()
+    within = torch.stack([((f - f.mean(0)) ** 2).sum(1).mean() for f in z.values()]).mean()
+    return float(between / (between + within))
 
 
 def test_the_domain_share_is_the_between_domain_part_of_the_variance():
     same, styled = _two_domains(0.0), _two_domains(10.0)
     assert domain_share(same) < 0.02 < 0.2 < domain_share(styled) < 1.0
-    # against the definition written out: the variance of the domain means over the total variance
-    z = torch.cat([styled["photo"], styled["sketch"]]).double()
-    means = torch.stack([styled[d].double().mean(0) for d in ("photo", "sketch")])
-    between = ((means - z.mean(0)) ** 2).sum(1).mean()  # the two domains hold 400 rows each
-    assert domain_share(styled) == pytest.approx(float(between / ((z - z.mean(0)) ** 2).sum(1).mean()), rel=1e-6)
-    assert domain_share({"photo": styled["photo"]}) == 0.0  # one domain: nothing to centre
-    # unnormalised features are normalised first, in chunks, as the model sees them
-    assert domain_share({d: 7.0 * f for d, f in styled.items()}) == pytest.approx(domain_share(styled), rel=1e-9)
+    # unequal domains, one past a chunk of 4096 rows, unnormalised: against the definition
+    three = {**_two_domains(10.0, n=5000, n_sketch=37), "clipart": 3.0 * _two_domains(4.0, n=900, seed=1)["sketch"]}
+    assert domain_share(three) == pytest.approx(_share_written_out(three), rel=1e-9)
+    # a small domain's style counts as much as a large one's: the share does not follow the counts
+    assert domain_share(_two_domains(10.0, n=4000, n_sketch=100)) == pytest.approx(domain_share(styled), abs=0.03)
+    assert domain_share({"photo": styled["photo"]}) != domain_share({"photo": styled["photo"]})  # one domain: NaN
+    broken = {**styled, "sketch": styled["sketch"].clone()}
+    broken["sketch"][3, 0] = float("nan")
+    with pytest.raises(ValueError, match="'sketch' hold NaN"):
+        domain_share(broken)
 
 
 def test_centring_stays_on_for_styles_and_goes_off_for_collections_that_differ_in_content(caplog):
@@ -150,7 +162,10 @@ def test_centring_stays_on_for_styles_and_goes_off_for_collections_that_differ_i
     with caplog.at_level("WARNING"):
         off, record = decide_centring(cfg, _two_domains(0.3))
     assert not off.domain_center and not record["domain_center"] and record["domain_share"] < cfg.domain_center_min_share
-    assert "domain_center_min_share=0 centres anyway" in caplog.text
+    assert "--set domain_center_min_share=0" in caplog.text and "ClairConfig(domain_center_min_share=0)" in caplog.text
+    # one domain: nothing to compare, so it is centred as it always was
+    alone, record = decide_centring(cfg, {"photo": _two_domains(0.3)["photo"]})
+    assert alone.domain_center and record == {"domain_center": True, "reason": "one domain: nothing to compare"}
     forced, _ = decide_centring(cfg.replace(domain_center_min_share=0.0), _two_domains(0.3))
     assert forced.domain_center
     assert decide_centring(cfg.replace(domain_center=False), _two_domains(6.0))[1] == {"domain_center": False,

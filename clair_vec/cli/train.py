@@ -36,7 +36,8 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     if a.json:
         print(json.dumps({"saved": str(path), "shipped": r["shipped"], "reason": r["reason"], "warning": r.get("warning"),
-                          "filter": filter_summary(r), "unseen_classes": list(split.unseen.classes)}))  # fmt: skip
+                          "filter": filter_summary(r), "centring": r.get("centring"),
+                          "unseen_classes": list(split.unseen.classes)}))  # fmt: skip
         return
     if filter_summary(r):
         print(f"pseudo-label confidence filter: {filter_summary(r)}")

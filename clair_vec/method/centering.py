@@ -80,21 +80,31 @@ def domain_share(features: Mapping[str, torch.Tensor]) -> float:
     """The share of the variance of the L2-normalised ``features`` (domain -> rows) that lies
     between the domain means: 0 where the domains overlap, 1 where each domain is one point.
 
-    For unit vectors the total variance is ``1 - |mean|^2``, so only the domain means are needed;
-    they are summed in chunks, in float64, so a large domain never normalises at once."""
-    sums, counts = {}, {}
+    Every domain weighs the same, however many images it has: a style held by a small domain (a
+    few hundred sketches beside a photo collection) is as much a style as a large one. The sums run
+    in chunks, in float64, so a large domain never normalises at once. Fewer than two domains with
+    images give NaN: there is nothing to compare."""
+    means, within = [], []
     for d, feats in features.items():
-        total = torch.zeros(feats.shape[-1], dtype=torch.float64)
+        total, squares, n = torch.zeros(feats.shape[-1], dtype=torch.float64), 0.0, 0
         for start in range(0, len(feats), 4096):
-            total += F.normalize(feats[start : start + 4096].double().cpu(), dim=-1).sum(0)
-        if len(feats):
-            sums[d], counts[d] = total, len(feats)
-    n = sum(counts.values())
-    if len(sums) < 2:
-        return 0.0
-    mean = sum(sums.values()) / n
-    spread = 1.0 - float(mean @ mean)
-    between = sum(counts[d] * float(((sums[d] / counts[d] - mean) ** 2).sum()) for d in sums) / n
+            z = F.normalize(feats[start : start + 4096].double().cpu(), dim=-1)
+            total += z.sum(0)
+            squares += float((z * z).sum())
+            n += len(z)
+        if not n:
+            continue
+        if not torch.isfinite(total).all():
+            raise ValueError(f"the image features of domain {d!r} hold NaN or infinite values: the CLIP forward "
+                             "overflowed (fp16?) or an image decoded to garbage; re-extract them in fp32")  # fmt: skip
+        mean = total / n
+        means.append(mean)
+        within.append(squares / n - float(mean @ mean))
+    if len(means) < 2:
+        return float("nan")
+    grand = torch.stack(means).mean(0)
+    between = sum(float(((m - grand) ** 2).sum()) for m in means) / len(means)
+    spread = between + sum(within) / len(within)
     return between / spread if spread > 1e-12 else 0.0
 
 
@@ -105,10 +115,13 @@ def decide_centring(config: ClairConfig, features: Mapping[str, torch.Tensor]) -
     if not config.domain_center:
         return config, {"domain_center": False, "reason": "off in the config"}
     share = domain_share(features)
+    if share != share:  # NaN: one domain; centring it alone is what it always was
+        return config, {"domain_center": True, "reason": "one domain: nothing to compare"}
     record = {"domain_share": round(share, 4), "min_share": config.domain_center_min_share}
     if share >= config.domain_center_min_share:
         return config, {"domain_center": True, **record}
-    log.warning("per-domain centring is off for this data: the domains hold %.0f%% of the image features' variance, "
-                "below domain_center_min_share=%.2f, so they differ more in what they show than in style; "
-                "--set domain_center_min_share=0 centres anyway", 100 * share, config.domain_center_min_share)  # fmt: skip
+    log.warning("per-domain centring is off for this data: the domain means hold %.3f of the image features' variance, "
+                "below domain_center_min_share %.3f, so the domains differ more in what they show than in style. "
+                "To centre anyway: --set domain_center_min_share=0 (ClairConfig(domain_center_min_share=0) in Python)",
+                share, config.domain_center_min_share)  # fmt: skip
     return config.replace(domain_center=False), {"domain_center": False, **record}

@@ -51,7 +51,7 @@ class ClairConfig:
     domain_center: bool = True
     # ... but only where the domains are styles: centring is skipped when the domain means hold less
     # than this share of the training features' variance (label-free; VLCS's three photo collections
-    # 0.08-0.09, where centring cost up to 0.11 mAP; the demo's photo/clipart/sketch 0.25-0.45)
+    # 0.07-0.09, where centring cost up to 0.105 mAP; the demo's photo/clipart/sketch 0.26-0.45)
     domain_center_min_share: float = 0.15
     # subtract the residual's running mean: without it the head adds one shared offset to every
     # embedding, which collapses query embeddings (mean pairwise cosine 0.22 -> 0.49 on the demo)

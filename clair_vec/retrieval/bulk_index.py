@@ -385,8 +385,9 @@ def _input_rows(inputs: list[str], *, label_from_folder: bool, tasks: int) -> An
 def _collection_rows(be: Any, collection: str, domain: str, no_file: list[tuple[str, str]]) -> Any:
     """The files a collection's records of ``domain`` name, as rows like :func:`list_files` makes,
     a page at a time into Ray's object store (the driver never holds the whole listing). A record
-    indexed from an image in memory names no file: it goes to ``no_file`` (record id, why), as
-    ``clair-vec reindex`` reports it, instead of vanishing from the new collection unsaid."""
+    indexed from an image in memory names no file: it goes to ``no_file`` as (record id, why), and
+    from there to the summary's ``skipped``, with the reason ``clair-vec reindex`` gives for it
+    (which lists it under ``no_file``), instead of vanishing from the new collection unsaid."""
     import ray
 
     parts = []
