@@ -115,6 +115,10 @@ def test_ablation_table_over_demo_workdirs(tmp_path, capsys):
     assert out["cells"] == 4 and len(out["mean"]) == 2 and out["worst"] <= min(out["mean"])  # clipart and sketch
     cells = [training_seeds.gains(r, pivot, {"epochs": 1}, t) for r, pivot in runs[:1] for t in (0, 0)]
     assert cells[0] == cells[1]  # one training seed, one batch order, one result
+    # an ensemble of one is that same head; of two, a second head from its own seed joins it
+    assert training_seeds.gains(runs[0][0], runs[0][1], {"epochs": 1}, 0, ensemble=1) == cells[0]
+    pair = training_seeds.gains(runs[0][0], runs[0][1], {"epochs": 1}, 0, ensemble=2)
+    assert len(pair) == 2 and all(-1.0 <= g <= 1.0 for g in pair)
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("MILVUS_LITE_URI"),

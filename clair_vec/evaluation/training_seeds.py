@@ -19,24 +19,30 @@ import json
 import statistics
 from typing import Any
 
+import torch.nn.functional as F
+
 from clair_vec.evaluation.ablation import Run, Variant, closed_form, data_run, demo_run, score
 from clair_vec.method.centering import decide_centring
 from clair_vec.method.config import ClairConfig
 from clair_vec.training.trainer import ClairTrainer
 
 
-def gains(run: Run, pivot: str, changes: dict[str, Any], training_seed: int, k: int = 200) -> list[float]:
-    """The trained model's mAP@k gain over raw CLIP per query domain (sorted), one training seed."""
+def gains(run: Run, pivot: str, changes: dict[str, Any], training_seed: int, k: int = 200, ensemble: int = 1) -> list[float]:
+    """The trained model's mAP@k gain over raw CLIP per query domain (sorted), one training seed.
+    ``ensemble``: that many heads, each from its own seed (initialisation and batch order), their
+    embeddings averaged and renormalised."""
     queries = sorted(d for d in run.test if d != pivot)
     base = ClairConfig(clip_model=run.foundation.arch, clip_pretrained=run.clip_pretrained, pivot_domain=pivot,
                        batch_size=64, seed=run.seed)  # fmt: skip
     raw = score(closed_form(run, base, Variant(trained=False, center=False)), run.test, pivot, queries, k)
-    cfg, _ = decide_centring(base.replace(**changes).replace(seed=run.seed * 100 + training_seed),
-                             {d: f.clean for d, f in run.train.items()})  # as training decides it
-    trainer = ClairTrainer(cfg, run.foundation, run.seen_classes, run.train, progress=False)
-    trainer.fit()
-    model = trainer.build_model()
-    got = score(lambda f, d: model.embed_features(f, d), run.test, pivot, queries, k)
+    models = []
+    for member in range(ensemble):
+        cfg, _ = decide_centring(base.replace(**changes).replace(seed=run.seed * 100 + training_seed + 1000 * member),
+                                 {d: f.clean for d, f in run.train.items()})  # as training decides it
+        trainer = ClairTrainer(cfg, run.foundation, run.seen_classes, run.train, progress=False)
+        trainer.fit()
+        models.append(trainer.build_model())
+    got = score(lambda f, d: F.normalize(sum(m.embed_features(f, d) for m in models), dim=-1), run.test, pivot, queries, k)
     return [got[i] - raw[i] for i in range(0, len(got), 2)]
 
 
@@ -54,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap-steps", type=int, default=1200, help="with --data: steps of each stand-in bootstrap")
     p.add_argument("--config", action="append", required=True, metavar="NAME=JSON", help="a configuration to measure")
     p.add_argument("--training-seeds", type=int, default=3, help="training seeds per data seed")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="score K heads a cell, each from its own seed, their embeddings averaged")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)
     runs = [demo_run(w) for w in a.workdir]
@@ -61,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         runs += [data_run(a.data, s, clip_model="clair-tiny", clip_pretrained=None, bootstrap_steps=a.bootstrap_steps) for s in range(3)]
     if not runs:
         p.error("give --workdir (finished demos) or --data")
+    if a.ensemble < 1:
+        p.error(f"--ensemble must be at least 1, got {a.ensemble}")
     configs = {name: json.loads(body) for name, _, body in (c.partition("=") for c in a.config)}
     result = {}
     for name, changes in configs.items():
-        cells = [gains(run, pivot, changes, t) for run, pivot in runs for t in range(a.training_seeds)]
+        cells = [gains(run, pivot, changes, t, ensemble=a.ensemble) for run, pivot in runs for t in range(a.training_seeds)]
         result[name] = {"cells": cells, **summary(cells)}
         if not a.json:
             s = result[name]
