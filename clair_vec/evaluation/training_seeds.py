@@ -35,11 +35,12 @@ def gains(run: Run, pivot: str, changes: dict[str, Any], training_seed: int, k: 
     base = ClairConfig(clip_model=run.foundation.arch, clip_pretrained=run.clip_pretrained, pivot_domain=pivot,
                        batch_size=64, seed=run.seed)  # fmt: skip
     raw = score(closed_form(run, base, Variant(trained=False, center=False)), run.test, pivot, queries, k)
+    # as training decides it; the seeds do not enter the decision, so it is made once
+    cfg, _ = decide_centring(base.replace(**changes), {d: f.clean for d, f in run.train.items()})
     models = []
     for member in range(ensemble):
-        cfg, _ = decide_centring(base.replace(**changes).replace(seed=run.seed * 100 + training_seed + 1000 * member),
-                                 {d: f.clean for d, f in run.train.items()})  # as training decides it
-        trainer = ClairTrainer(cfg, run.foundation, run.seen_classes, run.train, progress=False)
+        seed = run.seed * 100 + training_seed + 1000 * member
+        trainer = ClairTrainer(cfg.replace(seed=seed), run.foundation, run.seen_classes, run.train, progress=False)
         trainer.fit()
         models.append(trainer.build_model())
     got = score(lambda f, d: F.normalize(sum(m.embed_features(f, d) for m in models), dim=-1), run.test, pivot, queries, k)

@@ -35,7 +35,7 @@ from clair_vec.errors import CorruptImageError, DatasetError
 from clair_vec.extras import require
 from clair_vec.ray_runtime import gpus_each, ray_session
 from clair_vec.retrieval import remote
-from clair_vec.retrieval.sources import NO_FILE, printable, remote_sources, utf8_problem
+from clair_vec.retrieval.sources import NO_FILE, names_a_file, printable, remote_sources, utf8_problem
 from clair_vec.store.ids import content_digest, file_record_id, record_id
 from clair_vec.store.redaction import uri_secrets
 
@@ -394,7 +394,7 @@ def _collection_rows(be: Any, collection: str, domain: str, no_file: list[tuple[
     page: list[dict[str, Any]] = []
     for rid, payload in be.records(be.resolve(collection), filter={"domain": domain}):
         path = payload.get("path")
-        if isinstance(path, str) and path and not path.startswith("<"):
+        if names_a_file(path):
             page.append(_row(path, str(payload.get("label") or "")))
         else:
             no_file.append((rid, NO_FILE))

@@ -30,7 +30,7 @@ from clair_vec.retrieval.indexing import (
     prepare_collection,
 )
 from clair_vec.retrieval.retriever import Retriever
-from clair_vec.retrieval.sources import NO_FILE, ImageSource, printable, utf8_problem
+from clair_vec.retrieval.sources import NO_FILE, ImageSource, names_a_file, printable, utf8_problem
 from clair_vec.retrieval.vocabulary import vocabulary
 from clair_vec.store.backend import Backend, check_collection_name
 
@@ -87,7 +87,7 @@ def reindex(
             was: dict[str, str] = {}  # path -> the id its bytes had when the old collection indexed them
             for rid, payload in page:
                 path, domain = payload.get("path"), payload.get("domain") or m.pivot
-                if not isinstance(path, str) or not path or path.startswith("<"):
+                if not names_a_file(path):
                     summary.no_file.append((rid, NO_FILE))
                 elif domain not in m.domains:
                     summary.skipped.append((path, f"domain {domain!r} is not one the new model knows ({m.domains})"))

@@ -29,6 +29,13 @@ ImageInput = str | Path | Image.Image | np.ndarray
 #: why a record made from an in-memory image (named ``<image #i>``) cannot be re-embedded
 NO_FILE = "indexed from an in-memory image: there is no file to read again"
 
+
+def names_a_file(path: object) -> bool:
+    """Whether a record's stored ``path`` names something to read again: not an in-memory image's
+    ``<image #i>`` / ``<array #i>``, not empty."""
+    return isinstance(path, str) and bool(path) and not path.startswith("<")
+
+
 @dataclass
 class ImageSource:
     name: str  # the path or URI, or "<image #i>" / "<array #i>" for in-memory images

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clair_vec.retrieval.retriever import Retriever
+from clair_vec.retrieval.sources import names_a_file
 from clair_vec.service.batcher import Batcher
 from clair_vec.service.observe import Metrics, Outage
 from clair_vec.service.settings import ServiceSettings
@@ -98,7 +99,7 @@ class ServiceContext:
     def display_path(self, path: Any) -> Any:
         """What a hit shows of its file: the path under the gallery root it lies in, else the file
         name alone (the server's folder layout is none of a client's business)."""
-        if not isinstance(path, str) or path.startswith("<"):
+        if not names_a_file(path):
             return path
         for root in self.roots:
             if path == root or path.startswith(root.rstrip(os.sep) + os.sep):

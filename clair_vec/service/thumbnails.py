@@ -20,7 +20,7 @@ from clair_vec.datasets.images import decode_image
 from clair_vec.errors import CorruptImageError, DatasetError
 from clair_vec.retrieval import remote
 from clair_vec.retrieval.retriever import Retriever
-from clair_vec.retrieval.sources import is_under
+from clair_vec.retrieval.sources import is_under, names_a_file
 from clair_vec.service.problems import HTTPProblem
 from clair_vec.store.ids import ID_PATTERN, content_digest, record_id
 
@@ -86,7 +86,7 @@ class Thumbnails:
         if payload is None:
             raise HTTPProblem(404, f"no record {rid} in collection {collection!r}")
         path, domain = payload.get("path"), payload.get("domain", "")
-        if not isinstance(path, str) or not path or path.startswith("<"):
+        if not names_a_file(path):
             raise HTTPProblem(404, f"record {rid} was indexed from an in-memory image; there is no file to show")
         if remote.is_remote(path) or remote.stored_file(path) != path:
             real, made_from, data = self._remote(rid, path)
