@@ -168,6 +168,21 @@ def test_class_prototypes_are_confidence_weighted_centroids():
     assert present.tolist() == [True, False, False]
 
 
+def test_the_linear_head_is_a_linear_map_of_its_input_and_the_default_relu_head_is_not():
+    assert ClairConfig().head_activation == "relu"
+    x, y = unit(6, 16, seed=2).float(), unit(6, 16, seed=3).float()
+    for activation, linear in (("none", True), ("relu", False)):
+        torch.manual_seed(0)
+        head = ClairHead(16, 32, 1.0, activation=activation)
+        with torch.no_grad():
+            additive = head.mlp(x + y) - head.mlp(y) - (head.mlp(x) - head.mlp(torch.zeros_like(x)))
+        assert bool(torch.allclose(additive, torch.zeros_like(additive), atol=1e-5)) is linear, activation
+    with pytest.raises(ValueError, match="'gelu' is not one of"):
+        ClairHead(16, activation="gelu")
+    with pytest.raises(ValueError, match="head_activation='gelu' is not one of"):
+        ClairConfig(head_activation="gelu")
+
+
 def test_head_is_residual_normalised_and_momentum_update_is_ema():
     head = ClairHead(8, alpha_init=0.0)
     v = unit(4, 8, seed=1).float()

@@ -202,6 +202,35 @@ def test_a_trained_model_carries_its_centres_through_save_load_and_into_its_id(u
         ClairModel.load(tmp_path / "m")
 
 
+def test_a_linear_head_round_trips_under_its_own_id_and_old_checkpoints_load_their_relu_head(shapes_root, unchecked_dir, tmp_path):
+    from clair_vec.method.head import ClairHead
+    from clair_vec.method.model import ClairModel
+    from clair_vec.training.job import train_local
+
+    cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=1, batch_size=48, head_activation="none")
+    linear = ClairModel.load(train_local(shapes_root, cfg, val_fraction=0.0, progress=False).save(tmp_path / "linear"))
+    assert isinstance(linear.head.mlp[1], torch.nn.Identity) and linear.config.head_activation == "none"
+    model = ClairModel.load(unchecked_dir)
+    assert model.head.activation == "relu" and model.config.head_activation == "relu"
+    relu = ClairHead(linear.head.dim, linear.head.mlp[0].out_features, activation="relu")
+    relu.load_state_dict(linear.head.state_dict())
+    same_weights = ClairModel(linear.foundation, relu, linear.mapping, linear.classes, linear.text_embeddings, linear.config,
+                              routing=linear.routing, centers=linear.centers)  # fmt: skip
+    assert same_weights.config.head_activation == "relu"  # the config follows the head it is saved with
+    assert same_weights.model_id != linear.model_id  # same weights, another map: another vector space
+    path = same_weights.save(tmp_path / "old")
+    meta = json.loads((path / "clair.json").read_text())
+    del meta["config"]["head_activation"]  # written before the option existed, when every head was a ReLU MLP
+    (path / "clair.json").write_text(json.dumps(meta))
+    old = ClairModel.load(path)
+    assert old.head.activation == "relu" and old.model_id == same_weights.model_id
+    v = torch.randn(5, linear.head.dim)
+    for d in linear.domains:
+        torch.testing.assert_close(old.embed_features(v, d), same_weights.embed_features(v, d))
+    with torch.no_grad():  # one epoch moves the zero-initialised last layer a little: compare the residuals
+        assert not torch.allclose(linear.head.mlp(v), old.head.mlp(v))
+
+
 def test_old_checkpoints_without_centres_still_load_uncentred(unchecked_dir, tmp_path):
     from clair_vec.method.model import ClairModel
 

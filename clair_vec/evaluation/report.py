@@ -145,7 +145,7 @@ def selection_section(record: dict[str, Any]) -> str:
                "<th>gain over raw CLIP</th><th>standard error</th><th>raw CLIP</th><th>B1</th><th>trained</th><th>shipped</th></tr>")  # fmt: skip
     for d, p in sel.get("domains", {}).items():
         means = {m: (sum(v) / len(v) if v else float("nan")) for m, v in p.get("folds", {}).items()}
-        out.append(f"<tr><td class=l>{e(d)}</td><td class=l>{'trusted' if p.get('trusted') else 'raw CLIP kept'}</td>"
+        out.append(f"<tr><td class=l>{e(d)}</td><td class=l>{'trusted' if p.get('trusted') else 'carried by the model' if p.get('carried') else 'raw CLIP kept'}</td>"
                    f"<td>{p['blend']:g}</td><td>{'yes' if p.get('centered') else 'no'}</td><td class=l>{e(p['mapping'])}</td>"
                    f"<td>{_fmt(p.get('gain'))}</td><td>{_fmt(p.get('stderr'))}</td>"
                    + "".join(f"<td>{_fmt(means.get(m, float('nan')))}</td>" for m in ("raw_clip", "mapping_only", "clair", "chosen"))

@@ -12,9 +12,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "none": nn.Identity}
+
 
 class ClairHead(nn.Module):
     """``z = normalize(v + alpha * (MLP(v) - c))``; ``c = 0`` unless ``center``.
+
+    ``activation="none"`` makes the MLP linear (``W2 W1 v + b``): the head is then a linear map of
+    ``v``, and what it learns depends far less on the first layer's random draw. The layers keep
+    their names and shapes, so checkpoints of either kind load through one code path.
 
     ``zero_init`` starts the MLP's last layer at zero, so the head starts as the identity.
 
@@ -25,10 +31,13 @@ class ClairHead(nn.Module):
     """
 
     def __init__(self, dim: int, hidden: int | None = None, alpha_init: float = 0.1, *, center: bool = False,
-                 center_momentum: float = 0.99, zero_init: bool = False) -> None:  # fmt: skip
+                 center_momentum: float = 0.99, zero_init: bool = False, activation: str = "relu") -> None:  # fmt: skip
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"head activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
         hidden = hidden or dim
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, dim))
+        self.activation = activation
         if zero_init:  # start as the identity (raw CLIP); the first layer still learns through the second
             nn.init.zeros_(self.mlp[2].weight)
             nn.init.zeros_(self.mlp[2].bias)
@@ -51,9 +60,9 @@ class ClairHead(nn.Module):
         return F.normalize(v + self.alpha * r, dim=-1)
 
     @classmethod
-    def identity(cls, dim: int, hidden: int | None = None) -> ClairHead:
+    def identity(cls, dim: int, hidden: int | None = None, activation: str = "relu") -> ClairHead:
         """A head that returns its (normalised) input: raw CLIP features, for the mapping-only model."""
-        head = cls(dim, hidden, 0.0)
+        head = cls(dim, hidden, 0.0, activation=activation)
         with torch.no_grad():
             for p in head.parameters():
                 p.zero_()

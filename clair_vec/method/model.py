@@ -67,7 +67,8 @@ class ClairModel:
         self.mapping = mapping
         self.classes = list(classes)
         self.text_embeddings = {d: t.detach() for d, t in text_embeddings.items()}
-        self.config = config
+        # the saved config rebuilds the head on load, so it names the head's activation, whatever built it
+        self.config = config if config.head_activation == head.activation else config.replace(head_activation=head.activation)
         self.prompt_state = prompt_state
         #: how it was trained: held-out classes, split seed, validation numbers, what was shipped
         self.record: dict[str, Any] = dict(record or {})
@@ -109,6 +110,8 @@ class ClairModel:
         """Names the exact vector space: backends refuse vectors of another model id."""
         if self._model_id is None:
             h = hashlib.sha256(f"{self.foundation.arch}|{self.foundation.pretrained}".encode())
+            if self.head.activation != "relu":  # same weights, another map; ReLU heads' ids stay as they were
+                h.update(f"head_activation={self.head.activation}".encode())
             for t in list(self.head.state_dict().values()) + [w for w, _ in self.mapping.maps.values()]:
                 h.update(t.detach().float().cpu().numpy().tobytes())
             if not is_default(self.routing):  # a blend is part of the vector space; head-only ids stay as they were
@@ -280,7 +283,8 @@ class ClairModel:
         if foundation.supports_prompt_learning:
             check_prompts(state, meta, int(foundation.model.token_embedding.embedding_dim), path)
         config = ClairConfig.from_dict(meta["config"])
-        head = ClairHead(meta["dim"], state["head_hidden"], config.head_alpha_init, center=config.head_center)
+        head = ClairHead(meta["dim"], state["head_hidden"], config.head_alpha_init, center=config.head_center,
+                         activation=config.head_activation)  # fmt: skip
         head.load_state_dict(state["head"])
         model = cls(
             foundation,

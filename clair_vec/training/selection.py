@@ -21,9 +21,11 @@ The scheme (the gallery is embedded once, so every choice is made against one ga
   deviation of the fold gains over the square root of their number), exceeds
   ``selection_margin``: ``mean - stderr > margin``.
 - The trained model as training built it (the head, centred, with its text map) ships whole when
-  it is trusted for every query domain: it is the method the ablation measured, and the one whose
-  gains carried over to unseen classes (centring alone, trusted as often on the folds, lost on
-  the demo's unseen classes where the whole model gained).
+  it is trusted for one query domain and no query domain's mean gain is below the margin
+  (``selection_whole="one_trusted"``; ``"all_trusted"`` asks for every query domain): it is the
+  method the ablation measured, and the one whose gains carried over to unseen classes (centring
+  alone, trusted as often on the folds, lost on the demo's unseen classes where the whole model
+  gained). A domain that ships with it untrusted is recorded as ``carried``.
 - Otherwise the gallery stays raw CLIP, and each query domain takes its most trusted option
   against it (the text map, or the uncentred head), or keeps raw CLIP exactly.
 
@@ -100,13 +102,14 @@ def mapping_only_model(foundation: FoundationModel, classes: Sequence[str], doma
     """B1: raw CLIP features (identity head), mapped into the pivot domain by the text-only mapping."""
     text = {d: hand_crafted_text_embeddings(foundation, classes, d, config.templates) for d in domains}
     mapping = DomainMapping.fit(text, config.pivot_domain, config.mapping, config.mapping_lambda)
-    head = ClairHead.identity(foundation.embed_dim, config.head_hidden)
+    head = ClairHead.identity(foundation.embed_dim, config.head_hidden, config.head_activation)
     return ClairModel(foundation, head, mapping, classes, text, config.replace(prompt_side="none"))
 
 
 # ---------------------------------------------------------------------- scoring the options on one fold
 def _head(config: ClairConfig, dim: int, state: dict) -> ClairHead:
-    head = ClairHead(dim, int(state["mlp.0.weight"].shape[0]), config.head_alpha_init, center=config.head_center)
+    head = ClairHead(dim, int(state["mlp.0.weight"].shape[0]), config.head_alpha_init, center=config.head_center,
+                     activation=config.head_activation)  # fmt: skip
     head.load_state_dict(state)
     return head.eval()
 
@@ -229,13 +232,14 @@ def _best_trusted(options: list[dict[str, Any]], margin: float) -> dict[str, Any
 
 
 def decide(tables: Sequence[dict[OptionKey, float]], margin: float, trained: tuple[EmbeddingPath, str] | None = None,
-           *, whole: Sequence[tuple[EmbeddingPath, str]] = ()) -> dict[str, Any]:  # fmt: skip
+           *, whole: Sequence[tuple[EmbeddingPath, str]] = (), rule: str = "one_trusted") -> dict[str, Any]:  # fmt: skip
     """The gallery path and each query domain's (path, map) from per-fold option scores (see module doc).
 
     ``trained`` is the trained model's own option (its path and map) and ``whole`` further options
-    that ship whole, after it in order of preference: the first trusted for every query domain
-    against its own gallery ships. Otherwise the gallery stays raw and each domain takes its most
-    trusted option against the raw gallery, or raw CLIP."""
+    that ship whole, after it in order of preference: the first that ``rule`` accepts against its
+    own gallery ships (``one_trusted``: trusted for one query domain, no domain's mean gain below
+    the margin; ``all_trusted``: trusted for every query domain). Otherwise the gallery stays raw and
+    each domain takes its most trusted option against the raw gallery, or raw CLIP."""
     keys = list(tables[0])
     domains = sorted({k[1] for k in keys})
     base = {d: [t[(RAW, d, RAW, MAP_NONE)] for t in tables] for d in domains}
@@ -247,8 +251,14 @@ def decide(tables: Sequence[dict[OptionKey, float]], margin: float, trained: tup
         if path == RAW:
             continue
         plan = {d: option((path, d, path, mapping)) for d in domains if (path, d, path, mapping) in tables[0]}
-        if len(plan) == len(domains) and all(p["lower"] > margin for p in plan.values()):
-            return {"gallery": path, "domains": {d: {**p, "trusted": True} for d, p in plan.items()}}
+        if len(plan) < len(domains):
+            continue
+        trusted = {d: p["lower"] > margin for d, p in plan.items()}
+        accepted = all(trusted.values()) if rule == "all_trusted" else (
+            any(trusted.values()) and all(p["gain"] >= margin for p in plan.values()))
+        if accepted:
+            return {"gallery": path, "domains": {d: {**p, "trusted": trusted[d], **({} if trusted[d] else {"carried": True})}
+                                                 for d, p in plan.items()}}  # fmt: skip
     plan = {}
     for d in domains:
         options = [option(k) for k in keys if k[0] == RAW and k[1] == d and k != (RAW, d, RAW, MAP_NONE)]
@@ -281,13 +291,13 @@ def select_on_folds(
         queries = sorted(set(features) - {config.pivot_domain})
         tables = [{(RAW, d, RAW, MAP_NONE): 0.0 for d in queries}] * 2
     (trained, tmap), *whole = whole_options(config, foundation)
-    plan = decide(tables, config.selection_margin, (trained, tmap), whole=whole)
+    plan = decide(tables, config.selection_margin, (trained, tmap), whole=whole, rule=config.selection_whole)
     gp = plan["gallery"]
     domains = {}
     for d, p in plan["domains"].items():
         qp = (p["blend"], p["centered"])
         domains[d] = {
-            **_option(qp, p["mapping"]), "trusted": p["trusted"],
+            **_option(qp, p["mapping"]), "trusted": p["trusted"], **({"carried": True} if p.get("carried") else {}),
             "gain": _round(p["gain"]), "stderr": _round(p["stderr"]), "lower": _round(p["lower"]),
             **({"best_other": {k: _round(v) if k in ("gain", "stderr") else v for k, v in p["best_other"].items()}}
                if p.get("best_other") else {}),
@@ -299,7 +309,10 @@ def select_on_folds(
     return {
         "metric": f"mAP@{K} of each fold's held-out seen classes, query domain -> gallery",
         "rule": "an option ships for a domain when its mean gain over raw CLIP, less one standard error of that mean "
-                "over the folds, exceeds the margin; otherwise raw CLIP",
+                "over the folds, exceeds the margin; otherwise raw CLIP"
+                + ("; a model that ships whole may carry a domain whose mean gain is not below the margin"
+                   if config.selection_whole == "one_trusted" else ""),
+        "whole": config.selection_whole,
         "margin": config.selection_margin,
         "epoch": min(len(r.curve) for r in runs) - 1 if runs else 0,
         "folds": [r.as_record() for r in runs],
@@ -332,7 +345,7 @@ def apply_selection(trained: ClairModel, selection: dict[str, Any], features: Ma
         mapping = maps.get((decision["mapping"], paths[d][1]))
         chosen[d] = mapping.maps[d] if mapping is not None else (eye.clone(), torch.zeros(trained.dim))
     routing = {d: b for d, (b, _) in paths.items()}
-    head = trained.head if any(b > 0 for b in routing.values()) else ClairHead.identity(trained.dim, cfg.head_hidden)
+    head = trained.head if any(b > 0 for b in routing.values()) else ClairHead.identity(trained.dim, cfg.head_hidden, cfg.head_activation)
     head.eval()
     centered = {d: features[d] for d, (_, c) in paths.items() if c and d in features}
     dev = module_device(head)
@@ -368,6 +381,9 @@ def _describe(decision: dict[str, Any]) -> str:
     """One domain's decision with its evidence, for the reason and the warning."""
     if decision.get("trusted", True):
         return f"{_label(decision)} (gain {decision['gain'] or 0:+.4f} over raw CLIP, standard error {decision['stderr'] or 0:.4f})"
+    if decision.get("carried"):
+        return (f"{_label(decision)} (gain {decision['gain'] or 0:+.4f} over raw CLIP, standard error {decision['stderr'] or 0:.4f}: "
+                "not beyond the noise, not below raw CLIP; it ships with the model trusted on another domain)")
     other = decision.get("best_other")
     if not other:
         return "raw CLIP"
@@ -403,7 +419,7 @@ def ship(trained: ClairModel, selection: dict[str, Any] | None, features: Mappin
     gallery = _label({"blend": selection["gallery_blend"], "centered": selection.get("gallery_centered", False), "mapping": MAP_NONE})
     reason = f"per query domain on {len(selection['folds'])} folds of the seen classes, gallery {gallery}: {per_domain}"
     record: dict[str, Any] = {"shipped": kind, "selection": selection, "reason": reason, "validation": _validation(selection)}
-    kept_raw = [d for d, p in selection["domains"].items() if not p.get("trusted", True)]
+    kept_raw = [d for d, p in selection["domains"].items() if not p.get("trusted", True) and not p.get("carried")]
     if kept_raw:
         warning = (f"training did not beat raw CLIP on the validation folds by more than their standard error for "
                    f"query domains {kept_raw}; they are searched with raw CLIP. More seen classes or more training "

@@ -111,7 +111,7 @@ class ClairTrainer:
 
         dim = foundation.embed_dim
         self.head = ClairHead(dim, config.head_hidden, config.head_alpha_init, center=config.head_center,
-                              zero_init=config.head_zero_init).to(torch.device(device or foundation.device))  # fmt: skip
+                              zero_init=config.head_zero_init, activation=config.head_activation).to(torch.device(device or foundation.device))  # fmt: skip
         self.train_head = wrap_head(self.head) if wrap_head else self.head
         self.device = module_device(self.head)  # where wrap_head left it
         self.key_head = momentum_copy(self.head)
@@ -360,7 +360,8 @@ class ClairTrainer:
         ``best``: the best validation epoch's weights instead of the current ones."""
         head, prompts = self.head, self.prompts
         if best and self.best is not None:
-            head = ClairHead(self.head.dim, self.cfg.head_hidden, self.cfg.head_alpha_init, center=self.cfg.head_center)
+            head = ClairHead(self.head.dim, self.cfg.head_hidden, self.cfg.head_alpha_init, center=self.cfg.head_center,
+                             activation=self.cfg.head_activation)  # fmt: skip
             head.load_state_dict(self.best["head"])
             if prompts is not None and self.best["prompts"] is not None:
                 prompts = PromptLearner(self.foundation, self.domains, self.cfg.n_ctx, self.cfg.templates)
