@@ -108,6 +108,7 @@ def test_the_trained_model_ships_whole_when_trusted_on_one_domain_and_below_raw_
     assert strict["gallery"] == R and strict["domains"]["sketch"]["blend"] == 0.0
     below = decide(folds((0.01, -0.02, 0.005)), margin=0.0, trained=TRAINED)  # sketch -0.002 on the mean: it validates worse
     assert below["gallery"] == R and below["domains"]["sketch"]["blend"] == 0.0 and not below["domains"]["sketch"]["trusted"]
+    assert decide([{}, {}], margin=0.0, trained=TRAINED)["gallery"] == HC  # no query domain: nothing to trust, ships as before
     assert ClairConfig().selection_whole == "one_trusted"
     assert ClairConfig.from_dict({}).selection_whole == "all_trusted"  # the rule models trained before it were selected by
 

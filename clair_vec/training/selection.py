@@ -254,7 +254,8 @@ def decide(tables: Sequence[dict[OptionKey, float]], margin: float, trained: tup
         if len(plan) < len(domains):
             continue
         trusted = {d: p["lower"] > margin for d, p in plan.items()}
-        accepted = all(trusted.values()) if rule == "all_trusted" else (
+        # with no query domain (a gallery-only model) there is nothing to trust: it ships as it always did
+        accepted = all(trusted.values()) if rule == "all_trusted" or not trusted else (
             any(trusted.values()) and all(p["gain"] >= margin for p in plan.values()))
         if accepted:
             return {"gallery": path, "domains": {d: {**p, "trusted": trusted[d], **({} if trusted[d] else {"carried": True})}
