@@ -266,10 +266,13 @@ def verdict(results: dict[str, Any], top_k: int, shipped: str) -> str:
         return f"the model beats raw CLIP on the unseen classes for every query domain ({', '.join(won)})"
     if not lost:
         # a tie is what shipping raw CLIP for a domain looks like: say so, not "beats"
+        why = (f"The model that shipped ({shipped}) keeps raw CLIP where training did not beat it by more than the spread "
+               "of the validation folds; more or cleaner training data may change that."
+               if shipped in ("raw_clip", "mapping_only", "per_domain") else
+               f"The model that shipped ({shipped}) changes those embeddings, and ranks these unseen classes as raw CLIP "
+               "does there.")  # fmt: skip
         return (f"the model ranks like raw CLIP on the unseen classes for {', '.join(tied)}"
-                + (f" and beats it for {', '.join(won)}" if won else "")
-                + f" ({key}). The model that shipped ({shipped}) keeps raw CLIP where training did not beat it by more than "
-                "the spread of the validation folds; more or cleaner training data may change that.")  # fmt: skip
+                + (f" and beats it for {', '.join(won)}" if won else "") + f" ({key}). {why}")
     return (f"note: the model lost to raw CLIP on the unseen classes for {'; '.join(lost)} ({key}). The model that "
             f"shipped ({shipped}) was chosen on held-out seen classes; what it learned from them did not carry over "
             "to these unseen ones here. Evaluate a model on your own unseen classes before you deploy it "

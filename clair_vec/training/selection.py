@@ -102,7 +102,7 @@ def mapping_only_model(foundation: FoundationModel, classes: Sequence[str], doma
     """B1: raw CLIP features (identity head), mapped into the pivot domain by the text-only mapping."""
     text = {d: hand_crafted_text_embeddings(foundation, classes, d, config.templates) for d in domains}
     mapping = DomainMapping.fit(text, config.pivot_domain, config.mapping, config.mapping_lambda)
-    head = ClairHead.identity(foundation.embed_dim, config.head_hidden, config.head_activation)
+    head = ClairHead.identity(foundation.embed_dim, config.head_hidden)  # raw CLIP: one id whatever the activation
     return ClairModel(foundation, head, mapping, classes, text, config.replace(prompt_side="none"))
 
 
@@ -346,7 +346,7 @@ def apply_selection(trained: ClairModel, selection: dict[str, Any], features: Ma
         mapping = maps.get((decision["mapping"], paths[d][1]))
         chosen[d] = mapping.maps[d] if mapping is not None else (eye.clone(), torch.zeros(trained.dim))
     routing = {d: b for d, (b, _) in paths.items()}
-    head = trained.head if any(b > 0 for b in routing.values()) else ClairHead.identity(trained.dim, cfg.head_hidden, cfg.head_activation)
+    head = trained.head if any(b > 0 for b in routing.values()) else ClairHead.identity(trained.dim, cfg.head_hidden)
     head.eval()
     centered = {d: features[d] for d, (_, c) in paths.items() if c and d in features}
     dev = module_device(head)
