@@ -36,6 +36,15 @@ def test_demo_end_to_end_reports_metrics_for_both_methods(tmp_path, capsys, back
     assert "next:" in out and len(res["next"]) == 3
 
 
+def test_a_tie_says_raw_clip_was_kept_only_where_the_shipped_model_keeps_it():
+    from clair_vec.demo import verdict
+
+    rows = {"raw CLIP": {"sketch->photo": {"mAP@200": 0.4}}, "CLAIR": {"sketch->photo": {"mAP@200": 0.4002}}}
+    for shipped, kept in (("raw_clip", True), ("per_domain", True), ("clair", False), ("centred_mapping", False)):
+        said = verdict({"rows": rows}, 200, shipped)
+        assert said.startswith("the model ranks like raw CLIP") and ("keeps raw CLIP" in said) is kept, shipped
+
+
 def test_a_seed_reproduces_its_numbers_at_the_same_thread_count(tmp_path, capsys):
     kw = dict(per_class=6, web_per_class=10, bootstrap_steps=15, epochs=2, batch_size=24, top_k=20, progress=False, seed=3,
               threads=2)  # fmt: skip
