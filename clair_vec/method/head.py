@@ -60,9 +60,9 @@ class ClairHead(nn.Module):
         return F.normalize(v + self.alpha * r, dim=-1)
 
     @classmethod
-    def identity(cls, dim: int, hidden: int | None = None, activation: str = "relu") -> ClairHead:
+    def identity(cls, dim: int, hidden: int | None = None) -> ClairHead:
         """A head that returns its (normalised) input: raw CLIP features, for the mapping-only model."""
-        head = cls(dim, hidden, 0.0, activation=activation)
+        head = cls(dim, hidden, 0.0)
         with torch.no_grad():
             for p in head.parameters():
                 p.zero_()
