@@ -205,6 +205,54 @@ def test_top_k_above_milvus_limit_is_refused_before_the_engine(tmp_path):
         assert len(be.search("c", np.ones(4), top_k=16384)[0]) == 3
 
 
+def test_a_milvus_flush_waits_out_a_data_node_that_re_registers_and_then_names_it(tmp_path, monkeypatch, caplog):
+    """A loaded 2.3 server whose data node lost its etcd session answered a second process's
+    flush with "session not found->datanode-2: node not found": the flush is asked
+    again until the node is back, and a node that never comes back is BackendUnavailableError
+    saying so, not the raw server trace. Any other flush error is not waited on."""
+    pytest.importorskip("milvus_lite")
+    from clair_vec_milvus import MilvusBackend, writes
+    from pymilvus.exceptions import MilvusException
+
+    gone = MilvusException(code=65535, message="attempt #0: session not found->datanode-2: node not found[node=2]: unrecoverable error")
+    clock = [0.0]
+    monkeypatch.setattr(writes.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(writes.time, "monotonic", lambda: clock[0])
+    with MilvusBackend(str(tmp_path / "m.db")) as be:
+        be.create_collection(CollectionInfo("c", 4, "m"))
+        be.upsert("c", make_records(3, dim=4))
+        real, asked = be.client.flush, []
+
+        def flush(name, answers):
+            asked.append(name)
+            answer = next(answers)
+            if answer is not None:
+                raise answer
+            return real(name)
+
+        answers = iter([gone, gone, None])
+        monkeypatch.setattr(be.client, "flush", lambda name, **kw: flush(name, answers))
+        be.flush("c")
+        assert len(asked) == 3 and "re-registering its data node" in caplog.text
+        assert be.count("c") == 3
+
+        asked.clear()
+        forever = iter(lambda: gone, object())
+        monkeypatch.setattr(be.client, "flush", lambda name, **kw: flush(name, forever))
+        with pytest.raises(BackendUnavailableError) as err:
+            be.flush("c")
+        said = str(err.value)
+        assert "its data node has not come back for 60 s" in said and "check the server's log" in said
+        assert "stack trace" not in said and 60 <= len(asked) <= 63
+
+        asked.clear()
+        other = iter([MilvusException(code=1, message="collection not loaded")])
+        monkeypatch.setattr(be.client, "flush", lambda name, **kw: flush(name, other))
+        with pytest.raises(Exception, match="collection not loaded"):
+            be.flush("c")
+        assert len(asked) == 1
+
+
 def test_auth_errors_and_rejected_requests_are_never_retried(tmp_path, monkeypatch):
     class Refusing(NumpyBackend):
         def translate_error(self, exc):

@@ -31,6 +31,10 @@ Credentials (servers only), the first found wins: option ``token`` (``user:passw
 Refused credentials raise :class:`~clair_vec.errors.AuthenticationError` at once, never
 retried. ``db_name`` selects a database (default: the server's default database).
 
+A server whose data node is registering again (its session lapsed on a loaded machine, or the
+node restarted) answers a flush with "node not found" for a few seconds: the flush waits for it,
+up to a minute, then says so.
+
 Limits: ``top_k`` at most 16384 (the server's limit; Milvus Lite took 47 s for a top_k of 10^9
 over 200 records, so the same bound holds there). Aliases are Milvus's own (create_alias /
 alter_alias, atomic on the server).

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from clair_vec.plugin import Backend, Record
+from clair_vec.plugin import Backend, BackendUnavailableError, Record, scrub
 
 from .schema import _FIELDS
 
@@ -15,6 +15,11 @@ from .schema import _FIELDS
 #: 15.6 queries a second at 100k x 512-d with HNSW and 0.9 at 1M (python -m
 #: clair_vec.benchmarks.ann --vectors 1000000 --engines milvus-lite --only default,FLAT)
 LITE_LARGE_ROWS = 200_000
+
+#: how long a flush waits for a server whose data node is re-registering (see MilvusWrites._seal)
+NODE_CHANGE_TIMEOUT_S = 60.0
+#: what a 2.3 server says while its coordinator still points at a data node that has gone
+_NODE_CHANGE = ("node not found", "session not found", "channel not found")
 
 
 class MilvusWrites(Backend):
@@ -37,7 +42,7 @@ class MilvusWrites(Backend):
         self.client.upsert(name, data=rows, timeout=timeout)
 
     def _flush(self, name: str) -> None:
-        self.client.flush(name)
+        self._seal(name)
         self._grow_index(name)
         if not self.lite:
             self._wait_for_index(name)
@@ -49,6 +54,38 @@ class MilvusWrites(Backend):
                     "Milvus Lite collection %r holds %d vectors: Lite's searches take time in proportion to the gallery "
                     "whatever the index (a pass over every id in Python: about 1 s a query at 1,000,000 on 2 cores). For "
                     "a gallery this large use Qdrant Edge (--backend qdrant) or a Milvus server", name, rows)  # fmt: skip
+
+    def _seal(self, name: str) -> None:
+        """A server's data node whose session lapsed (its embedded etcd starved on a loaded box, or
+        the node restarted) registers again under a new id, and until the coordinator has handed
+        it the channels a flush answers "session not found ... node not found" (milvus#33151).
+        That takes seconds and the flush is idempotent, so it is asked again once a second for up
+        to NODE_CHANGE_TIMEOUT_S; then the error names the server's state and the fix."""
+        from pymilvus.exceptions import MilvusException
+
+        deadline = time.monotonic() + NODE_CHANGE_TIMEOUT_S
+        said = False
+        while True:
+            try:
+                self.client.flush(name)
+                return
+            except MilvusException as exc:
+                text = str(exc).lower()
+                if not any(w in text for w in _NODE_CHANGE):
+                    raise
+                if time.monotonic() > deadline:
+                    raise BackendUnavailableError(
+                        f"the Milvus server at {self.display_uri} could not seal {name!r}: its data node has not come "
+                        f"back for {NODE_CHANGE_TIMEOUT_S:.0f} s ({scrub(str(exc))[:300]}). The records written are "
+                        "kept; check the server's log (a data node that keeps losing its session needs more CPU "
+                        "or memory), then repeat the flush or the command"
+                    ) from exc
+                if not said:
+                    logging.getLogger(__name__).warning(
+                        "the Milvus server at %s is re-registering its data node; waiting up to %.0f s to flush %r",
+                        self.display_uri, NODE_CHANGE_TIMEOUT_S, name)  # fmt: skip
+                    said = True
+            time.sleep(1.0)
 
     def _wait_for_index(self, name: str) -> None:
         """A server indexes sealed segments in the background, and until it has, its query nodes
