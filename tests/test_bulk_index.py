@@ -91,26 +91,34 @@ def test_index_job_reports_skips_and_resumes(model_dir, shapes_root, tmp_path):
     assert bad.returncode == 2 and "unknown domain 'x-ray'" in bad.stderr and "Started a local Ray" not in bad.stderr
 
 
-def test_reembedding_a_collection_on_ray_reports_the_records_it_cannot_read_again(model_dir, shapes_root, tmp_path):
-    """``--from-collection`` re-reads the files a collection's records name; a record made from an
-    image in memory names none, and is reported (as ``clair-vec reindex`` reports it), not dropped."""
+def test_reembedding_a_collection_on_ray_reports_what_it_cannot_read_again_and_what_changed(model_dir, shapes_root, tmp_path):
+    """``--from-collection`` re-reads the files a collection's records name and says what
+    ``clair-vec reindex`` says: a record made from an image in memory names no file (``no_file``,
+    not dropped unsaid), and a file whose bytes changed since is indexed as it is now and listed
+    under ``changed``."""
+    import shutil
+
     from PIL import Image
 
     import clair_vec
 
-    files = sorted((shapes_root / "photo" / "heart").iterdir())[:3]
+    files = [Path(shutil.copy(f, tmp_path / f.name)) for f in sorted((shapes_root / "photo" / "heart").iterdir())[:3]]
     uri = str(tmp_path / "q")
     with Image.open(shapes_root / "photo" / "arrow" / "0000.png") as im:
         in_memory = im.convert("RGB")
     clair_vec.index("old", [*map(str, files), in_memory], backend="qdrant", uri=uri, model=str(model_dir), progress=False)
     with clair_vec.get_backend("qdrant", uri) as be:
         memory_id = next(rid for rid, p in be.records("old") if p["path"].startswith("<"))
+    with Image.open(shapes_root / "photo" / "arrow" / "0001.png") as im:
+        im.save(files[1])  # the same name, other bytes
     out = run_job("--model", str(model_dir), "--collection", "new", "--backend", "qdrant", "--uri", uri,
                   "--from-collection", "old")  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     s = json.loads(out.stdout.splitlines()[-1])
-    assert s["indexed"] == 3 and count("qdrant", uri, "new") == 3
-    assert [tuple(x) for x in s["skipped"]] == [(memory_id, "indexed from an in-memory image: there is no file to read again")]
+    assert s["from"] == "old" and s["read"] == 4 and s["indexed"] == 3 and count("qdrant", uri, "new") == 3
+    assert [tuple(x) for x in s["no_file"]] == [(memory_id, "indexed from an in-memory image: there is no file to read again")]
+    assert s["skipped"] == []
+    assert [tuple(x) for x in s["changed"]] == [(str(files[1]), "its bytes changed since the old collection indexed it; indexed as it is now")]
 
 
 def _kill_driver_mid_run(args: list[str], after_lines: int = 2) -> str:

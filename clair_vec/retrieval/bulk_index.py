@@ -35,7 +35,7 @@ from clair_vec.errors import CorruptImageError, DatasetError
 from clair_vec.extras import require
 from clair_vec.ray_runtime import gpus_each, ray_session
 from clair_vec.retrieval import remote
-from clair_vec.retrieval.sources import NO_FILE, names_a_file, printable, remote_sources, utf8_problem
+from clair_vec.retrieval.sources import CHANGED, NO_FILE, names_a_file, printable, remote_sources, utf8_problem
 from clair_vec.store.ids import content_digest, file_record_id, record_id
 from clair_vec.store.redaction import uri_secrets
 
@@ -48,8 +48,9 @@ def is_elsewhere(name: str) -> bool:
     return remote.is_source(name) or remote.split_member(name) is not None
 
 
-def _row(path: str, label: str = "", *, ignored: str = "", problem: str = "", data: bytes = b"") -> dict[str, Any]:
-    return {"path": os.fsencode(path), "label": label, "ignored": ignored, "problem": problem, "data": data}
+def _row(path: str, label: str = "", *, ignored: str = "", problem: str = "", data: bytes = b"", was: str = "") -> dict[str, Any]:
+    """One image to index. ``was``: the id the image's record has in the collection it is re-embedded from."""
+    return {"path": os.fsencode(path), "label": label, "ignored": ignored, "problem": problem, "data": data, "was": was}
 
 
 def list_files(row: dict[str, Any], *, label_from_folder: bool) -> list[dict[str, Any]]:
@@ -120,7 +121,7 @@ def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.nda
         read(i)
     return {"path": np.array([printable(p) for p in names], dtype=object), "label": batch["label"],
             "id": np.array(ids, dtype=object), "error": np.array(errors, dtype=object), "ignored": batch["ignored"],
-            "data": np.array(data, dtype=object)}  # fmt: skip
+            "data": np.array(data, dtype=object), "was": batch.get("was", np.array([""] * n, dtype=object))}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- writing
@@ -244,10 +245,15 @@ class EncodeActor:
             self.sink("write", [(r.id, r.vector, r.payload) for r in records], self.model.model_id)
             for i, _ in items:
                 status[i] = "indexed"
+        # re-embedding a collection: an image whose bytes are not those its old record was made of
+        was = batch.get("was", [""] * n)
+        changed = np.array([bool(was[i]) and not error[i] and status[i] != "skipped" and ids[i] != str(was[i])
+                            for i in range(n)], dtype=bool)  # fmt: skip
         counts = np.zeros((n, 2), np.int64)  # (replaced, moved) of the batch, carried on its first row
         if n:
             counts[0] = (self.sink("replace_stale", self.domain, {paths[i]: ids[i] for i in ok if status[i] != "skipped"}), moves)
-        return {"path": batch["path"], "status": status, "error": error, "replaced": counts[:, 0], "moved": counts[:, 1]}
+        return {"path": batch["path"], "status": status, "error": error, "replaced": counts[:, 0], "moved": counts[:, 1],
+                "changed": changed}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- the job
@@ -266,6 +272,8 @@ def _tally(summary: Any, batch: dict[str, np.ndarray]) -> None:
             summary.skipped.append((str(path), str(error)))
     summary.replaced += int(batch["replaced"].sum())
     summary.moved += int(batch["moved"].sum())
+    if hasattr(summary, "changed"):
+        summary.changed += [(str(path), CHANGED) for path, c in zip(batch["path"], batch["changed"], strict=True) if c]
 
 
 def ray_index(
@@ -293,14 +301,16 @@ def ray_index(
     their labels (the Ray form of ``clair-vec reindex``). ``precision``: of the CLIP forward, as in
     :meth:`~clair_vec.retrieval.retriever.Retriever.index`.
 
-    Returns an :class:`~clair_vec.retrieval.indexing.IndexSummary`. A Ray instance is started if none is
+    Returns an :class:`~clair_vec.retrieval.indexing.IndexSummary`; with ``from_collection`` a
+    :class:`~clair_vec.retrieval.indexing.ReindexSummary`, as ``clair-vec reindex`` returns (records
+    read, files whose bytes ``changed`` since, records with ``no_file``). A Ray instance is started if none is
     connected, and shut down again at the end.
     """
     require("ray", "ray.data", needed_for="Ray bulk indexing (ray_jobs/index.py)")
     import ray
 
     from clair_vec.method.model_card import ModelCard
-    from clair_vec.retrieval.indexing import IndexSummary, collection_precision, prepare_collection
+    from clair_vec.retrieval.indexing import IndexSummary, ReindexSummary, collection_precision, prepare_collection
     from clair_vec.store.plugins import get_backend
 
     if actors < 1:
@@ -332,15 +342,17 @@ def ray_index(
             precision = collection_precision(prepare_collection(be, collection, card, model_dir, precision))
             embedded = not be.shared
             # read before the store actor opens an embedded store: it takes one process at a time
-            no_file: list[tuple[str, str]] = []
-            rows = (_collection_rows(be, from_collection, domain, no_file) if from_collection is not None else
-                    _input_rows(inputs, label_from_folder=label_from_folder, tasks=max(2, actors)))  # fmt: skip
+            if from_collection is not None:
+                summary: IndexSummary = ReindexSummary(collection, be.name, source=be.resolve(from_collection))
+                rows = _collection_rows(be, from_collection, domain, summary)
+            else:
+                summary = IndexSummary(collection, be.name)
+                rows = _input_rows(inputs, label_from_folder=label_from_folder, tasks=max(2, actors))
         finally:
             be.close()
         # one process may open an embedded store: everyone writes through this actor
         store_actor = ray.remote(num_cpus=0)(StoreActor).remote(backend, uri, collection) if embedded else None
         try:
-            summary = IndexSummary(collection, be.name, skipped=no_file)
             actor_kwargs = {"model_dir": str(Path(model_dir).resolve()), "domain": domain, "collection": collection,
                             "backend": backend, "uri": uri, "store": store_actor, "vocabulary": vocabulary,
                             "device": "cuda" if gpu else "cpu", "threads": threads_per_actor, "precision": precision}  # fmt: skip
@@ -382,22 +394,24 @@ def _input_rows(inputs: list[str], *, label_from_folder: bool, tasks: int) -> An
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _collection_rows(be: Any, collection: str, domain: str, no_file: list[tuple[str, str]]) -> Any:
+def _collection_rows(be: Any, collection: str, domain: str, summary: Any) -> Any:
     """The files a collection's records of ``domain`` name, as rows like :func:`list_files` makes,
-    a page at a time into Ray's object store (the driver never holds the whole listing). A record
-    indexed from an image in memory names no file: it goes to ``no_file`` as (record id, why), and
-    from there to the summary's ``skipped``, with the reason ``clair-vec reindex`` gives for it
-    (which lists it under ``no_file``), instead of vanishing from the new collection unsaid."""
+    a page at a time into Ray's object store (the driver never holds the whole listing). Each row
+    carries its record's id as ``was``, so an image whose bytes changed since is reported under
+    ``changed``. A record indexed from an image in memory names no file: it goes to the summary's
+    ``no_file``, as ``clair-vec reindex`` reports it, instead of vanishing from the new collection
+    unsaid. ``summary.read`` counts the records looked at."""
     import ray
 
     parts = []
     page: list[dict[str, Any]] = []
     for rid, payload in be.records(be.resolve(collection), filter={"domain": domain}):
+        summary.read += 1
         path = payload.get("path")
         if names_a_file(path):
-            page.append(_row(path, str(payload.get("label") or "")))
+            page.append(_row(path, str(payload.get("label") or ""), was=rid))
         else:
-            no_file.append((rid, NO_FILE))
+            summary.no_file.append((rid, NO_FILE))
         if len(page) >= 4096:
             parts.append(ray.data.from_items(page))
             page = []

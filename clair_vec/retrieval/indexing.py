@@ -62,6 +62,19 @@ class IndexSummary:
                 "ignored": self.ignored}  # fmt: skip
 
 
+@dataclass
+class ReindexSummary(IndexSummary):
+    """What re-embedding a collection did (``clair-vec reindex``, or the Ray job's ``--from-collection``)."""
+
+    source: str = ""
+    read: int = 0  # records of the old collection looked at
+    changed: list[tuple[str, str]] = field(default_factory=list)  # (path, why): indexed with their bytes of now
+    no_file: list[tuple[str, str]] = field(default_factory=list)  # (record id, why): nothing to read again
+
+    def as_dict(self) -> dict:
+        return {"from": self.source, **super().as_dict(), "read": self.read, "changed": self.changed, "no_file": self.no_file}
+
+
 def encode_records(
     model: ClairModel,
     domain: str,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -23,29 +22,18 @@ from clair_vec.method.pixel_batches import default_batch_size
 from clair_vec.progress import progress_bar
 from clair_vec.retrieval import remote
 from clair_vec.retrieval.indexing import (
-    IndexSummary,
+    ReindexSummary,
     check_batch_size,
     collection_precision,
     index_sources,
     prepare_collection,
 )
 from clair_vec.retrieval.retriever import Retriever
-from clair_vec.retrieval.sources import NO_FILE, ImageSource, names_a_file, printable, utf8_problem
+from clair_vec.retrieval.sources import CHANGED, NO_FILE, ImageSource, names_a_file, printable, utf8_problem
 from clair_vec.retrieval.vocabulary import vocabulary
 from clair_vec.store.backend import Backend, check_collection_name
 
 PAGE = 512
-
-
-@dataclass
-class ReindexSummary(IndexSummary):
-    source: str = ""
-    read: int = 0  # records of the old collection looked at
-    changed: list[tuple[str, str]] = field(default_factory=list)  # (path, why): indexed with their bytes of now
-    no_file: list[tuple[str, str]] = field(default_factory=list)  # (record id, why): nothing to read again
-
-    def as_dict(self) -> dict:
-        return {"from": self.source, **super().as_dict(), "read": self.read, "changed": self.changed, "no_file": self.no_file}
 
 
 def _pages(records: Iterator, size: int) -> Iterator[list]:
@@ -105,7 +93,7 @@ def reindex(
 
             def changed(src: ImageSource, rid: str, was: dict[str, str] = was) -> None:
                 if was.get(src.path or "") not in (None, rid):
-                    summary.changed.append((src.name, "its bytes changed since the old collection indexed it; indexed as it is now"))
+                    summary.changed.append((src.name, CHANGED))
 
             for domain, items in by_domain.items():
                 index_sources(m, be, new, items, domain=domain, batch_size=batch_size, vocabulary=tags, progress=False,

@@ -28,6 +28,8 @@ ImageInput = str | Path | Image.Image | np.ndarray
 
 #: why a record made from an in-memory image (named ``<image #i>``) cannot be re-embedded
 NO_FILE = "indexed from an in-memory image: there is no file to read again"
+#: why a re-embedded record is listed under ``changed``
+CHANGED = "its bytes changed since the old collection indexed it; indexed as it is now"
 
 
 def names_a_file(path: object) -> bool:
