@@ -183,6 +183,31 @@ def test_the_linear_head_is_a_linear_map_of_its_input_and_the_default_relu_head_
         ClairConfig(head_activation="gelu")
 
 
+def test_averaged_heads_are_one_head_whose_residual_is_the_mean_of_theirs():
+    """The shipped head averages the final and the fold heads: exactly the mean of their scaled,
+    centred residuals, as one wider head of the same kind."""
+    v = unit(10, 16, seed=4).float()
+    for activation, center in (("relu", False), ("relu", True), ("none", True)):
+        heads = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            h = ClairHead(16, 8 + 4 * seed, 0.1 + 0.2 * seed, center=center, activation=activation)
+            if center:
+                h.train()(unit(32, 16, seed=10 + seed).float())  # a running mean to subtract
+            heads.append(h.eval())
+        want = F.normalize(v + torch.stack([h.alpha * (h.mlp(v) - (h.offset if center else 0)) for h in heads]).mean(0), dim=-1)
+        avg = ClairHead.average(heads)
+        assert (avg.mlp[0].out_features, avg.activation, avg.center) == (8 + 12 + 16, activation, center)
+        torch.testing.assert_close(avg(v).detach(), want.detach(), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(avg(v), heads[0](v), atol=1e-3)
+    assert ClairHead.average(heads[:1]) is heads[0]
+    with pytest.raises(ValueError, match="one width, activation and centring"):
+        ClairHead.average([ClairHead(16), ClairHead(16, activation="none")])
+    assert ClairConfig().head_ensemble == "none" and ClairConfig.from_dict({}).head_ensemble == "none"
+    with pytest.raises(ValueError, match="head_ensemble='all' is not one of"):
+        ClairConfig(head_ensemble="all")
+
+
 def test_head_is_residual_normalised_and_momentum_update_is_ema():
     head = ClairHead(8, alpha_init=0.0)
     v = unit(4, 8, seed=1).float()

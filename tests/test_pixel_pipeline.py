@@ -4,6 +4,7 @@ queries."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -145,6 +146,26 @@ def test_encode_benchmark_measures_every_row(tmp_path):
                                                  "index into Milvus Lite") for p in ("fp32", "bf16")}  # fmt: skip
     assert all(v > 0 for v in rows.values()) and set(res["vs_dataloader"]) == {k for k in rows if k.startswith("index")}
     assert "| index into Milvus Lite bf16 |" in format_table(res)
+
+
+def test_service_benchmark_serves_a_gallery_at_the_precision_it_was_indexed_at():
+    """A small run of the service benchmark at bf16: the gallery is indexed at bf16, the served
+    searches all answer 200 at each concurrency level, and every figure its table needs is there."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "clair_vec.benchmarks.service", "--clip-model", "clair-tiny", "--images", "24",
+                          "--queries", "4", "--per-level", "8", "--requests", "16", "--rounds", "1", "--clients", "1", "2",
+                          "--precision", "bf16"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "CLAIR_VEC_PROGRESS": "0", "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    indexed, floor, one, two, ratio, memory = rows
+    assert indexed["indexed"] == 24 and indexed["precision"] == "bf16" and indexed["index_img_per_s"] > 0
+    assert floor["floor_p50_ms"] > 0 and floor["ratio_to_floor"] > 0
+    assert (one["clients"], two["clients"]) == (1, 2) and one["errors"] == two["errors"] == 0 and one["requests"] == 8
+    assert set(ratio) == {"qps_2_over_1"} and memory["memory_run"]["errors"] == 0 and memory["server_rss_mb_after"] > 0
 
 
 def test_int8_quantises_a_vit_once_and_stays_close_to_fp32(shapes_root):

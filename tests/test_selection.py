@@ -19,7 +19,16 @@ from clair_vec.method.model_card import ModelCard
 from clair_vec.method.prompts import hand_crafted_text_embeddings
 from clair_vec.training.features import DomainFeatures
 from clair_vec.training.folds import FoldRun, class_folds
-from clair_vec.training.selection import MAP_NONE, MAP_TEXT, RAW, apply_selection, decide, select_on_folds, ship
+from clair_vec.training.selection import (
+    MAP_NONE,
+    MAP_TEXT,
+    RAW,
+    apply_selection,
+    average_fold_heads,
+    decide,
+    select_on_folds,
+    ship,
+)
 from clair_vec.training.trainer import VAL_KEY
 
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring"]
@@ -198,6 +207,24 @@ def test_a_head_sabotaged_on_one_query_domain_is_not_shipped_for_that_domain(tin
     assert selection["gallery_blend"] == 0.0 and selection["gallery_centered"] is False
 
 
+def test_the_shipped_head_averages_the_fold_heads_only_when_the_config_says_so(tiny_clip):
+    selection, feats, head, cfg = sabotaged_selection(tiny_clip)
+    text = {d: hand_crafted_text_embeddings(tiny_clip, CLASSES, d) for d in DOMAINS}
+    folds = class_folds(CLASSES, fraction=0.3, seed=0, max_folds=5)
+    other = ClairHead(tiny_clip.embed_dim, 3, 0.5)
+    runs = [FoldRun(f, [], 0.2, [{VAL_KEY: 0.5}], [{"head": other.state_dict(), "prompts": None}]) for f in folds]
+    for ensemble, hidden in (("folds", 18), ("none", 3)):
+        trained = ClairModel(tiny_clip, head, DomainMapping.fit(text, "photo"), CLASSES, text, cfg.replace(head_ensemble=ensemble))
+        shipped = average_fold_heads(trained, runs)
+        assert shipped.head.mlp[0].out_features == hidden and (shipped is trained) == (ensemble == "none")
+        assert average_fold_heads(trained, []) is trained
+    v = feats["clipart"].clean.float()
+    torch.testing.assert_close(shipped.head(v), head(v))
+    folds_cfg = cfg.replace(head_ensemble="folds")
+    averaged = average_fold_heads(ClairModel(tiny_clip, head, trained.mapping, CLASSES, text, folds_cfg), runs).head
+    torch.testing.assert_close(averaged(v), F.normalize(v + (head.alpha * head.mlp(v) + 5 * other.alpha * other.mlp(v)) / 6, dim=-1))
+
+
 def test_a_head_that_collapses_every_domain_ships_nowhere(tiny_clip):
     feats, _ = synthetic(tiny_clip.embed_dim)
     head = ClairHead(tiny_clip.embed_dim, 3, 1000.0)
@@ -276,7 +303,8 @@ def selected(shapes_root, tmp_path_factory):
     from clair_vec.training.job import train_local
 
     cfg = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=2, batch_size=48, lr=3e-3,
-                      confidence="cosine", confidence_norm="none", selection_thresholds=[0.2, 0.95], selection_blends=[0.0, 1.0])  # fmt: skip
+                      confidence="cosine", confidence_norm="none", selection_thresholds=[0.2, 0.95], selection_blends=[0.0, 1.0],
+                      head_ensemble="folds")  # fmt: skip
     model = train_local(shapes_root, cfg, progress=False)
     return model, model.save(tmp_path_factory.mktemp("sel") / "m")
 
@@ -299,6 +327,10 @@ def test_training_records_folds_spread_and_decision_per_domain(selected, shapes_
     assert t["chosen"] in (0.2, 0.95) and set(t["thresholds"]) == {"0.2", "0.95"}
     assert t["thresholds"]["0.95"]["kept_fraction"] < t["thresholds"]["0.2"]["kept_fraction"]
     assert model.config.confidence_threshold == t["chosen"]
+    # head_ensemble=folds: the shipped head averages the final head with the five fold heads (when any domain uses it)
+    assert r["heads_averaged"] == 6 and model.config.head_ensemble == "folds"
+    if any(b > 0 for b in model.routing.values()):
+        assert model.head.mlp[0].out_features == 6 * model.config.head_hidden if model.config.head_hidden else 6 * model.dim
 
 
 def test_too_few_seen_classes_ship_raw_clip_and_say_why(shapes_root, tmp_path):

@@ -3,6 +3,7 @@
     python -m clair_vec.benchmarks.service --model clair_demo/model --images 10000
     python -m clair_vec.benchmarks.service --clip-model ViT-B-32 --images 2000        # a ViT-B-32-shaped model
     python -m clair_vec.benchmarks.service --model clair_demo/model --uri http://127.0.0.1:19530   # a Milvus server
+    python -m clair_vec.benchmarks.service --clip-model ViT-B-32 --precision int8   # a gallery (and its queries) at int8
 
 Indexes generated photos into the embedded default (Milvus Lite; ``--backend qdrant``: Qdrant
 Edge) or the server at ``--uri``, then measures:
@@ -52,7 +53,7 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def floor(model_dir: str, store: str, queries: list[bytes], top_k: int, backend: str) -> dict:
+def floor(model_dir: str, store: str, queries: list[bytes], top_k: int, backend: str, precision: str | None = None) -> dict:
     """p50 of (CLIP encode + head + mapping) and of the raw engine search, on open objects."""
     from PIL import Image
 
@@ -67,7 +68,7 @@ def floor(model_dir: str, store: str, queries: list[bytes], top_k: int, backend:
         for q in queries * 2:
             im = Image.open(io.BytesIO(q)).convert("RGB")
             t0 = time.perf_counter()
-            v = r.model.embed_images([im], "sketch")
+            v = r.model.embed_images([im], "sketch", precision=precision)
             encode.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             if backend == "milvus":  # pymilvus itself, same parameters as the plugin
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top-k", type=int, default=10, help="hits per query")
     p.add_argument("--backend", default="milvus", help="an embedded backend: milvus (Lite, the default) or qdrant (Edge)")
     p.add_argument("--rounds", type=int, default=3, help="alternating floor / service rounds for the 1-client comparison")
+    p.add_argument("--precision", default=None, help="of the CLIP forward: fp32 (default), bf16 or int8 (CPU); the gallery "
+                   "records it and the service encodes its queries the same way")  # fmt: skip
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["CLAIR_VEC_PROGRESS"] = os.environ.get("CLAIR_VEC_PROGRESS", "1")
@@ -215,14 +218,16 @@ def main(argv: list[str] | None = None) -> None:
             with get_backend(a.backend, a.uri) as be:
                 be.drop_collection("gallery")
         t0 = time.perf_counter()
-        s = index("gallery", photos, model=a.model, backend=a.backend, uri=store, label_from_folder=True)
-        print(json.dumps({"indexed": s.indexed, "index_s": round(time.perf_counter() - t0, 1)}), flush=True)
+        s = index("gallery", photos, model=a.model, backend=a.backend, uri=store, label_from_folder=True, precision=a.precision)
+        took = time.perf_counter() - t0
+        print(json.dumps({"indexed": s.indexed, "index_s": round(took, 1), "index_img_per_s": round(s.indexed / took, 1),
+                          "precision": a.precision or "fp32"}), flush=True)  # fmt: skip
         queries = [f.read_bytes() for f in sorted((data / "sketch").rglob("*.png"))[:: max(1, a.images // a.queries)][: a.queries]]
         # the box is shared and noisy (the engine's own p50 moved 5-9 ms between minutes here): the
         # floor and the 1-client service are measured in alternating rounds and compared by median
         floors, singles, tooks = [], [], []
         for _ in range(a.rounds):
-            floors.append(floor(a.model, store, queries, a.top_k, a.backend))
+            floors.append(floor(a.model, store, queries, a.top_k, a.backend, a.precision))
             proc, url = _start(a.model, store, a.backend, extra)
             load(url, queries, 1, 100, a.top_k)  # warm-up
             row = load(url, queries, 1, a.per_level, a.top_k)

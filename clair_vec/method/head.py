@@ -7,6 +7,7 @@ W and text prototypes keep their meaning for head outputs.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -58,6 +59,31 @@ class ClairHead(nn.Module):
             else:
                 r = r - self.offset
         return F.normalize(v + self.alpha * r, dim=-1)
+
+    @classmethod
+    @torch.no_grad()
+    def average(cls, heads: Sequence[ClairHead]) -> ClairHead:
+        """One head whose residual is the mean of ``heads``' residuals (each with its ``alpha`` and,
+        centred, its offset): their hidden units side by side, the second layer scaled by
+        ``alpha / len(heads)``. Exact, since a sum of one-hidden-layer MLPs is one wider MLP; so it
+        saves, loads and validates as any head does."""
+        heads = list(heads)
+        if not heads:
+            raise ValueError("ClairHead.average needs at least one head")
+        first = heads[0]
+        if len(heads) == 1:
+            return first
+        kinds = {(h.dim, h.activation, h.center) for h in heads}
+        if len(kinds) > 1:
+            raise ValueError(f"ClairHead.average needs heads of one width, activation and centring, got {sorted(kinds)}")
+        k = len(heads)
+        out = cls(first.dim, sum(h.mlp[0].out_features for h in heads), 1.0, center=first.center,
+                  activation=first.activation).to(first.alpha.device)  # fmt: skip
+        out.mlp[0].weight.copy_(torch.cat([h.mlp[0].weight for h in heads]))
+        out.mlp[0].bias.copy_(torch.cat([h.mlp[0].bias for h in heads]))
+        out.mlp[2].weight.copy_(torch.cat([h.alpha * h.mlp[2].weight for h in heads], dim=1) / k)
+        out.mlp[2].bias.copy_(sum(h.alpha * (h.mlp[2].bias - (h.offset if h.center else 0.0)) for h in heads) / k)
+        return out.eval()  # a centred head's offset stays zero: each one's is in the bias
 
     @classmethod
     def identity(cls, dim: int, hidden: int | None = None) -> ClairHead:

@@ -4,7 +4,7 @@ on every seen class, and the training record."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from clair_vec.method.devices import resolve_device
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.model import ClairModel
 from clair_vec.training.features import DomainFeatures, extract_features
-from clair_vec.training.folds import MIN_TRAINING_CLASSES, MIN_VALIDATION_CLASSES, class_folds, run_folds
-from clair_vec.training.selection import select_on_folds, ship
+from clair_vec.training.folds import MIN_TRAINING_CLASSES, MIN_VALIDATION_CLASSES, FoldRun, class_folds, run_folds
+from clair_vec.training.selection import average_fold_heads, select_on_folds, ship
 from clair_vec.training.trainer import ClairTrainer, EpochStats
 
 HIST_BINS = 20
@@ -89,9 +89,12 @@ def plan_folds(seen: MultiDomainDataset, config: ClairConfig, val_fraction: floa
 
 
 def choose(trained: ClairModel, split: Split, selection: dict[str, Any] | None, progress: dict[str, Any],
-           features: dict[str, DomainFeatures], *, why_none: str = "disabled") -> ClairModel:  # fmt: skip
-    """The shipped model (the selection applied to the final head) carrying the whole record."""
+           features: dict[str, DomainFeatures], *, why_none: str = "disabled", runs: Sequence[FoldRun] = ()) -> ClairModel:  # fmt: skip
+    """The shipped model (the selection applied to the final head, averaged with the fold heads
+    of ``runs`` as the config says) carrying the whole record."""
+    trained = average_fold_heads(trained, runs)
     model, record = ship(trained, selection, {d: f.clean for d, f in features.items()}, why_none=why_none)
+    record["heads_averaged"] = 1 + len(runs) if trained.config.head_ensemble == "folds" else 1
     folds = selection["folds"] if selection else []
     model.record = {**split.record(), "validation_classes": sorted({c for f in folds for c in f["validation_classes"]}),
                     **record, **progress}  # fmt: skip
@@ -134,4 +137,4 @@ def train_local(
     trainer = ClairTrainer(config, fm, split.classes, feats, progress=progress)
     trainer.fit(on_epoch)
     return choose(trainer.build_model(), split, selection, {**progress_record(trainer), "centring": centring}, feats,
-                  why_none=why_none)
+                  why_none=why_none, runs=runs)

@@ -252,7 +252,7 @@ def run_training(
         feats = ray_extract_features(fm, seen, n_views=config.n_views, **common)
         config, centring = decide_centring(config, {d: f.clean for d, f in feats.items()})
         folds, why_none = plan_folds(seen, config, val_fraction, split.vocabulary)
-        selection = None
+        selection, runs = None, []
         if folds:
             runs, thresholds = _ray_folds(config, fm, feats, folds, run_dir, split.classes)
             config = config.replace(confidence_threshold=thresholds["chosen"])
@@ -273,7 +273,7 @@ def run_training(
         with result.checkpoint.as_directory() as d:
             trained = ClairModel.load(Path(d) / "model")
             progress = json.loads((Path(d) / "progress.json").read_text())
-        model = choose(trained, split, selection, {**progress, "centring": centring}, feats, why_none=why_none)
+        model = choose(trained, split, selection, {**progress, "centring": centring}, feats, why_none=why_none, runs=runs)
         out = model.save(out)
         log.info("zero-shot classes held out of training: %s", split.unseen.classes)
         return TrainResult(out, dict(result.metrics), progress["history"], model.record)

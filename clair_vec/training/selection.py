@@ -329,6 +329,19 @@ def _round(x: float) -> float | None:
 
 
 # ---------------------------------------------------------------------- the shipped model
+def average_fold_heads(trained: ClairModel, runs: Sequence[FoldRun]) -> ClairModel:
+    """``trained`` with its head averaged with the folds' last-epoch heads when the config says
+    ``head_ensemble="folds"`` (:meth:`ClairHead.average`); as it is otherwise, or without folds.
+    The folds' evidence is each fold's own head, not this average: the guard stays a judgement of
+    the method as trained, and the average is the variance one head's random start leaves out."""
+    if trained.config.head_ensemble != "folds" or not runs:
+        return trained
+    dev = module_device(trained.head)
+    heads = [trained.head, *(_head(trained.config, trained.dim, r.snapshots[-1]["head"]).to(dev) for r in runs)]
+    return ClairModel(trained.foundation, ClairHead.average(heads), trained.mapping, trained.classes, trained.text_embeddings,
+                      trained.config, trained.prompt_state, trained.record, trained.routing, trained.centers)  # fmt: skip
+
+
 def apply_selection(trained: ClairModel, selection: dict[str, Any], features: Mapping[str, torch.Tensor]) -> ClairModel:
     """``trained`` (final head, its text) with the selection's blends, centres and per-domain maps;
     centres are fitted on ``features`` (CLIP features of each domain's training images)."""
