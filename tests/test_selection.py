@@ -223,6 +223,9 @@ def test_the_shipped_head_averages_the_fold_heads_only_when_the_config_says_so(t
     folds_cfg = cfg.replace(head_ensemble="folds")
     averaged = average_fold_heads(ClairModel(tiny_clip, head, trained.mapping, CLASSES, text, folds_cfg), runs).head
     torch.testing.assert_close(averaged(v), F.normalize(v + (head.alpha * head.mlp(v) + 5 * other.alpha * other.mlp(v)) / 6, dim=-1))
+    # the fold heads come from CPU snapshots; the average lands where the trained head runs (meta stands in for a GPU)
+    on_meta = ClairModel(tiny_clip, ClairHead(tiny_clip.embed_dim, 3, 1.0).to("meta"), trained.mapping, CLASSES, text, folds_cfg)
+    assert average_fold_heads(on_meta, runs).head.mlp[2].weight.device.type == "meta"
 
 
 def test_a_head_that_collapses_every_domain_ships_nowhere(tiny_clip):
