@@ -219,10 +219,13 @@ def test_the_shipped_head_averages_the_fold_heads_only_when_the_config_says_so(t
         assert shipped.head.mlp[0].out_features == hidden and (shipped is trained) == (ensemble == "none")
         assert average_fold_heads(trained, []) is trained
     v = feats["clipart"].clean.float()
-    torch.testing.assert_close(shipped.head(v), head(v))
     folds_cfg = cfg.replace(head_ensemble="folds")
     averaged = average_fold_heads(ClairModel(tiny_clip, head, trained.mapping, CLASSES, text, folds_cfg), runs).head
     torch.testing.assert_close(averaged(v), F.normalize(v + (head.alpha * head.mlp(v) + 5 * other.alpha * other.mlp(v)) / 6, dim=-1))
+    # six heads too wide for a checkpoint: the final head ships alone, and says why
+    wide = ClairModel(tiny_clip, ClairHead(tiny_clip.embed_dim, 3000, 1.0), trained.mapping, CLASSES, text, folds_cfg)
+    assert average_fold_heads(wide, [FoldRun(f, [], 0.2, [], [{"head": wide.head.state_dict(), "prompts": None}])
+                                     for f in folds]) is wide  # fmt: skip
     # the fold heads come from CPU snapshots; the average lands where the trained head runs (meta stands in for a GPU)
     on_meta = ClairModel(tiny_clip, ClairHead(tiny_clip.embed_dim, 3, 1.0).to("meta"), trained.mapping, CLASSES, text, folds_cfg)
     assert average_fold_heads(on_meta, runs).head.mlp[2].weight.device.type == "meta"
@@ -333,7 +336,7 @@ def test_training_records_folds_spread_and_decision_per_domain(selected, shapes_
     # head_ensemble=folds: the shipped head averages the final head with the five fold heads (when any domain uses it)
     assert r["heads_averaged"] == 6 and model.config.head_ensemble == "folds"
     if any(b > 0 for b in model.routing.values()):
-        assert model.head.mlp[0].out_features == 6 * model.config.head_hidden if model.config.head_hidden else 6 * model.dim
+        assert model.head.mlp[0].out_features == 6 * (model.config.head_hidden or model.dim)
 
 
 def test_too_few_seen_classes_ship_raw_clip_and_say_why(shapes_root, tmp_path):

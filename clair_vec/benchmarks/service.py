@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top-k", type=int, default=10, help="hits per query")
     p.add_argument("--backend", default="milvus", help="an embedded backend: milvus (Lite, the default) or qdrant (Edge)")
     p.add_argument("--rounds", type=int, default=3, help="alternating floor / service rounds for the 1-client comparison")
-    p.add_argument("--precision", default=None, help="of the CLIP forward: fp32 (default), bf16 or int8 (CPU); the gallery "
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"], help="of the CLIP forward: fp32 (default), bf16 or int8 (CPU); the gallery "
                    "records it and the service encodes its queries the same way")  # fmt: skip
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         # floor and the 1-client service are measured in alternating rounds and compared by median
         floors, singles, tooks = [], [], []
         for _ in range(a.rounds):
-            floors.append(floor(a.model, store, queries, a.top_k, a.backend, a.precision))
+            floors.append(floor(a.model, store, queries, a.top_k, a.backend, precision))
             proc, url = _start(a.model, store, a.backend, extra)
             load(url, queries, 1, 100, a.top_k)  # warm-up
             row = load(url, queries, 1, a.per_level, a.top_k)

@@ -247,7 +247,7 @@ class EncodeActor:
                 status[i] = "indexed"
         # re-embedding a collection: an image whose bytes are not those its old record was made of
         was = batch.get("was", [""] * n)
-        changed = np.array([bool(was[i]) and not error[i] and status[i] != "skipped" and ids[i] != str(was[i])
+        changed = np.array([bool(was[i]) and status[i] in ("indexed", "present", "duplicate") and ids[i] != str(was[i])
                             for i in range(n)], dtype=bool)  # fmt: skip
         counts = np.zeros((n, 2), np.int64)  # (replaced, moved) of the batch, carried on its first row
         if n:

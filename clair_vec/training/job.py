@@ -92,9 +92,10 @@ def choose(trained: ClairModel, split: Split, selection: dict[str, Any] | None, 
            features: dict[str, DomainFeatures], *, why_none: str = "disabled", runs: Sequence[FoldRun] = ()) -> ClairModel:  # fmt: skip
     """The shipped model (the selection applied to the final head, averaged with the fold heads
     of ``runs`` as the config says) carrying the whole record."""
+    width = trained.head.mlp[0].out_features
     trained = average_fold_heads(trained, runs)
     model, record = ship(trained, selection, {d: f.clean for d, f in features.items()}, why_none=why_none)
-    record["heads_averaged"] = 1 + len(runs) if trained.config.head_ensemble == "folds" else 1
+    record["heads_averaged"] = trained.head.mlp[0].out_features // width  # the final head's and each fold head's width are one
     folds = selection["folds"] if selection else []
     model.record = {**split.record(), "validation_classes": sorted({c for f in folds for c in f["validation_classes"]}),
                     **record, **progress}  # fmt: skip

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from clair_vec.method.centering import DomainCenters
+from clair_vec.method.checkpoint_schema import MAX_DIM
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.devices import module_device
 from clair_vec.method.foundation import FoundationModel
@@ -338,6 +339,12 @@ def average_fold_heads(trained: ClairModel, runs: Sequence[FoldRun]) -> ClairMod
         return trained
     dev = module_device(trained.head)
     heads = [trained.head, *(_head(trained.config, trained.dim, r.snapshots[-1]["head"]).to(dev) for r in runs)]
+    width = sum(h.mlp[0].out_features for h in heads)
+    if width > MAX_DIM:  # a checkpoint holds a head at most this wide: one that could not load is not shipped
+        log.warning("head_ensemble=folds: %d heads side by side would be %d units wide, above a checkpoint's %d; the "
+                    "final head ships alone (fewer selection_folds or a narrower head_hidden would fit)", len(heads), width,
+                    MAX_DIM)  # fmt: skip
+        return trained
     return ClairModel(trained.foundation, ClairHead.average(heads), trained.mapping, trained.classes, trained.text_embeddings,
                       trained.config, trained.prompt_state, trained.record, trained.routing, trained.centers)  # fmt: skip
 
