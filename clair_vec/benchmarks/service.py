@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["CLAIR_VEC_PROGRESS"] = os.environ.get("CLAIR_VEC_PROGRESS", "1")
     from clair_vec.datasets.shapes import make_shapes_dataset
     from clair_vec.retrieval.api import index
+    from clair_vec.retrieval.indexing import collection_precision
+    from clair_vec.store.plugins import get_backend
 
     work = Path(tempfile.mkdtemp(prefix="clair-serve-bench-"))
     proc = None
@@ -213,16 +215,11 @@ def main(argv: list[str] | None = None) -> None:
         photos = sorted((data / "photo").rglob("*.png"))[: a.images]
         store = a.uri or str(work / ("gallery.db" if a.backend == "milvus" else "gallery"))
         if a.uri:
-            from clair_vec.store.plugins import get_backend
-
             with get_backend(a.backend, a.uri) as be:
                 be.drop_collection("gallery")
         t0 = time.perf_counter()
         s = index("gallery", photos, model=a.model, backend=a.backend, uri=store, label_from_folder=True, precision=a.precision)
         took = time.perf_counter() - t0
-        from clair_vec.retrieval.indexing import collection_precision
-        from clair_vec.store.plugins import get_backend
-
         with get_backend(a.backend, store) as be:  # what the gallery recorded: its queries are encoded the same way
             precision = collection_precision(be.open_collection("gallery"))
         print(json.dumps({"indexed": s.indexed, "index_s": round(took, 1), "index_img_per_s": round(s.indexed / took, 1),
@@ -267,8 +264,6 @@ def main(argv: list[str] | None = None) -> None:
             proc.terminate()
             proc.wait(timeout=30)
         if a.uri:
-            from clair_vec.store.plugins import get_backend
-
             with get_backend(a.backend, a.uri) as be:
                 be.drop_collection("gallery")
         shutil.rmtree(work, ignore_errors=True)

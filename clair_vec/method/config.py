@@ -64,6 +64,13 @@ class ClairConfig:
     # subtract the residual's running mean: without it the head adds one shared offset to every
     # embedding, which collapses query embeddings (mean pairwise cosine 0.22 -> 0.49 on the demo)
     head_center: bool = False
+    # the shipped head: "folds" averages the final head with the heads the selection folds trained
+    # (their residuals, equally weighted: one head of their hidden units side by side); "none" ships
+    # the final head alone. The average rescued an unlucky head (demo seed 2, unchecked: -0.002 /
+    # -0.003 alone, +0.040 / +0.019 averaged) but changed what the selection shipped by -0.000 on
+    # average over seven demo work directories (+0.003 on one, -0.010 on another): not the default
+    # (docs/method.md, "One head or six")
+    head_ensemble: str = "none"
     # losses (§3.4-3.6, §3.9, A3, A4, A7)
     tau: float = 0.1
     tau_cluster: float = 0.1
@@ -115,13 +122,6 @@ class ClairConfig:
     # "all_trusted", trusted on every query domain (demo seed 2: centred CLIP's folds gained +0.002 ±
     # 0.014 / +0.022 ± 0.012, raw CLIP shipped; it ships now and gains +0.035 / +0.020 on unseen classes)
     selection_whole: str = "one_trusted"
-    # the shipped head: "folds" averages the final head with the heads the selection folds trained
-    # (their residuals, equally weighted: one head of their hidden units side by side); "none" ships
-    # the final head alone. The average rescued an unlucky head (demo seed 2, unchecked: -0.002 /
-    # -0.003 alone, +0.040 / +0.019 averaged) but changed what the selection shipped by -0.000 on
-    # average over seven demo work directories (+0.003 on one, -0.010 on another): not the default
-    # (docs/method.md, "One head or six")
-    head_ensemble: str = "none"
     selection_margin: float = 0.0
     # every option is one more chance for a lucky fold to pass: raw CLIP and the head, no blends between
     selection_blends: list[float] = field(default_factory=lambda: [0.0, 1.0])
