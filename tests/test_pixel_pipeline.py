@@ -179,11 +179,63 @@ def test_int8_quantises_a_vit_once_and_stays_close_to_fp32(shapes_root):
     fm = FoundationModel.load("ViT-B-32", None)
     q = fm.int8_visual()
     assert q is fm.int8_visual()  # made once
-    assert sum("quantized" in type(m).__module__ for m in q.modules()) >= 24  # two MLP layers in each of 12 blocks
+    # the attention's two projections as well as the MLP's two layers, in each of 12 blocks
+    assert sum(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in q.modules()) == 48
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in q.modules())
+    assert any(isinstance(m, torch.nn.MultiheadAttention) for m in fm.model.visual.modules())  # the fp32 tower kept as it was
     images = [Image.open(p).convert("RGB") for p in sorted((shapes_root / "photo" / "star").iterdir())[:4]]
     q8, fp = fm.encode_images(images, precision="int8"), fm.encode_images(images)
     cos = (q8 * fp).sum(-1)
     assert not torch.equal(q8, fp) and cos.min() > 0.99, cos
+
+
+def test_int8_attention_is_multihead_attention_rewritten_around_two_linears():
+    """Before quantising, each attention becomes two Linears around scaled_dot_product_attention:
+    in fp32 the same function as PyTorch's MultiheadAttention, for self- and cross-attention, with
+    and without a mask, batch first or not, so int8 changes only the arithmetic, not the model."""
+    from clair_vec.method.int8_encoder import LinearAttention
+
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        mha = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+        torch.nn.init.normal_(mha.in_proj_bias)
+        torch.nn.init.normal_(mha.out_proj.bias)
+        mine = LinearAttention(mha)
+        x = torch.randn(3, 7, 32) if batch_first else torch.randn(7, 3, 32)
+        kv = torch.randn(3, 5, 32) if batch_first else torch.randn(5, 3, 32)
+        causal = torch.triu(torch.full((7, 7), float("-inf")), diagonal=1)
+        blocked = torch.rand(7, 5) < 0.3
+        blocked[:, 0] = False  # every query keeps one key
+        with torch.no_grad():
+            for q, k, mask in ((x, x, None), (x, x, causal), (x, kv, None), (x, kv, blocked)):
+                want = mha(q, k, k, need_weights=False, attn_mask=mask)[0]
+                got, weights = mine(q, k, k, need_weights=False, attn_mask=mask)
+                assert weights is None and torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_an_int8_gallery_indexed_in_one_process_is_searched_at_int8_in_another(shapes_root, tmp_path):
+    """The shipped small ViT (clair-tiny-vit), indexed at int8 by `clair-vec index`, then searched by
+    `clair-vec search` in a new process: each photo finds itself first (queries are encoded at the
+    gallery's int8 too), an fp32 run into the int8 collection is refused, and PyTorch's
+    quantisation warnings do not reach the user's terminal."""
+    import json
+
+    from conftest import run_cli
+
+    from clair_vec.benchmarks.models import random_model
+
+    model = random_model("clair-tiny-vit", tmp_path / "model")
+    photos = [str(p) for p in sorted((shapes_root / "photo" / "star").iterdir())[:6]]
+    where = ("--model", model, "--collection", "g", "--uri", str(tmp_path / "g.db"))
+    made = run_cli("index", *where, "--domain", "photo", "--precision", "int8", *photos)
+    assert made.returncode == 0, made.stderr
+    assert "Warning" not in made.stderr and "deprecated" not in made.stderr, made.stderr
+    found = run_cli("search", *where, "--domain", "photo", "--top-k", "1", *photos)
+    assert found.returncode == 0 and "Warning" not in found.stderr, found.stderr
+    hits = [json.loads(line)["hits"][0] for line in found.stdout.splitlines()]
+    assert [h["path"] for h in hits] == photos and all(h["score"] > 0.999 for h in hits), hits
+    mixed = run_cli("index", *where, "--domain", "photo", "--precision", "fp32", str(shapes_root / "photo" / "heart" / "0000.png"))
+    assert mixed.returncode == 2 and "int8" in mixed.stderr and "Traceback" not in mixed.stderr, mixed.stderr
 
 
 def test_int8_is_recorded_like_any_precision_and_refused_where_it_would_change_nothing(model_dir, shapes_root, tmp_path):

@@ -22,6 +22,7 @@ from PIL import Image
 
 from clair_vec.errors import CheckpointError, WeightsNotFoundError
 from clair_vec.method._torchvision_shim import ensure_torchvision
+from clair_vec.method.int8_encoder import int8_vision_tower
 from clair_vec.method.pixel_batches import autocast, prepared_batches, to_device
 from clair_vec.progress import progress_bar
 
@@ -60,14 +61,6 @@ def _seeded_rng(seed: int | None) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def _quantisable_linears(visual: torch.nn.Module) -> set[str]:
-    """The Linear layers that run as modules: an attention pool (ResNet CLIPs) reads its
-    projections' ``.weight`` directly, which a quantised layer no longer has."""
-    pools = [name for name, m in visual.named_modules() if "AttentionPool" in type(m).__name__ or "AttentionalPooler" in type(m).__name__]
-    return {name for name, m in visual.named_modules()
-            if type(m) is torch.nn.Linear and not any(name.startswith(p + ".") for p in pools)}  # fmt: skip
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -246,19 +239,11 @@ class FoundationModel:
             self.int8_visual()
 
     def int8_visual(self) -> torch.nn.Module:
-        """The vision tower with its linear layers (the MLPs: about two thirds of a ViT's work)
-        quantised to int8, weights once and activations per batch; made on first use, kept. The
-        attention projections stay fp32: PyTorch's MultiheadAttention keeps them outside Linear."""
+        """The vision tower with every linear layer, attention projections included, quantised
+        to int8 (``int8_encoder``); made on first use, kept."""
         with self._int8_lock:
             if self._int8 is None:
-                import copy
-
-                layers = _quantisable_linears(self.model.visual)
-                if not layers:
-                    raise ValueError(f"precision int8 quantises a vision transformer's linear layers, and {self.arch}'s "
-                                     f"vision tower ({type(self.model.visual).__name__}) has none: use fp32 (or bf16)")  # fmt: skip
-                visual = copy.deepcopy(self.model.visual).float().eval()
-                self._int8 = torch.ao.quantization.quantize_dynamic(visual, layers, dtype=torch.qint8)
+                self._int8 = int8_vision_tower(self.model.visual, self.arch)
             return self._int8
 
     @staticmethod
