@@ -183,10 +183,17 @@ def test_int8_quantises_a_vit_once_and_stays_close_to_fp32(shapes_root):
     assert sum(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in q.modules()) == 48
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in q.modules())
     assert any(isinstance(m, torch.nn.MultiheadAttention) for m in fm.model.visual.modules())  # the fp32 tower kept as it was
+    weights = [m.weight() for m in q.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__]
+    assert all(w.qscheme() == torch.per_channel_affine for w in weights)  # q, k and v each keep their own range
     images = [Image.open(p).convert("RGB") for p in sorted((shapes_root / "photo" / "star").iterdir())[:4]]
     q8, fp = fm.encode_images(images, precision="int8"), fm.encode_images(images)
     cos = (q8 * fp).sum(-1)
     assert not torch.equal(q8, fp) and cos.min() > 0.99, cos
+    from clair_vec.method.foundation import INT8_SLICE
+
+    pixels = torch.randn(INT8_SLICE + 5, 3, fm.image_size, fm.image_size)  # run in two slices, back in order
+    q8, fp = fm.encode_pixels(pixels, precision="int8"), fm.encode_pixels(pixels)
+    assert q8.shape == fp.shape and torch.equal((q8 @ fp.T).argmax(1), torch.arange(len(pixels)))
 
 
 def test_int8_attention_is_multihead_attention_rewritten_around_two_linears():
@@ -211,6 +218,42 @@ def test_int8_attention_is_multihead_attention_rewritten_around_two_linears():
                 want = mha(q, k, k, need_weights=False, attn_mask=mask)[0]
                 got, weights = mine(q, k, k, need_weights=False, attn_mask=mask)
                 assert weights is None and torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+        heads_first = torch.zeros(3 * 4, 7, 7)  # a mask per batch item and head, as MultiheadAttention takes it
+        heads_first[1::2, :, 3] = float("-inf")
+        with torch.no_grad():
+            want = mha(x, x, x, need_weights=False, attn_mask=heads_first)[0]
+            assert torch.allclose(mine(x, x, x, attn_mask=heads_first)[0], want, atol=1e-5)
+
+
+def test_int8_rewrites_a_whole_vit_exactly_and_leaves_what_it_cannot_reproduce():
+    """The rewrite alone (before any quantisation) leaves a ViT's output as it was; an attention
+    with learned key/value bias rows is left alone, and a tower whose code cannot run quantised
+    layers is refused before any image is indexed."""
+    import copy
+
+    from clair_vec.method.foundation import FoundationModel
+    from clair_vec.method.int8_encoder import LinearAttention, attention_as_linears, int8_vision_tower
+
+    fm = FoundationModel.load("ViT-B-32", None, seed=0)
+    rewritten = copy.deepcopy(fm.model.visual).eval()
+    assert attention_as_linears(rewritten) == 12
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), fm.model.visual(x), atol=1e-4)
+
+    odd = torch.nn.Sequential(torch.nn.MultiheadAttention(16, 2, add_bias_kv=True), torch.nn.MultiheadAttention(16, 2, add_zero_attn=True))
+    assert attention_as_linears(odd) == 0 and not any(isinstance(m, LinearAttention) for m in odd.modules())
+
+    class ReadsItsWeight(torch.nn.Module):  # as timm's EVA does: x @ proj.weight, a method once quantised
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3)) @ self.proj.weight.T
+
+    with pytest.raises(ValueError, match="does not run with its linear layers quantised"):
+        int8_vision_tower(ReadsItsWeight(), "eva-like", 8)
 
 
 def test_an_int8_gallery_indexed_in_one_process_is_searched_at_int8_in_another(shapes_root, tmp_path):

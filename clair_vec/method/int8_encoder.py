@@ -1,11 +1,13 @@
-"""The vision tower at int8, for a CPU: every matrix multiply of a ViT as a dynamically quantised
-Linear (weights quantised once, activations per batch).
+"""The vision tower at int8, for a CPU: the matrix multiplies of a ViT as dynamically quantised
+Linears (weights quantised once, per output channel; activations per batch).
 
 PyTorch's ``quantize_dynamic`` only quantises ``nn.Linear`` modules. ``nn.MultiheadAttention``
 keeps its query/key/value projection as a bare parameter and its output projection as a Linear
 subclass the quantiser skips, so a ViT quantised as it is keeps a third of its work (the
 attention projections) in fp32. Each attention is first rewritten as two plain Linears around
 ``scaled_dot_product_attention``: the same function in fp32, and then every projection quantises.
+(A tower built on open_clip's own ``Attention``, or on timm's, keeps its attention projections in
+fp32: they are not modules the quantiser can see.)
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ class LinearAttention(nn.Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,  # a hint about attn_mask, which carries the causal mask itself
     ) -> tuple[torch.Tensor, None]:
-        if key_padding_mask is not None or need_weights:
-            raise NotImplementedError("int8 attention computes outputs only, without padding masks")
+        if key_padding_mask is not None or need_weights or (is_causal and attn_mask is None):
+            raise NotImplementedError("int8 attention computes outputs only, without padding or implicit causal masks")
         q, k, v = (t if self.batch_first else t.transpose(0, 1) for t in (query, key, value))
         n, length, d = q.shape
         heads = self.num_heads
@@ -65,17 +67,26 @@ class LinearAttention(nn.Module):
             )
         if attn_mask is not None and attn_mask.dtype == torch.bool:
             attn_mask = ~attn_mask  # MultiheadAttention masks out True; scaled_dot_product_attention keeps True
+        if attn_mask is not None and attn_mask.dim() == 3:  # (N * heads, L, S), as MultiheadAttention takes it
+            attn_mask = attn_mask.view(n, heads, *attn_mask.shape[1:])
         out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=attn_mask)
         out = self.out_proj(out.transpose(1, 2).reshape(n, length, d))
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
-def _attention_as_linears(module: nn.Module) -> int:
-    """Swap, in place, each same-width MultiheadAttention for a LinearAttention; how many."""
+def _rewritable(mha: nn.Module) -> bool:
+    """A MultiheadAttention whose function LinearAttention reproduces: one width for query, key and
+    value, and no learned key/value bias rows or zero attention (which open_clip never sets)."""
+    return (isinstance(mha, nn.MultiheadAttention) and mha._qkv_same_embed_dim
+            and mha.bias_k is None and mha.bias_v is None and not mha.add_zero_attn)  # fmt: skip
+
+
+def attention_as_linears(module: nn.Module) -> int:
+    """Swap, in place, each rewritable MultiheadAttention for a LinearAttention; how many."""
     swapped = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.MultiheadAttention) and child._qkv_same_embed_dim:
+            if _rewritable(child):
                 setattr(parent, name, LinearAttention(child))
                 swapped += 1
     return swapped
@@ -93,14 +104,16 @@ def quantisable_linears(visual: nn.Module) -> set[str]:
             if type(m) is nn.Linear and not any(name.startswith(p + ".") for p in pools)}  # fmt: skip
 
 
-def int8_vision_tower(visual: nn.Module, arch: str) -> nn.Module:
-    """A quantised copy of ``visual``; the original is untouched. Raises ValueError for a tower
-    with nothing to quantise (a ResNet CLIP), where int8 would be fp32 under another name."""
+def int8_vision_tower(visual: nn.Module, arch: str, image_size: int) -> nn.Module:
+    """A quantised copy of ``visual``, tried on one blank image; the original is untouched. Raises
+    ValueError for a tower with nothing to quantise (a ResNet CLIP), where int8 would be fp32 under
+    another name, and for one whose code cannot run quantised layers (timm's EVA reads
+    ``.weight`` of its projections), so the refusal comes before a run, not inside it."""
     if not quantisable_linears(visual):
         raise ValueError(f"precision int8 quantises a vision transformer's linear layers, and {arch}'s "
                          f"vision tower ({type(visual).__name__}) has none: use fp32 (or bf16)")  # fmt: skip
     tower = copy.deepcopy(visual).float().eval()
-    _attention_as_linears(tower)
+    attention_as_linears(tower)
     with warnings.catch_warnings():
         # torch.ao's eager quantisation warns of its future removal on every call; it works in the
         # torch versions this package declares, and the notice is for us, not for someone indexing
@@ -111,8 +124,17 @@ def int8_vision_tower(visual: nn.Module, arch: str) -> nn.Module:
             "ignore", message=r".*quantized tensor creation functions .* are deprecated", category=UserWarning
         )
         try:
-            from torch.ao.quantization import quantize_dynamic
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
         except ImportError as exc:  # announced for removal from torch; torchao is its successor
             raise ValueError(f"precision int8 uses PyTorch's dynamic quantisation (torch.ao.quantization), which "
                              f"torch {torch.__version__} does not have: use fp32 (or bf16)") from exc  # fmt: skip
-        return quantize_dynamic(tower, quantisable_linears(tower), dtype=torch.qint8)
+        # per output channel: a trained fused q/k/v weight holds three ranges, one scale would fit the widest
+        spec = dict.fromkeys(quantisable_linears(tower), per_channel_dynamic_qconfig)
+        tower = quantize_dynamic(tower, spec, dtype=torch.qint8)
+    try:
+        with torch.no_grad():
+            tower(torch.zeros(1, 3, image_size, image_size))
+    except Exception as exc:  # noqa: BLE001 - any failure of the tower's own code means the same thing
+        raise ValueError(f"precision int8: {arch}'s vision tower ({type(visual).__name__}) does not run with its "
+                         f"linear layers quantised ({type(exc).__name__}: {exc}): use fp32 (or bf16)") from exc  # fmt: skip
+    return tower
