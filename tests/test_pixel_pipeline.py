@@ -180,11 +180,11 @@ def test_int8_quantises_a_vit_once_and_stays_close_to_fp32(shapes_root):
     q = fm.int8_visual()
     assert q is fm.int8_visual()  # made once
     # the attention's two projections as well as the MLP's two layers, in each of 12 blocks
-    assert sum(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in q.modules()) == 48
+    quantised = [m for m in q.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__]
+    assert len(quantised) == 48
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in q.modules())
     assert any(isinstance(m, torch.nn.MultiheadAttention) for m in fm.model.visual.modules())  # the fp32 tower kept as it was
-    weights = [m.weight() for m in q.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__]
-    assert all(w.qscheme() == torch.per_channel_affine for w in weights)  # q, k and v each keep their own range
+    assert all(m.weight().qscheme() == torch.per_channel_affine for m in quantised)  # q, k and v each keep their own range
     images = [Image.open(p).convert("RGB") for p in sorted((shapes_root / "photo" / "star").iterdir())[:4]]
     q8, fp = fm.encode_images(images, precision="int8"), fm.encode_images(images)
     cos = (q8 * fp).sum(-1)
