@@ -1,5 +1,6 @@
 """Indexing and search: what a user hands ``index`` and ``search`` (files, folders, images,
-arrays), writing a gallery into a collection, the :class:`~clair_vec.retrieval.retriever.Retriever`
+arrays), the one ingestion pipeline every way of indexing passes images down (``ingest``: read ->
+look up -> decode -> encode -> write), writing a gallery into a collection, the :class:`~clair_vec.retrieval.retriever.Retriever`
 that opens one model and one backend and keeps them open (the API, the CLI, the service and Ray
 all use it), the public ``index``/``search`` functions, and bulk indexing on Ray Data.
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from clair_vec.method.model import ClairModel, load_model
-from clair_vec.retrieval.indexing import IndexSummary, encode_records, prepare_collection
+from clair_vec.retrieval.indexing import IndexSummary, prepare_collection
+from clair_vec.retrieval.ingest import encode_records
 from clair_vec.retrieval.retriever import Retriever
 from clair_vec.retrieval.sources import ImageInput
 from clair_vec.store.backend import Backend, Hit

@@ -1,6 +1,6 @@
-"""Bulk indexing on Ray Data, streaming end to end.
+"""Bulk indexing on Ray Data, streaming end to end, down the stages of :mod:`~clair_vec.retrieval.ingest`.
 
-    list files (tasks) -> read + hash (tasks) -> look up, decode, CLIP + CLAIR, write (actor pool)
+    list files (tasks) -> read (tasks) -> look up, decode, encode, write (actor pool)
 
 Inputs are folders and files, or the sources ``clair-vec index`` reads elsewhere (``http(s)://``
 URLs, ``s3://`` objects and prefixes, webdataset shards, parquet files of images). A local file is
@@ -21,6 +21,7 @@ through Ray; a remote image is fetched once, by the hashing task, and its bytes 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -31,23 +32,26 @@ from typing import Any
 import numpy as np
 
 from clair_vec.datasets.images import IMAGE_SUFFIXES, Listing, walk_images
-from clair_vec.errors import CorruptImageError, DatasetError
+from clair_vec.errors import DatasetError
 from clair_vec.extras import require
 from clair_vec.ray_runtime import gpus_each, ray_session
-from clair_vec.retrieval import remote
-from clair_vec.retrieval.sources import CHANGED, NO_FILE, names_a_file, printable, remote_sources, utf8_problem
-from clair_vec.store.ids import content_digest, file_record_id, record_id
+from clair_vec.retrieval import ingest, remote
+from clair_vec.retrieval.ingest import Writer
+from clair_vec.retrieval.sources import (
+    CHANGED,
+    NO_FILE,
+    ImageSource,
+    is_elsewhere,
+    names_a_file,
+    remote_sources,
+    stored_source,
+)
 from clair_vec.store.redaction import uri_secrets
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- tasks: no torch here
-def is_elsewhere(name: str) -> bool:
-    """A URL, an ``s3://`` name, a webdataset shard (or a member of one), or a parquet file (or a row of one)."""
-    return remote.is_source(name) or remote.split_member(name) is not None
-
-
 def _row(path: str, label: str = "", *, ignored: str = "", problem: str = "", data: bytes = b"", was: str = "") -> dict[str, Any]:
     """One image to index. ``was``: the id the image's record has in the collection it is re-embedded from."""
     return {"path": os.fsencode(path), "label": label, "ignored": ignored, "problem": problem, "data": data, "was": was}
@@ -79,84 +83,45 @@ def list_files(row: dict[str, Any], *, label_from_folder: bool) -> list[dict[str
         return [_row(remote.shown(item), problem=str(exc))]
 
 
-#: remote images fetched at once by one hashing task (as ``clair-vec index`` fetches them)
-FETCHERS = 16
 
 
 def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.ndarray]:
-    """Read and hash each file: ``id`` or ``error`` per row, and a remote image's bytes in ``data``
-    (fetched once, here, :data:`FETCHERS` at a time: the encoding actor decodes them). Paths travel
-    as bytes, so a name that is not valid UTF-8 reaches this point and is reported, not lost."""
+    """The read stage (:func:`~clair_vec.retrieval.ingest.read`) over a batch of rows: ``id`` or
+    ``error`` per row, and a remote image's bytes in ``data`` (fetched once, here, :data:`FETCHERS`
+    at a time: the encoding actor decodes them). A local file's bytes stay behind: the actor reads
+    the file again. Paths travel as bytes, so a name that is not valid UTF-8 reaches this point
+    and is reported, not lost."""
     from concurrent.futures import ThreadPoolExecutor
 
     n = len(batch["path"])
-    names = [os.fsdecode(bytes(raw)) for raw in batch["path"]]
     carried = batch.get("data", [b""] * n)
     problems = batch.get("problem", [""] * n)
-    ids, errors, data = [""] * n, [""] * n, [b""] * n
-
-    def read(i: int) -> None:
-        path = names[i]
-        problem = str(batch["ignored"][i]) or str(problems[i]) or utf8_problem(path)
-        if problem is None:
-            try:
-                if is_elsewhere(path):
-                    body = bytes(carried[i]) if len(carried[i]) else remote.stored_bytes(path)
-                    ids[i], data[i] = record_id(domain, content_digest(body)), body
-                else:
-                    ids[i] = file_record_id(path, domain)[0]
-            except CorruptImageError as exc:
-                problem = exc.reason
-            except DatasetError as exc:  # the shard or parquet file a member lived in is gone
-                problem = str(exc)
-            except OSError as exc:
-                problem = f"{type(exc).__name__}: {exc.strerror or exc}"
-        errors[i] = problem or ""
-
-    fetched = [i for i in range(n) if remote.is_remote(names[i]) and not len(carried[i])]
-    with ThreadPoolExecutor(max(1, min(FETCHERS, len(fetched)))) as pool:
-        list(pool.map(read, fetched))
-    rest = set(range(n)) - set(fetched)
-    for i in sorted(rest):
-        read(i)
-    return {"path": np.array([printable(p) for p in names], dtype=object), "label": batch["label"],
-            "id": np.array(ids, dtype=object), "error": np.array(errors, dtype=object), "ignored": batch["ignored"],
-            "data": np.array(data, dtype=object), "was": batch.get("was", np.array([""] * n, dtype=object))}  # fmt: skip
+    items = []
+    for i in range(n):
+        name = os.fsdecode(bytes(batch["path"][i]))
+        src = stored_source(name, str(batch["label"][i]), data=bytes(carried[i]) if len(carried[i]) else None,
+                            problem=str(problems[i]) or None)  # fmt: skip
+        item = ingest.Item(src)
+        if batch["ignored"][i]:
+            item.drop(ingest.IGNORED, str(batch["ignored"][i]))
+        items.append(item)
+    with ThreadPoolExecutor(ingest.FETCHERS) as fetchers:  # as many as `clair-vec index` fetches at once
+        ingest.read(items, domain, fetchers=fetchers, keep_file_bytes=False)
+    return {"path": np.array([i.name for i in items], dtype=object), "label": batch["label"],
+            "id": np.array([i.rid for i in items], dtype=object),
+            "error": np.array([i.note if i.status != ingest.TODO else "" for i in items], dtype=object),
+            "ignored": batch["ignored"], "data": np.array([i.data or b"" for i in items], dtype=object),
+            "was": batch.get("was", np.array([""] * n, dtype=object))}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- writing
-class Writer:
-    """Everything the pipeline asks of the store, on an open backend (torch-free)."""
+class StoreActor(Writer):
+    """The one process that opens an embedded store; encoding actors send it their batches."""
 
     def __init__(self, backend: str | None, uri: str | None, collection: str) -> None:
         from clair_vec.store.plugins import get_backend
 
-        self.be = get_backend(backend, uri)
-        self.collection = collection
-
-    def stored(self, ids: list[str]) -> dict[str, dict]:
-        return self.be.get(self.collection, ids)
-
-    def write(self, records: list[tuple[str, np.ndarray, dict]], model_id: str) -> int:
-        from clair_vec.store.backend import Record
-
-        return self.be.upsert(self.collection, [Record(i, v, p) for i, v, p in records], model=model_id)
-
-    def replace_stale(self, domain: str, current: dict[str, str]) -> int:
-        from clair_vec.retrieval.indexing import stale_ids
-
-        stale = stale_ids(self.be, self.collection, domain, current)
-        return self.be.delete(self.collection, stale) if stale else 0
-
-    def flush(self) -> None:
-        self.be.flush(self.collection)
-
-    def close(self) -> None:
-        self.be.close()
-
-
-class StoreActor(Writer):
-    """The one process that opens an embedded store; encoding actors send it their batches."""
+        super().__init__(get_backend(backend, uri), collection)
 
 
 class _Sink:
@@ -188,88 +153,47 @@ class EncodeActor:
         self.domain, self.vocabulary, self.precision = domain, vocabulary, precision
         # a CPU actor holds its cores for torch; a GPU actor's CPU time is decoding that feeds the GPU
         self.decoders = threads if device == "cpu" else None
-        self.sink = _Sink(actor=store) if store is not None else _Sink(writer=Writer(backend, uri, collection))
+        self.sink = _Sink(actor=store) if store is not None else _Sink(writer=StoreActor(backend, uri, collection))
+        self.decode_one = functools.partial(ingest.decode, preprocess=self.model.foundation.preprocess, domain=domain)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from clair_vec.datasets.images import decode_image
-        from clair_vec.errors import CorruptImageError
-        from clair_vec.method.pixel_batches import prepared_batches
-        from clair_vec.retrieval.indexing import encode_records, moved
-
+        """The look-up, decode, encode and write stages over one batch the read stage hashed."""
         n = len(batch["path"])
-        status = np.array(["ignored" if ignored else "skipped" for ignored in batch["ignored"]], dtype=object)
-        error = np.array([str(e) for e in batch["error"]], dtype=object)
-        ids = [str(i) for i in batch["id"]]
-        paths = [str(p) for p in batch["path"]]
-        ok = [i for i in range(n) if not error[i]]
-        stored = self.sink("stored", [ids[i] for i in ok])
-        todo, moves, first = [], 0, {}
-        for i in ok:
-            held = stored.get(ids[i], {}).get("path") if ids[i] in stored and not moved(stored, ids[i], paths[i]) else None
-            same = first.setdefault(ids[i], paths[i])
-            if same != paths[i] or (held is not None and held != paths[i]):  # a byte-identical copy: stored once
-                status[i], error[i] = "duplicate", same if same != paths[i] else held
-                continue
-            if held is not None:
-                status[i] = "present"
-                continue
-            moves += ids[i] in stored
-            todo.append(i)
-        preprocess = self.model.foundation.preprocess
-
-        fetched = batch.get("data")
-
-        def load(i: int) -> tuple[str, Any]:
-            # hashed again from the bytes decoded here: a file rewritten since the hashing task
-            # read it gets the id of what is stored, not of what was hashed
-            if fetched is not None and is_elsewhere(paths[i]):
-                data = bytes(fetched[i])
-                rid = record_id(self.domain, content_digest(data))
-            else:
-                rid, data = file_record_id(paths[i], self.domain)
-            return rid, preprocess(decode_image(data, paths[i]))
-
+        fetched = batch.get("data", [b""] * n)
         items = []
-        for _, loaded in prepared_batches([(0, todo)], load, workers=self.decoders, capture=(OSError, CorruptImageError)):
-            for i, got in zip(todo, loaded, strict=True):
-                if isinstance(got, CorruptImageError):
-                    error[i] = got.reason
-                elif isinstance(got, OSError):
-                    error[i] = f"{type(got).__name__}: {got.strerror or got}"
-                else:
-                    ids[i] = got[0]
-                    items.append((i, got[1]))
-        if items:
-            records = encode_records(self.model, self.domain, [(ids[i], px, paths[i], str(batch["label"][i])) for i, px in items],
-                                     self.vocabulary, self.precision)  # fmt: skip
-            self.sink("write", [(r.id, r.vector, r.payload) for r in records], self.model.model_id)
-            for i, _ in items:
-                status[i] = "indexed"
+        for i in range(n):
+            name = str(batch["path"][i])
+            # a remote image's bytes came with the row; a local file is read (and hashed) again
+            item = ingest.Item(ImageSource(name, path=name, label=str(batch["label"][i])), rid=str(batch["id"][i]),
+                               data=bytes(fetched[i]) if len(fetched[i]) else None)  # fmt: skip
+            if batch["ignored"][i]:
+                item.drop(ingest.IGNORED, str(batch["error"][i]))
+            elif batch["error"][i]:
+                item.drop(ingest.SKIPPED, str(batch["error"][i]))
+            items.append(item)
+        # ``seen`` is the batch's own: actors run side by side, and the same bytes in two of their
+        # batches are written twice under one id (the store keeps one record)
+        ingest.look_up(items, self.sink("stored", [i.rid for i in items if i.status == ingest.TODO]), {})
+        for _ in ingest.decoded([(0, items)], self.decode_one, workers=self.decoders):
+            pass
+        replaced = ingest.encode_and_write(self.model, self.sink, self.domain, items, vocabulary=self.vocabulary,
+                                           precision=self.precision)  # fmt: skip
         # re-embedding a collection: an image whose bytes are not those its old record was made of
         was = batch.get("was", [""] * n)
-        changed = np.array([bool(was[i]) and status[i] in ("indexed", "present", "duplicate") and ids[i] != str(was[i])
-                            for i in range(n)], dtype=bool)  # fmt: skip
+        changed = np.array([bool(was[k]) and i.status in (ingest.INDEXED, ingest.PRESENT, ingest.DUPLICATE)
+                            and i.rid != str(was[k]) for k, i in enumerate(items)], dtype=bool)  # fmt: skip
         counts = np.zeros((n, 2), np.int64)  # (replaced, moved) of the batch, carried on its first row
         if n:
-            counts[0] = (self.sink("replace_stale", self.domain, {paths[i]: ids[i] for i in ok if status[i] != "skipped"}), moves)
-        return {"path": batch["path"], "status": status, "error": error, "replaced": counts[:, 0], "moved": counts[:, 1],
-                "changed": changed}  # fmt: skip
+            counts[0] = (replaced, sum(i.moved for i in items))
+        return {"path": batch["path"], "status": np.array([i.status for i in items], dtype=object),
+                "error": np.array([i.note for i in items], dtype=object), "replaced": counts[:, 0],
+                "moved": counts[:, 1], "changed": changed}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- the job
 def _tally(summary: Any, batch: dict[str, np.ndarray]) -> None:
     """Add one output batch's status rows to the summary (the driver keeps counts, not rows)."""
-    for path, status, error in zip(batch["path"], batch["status"], batch["error"], strict=True):
-        if status == "indexed":
-            summary.indexed += 1
-        elif status == "present":
-            summary.already_present += 1
-        elif status == "duplicate":
-            summary.duplicates.append((str(path), str(error)))
-        elif status == "ignored":
-            summary.ignored.append((str(path), str(error)))
-        else:
-            summary.skipped.append((str(path), str(error)))
+    ingest.tally(summary, ((str(p), str(s), str(e)) for p, s, e in zip(batch["path"], batch["status"], batch["error"], strict=True)))
     summary.replaced += int(batch["replaced"].sum())
     summary.moved += int(batch["moved"].sum())
     if hasattr(summary, "changed"):

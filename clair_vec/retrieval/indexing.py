@@ -1,4 +1,4 @@
-"""Writing a gallery into a collection: hash, skip what is stored, decode, embed, write.
+"""Writing a gallery into a collection, down the stages of :mod:`~clair_vec.retrieval.ingest`.
 
 Order matters for speed and safety: file bytes are hashed and looked up *before* anything is
 decoded (a re-run over an indexed folder costs reads and hashes, not decoding and CLIP), and
@@ -11,26 +11,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
-from clair_vec.errors import CollectionMismatchError, CorruptImageError, DatasetError
+from clair_vec.errors import CollectionMismatchError, DatasetError
 from clair_vec.method.model_card import ModelCard
 from clair_vec.progress import progress_bar
-from clair_vec.retrieval import remote
+from clair_vec.retrieval import ingest, remote
 from clair_vec.retrieval import sources as src_mod
 from clair_vec.retrieval.sources import ImageSource
-from clair_vec.store.backend import Backend, CollectionInfo, Record
-from clair_vec.store.plugins import extra_payload, get_plugin_manager
+from clair_vec.store.backend import Backend, CollectionInfo
+from clair_vec.store.plugins import get_plugin_manager
 
 if TYPE_CHECKING:  # the model (and torch) is needed to encode, not to write: Ray drivers import this module
-    import torch
-
     from clair_vec.method.model import ClairModel
 
 log = logging.getLogger(__name__)
@@ -75,38 +70,6 @@ class ReindexSummary(IndexSummary):
         return {"from": self.source, **super().as_dict(), "read": self.read, "changed": self.changed, "no_file": self.no_file}
 
 
-def encode_records(
-    model: ClairModel,
-    domain: str,
-    items: Sequence[tuple[str, Image.Image | torch.Tensor, str, str]],
-    vocabulary: Sequence[str] | None = None,
-    precision: str | None = None,
-) -> list[Record]:
-    """Records of decoded images ``(id, image, path, label)``: mapped vectors plus payload. An
-    image may be a PIL image or its preprocessed pixels (decoded ahead by :func:`index_sources`).
-
-    With a ``vocabulary`` each record is tagged zero-shot over it (``pseudo_label`` and its
-    ``confidence``); without one no tag is stored: a tag chosen among the training classes
-    would label every unseen-class photo wrongly, with high confidence.
-    """
-    images = [im for _, im, _, _ in items]
-    if images and not isinstance(images[0], Image.Image):
-        import torch
-
-        images = torch.stack(images)  # type: ignore[arg-type]
-    feats = model.foundation.encode_images(images, batch_size=max(1, len(images)), precision=precision)  # type: ignore[arg-type]
-    vectors = model.embed_features(feats, domain).numpy()
-    tags = model.zero_shot_labels(feats, domain, vocabulary) if vocabulary else None
-    records = []
-    for n, ((rid, _, path, label), vec) in enumerate(zip(items, vectors, strict=True)):
-        payload = {"path": path, "domain": domain, "label": label, "model": model.model_id}
-        if tags is not None:
-            payload.update(pseudo_label=tags[0][n], confidence=round(float(tags[1][n]), 6))
-        payload.update(extra_payload(payload, domain, model.model_id))
-        records.append(Record(rid, vec, payload))
-    return records
-
-
 def prepare_collection(
     be: Backend, collection: str, model: ClairModel | ModelCard, model_dir: str | Path | None = None, precision: str | None = None
 ) -> CollectionInfo:
@@ -146,23 +109,6 @@ def collection_precision(info: CollectionInfo) -> str:
     return str(info.extra.get("precision") or "fp32")
 
 
-def moved(stored: dict[str, dict], rid: str, path: str | None) -> bool:
-    """Whether the stored record ``rid`` names a file that is gone while ``path`` holds the same
-    bytes: its payload must follow the file, or a prune would delete a live image."""
-    old = stored.get(rid, {}).get("path")
-    # a URI cannot be checked from here: the same bytes at two URIs are a duplicate, not a move
-    return (path is not None and isinstance(old, str) and old != path and not old.startswith("<")
-            and not remote.is_remote(old) and not os.path.exists(remote.stored_file(old)))  # fmt: skip
-
-
-def stale_ids(be: Backend, collection: str, domain: str, current: dict[str, str]) -> list[str]:
-    """Ids stored for these paths (path -> current id) that are not the current ones."""
-    if not current:
-        return []
-    flt = {"domain": domain, "path": sorted(current)}
-    return [rid for rid, payload in be.records(collection, filter=flt) if current.get(payload.get("path")) != rid]
-
-
 def index_sources(
     model: ClairModel,
     be: Backend,
@@ -179,82 +125,23 @@ def index_sources(
     flush: bool = True,
     precision: str | None = None,
 ) -> IndexSummary:
-    """Index ``sources`` of ``domain``; ``summary`` and ``seen`` carry counts and the ids of this
-    run across calls (a caller feeding pages), ``on_read`` sees each source with the id of its
-    bytes before anything is decoded.
+    """Index ``sources`` of ``domain``, down the stages of :mod:`~clair_vec.retrieval.ingest`;
+    ``summary`` and ``seen`` carry counts and the ids of this run across calls (a caller feeding
+    pages), ``on_read`` sees each source with the id of its bytes before anything is decoded.
 
-    Each batch is hashed and looked up here, then decoded and preprocessed by worker threads
-    while the encoder works on the batch before it; batches are encoded and written in order."""
-    from clair_vec.method.pixel_batches import prepared_batches
-
+    Each batch is read, hashed and looked up here, then decoded by worker threads while the
+    encoder works on the batch before it; batches are encoded and written in order."""
     summary = summary if summary is not None else IndexSummary(collection, be.name)
     seen = seen if seen is not None else {}  # id -> the first source with those bytes in this run
-    preprocess = model.foundation.preprocess
-
-    def read_one(s: ImageSource) -> tuple[str, bytes | None] | CorruptImageError:
-        try:
-            return src_mod.read(s, domain)
-        except CorruptImageError as exc:
-            return exc
-
-    def plan(start: int) -> tuple[list[tuple[ImageSource, str, bytes | None]], list[tuple[str, ImageSource, bytes | None]]]:
-        """Read, hash and look up one batch: what it holds, and what of it must be decoded."""
-        read: list[tuple[ImageSource, str, bytes | None]] = []
-        batch = sources[start : start + batch_size]
-        # remote images are fetched side by side: a URL's latency, not the link, is what limits one at a time
-        results = list(fetchers.map(read_one, batch)) if any(s.fetch is not None for s in batch) else map(read_one, batch)
-        for s, got in zip(batch, results, strict=True):
-            if isinstance(got, CorruptImageError):
-                summary.skipped.append((got.path, got.reason))
-                continue
-            rid, data = got
-            read.append((s, rid, data))
-            if on_read is not None:
-                on_read(s, rid)
-        stored = be.get(collection, [rid for _, rid, _ in read])
-        todo = []
-        for s, rid, data in read:
-            first = seen.setdefault(rid, s.name)
-            if first != s.name:  # the same bytes earlier in this run: stored once, under the first path
-                summary.duplicates.append((s.name, first))
-                continue
-            if rid in stored and not moved(stored, rid, s.path):
-                held = stored[rid].get("path")
-                if s.path is not None and isinstance(held, str) and held != s.path:
-                    summary.duplicates.append((s.name, held))  # a copy of a file stored under its own path
-                else:
-                    summary.already_present += 1
-                continue
-            summary.moved += rid in stored
-            todo.append((rid, s, data))
-        return read, todo
-
-    def pixels(job: tuple[str, ImageSource, bytes | None]) -> torch.Tensor:
-        return preprocess(src_mod.decode(job[1], job[2]))
-
-    def batches() -> Iterator[tuple[tuple[int, list, list], list]]:
-        """((start, read, todo), todo) per batch: planned here, decoded by the worker threads."""
-        for start in range(0, len(sources), batch_size):
-            read, todo = plan(start)
-            yield (start, read, todo), todo
-
-    with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar, \
-            ThreadPoolExecutor(FETCHERS, thread_name_prefix="clair-fetch") as fetchers:
-        for (start, read, todo), done in prepared_batches(batches(), pixels, capture=(CorruptImageError,)):
-            ready = []
-            for (rid, s, _), px in zip(todo, done, strict=True):
-                if isinstance(px, CorruptImageError):
-                    summary.skipped.append((px.path, px.reason))
-                else:
-                    ready.append((rid, px, s.name, s.label))
-            if ready:
-                summary.indexed += be.upsert(collection, encode_records(model, domain, ready, vocabulary, precision),
-                                             model=model.model_id)  # fmt: skip
-            # after the write: a crash in between leaves the old record, which the re-run removes
-            stale = stale_ids(be, collection, domain, {s.path: rid for s, rid, _ in read if s.path is not None})
-            if stale:
-                summary.replaced += be.delete(collection, stale)
-            n = min(batch_size, len(sources) - start)
+    store = ingest.local_store(ingest.Writer(be, collection))
+    with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar:
+        batches = ingest.run(model, store, domain, sources, batch_size=batch_size, seen=seen, on_read=on_read,
+                             vocabulary=vocabulary, precision=precision)  # fmt: skip
+        for start, items, replaced in batches:
+            summary.replaced += replaced
+            summary.moved += sum(i.moved for i in items)
+            ingest.tally(summary, ((i.name, i.status, i.note) for i in items))
+            n = len(items)
             bar.update(n)
             log.info("%s: %d/%d read; indexed %d, already present %d, skipped %d", collection, start + n,
                      len(sources), summary.indexed, summary.already_present, len(summary.skipped))  # fmt: skip
@@ -265,8 +152,6 @@ def index_sources(
     return summary
 
 
-#: remote images fetched at once (img2dataset's default thread count per process)
-FETCHERS = 16
 #: images per batch: each batch is decoded, encoded and written whole
 BATCH_SIZES = (1, 4096)
 

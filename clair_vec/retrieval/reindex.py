@@ -12,7 +12,6 @@ it was indexed, is reported by name (a changed file is indexed as it is now).
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterator, Sequence
 from itertools import islice
@@ -20,7 +19,6 @@ from pathlib import Path
 
 from clair_vec.method.pixel_batches import default_batch_size
 from clair_vec.progress import progress_bar
-from clair_vec.retrieval import remote
 from clair_vec.retrieval.indexing import (
     ReindexSummary,
     check_batch_size,
@@ -29,7 +27,7 @@ from clair_vec.retrieval.indexing import (
     prepare_collection,
 )
 from clair_vec.retrieval.retriever import Retriever
-from clair_vec.retrieval.sources import CHANGED, NO_FILE, ImageSource, names_a_file, printable, utf8_problem
+from clair_vec.retrieval.sources import CHANGED, NO_FILE, ImageSource, names_a_file, stored_source
 from clair_vec.retrieval.vocabulary import vocabulary
 from clair_vec.store.backend import Backend, check_collection_name
 
@@ -79,16 +77,11 @@ def reindex(
                     summary.no_file.append((rid, NO_FILE))
                 elif domain not in m.domains:
                     summary.skipped.append((path, f"domain {domain!r} is not one the new model knows ({m.domains})"))
-                elif remote.is_remote(path) or remote.stored_file(path) != path:  # a URL, an S3 object, a shard member
-                    by_domain.setdefault(domain, []).append(ImageSource(path, path=path, label=str(payload.get("label") or ""),
-                                                                        fetch=functools.partial(remote.stored_bytes, path)))  # fmt: skip
-                    was[path] = rid
                 else:
-                    problem = utf8_problem(path)
-                    exists = problem is None and os.path.isfile(path)
-                    by_domain.setdefault(domain, []).append(ImageSource(
-                        printable(path) if problem else path, path=path, label=str(payload.get("label") or ""),
-                        problem=problem or (None if exists else "the file is gone (it was indexed from here)")))  # fmt: skip
+                    src = stored_source(path, str(payload.get("label") or ""))
+                    if src.problem is None and src.fetch is None and not os.path.isfile(path):
+                        src.problem = "the file is gone (it was indexed from here)"
+                    by_domain.setdefault(domain, []).append(src)
                     was[path] = rid
 
             def changed(src: ImageSource, rid: str, was: dict[str, str] = was) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from clair_vec.datasets.images import IMAGE_SUFFIXES, decode_image, load_image, not_an_image, to_rgb, walk_images
-from clair_vec.errors import CorruptImageError
+from clair_vec.errors import CorruptImageError, DatasetError
 from clair_vec.retrieval import remote
 from clair_vec.store.ids import content_digest, file_record_id, record_id
 
@@ -164,6 +164,33 @@ def remote_sources(item: str, *, label_from_folder: bool = False, ignored: list[
         label = folders[-1] if label_from_folder and folders else ""
         out.append(ImageSource(name, path=name, label=label, fetch=functools.partial(remote.fetch, uri)))
     return out
+
+
+def is_elsewhere(name: str) -> bool:
+    """A URL, an ``s3://`` name, a webdataset shard (or a member of one), or a parquet file (or a row of one)."""
+    return remote.is_source(name) or remote.split_member(name) is not None
+
+
+def stored_source(name: str, label: str = "", *, data: bytes | None = None, problem: str | None = None) -> ImageSource:
+    """The source of an image by the name a record stores (``reindex``), or a Ray row carries: a
+    URL, an ``s3://`` object, a shard's member or a parquet file's row, read by
+    :func:`remote.stored_bytes` unless its bytes are given as ``data``; or a local file. A shard or
+    parquet file that is gone is a reason to skip its images, not to stop the run."""
+    problem = problem or utf8_problem(name)
+    if data is not None:
+        fetch: Callable[[], bytes] | None = _given(data)
+    else:
+        fetch = functools.partial(_stored_bytes, name) if is_elsewhere(name) else None
+    return ImageSource(printable(name) if problem else name, path=name, label=label, problem=problem, fetch=fetch)
+
+
+def _stored_bytes(name: str) -> bytes:
+    try:
+        return remote.stored_bytes(name)
+    except DatasetError as exc:
+        raise CorruptImageError(name, str(exc)) from None
+    except OSError as exc:
+        raise CorruptImageError(name, f"{type(exc).__name__}: {exc.strerror or exc}") from None
 
 
 def _given(data: bytes) -> Callable[[], bytes]:
