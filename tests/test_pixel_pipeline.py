@@ -148,6 +148,26 @@ def test_encode_benchmark_measures_every_row(tmp_path):
     assert "| index into Milvus Lite bf16 |" in format_table(res)
 
 
+@pytest.mark.parametrize("args, why", [
+    (["encode", "--arch", "clair-tiny", "--precision", "int8", "--n", "4", "--no-milvus"], "ModifiedResNet) has none: use fp32"),
+    (["encode", "--images", "{tmp}/empty", "--no-milvus"], "no image files in it"),
+    (["encode", "--images", "{tmp}/absent", "--no-milvus"], "no such folder"),
+    (["precision", "--workdir", "{tmp}/absent"], "is not a clair_vec checkpoint"),
+])  # fmt: skip
+def test_a_benchmark_given_what_it_cannot_run_says_so_in_one_line(args, why, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "empty").mkdir()
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    device = ["--device", "cpu"] if argv[0] == "encode" else []
+    out = subprocess.run([sys.executable, "-m", f"clair_vec.benchmarks.{argv[0]}", *argv[1:], *device],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1 and why in out.stderr
+    assert out.stderr.startswith(f"benchmark {argv[0]}: error: ")
+
+
 def test_service_benchmark_serves_a_gallery_at_the_precision_it_was_indexed_at():
     """A small run of the service benchmark at bf16: the gallery is indexed at bf16, the served
     searches all answer 200 at each concurrency level, and every figure its table needs is there."""

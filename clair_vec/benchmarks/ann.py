@@ -317,4 +317,6 @@ def _table(rows: list[dict], k: int) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from clair_vec.benchmarks import run_script
+
+    run_script(main)

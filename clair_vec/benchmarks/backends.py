@@ -125,4 +125,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from clair_vec.benchmarks import run_script
+
+    run_script(main)

@@ -195,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.images:
         from clair_vec.datasets.images import walk_images
 
+        if not Path(a.images).is_dir():
+            raise FileNotFoundError(f"--images {a.images}: no such folder")
         images = walk_images(a.images).files
+        if not images:
+            raise ValueError(f"--images {a.images}: no image files in it (or its subfolders)")
     else:
         n = a.n or (2048 if device.type == "cuda" else 256)
         images = make_images(Path(tempfile.gettempdir()) / "clair_vec_bench_images", n)
@@ -207,4 +211,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from clair_vec.benchmarks import run_script
+
+    run_script(main)
