@@ -5,7 +5,8 @@ PyTorch's ``quantize_dynamic`` only quantises ``nn.Linear`` modules. ``nn.Multih
 keeps its query/key/value projection as a bare parameter and its output projection as a Linear
 subclass the quantiser skips, so a ViT quantised as it is keeps a third of its work (the
 attention projections) in fp32. Each attention is first rewritten as two plain Linears around
-``scaled_dot_product_attention``: the same function in fp32, and then every projection quantises.
+``scaled_dot_product_attention`` (:mod:`~clair_vec.method.linear_attention`): the same function
+in fp32, and then every projection quantises.
 (A tower built on open_clip's own ``Attention``, or on timm's, keeps its attention projections in
 fp32: they are not modules the quantiser can see.)
 """
@@ -16,80 +17,9 @@ import copy
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-class LinearAttention(nn.Module):
-    """``nn.MultiheadAttention``'s forward (eval mode) with both projections as ``nn.Linear``."""
-
-    def __init__(self, mha: nn.MultiheadAttention) -> None:
-        super().__init__()
-        d = mha.embed_dim
-        self.num_heads, self.batch_first = mha.num_heads, mha.batch_first
-        self.in_proj = nn.Linear(d, 3 * d, bias=mha.in_proj_bias is not None)
-        self.out_proj = nn.Linear(d, d, bias=mha.out_proj.bias is not None)
-        with torch.no_grad():
-            self.in_proj.weight.copy_(mha.in_proj_weight)
-            self.out_proj.weight.copy_(mha.out_proj.weight)
-            if mha.in_proj_bias is not None:
-                self.in_proj.bias.copy_(mha.in_proj_bias)
-            if mha.out_proj.bias is not None:
-                self.out_proj.bias.copy_(mha.out_proj.bias)
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
-        need_weights: bool = False,
-        attn_mask: torch.Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,  # a hint about attn_mask, which carries the causal mask itself
-    ) -> tuple[torch.Tensor, None]:
-        if key_padding_mask is not None or need_weights or (is_causal and attn_mask is None):
-            raise NotImplementedError("int8 attention computes outputs only, without padding or implicit causal masks")
-        q, k, v = (t if self.batch_first else t.transpose(0, 1) for t in (query, key, value))
-        n, length, d = q.shape
-        heads = self.num_heads
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(x.shape[0], x.shape[1], heads, d // heads).transpose(1, 2)
-
-        if key is query and value is query:  # self-attention: one projection GEMM for all three
-            q, k, v = self.in_proj(q).chunk(3, dim=-1)
-        else:  # cross-attention: each input through its third of the projection
-            q, k, v = (
-                self.in_proj(q).chunk(3, dim=-1)[0],
-                self.in_proj(k).chunk(3, dim=-1)[1],
-                self.in_proj(v).chunk(3, dim=-1)[2],
-            )
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            attn_mask = ~attn_mask  # MultiheadAttention masks out True; scaled_dot_product_attention keeps True
-        if attn_mask is not None and attn_mask.dim() == 3:  # (N * heads, L, S), as MultiheadAttention takes it
-            attn_mask = attn_mask.view(n, heads, *attn_mask.shape[1:])
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=attn_mask)
-        out = self.out_proj(out.transpose(1, 2).reshape(n, length, d))
-        return (out if self.batch_first else out.transpose(0, 1)), None
-
-
-def _rewritable(mha: nn.Module) -> bool:
-    """A MultiheadAttention whose function LinearAttention reproduces: one width for query, key and
-    value, and no learned key/value bias rows or zero attention (which open_clip never sets)."""
-    return (isinstance(mha, nn.MultiheadAttention) and mha._qkv_same_embed_dim
-            and mha.bias_k is None and mha.bias_v is None and not mha.add_zero_attn)  # fmt: skip
-
-
-def attention_as_linears(module: nn.Module) -> int:
-    """Swap, in place, each rewritable MultiheadAttention for a LinearAttention; how many."""
-    swapped = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if _rewritable(child):
-                setattr(parent, name, LinearAttention(child))
-                swapped += 1
-    return swapped
+from clair_vec.method.linear_attention import attention_as_linears
 
 
 def quantisable_linears(visual: nn.Module) -> set[str]:
