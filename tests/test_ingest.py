@@ -155,3 +155,27 @@ def test_the_read_stage_keeps_remote_bytes_and_lets_file_bytes_go_only_when_aske
     ingest.read(items, "photo", keep_file_bytes=keep)
     assert items[0].data == (b"abc" if keep else None) and items[1].data == b"def"
     assert items[0].rid and items[1].rid and items[0].rid != items[1].rid
+
+
+def test_a_remote_shard_that_cannot_be_fetched_stops_a_run_unless_the_ray_read_task_reads_it(monkeypatch, tmp_path):
+    """A record's remote shard that cannot be fetched (credentials, a host that is down) stops a
+    reindex with its one line; a local shard that is gone skips its images, as a gone file does;
+    the Ray read task, where a raised error would fail the whole job, skips either."""
+    from clair_vec.errors import CorruptImageError, DatasetError
+    from clair_vec.retrieval import remote
+    from clair_vec.retrieval.sources import stored_source
+
+    def refused(name):
+        raise DatasetError(f"shard {name.split('#')[0]}: HTTP 403 Forbidden")
+
+    monkeypatch.setattr(remote, "stored_bytes", refused)
+    far, near = "https://example.com/s.tar#k.png", f"{tmp_path}/s.tar#k.png"
+    with pytest.raises(DatasetError, match="403"):
+        stored_source(far).fetch()
+    with pytest.raises(CorruptImageError, match="403"):
+        stored_source(far, skip_unreadable=True).fetch()
+    with pytest.raises(CorruptImageError):
+        stored_source(near).fetch()
+    items = [ingest.Item(stored_source(near)), ingest.Item(stored_source(far, skip_unreadable=True))]
+    ingest.read(items, "photo")
+    assert [(i.status, "403" in i.note) for i in items] == [(ingest.SKIPPED, True), (ingest.SKIPPED, True)]

@@ -100,7 +100,7 @@ def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.nda
     for i in range(n):
         name = os.fsdecode(bytes(batch["path"][i]))
         src = stored_source(name, str(batch["label"][i]), data=bytes(carried[i]) if len(carried[i]) else None,
-                            problem=str(problems[i]) or None)  # fmt: skip
+                            problem=str(problems[i]) or None, skip_unreadable=True)  # fmt: skip
         item = ingest.Item(src)
         if batch["ignored"][i]:
             item.drop(ingest.IGNORED, str(batch["ignored"][i]))
@@ -165,7 +165,7 @@ class EncodeActor:
             name = str(batch["path"][i])
             # a remote image's bytes came with the row; a local file is read (and hashed) again
             item = ingest.Item(ImageSource(name, path=name, label=str(batch["label"][i])), rid=str(batch["id"][i]),
-                               data=bytes(fetched[i]) if len(fetched[i]) else None)  # fmt: skip
+                               data=bytes(fetched[i]) if len(fetched[i]) or is_elsewhere(name) else None)  # fmt: skip
             if batch["ignored"][i]:
                 item.drop(ingest.IGNORED, str(batch["error"][i]))
             elif batch["error"][i]:

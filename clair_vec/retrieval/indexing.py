@@ -9,6 +9,7 @@ removed, so a path is stored once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -134,9 +135,11 @@ def index_sources(
     summary = summary if summary is not None else IndexSummary(collection, be.name)
     seen = seen if seen is not None else {}  # id -> the first source with those bytes in this run
     store = ingest.local_store(ingest.Writer(be, collection))
-    with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar:
-        batches = ingest.run(model, store, domain, sources, batch_size=batch_size, seen=seen, on_read=on_read,
-                             vocabulary=vocabulary, precision=precision)  # fmt: skip
+    run = ingest.run(model, store, domain, sources, batch_size=batch_size, seen=seen, on_read=on_read,
+                     vocabulary=vocabulary, precision=precision)  # fmt: skip
+    # closed on the way out, even by an error in this loop: its decode and fetch threads stop with it
+    with progress_bar(total=len(sources), desc=f"index {collection}", unit="img", enabled=progress) as bar, \
+            contextlib.closing(run) as batches:
         for start, items, replaced in batches:
             summary.replaced += replaced
             summary.moved += sum(i.moved for i in items)

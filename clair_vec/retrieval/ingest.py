@@ -83,10 +83,13 @@ def read(items: Sequence[Item], domain: str, *, fetchers: Executor | None = None
             item.data = None
 
     todo = [i for i in items if i.status == TODO]
-    fetched = [i for i in todo if i.source.fetch is not None]
+    # only what crosses a network: a local shard's members and a parquet file's rows read fast
+    # one after another, and side by side would each parse the same container
+    fetched = [i for i in todo if i.source.fetch is not None and remote.is_remote(i.source.path or i.name)]
     if fetchers is not None and len(fetched) > 1:
         list(fetchers.map(one, fetched))
-        todo = [i for i in todo if i.source.fetch is None]
+        done = {id(i) for i in fetched}
+        todo = [i for i in todo if id(i) not in done]
     for item in todo:
         one(item)
 

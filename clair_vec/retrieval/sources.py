@@ -171,23 +171,33 @@ def is_elsewhere(name: str) -> bool:
     return remote.is_source(name) or remote.split_member(name) is not None
 
 
-def stored_source(name: str, label: str = "", *, data: bytes | None = None, problem: str | None = None) -> ImageSource:
+def stored_source(
+    name: str, label: str = "", *, data: bytes | None = None, problem: str | None = None, skip_unreadable: bool = False
+) -> ImageSource:
     """The source of an image by the name a record stores (``reindex``), or a Ray row carries: a
     URL, an ``s3://`` object, a shard's member or a parquet file's row, read by
-    :func:`remote.stored_bytes` unless its bytes are given as ``data``; or a local file. A shard or
-    parquet file that is gone is a reason to skip its images, not to stop the run."""
+    :func:`remote.stored_bytes` unless its bytes are given as ``data``; or a local file.
+
+    A local shard or parquet file that is gone is a reason to skip its images, as a file that is
+    gone is. A remote shard that cannot be fetched (credentials, an unreachable host) stops the
+    run with its one line, unless ``skip_unreadable`` (the Ray job's read tasks, where a raised
+    error would fail the whole job): then it too skips its images."""
     problem = problem or utf8_problem(name)
     if data is not None:
         fetch: Callable[[], bytes] | None = _given(data)
+    elif is_elsewhere(name):
+        fetch = functools.partial(_stored_bytes, name, skip_unreadable or not remote.is_remote(name))
     else:
-        fetch = functools.partial(_stored_bytes, name) if is_elsewhere(name) else None
+        fetch = None
     return ImageSource(printable(name) if problem else name, path=name, label=label, problem=problem, fetch=fetch)
 
 
-def _stored_bytes(name: str) -> bytes:
+def _stored_bytes(name: str, skip_unreadable: bool) -> bytes:
     try:
         return remote.stored_bytes(name)
     except DatasetError as exc:
+        if not skip_unreadable:
+            raise
         raise CorruptImageError(name, str(exc)) from None
     except OSError as exc:
         raise CorruptImageError(name, f"{type(exc).__name__}: {exc.strerror or exc}") from None
