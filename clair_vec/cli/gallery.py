@@ -105,7 +105,7 @@ def add_commands(add) -> None:
                     help="images per encode and write (default: 256 on a GPU, 64 on a CPU)")
     ix.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default=None,
                     help="precision of the CLIP forward, recorded with the collection; its searches use the same "
-                         "(default: the collection's, fp32 for a new one; bf16/fp16 for speed on a GPU, int8 on a CPU)")
+                         "(default: the collection's, fp32 for a new one; bf16/fp16 for speed on a GPU; int8, or bf16 where the CPU has it natively, on a CPU)")
 
     s = add("search", cmd_search, "query a collection with images of any domain, text, or stored hits; "
             "prints one JSON line per query")  # fmt: skip

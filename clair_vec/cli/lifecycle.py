@@ -71,7 +71,7 @@ def add_commands(add) -> None:
     r.add_argument("--batch-size", type=int_range(1, 4096), default=None,
                    help="images per encode and write (default: 256 on a GPU, 64 on a CPU)")
     r.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], default=None,
-                   help="precision of the CLIP forward for the new collection (default fp32; bf16/fp16 for speed on a GPU)")
+                   help="precision of the CLIP forward for the new collection (default fp32; bf16/fp16 for speed on a GPU; int8, or bf16 where the CPU has it natively, on a CPU)")
 
     c = add("compare", cmd_compare, "the same queries against two collections, each with its own model: overlap, mAP, P")
     c.add_argument("old", help="the collection (or alias) serving now")
