@@ -311,11 +311,13 @@ def test_cpu_bf16_runs_a_vit_with_its_attention_as_linears_that_share_its_weight
     assert resnet.cpu_bf16_visual() is resnet.model.visual  # no MultiheadAttention: nothing to rewrite
 
 
-def test_an_int8_gallery_indexed_in_one_process_is_searched_at_int8_in_another(shapes_root, tmp_path):
-    """The shipped small ViT (clair-tiny-vit), indexed at int8 by `clair-vec index`, then searched by
-    `clair-vec search` in a new process: each photo finds itself first (queries are encoded at the
-    gallery's int8 too), an fp32 run into the int8 collection is refused, and PyTorch's
-    quantisation warnings do not reach the user's terminal."""
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_a_vit_gallery_indexed_in_one_process_is_searched_at_its_precision_in_another(precision, shapes_root, tmp_path):
+    """The shipped small ViT (clair-tiny-vit), indexed at int8 (quantised) or bf16 (on a CPU, its
+    attention rewritten) by `clair-vec index`, then searched by `clair-vec search` in a new
+    process: each photo finds itself first (queries are encoded the gallery's way too), an fp32
+    run into the collection is refused, and PyTorch's quantisation warnings do not reach the
+    user's terminal."""
     import json
 
     from conftest import run_cli
@@ -325,7 +327,7 @@ def test_an_int8_gallery_indexed_in_one_process_is_searched_at_int8_in_another(s
     model = random_model("clair-tiny-vit", tmp_path / "model")
     photos = [str(p) for p in sorted((shapes_root / "photo" / "star").iterdir())[:6]]
     where = ("--model", model, "--collection", "g", "--uri", str(tmp_path / "g.db"))
-    made = run_cli("index", *where, "--domain", "photo", "--precision", "int8", *photos)
+    made = run_cli("index", *where, "--domain", "photo", "--precision", precision, *photos)
     assert made.returncode == 0, made.stderr
     assert "Warning" not in made.stderr and "deprecated" not in made.stderr, made.stderr
     found = run_cli("search", *where, "--domain", "photo", "--top-k", "1", *photos)
@@ -333,7 +335,7 @@ def test_an_int8_gallery_indexed_in_one_process_is_searched_at_int8_in_another(s
     hits = [json.loads(line)["hits"][0] for line in found.stdout.splitlines()]
     assert [h["path"] for h in hits] == photos and all(h["score"] > 0.999 for h in hits), hits
     mixed = run_cli("index", *where, "--domain", "photo", "--precision", "fp32", str(shapes_root / "photo" / "heart" / "0000.png"))
-    assert mixed.returncode == 2 and "int8" in mixed.stderr and "Traceback" not in mixed.stderr, mixed.stderr
+    assert mixed.returncode == 2 and precision in mixed.stderr and "Traceback" not in mixed.stderr, mixed.stderr
 
 
 def test_int8_is_recorded_like_any_precision_and_refused_where_it_would_change_nothing(model_dir, shapes_root, tmp_path):
