@@ -45,7 +45,7 @@ K = TypeVar("K")
 TODO, INDEXED, PRESENT, DUPLICATE, SKIPPED, IGNORED = "todo", "indexed", "present", "duplicate", "skipped", "ignored"
 
 
-@dataclass
+@dataclass(eq=False)  # an image on its way is itself, not any item with equal fields
 class Item:
     """One image on its way down the stages. ``note``: why it was skipped or ignored, or for a
     duplicate the path whose bytes it repeats."""
@@ -88,8 +88,8 @@ def read(items: Sequence[Item], domain: str, *, fetchers: Executor | None = None
     fetched = [i for i in todo if i.source.fetch is not None and remote.is_remote(i.source.path or i.name)]
     if fetchers is not None and len(fetched) > 1:
         list(fetchers.map(one, fetched))
-        done = {id(i) for i in fetched}
-        todo = [i for i in todo if id(i) not in done]
+        done = set(fetched)
+        todo = [i for i in todo if i not in done]
     for item in todo:
         one(item)
 
