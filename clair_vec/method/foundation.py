@@ -105,7 +105,7 @@ class FoundationModel:
         self.preprocess = open_clip.image_transform(self.image_size, is_train=False)
         self._int8: torch.nn.Module | None = None
         self._bf16: torch.nn.Module | None = None  # the tower a CPU runs in bf16 (cpu_bf16_visual)
-        self._int8_lock = threading.Lock()
+        self._towers_lock = threading.Lock()  # the int8 and bf16 towers are each made once
 
     @classmethod
     def load(cls, arch: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu",
@@ -249,7 +249,7 @@ class FoundationModel:
     def int8_visual(self) -> torch.nn.Module:
         """The vision tower with every linear layer, attention projections included, quantised
         to int8 (``int8_encoder``); made on first use, kept."""
-        with self._int8_lock:
+        with self._towers_lock:
             if self._int8 is None:
                 self._int8 = int8_vision_tower(self.model.visual, self.arch, self.image_size)
             return self._int8
@@ -260,7 +260,7 @@ class FoundationModel:
         MultiheadAttention under CPU autocast made ViT-B-32 2x to 15x slower than fp32 at 2 to 32
         images a batch, the sizes a service's batches of concurrent queries come in; rewritten,
         bf16 is faster than fp32 at every size. A tower without MultiheadAttention is itself."""
-        with self._int8_lock:
+        with self._towers_lock:
             if self._bf16 is None:
                 self._bf16 = attention_view(self.model.visual)[0]
             return self._bf16

@@ -83,14 +83,12 @@ def list_files(row: dict[str, Any], *, label_from_folder: bool) -> list[dict[str
         return [_row(remote.shown(item), problem=str(exc))]
 
 
-
-
 def hash_batch(batch: dict[str, np.ndarray], *, domain: str) -> dict[str, np.ndarray]:
     """The read stage (:func:`~clair_vec.retrieval.ingest.read`) over a batch of rows: ``id`` or
-    ``error`` per row, and a remote image's bytes in ``data`` (fetched once, here, :data:`FETCHERS`
-    at a time: the encoding actor decodes them). A local file's bytes stay behind: the actor reads
-    the file again. Paths travel as bytes, so a name that is not valid UTF-8 reaches this point
-    and is reported, not lost."""
+    ``error`` per row, and a remote image's bytes in ``data`` (fetched once, here,
+    :data:`~clair_vec.retrieval.ingest.FETCHERS` at a time: the encoding actor decodes them). A
+    local file's bytes stay behind: the actor reads the file again. Paths travel as bytes, so a
+    name that is not valid UTF-8 reaches this point and is reported, not lost."""
     from concurrent.futures import ThreadPoolExecutor
 
     n = len(batch["path"])
