@@ -169,22 +169,27 @@ def test_a_benchmark_given_what_it_cannot_run_says_so_in_one_line(args, why, tmp
 
 
 def test_service_benchmark_serves_a_gallery_at_the_precision_it_was_indexed_at():
-    """A small run of the service benchmark at bf16: the gallery is indexed at bf16, the served
-    searches all answer 200 at each concurrency level, and every figure its table needs is there."""
+    """A small run of the service benchmark at bf16, against a second service without the wait for
+    returning clients: the gallery is indexed at bf16, the searches of both services all answer
+    200 at each concurrency level, and every figure its tables need is there."""
     import json
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-m", "clair_vec.benchmarks.service", "--clip-model", "clair-tiny", "--images", "24",
                           "--queries", "4", "--per-level", "8", "--requests", "16", "--rounds", "1", "--clients", "1", "2",
-                          "--precision", "bf16"], capture_output=True, text=True, timeout=600,
+                          "--precision", "bf16", "--versus", "--batch-wait-share 0"], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "CLAIR_VEC_PROGRESS": "0", "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     indexed, floor, one, two, ratio, memory = rows
     assert indexed["indexed"] == 24 and indexed["precision"] == "bf16" and indexed["index_img_per_s"] > 0
-    assert floor["floor_p50_ms"] > 0 and floor["ratio_to_floor"] > 0
+    assert floor["floor_p50_ms"] > 0 and floor["ratio_to_floor"] > 0 and floor["raw_encode_img_per_s_batch_16"] > 0
     assert (one["clients"], two["clients"]) == (1, 2) and one["errors"] == two["errors"] == 0 and one["requests"] == 8
+    assert one["mean_batch"] == 1 and 1 <= two["mean_batch"] <= 2 and 0 < two["clients_cpu_share"] < 1
+    for row in (one, two):
+        assert set(row["versus"]) == {"qps", "p50_ms", "p99_ms", "mean_batch", "errors"} and row["versus"]["errors"] == 0
+        assert row["qps_over_versus"] > 0 and row["qps_over_raw_encode"] > 0
     assert set(ratio) == {"qps_2_over_1"} and memory["memory_run"]["errors"] == 0 and memory["server_rss_mb_after"] > 0
 
 

@@ -522,3 +522,57 @@ def test_json_bodies_are_parsed_off_the_event_loop_and_value_floods_refused_unpa
         ok = c.post("/search", json={"text": [UNSEEN[0]], "top_k": 2})
         assert ok.status_code == 200 and len(parsed_on) == 1
     assert parsed_on == ["a worker thread"]
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_each_http_parser_drops_a_head_that_never_ends_and_never_a_request_that_runs(impl):
+    """The head deadline on both of uvicorn's HTTP/1.1 protocols: `clair-vec serve` takes the C
+    parser (httptools) where it is installed and falls back to h11; each must close a connection
+    whose head does not arrive in time, let a request that runs past the deadline finish, and give
+    a kept-alive connection the deadline again after each response."""
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from clair_vec.service.protocol import _with_head_deadline, with_header_timeout
+
+    assert issubclass(with_header_timeout(1), HttpToolsProtocol)  # installed here: the faster parser is used
+    base, hook = {"httptools": (HttpToolsProtocol, "on_headers_complete"), "h11": (H11Protocol, "handle_events")}[impl]
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await asyncio.sleep(1.5)  # three deadlines
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=_with_head_deadline(base, hook, 0.5),
+                                           log_level="warning", lifespan="off"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+
+        def closed(s: socket.socket) -> bool:
+            try:
+                return s.recv(4096) == b""
+            except OSError:
+                return True
+
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as half:
+            half.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            time.sleep(1.2)
+            assert closed(half)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")  # ran three deadlines long, and answered
+            time.sleep(1.2)  # kept alive, and then silent past the deadline
+            assert closed(s)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -4,12 +4,15 @@
     python -m clair_vec.benchmarks.service --clip-model ViT-B-32 --images 2000        # a ViT-B-32-shaped model
     python -m clair_vec.benchmarks.service --model clair_demo/model --uri http://127.0.0.1:19530   # a Milvus server
     python -m clair_vec.benchmarks.service --clip-model ViT-B-32 --precision int8   # a gallery (and its queries) at int8
+    python -m clair_vec.benchmarks.service --clip-model ViT-B-32 --clients 16 --versus '--batch-wait-share 0'   # A/B
 
 Indexes generated photos into the embedded default (Milvus Lite; ``--backend qdrant``: Qdrant
 Edge) or the server at ``--uri``, then measures:
 
 1. the floor: one query's CLIP encode plus the engine's own search on an open client (pymilvus,
-   same parameters), p50 over the query set, in this process;
+   same parameters), p50 over the query set, in this process; and the raw CLIP forward's img/s
+   on preprocessed batches of ``--raw-batch`` (the service's batch size), the most that
+   concurrent clients can get from one process: each level's QPS is shown against it;
 2. ``clair-vec serve`` as its own process: QPS, p50 and p99 of ``POST /search`` at 1, 4, 16 and
    64 concurrent clients (threads of this process, over loopback, each on its own keep-alive
    connection), and the p99 of ``GET /healthz`` polled meanwhile (is the event loop free?);
@@ -53,8 +56,12 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def floor(model_dir: str, store: str, queries: list[bytes], top_k: int, backend: str, precision: str | None = None) -> dict:
-    """p50 of (CLIP encode + head + mapping) and of the raw engine search, on open objects."""
+def floor(model_dir: str, store: str, queries: list[bytes], top_k: int, backend: str, precision: str | None = None,
+          raw_batch: int = 16) -> dict:  # fmt: skip
+    """p50 of (CLIP encode + head + mapping) and of the raw engine search, on open objects; and the
+    raw CLIP forward's img/s on preprocessed batches of ``raw_batch``, the most that many
+    concurrent clients can get from one process."""
+    import torch
     from PIL import Image
 
     from clair_vec.retrieval.retriever import Retriever
@@ -77,7 +84,16 @@ def floor(model_dir: str, store: str, queries: list[bytes], top_k: int, backend:
             else:  # the plugin's engine primitive, without the checks around it
                 r.backend._search("gallery", v, top_k, {})
             engine.append(time.perf_counter() - t0)
-    return {"encode_p50_ms": 1000 * statistics.median(encode), "engine_p50_ms": 1000 * statistics.median(engine)}
+        fm = r.model.foundation
+        pixels = torch.stack([fm.preprocess(Image.open(io.BytesIO(q)).convert("RGB")) for q in queries])
+        batches = [pixels[(np.arange(raw_batch) + s) % len(pixels)] for s in range(0, 4 * raw_batch, raw_batch)]
+        fm.encode_pixels(batches[0], precision=precision)
+        t0 = time.perf_counter()
+        for b in batches:
+            fm.encode_pixels(b, precision=precision)
+        raw = len(batches) * raw_batch / (time.perf_counter() - t0)
+    return {"encode_p50_ms": 1000 * statistics.median(encode), "engine_p50_ms": 1000 * statistics.median(engine),
+            "raw_encode_img_per_s": raw}
 
 
 def _start(model: str, store: str, backend: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
@@ -123,6 +139,24 @@ def poll_health(url: str, stop: threading.Event, out: list[float], every: float 
         stop.wait(every)
 
 
+def _median_row(rows: list[dict]) -> dict:
+    """The per-field median of load() rows (a field no row has a value for stays None)."""
+    out: dict = {}
+    for k in rows[0]:
+        values = [r[k] for r in rows if r[k] is not None]
+        m = statistics.median(values) if values else None
+        out[k] = m if m is None else int(m) if float(m).is_integer() else round(m, 2)
+    return out
+
+
+def _batches(url: str) -> tuple[float, float]:
+    """The service's searches served and batches run so far, from its /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    seen = {k: float(v) for k, _, v in (ln.rpartition(" ") for ln in lines) if k.startswith("clair_vec_search_batch_size_")}
+    return seen.get("clair_vec_search_batch_size_sum", 0.0), seen.get("clair_vec_search_batch_size_count", 0.0)
+
+
 def load(url: str, queries: list[bytes], clients: int, requests: int, top_k: int) -> dict:
     """``clients`` threads, each on its own keep-alive connection, send ``requests`` searches in all,
     while another thread polls /healthz."""
@@ -164,17 +198,23 @@ def load(url: str, queries: list[bytes], clients: int, requests: int, top_k: int
     poller = threading.Thread(target=poll_health, args=(url, stop, health))
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(clients)]
+    served, batches = _batches(url)
+    cpu = time.process_time()  # this process's CPU: the clients' share of the box is not the server's
     poller.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu
     stop.set()
     poller.join()
+    served_after, batches_after = _batches(url)
     return {"clients": clients, "requests": len(lat), "errors": errors[0], "qps": round(len(lat) / wall, 1),
             "p50_ms": round(1000 * statistics.median(lat), 1), "p99_ms": round(1000 * float(np.percentile(lat, 99)), 1),
             "server_took_p50_ms": round(statistics.median(took), 1) if took else None,
+            "mean_batch": round((served_after - served) / max(1.0, batches_after - batches), 1),
+            "clients_cpu_share": round(cpu / wall / (os.cpu_count() or 1), 3),
             "healthz_p99_ms": round(1000 * float(np.percentile(health, 99)), 1) if health else None}  # fmt: skip
 
 
@@ -193,6 +233,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top-k", type=int, default=10, help="hits per query")
     p.add_argument("--backend", default="milvus", help="an embedded backend: milvus (Lite, the default) or qdrant (Edge)")
     p.add_argument("--rounds", type=int, default=3, help="alternating floor / service rounds for the 1-client comparison")
+    p.add_argument("--versus", default=None, help="options of a second `clair-vec serve` to compare with, e.g. "
+                   "'--batch-wait-share 0': it serves a copy of the gallery, and each concurrency level alternates "
+                   "between the two for --rounds rounds (medians)")  # fmt: skip
+    p.add_argument("--raw-batch", type=int, default=16, help="batch of the raw CLIP forward that QPS is compared with "
+                   "(the service's --batch-size)")  # fmt: skip
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16", "int8"], help="of the CLIP forward: fp32 (default), bf16 or int8 (CPU); the gallery "
                    "records it and the service encodes its queries the same way")  # fmt: skip
     a = p.parse_args(argv)
@@ -204,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     from clair_vec.store.plugins import get_backend
 
     work = Path(tempfile.mkdtemp(prefix="clair-serve-bench-"))
-    proc = None
+    proc = versus = None
     extra = a.serve_args.split()
     try:
         if a.model is None:
@@ -229,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         # floor and the 1-client service are measured in alternating rounds and compared by median
         floors, singles, tooks = [], [], []
         for _ in range(a.rounds):
-            floors.append(floor(a.model, store, queries, a.top_k, a.backend, precision))
+            floors.append(floor(a.model, store, queries, a.top_k, a.backend, precision, a.raw_batch))
             proc, url = _start(a.model, store, a.backend, extra)
             load(url, queries, 1, 100, a.top_k)  # warm-up
             row = load(url, queries, 1, a.per_level, a.top_k)
@@ -238,19 +283,39 @@ def main(argv: list[str] | None = None) -> None:
             _stop(proc)
             proc = None
         floor_ms = statistics.median(f["encode_p50_ms"] + f["engine_p50_ms"] for f in floors)
+        raw = statistics.median(f["raw_encode_img_per_s"] for f in floors)
         print(json.dumps({"rounds": a.rounds, "floor_p50_ms": round(floor_ms, 2),
                           "encode_p50_ms": round(statistics.median(f["encode_p50_ms"] for f in floors), 2),
                           "engine_p50_ms": round(statistics.median(f["engine_p50_ms"] for f in floors), 2),
                           "search_p50_ms_1_client": statistics.median(singles),
                           "server_took_p50_ms": statistics.median(tooks),
                           "ratio_to_floor": round(statistics.median(singles) / floor_ms, 2),
+                          f"raw_encode_img_per_s_batch_{a.raw_batch}": round(raw, 1),
                           "per_round": {"floor": [round(f["encode_p50_ms"] + f["engine_p50_ms"], 2) for f in floors],
                                         "service": singles}}), flush=True)  # fmt: skip
         proc, url = _start(a.model, store, a.backend, extra)
         load(url, queries, 1, 100, a.top_k)
+        if a.versus is not None:  # a second service on a copy of the gallery (a server's is shared)
+            copy = store if a.uri else str(work / ("versus.db" if a.backend == "milvus" else "versus"))
+            if not a.uri:
+                (shutil.copytree if Path(store).is_dir() else shutil.copyfile)(store, copy)
+            versus, versus_url = _start(a.model, copy, a.backend, a.versus.split())
+            load(versus_url, queries, 1, 100, a.top_k)
         levels = {}
         for c in a.clients:
-            levels[c] = load(url, queries, c, max(a.per_level, 4 * c), a.top_k)
+            n = max(a.per_level, 4 * c)
+            if versus is None:
+                levels[c] = load(url, queries, c, n, a.top_k)
+            else:  # alternating rounds, so that the box's drift falls on both alike
+                rows: dict[str, list[dict]] = {"this": [], "versus": []}
+                for r in range(a.rounds):
+                    for name in ("this", "versus") if r % 2 == 0 else ("versus", "this"):
+                        rows[name].append(load(url if name == "this" else versus_url, queries, c, n, a.top_k))
+                levels[c] = _median_row(rows["this"])
+                other = _median_row(rows["versus"])
+                levels[c]["versus"] = {k: other[k] for k in ("qps", "p50_ms", "p99_ms", "mean_batch", "errors")}
+                levels[c]["qps_over_versus"] = round(levels[c]["qps"] / other["qps"], 2)
+            levels[c]["qps_over_raw_encode"] = round(levels[c]["qps"] / raw, 2)
             print(json.dumps(levels[c]), flush=True)
         if 1 in levels:
             print(json.dumps({f"qps_{c}_over_1": round(levels[c]["qps"] / levels[1]["qps"], 2) for c in levels if c != 1}), flush=True)
@@ -260,9 +325,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"memory_run": growth, "server_rss_mb_before": round(before, 1), "server_rss_mb_after": round(after, 1),
                           "growth_mb": round(after - before, 1)}), flush=True)  # fmt: skip
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+        for server in (proc, versus):
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=30)
         if a.uri:
             with get_backend(a.backend, a.uri) as be:
                 be.drop_collection("gallery")

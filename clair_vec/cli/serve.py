@@ -23,6 +23,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
     key = None if a.ray else read_api_key(a.api_key_file)  # Ray replicas read it on their own nodes
     settings = ServiceSettings(gallery_roots=a.gallery_root, max_upload_bytes=int(a.max_upload_mb * 2**20),
                                max_inflight=a.max_inflight, batch_size=a.batch_size, batch_wait_ms=a.batch_wait_ms,
+                               batch_wait_share=a.batch_wait_share,
                                max_connections=a.max_connections, header_timeout_s=a.header_timeout,
                                idle_timeout_s=a.idle_timeout, api_key=key, cors_origins=tuple(a.cors_origin or ()),
                                docs=a.docs, replica_header=a.replica_header, follow_interval_s=a.follow_interval,
@@ -75,7 +76,10 @@ def add_commands(add) -> None:
     lim.add_argument("--batch-size", type=int_range(1, 1024), default=16,
                      help="concurrent searches served by one CLIP pass and one engine call")  # fmt: skip
     lim.add_argument("--batch-wait-ms", type=number_range(-1e-9, 1000), default=2.0,
-                     help="longest wait for more searches to batch with, only while others are arriving")  # fmt: skip
+                     help="longest wait for more searches to batch with, only while others are arriving; 0: never wait")  # fmt: skip
+    lim.add_argument("--batch-wait-share", type=number_range(-1e-9, 1), default=0.05,
+                     help="longest wait for the clients of the last batch to send their next search, as a share of "
+                     "that batch's run time (only while fewer wait than were recently in flight together)")  # fmt: skip
     lim.add_argument("--threads", type=int_range(1, 1024), default=None,
                      help="torch threads for the CLIP forward on a CPU (default: one per core; one per replica with "
                      "--ray). With a small model the HTTP and engine threads are the bottleneck and 1 serves more "

@@ -53,7 +53,7 @@ class ServiceContext:
         self.roots = [os.path.abspath(r) for r in s.gallery_roots or []]
         self._labels: tuple[float, str, dict[str, Any]] | None = None
         self.batcher = Batcher(self._run, self.worker, max_batch=s.batch_size, max_wait=s.batch_wait_ms / 1000,
-                               max_pending=s.max_inflight)  # fmt: skip
+                               max_pending=s.max_inflight, wait_share=s.batch_wait_share)  # fmt: skip
         self.follower: Any = None  # set by the app (follow.py)
 
     @property
