@@ -187,6 +187,7 @@ def test_service_benchmark_serves_a_gallery_at_the_precision_it_was_indexed_at()
     assert floor["floor_p50_ms"] > 0 and floor["ratio_to_floor"] > 0 and floor["raw_encode_img_per_s_batch_16"] > 0
     assert (one["clients"], two["clients"]) == (1, 2) and one["errors"] == two["errors"] == 0 and one["requests"] == 8
     assert one["mean_batch"] == 1 and 1 <= two["mean_batch"] <= 2 and 0 < two["clients_cpu_share"] < 1
+    assert 0 < one["worker_busy"] <= 1.05 and 0 < two["worker_busy"] <= 1.05  # a share of the wall time
     for row in (one, two):
         assert set(row["versus"]) == {"qps", "p50_ms", "p99_ms", "mean_batch", "errors"} and row["versus"]["errors"] == 0
         assert row["qps_over_versus"] > 0 and row["qps_over_raw_encode"] > 0

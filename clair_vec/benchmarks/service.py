@@ -149,12 +149,14 @@ def _median_row(rows: list[dict]) -> dict:
     return out
 
 
-def _batches(url: str) -> tuple[float, float]:
-    """The service's searches served and batches run so far, from its /metrics."""
+def _batches(url: str) -> tuple[float, float, float]:
+    """The service's searches served, batches run and seconds its worker thread spent on them so
+    far, from its /metrics."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
         lines = r.read().decode().splitlines()
-    seen = {k: float(v) for k, _, v in (ln.rpartition(" ") for ln in lines) if k.startswith("clair_vec_search_batch_size_")}
-    return seen.get("clair_vec_search_batch_size_sum", 0.0), seen.get("clair_vec_search_batch_size_count", 0.0)
+    seen = {k: float(v) for k, _, v in (ln.rpartition(" ") for ln in lines) if k.startswith("clair_vec_search_batch_")}
+    return (seen.get("clair_vec_search_batch_size_sum", 0.0), seen.get("clair_vec_search_batch_size_count", 0.0),
+            seen.get("clair_vec_search_batch_seconds_sum", 0.0))  # fmt: skip
 
 
 def load(url: str, queries: list[bytes], clients: int, requests: int, top_k: int) -> dict:
@@ -198,7 +200,7 @@ def load(url: str, queries: list[bytes], clients: int, requests: int, top_k: int
     poller = threading.Thread(target=poll_health, args=(url, stop, health))
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(clients)]
-    served, batches = _batches(url)
+    served, batches, busy = _batches(url)
     cpu = time.process_time()  # this process's CPU: the clients' share of the box is not the server's
     poller.start()
     for t in threads:
@@ -209,12 +211,13 @@ def load(url: str, queries: list[bytes], clients: int, requests: int, top_k: int
     cpu = time.process_time() - cpu
     stop.set()
     poller.join()
-    served_after, batches_after = _batches(url)
+    served_after, batches_after, busy_after = _batches(url)
     return {"clients": clients, "requests": len(lat), "errors": errors[0], "qps": round(len(lat) / wall, 1),
             "p50_ms": round(1000 * statistics.median(lat), 1), "p99_ms": round(1000 * float(np.percentile(lat, 99)), 1),
             "server_took_p50_ms": round(statistics.median(took), 1) if took else None,
             "mean_batch": round((served_after - served) / max(1.0, batches_after - batches), 1),
             "clients_cpu_share": round(cpu / wall / (os.cpu_count() or 1), 3),
+            "worker_busy": round((busy_after - busy) / wall, 3),  # the rest: the worker waited for searches
             "healthz_p99_ms": round(1000 * float(np.percentile(health, 99)), 1) if health else None}  # fmt: skip
 
 

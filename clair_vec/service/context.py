@@ -66,6 +66,7 @@ class ServiceContext:
 
     def _run(self, items: list[tuple[Serving, Any]]) -> list[Any]:
         """A batch of ``(serving, query)``: each group of one serving runs as one retriever call."""
+        started = time.perf_counter()
         results: list[Any] = [None] * len(items)
         groups: dict[int, list[int]] = {}
         for n, (serving, _) in enumerate(items):
@@ -76,6 +77,7 @@ class ServiceContext:
             for n, row in zip(members, rows, strict=True):
                 results[n] = row
         self.metrics.batch_size.observe(len(items))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return results
 
     def labels(self) -> dict[str, Any]:

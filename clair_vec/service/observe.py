@@ -39,6 +39,9 @@ class Metrics:
         self.gallery = Gauge("clair_vec_gallery_size", "records in the served collection", ["collection"], registry=self.registry)
         self.batch_size = Histogram("clair_vec_search_batch_size", "searches served by one encode and one engine call",
                                     registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))  # fmt: skip
+        self.batch_seconds = Histogram("clair_vec_search_batch_seconds", "time one batch of searches took on the worker "
+                                       "thread (encode and engine call)", registry=self.registry,
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
         self.inflight = Gauge("clair_vec_searches_in_flight", "searches being read, queued or run", registry=self.registry)
 
     def exposition(self) -> tuple[bytes, str]:
