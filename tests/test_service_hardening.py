@@ -524,55 +524,122 @@ def test_json_bodies_are_parsed_off_the_event_loop_and_value_floods_refused_unpa
     assert parsed_on == ["a worker thread"]
 
 
+def _protocol(impl: str, deadline: float):
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from clair_vec.service.protocol import _bounded_head, _with_head_deadline
+
+    if impl == "h11":
+        return _with_head_deadline(H11Protocol, deadline)
+    pytest.importorskip("httptools")
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    return _with_head_deadline(_bounded_head(HttpToolsProtocol), deadline)
+
+
+class _Uvicorn:
+    """A real uvicorn server on a thread, with ``protocol``, serving a tiny app (``/slow`` takes 1.5 s)."""
+
+    def __init__(self, protocol) -> None:
+        import uvicorn
+
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            if scope["path"] == "/slow":
+                await asyncio.sleep(1.5)
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, http=protocol,
+                                                    log_level="critical", lifespan="off"))  # fmt: skip
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> _Uvicorn:
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                break
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _closed(s: socket.socket) -> bool:
+    try:
+        while s.recv(65536):  # whatever the server answered first, then its hang-up
+            pass
+        return True
+    except OSError:
+        return True
+
+
 @pytest.mark.parametrize("impl", ["httptools", "h11"])
 def test_each_http_parser_drops_a_head_that_never_ends_and_never_a_request_that_runs(impl):
     """The head deadline on both of uvicorn's HTTP/1.1 protocols: `clair-vec serve` takes the C
     parser (httptools) where it is installed and falls back to h11; each must close a connection
     whose head does not arrive in time, let a request that runs past the deadline finish, and give
     a kept-alive connection the deadline again after each response."""
-    import uvicorn
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    from clair_vec.service.protocol import _with_head_deadline, with_header_timeout
-
-    assert issubclass(with_header_timeout(1), HttpToolsProtocol)  # installed here: the faster parser is used
-    base, hook = {"httptools": (HttpToolsProtocol, "on_headers_complete"), "h11": (H11Protocol, "handle_events")}[impl]
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        if scope["path"] == "/slow":
-            await asyncio.sleep(1.5)  # three deadlines
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=_with_head_deadline(base, hook, 0.5),
-                                           log_level="warning", lifespan="off"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-
-        def closed(s: socket.socket) -> bool:
-            try:
-                return s.recv(4096) == b""
-            except OSError:
-                return True
-
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as half:
+    with _Uvicorn(_protocol(impl, 0.5)) as u:
+        with socket.create_connection(("127.0.0.1", u.port), timeout=5) as half:
             half.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
             time.sleep(1.2)
-            assert closed(half)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            half.settimeout(0.5)
+            assert _closed(half)
+        with socket.create_connection(("127.0.0.1", u.port), timeout=5) as s:
             s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
             assert s.recv(4096).startswith(b"HTTP/1.1 200")  # ran three deadlines long, and answered
             time.sleep(1.2)  # kept alive, and then silent past the deadline
-            assert closed(s)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+            s.settimeout(0.5)
+            assert _closed(s)
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_each_http_parser_refuses_a_huge_request_head_with_a_400(impl):
+    """httptools keeps a head of any size (300 MB once went through in 0.8 s): like h11, past
+    16 KiB the request is refused and the connection closed, whatever the deadline."""
+    with _Uvicorn(_protocol(impl, 30)) as u:
+        flood = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-A%d: %s\r\n" % (n, b"a" * 1000) for n in range(1000))
+        with socket.create_connection(("127.0.0.1", u.port), timeout=10) as s:
+            try:
+                s.sendall(flood + b"\r\n")  # 1 MB of headers
+            except OSError:
+                pass  # closed under the sender's feet: refused, too
+            answer = b""
+            try:
+                answer = s.recv(4096)
+            except OSError:
+                pass
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:80]
+            s.settimeout(2)
+            assert _closed(s)
+        if impl == "httptools":  # h11 takes a long head that arrives in one read; httptools is bounded per byte
+            long_url = b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            with socket.create_connection(("127.0.0.1", u.port), timeout=10) as s:
+                try:
+                    s.sendall(long_url)
+                    answer = s.recv(4096)
+                except OSError:
+                    answer = b""
+                assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:80]
+        with socket.create_connection(("127.0.0.1", u.port), timeout=10) as s:  # a head of 15 KiB is still served
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 15_000 + b"\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_serve_takes_the_c_parser_where_it_is_installed_and_h11_where_it_is_not(monkeypatch):
+    import sys as _sys
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from clair_vec.service.protocol import with_header_timeout
+
+    httptools = pytest.importorskip("uvicorn.protocols.http.httptools_impl")
+    assert issubclass(with_header_timeout(1), httptools.HttpToolsProtocol)
+    monkeypatch.setitem(_sys.modules, "uvicorn.protocols.http.httptools_impl", None)  # as if httptools were not installed
+    fallback = with_header_timeout(1)
+    assert issubclass(fallback, H11Protocol) and not issubclass(fallback, httptools.HttpToolsProtocol)

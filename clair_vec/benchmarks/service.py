@@ -29,6 +29,7 @@ import argparse
 import io
 import json
 import os
+import shlex
 import shutil
 import socket
 import statistics
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="clair-serve-bench-"))
     proc = versus = None
-    extra = a.serve_args.split()
+    extra = shlex.split(a.serve_args)
     try:
         if a.model is None:
             from clair_vec.benchmarks.models import random_model
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
             copy = store if a.uri else str(work / ("versus.db" if a.backend == "milvus" else "versus"))
             if not a.uri:
                 (shutil.copytree if Path(store).is_dir() else shutil.copyfile)(store, copy)
-            versus, versus_url = _start(a.model, copy, a.backend, a.versus.split())
+            versus, versus_url = _start(a.model, copy, a.backend, shlex.split(a.versus))
             load(versus_url, queries, 1, 100, a.top_k)
         levels = {}
         for c in a.clients:

@@ -7,7 +7,8 @@ idle waits for company only when company is expected, so a lone client pays no w
 
 - for requests already on their way in (being read or decoded): at most ``max_wait`` seconds;
 - for the clients of the batch that just finished, when fewer searches wait than were recently in
-  flight together: at most ``wait_share`` of the last batch's run time. Without this, N steady
+  flight together: until ``wait_share`` of the last batch's run time has passed since it ended
+  (clients answered longer ago than that are not on their way back). Without this, N steady
   clients split into two cohorts that take turns on the worker, each half the batch it could be
   (the other half is between its answer and its next request): a CPU forward of ViT-B-32 costs
   10 % more an image at batch 8 than at 16, and waiting the few ms for them costs far less.
@@ -39,6 +40,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Future | None = None  # set by a submit while the drain waits for company
         self._last_run = 0.0  # seconds the last batch took on the worker thread
+        self._last_end = 0.0  # when it ended (the event loop's clock)
         #: the most searches in flight at once since each of the last few batches started (the load
         #: the clients put on the service now; it forgets a burst four batches later)
         self._peaks: deque[int] = deque(maxlen=3)
@@ -62,7 +64,7 @@ class Batcher:
 
     def check_room(self) -> None:
         """Refuse a search when ``max_pending`` are already arriving, queued or running."""
-        busy = len(self._pending) + self.arriving + self.running
+        busy = self.in_flight
         if busy >= self.max_pending:
             raise Overloaded(f"{busy} searches are in flight; the limit is {self.max_pending}")
 
@@ -96,6 +98,7 @@ class Batcher:
             finally:
                 self.running = 0
                 self._last_run = time.perf_counter() - started
+                self._last_end = loop.time()
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():  # the client went away
                     continue
@@ -109,7 +112,7 @@ class Batcher:
         target = min(self.max_batch, max(self._peaks, default=0))
         now = loop.time()
         arriving_until = now + self.max_wait
-        returning_until = now + min(self.wait_share * self._last_run, 1.0)
+        returning_until = self._last_end + min(self.wait_share * self._last_run, 1.0)
         waited = False
         while len(self._pending) < self.max_batch:
             until = max(arriving_until if self.arriving > 0 else now, returning_until if len(self._pending) < target else now)
