@@ -32,7 +32,7 @@ class ServiceSettings:
     batch_size: int = 16
     batch_wait_ms: float = 2.0
     #: the longest wait for the clients of the last batch to come back, as a share of its run time
-    #: (service/batcher.py; 0.05: ViT-B-32 on 2 cores, 16 clients, 15.7 -> see docs/service.md)
+    #: (service/batcher.py; docs/service.md has what it gained for 16 clients of a ViT-B-32)
     batch_wait_share: float = 0.05
     #: open connections; uvicorn answers 503 past it (uvicorn's limit_concurrency)
     max_connections: int = 512
