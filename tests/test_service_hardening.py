@@ -570,11 +570,14 @@ class _Uvicorn:
 
 
 def _closed(s: socket.socket) -> bool:
+    """Whether the server hung up (after whatever it answered first), within the socket's timeout."""
     try:
-        while s.recv(65536):  # whatever the server answered first, then its hang-up
+        while s.recv(65536):
             pass
         return True
-    except OSError:
+    except TimeoutError:  # still open
+        return False
+    except OSError:  # reset by the server
         return True
 
 
