@@ -174,6 +174,17 @@ def test_centring_stays_on_for_styles_and_goes_off_for_collections_that_differ_i
         ClairConfig(domain_center_min_share=1.0)
 
 
+@pytest.mark.parametrize(("offset", "share", "centred"), [(4.0, 0.131, True), (3.0, 0.086, False)])
+def test_the_centring_threshold_lies_between_the_measured_shares_where_it_gained_and_where_it_cost(offset, share, centred):
+    """The two nearest measurements on either side of the default: a demo stand-in whose domains held
+    0.131 of the variance (centring gained +0.034 / +0.017 there; the former 0.15 left it off) and
+    VLCS's photo collections at 0.07-0.09 (centring cost up to 0.105)."""
+    features = _two_domains(offset)
+    assert domain_share(features) == pytest.approx(share, abs=0.002)
+    decided, record = decide_centring(ClairConfig(), features)
+    assert decided.domain_center is centred and record["domain_center"] is centred
+
+
 @pytest.fixture(scope="module")
 def unchecked_dir(shapes_root, tmp_path_factory):
     """The default method trained without selection: the head, centred, with the text map."""
