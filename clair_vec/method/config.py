@@ -59,9 +59,9 @@ class ClairConfig:
     domain_center: bool = True
     # ... but only where the domains are styles: centring is skipped when the domain means hold less
     # than this share of the training features' variance (label-free). Halfway between the largest
-    # share where centring cost (VLCS's three photo collections, 0.07-0.09: up to -0.105 mAP) and the
-    # smallest where it gained (a demo stand-in at 0.131: +0.034 / +0.017 against +0.000 uncentred;
-    # the other demos 0.26-0.45). 0.15 left that stand-in uncentred
+    # share where centring cost (VLCS's three photo collections, 0.04-0.09: up to -0.105 mAP) and the
+    # smallest where it gained (a demo stand-in at 0.131: +0.034 / +0.017 centred, -0.004 / -0.001
+    # uncentred; the other demos 0.18-0.45). 0.15 left that stand-in uncentred
     domain_center_min_share: float = 0.11
     # subtract the residual's running mean: without it the head adds one shared offset to every
     # embedding, which collapses query embeddings (mean pairwise cosine 0.22 -> 0.49 on the demo)
