@@ -178,7 +178,7 @@ def test_centring_stays_on_for_styles_and_goes_off_for_collections_that_differ_i
 def test_the_centring_threshold_lies_between_the_measured_shares_where_it_gained_and_where_it_cost(offset, share, centred):
     """The two nearest measurements on either side of the default: a demo stand-in whose domains held
     0.131 of the variance (centring gained +0.034 / +0.017 there; the former 0.15 left it off) and
-    VLCS's photo collections at 0.07-0.09 (centring cost up to 0.105)."""
+    VLCS's photo collections at 0.04-0.09 (centring cost up to 0.105)."""
     features = _two_domains(offset)
     assert domain_share(features) == pytest.approx(share, abs=0.002)
     decided, record = decide_centring(ClairConfig(), features)
