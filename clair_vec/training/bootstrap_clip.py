@@ -38,16 +38,33 @@ _T = TypeVar("_T")
 
 @contextlib.contextmanager
 def deterministic_algorithms() -> Iterator[None]:
-    """torch's deterministic kernels inside, its setting as it was outside. With two CPU threads
+    """torch's deterministic kernels inside, its settings as they were outside. With two CPU threads
     the same seed gave a different stand-in each run (weights 0.02 apart after 40 steps, a demo's
     unseen-class gain anywhere from +0.01 to +0.04); a kernel with no deterministic form warns
-    instead of failing (``warn_only``)."""
+    instead of failing (``warn_only``).
+
+    Deterministic mode also fills every new tensor with NaN so that a read of memory nobody wrote
+    shows up; no kernel of a CLIP step reads it (the weights after 20 steps are bit-identical with
+    and without the fill), and the ~600 fills a step cost 7 % of a tiny CLIP's step on one thread."""
+    import torch.utils.deterministic as deterministic
+
     before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill_before = deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
+        deterministic.fill_uninitialized_memory = fill_before
+
+
+def convolutional(tower: torch.nn.Module) -> bool:
+    """Whether an image tower is a ResNet (batch-normed convolutions) rather than a ViT whose only
+    convolution cuts the patches. oneDNN's convolutions run faster on channels-last tensors: a tiny
+    ResNet CLIP's training step took 0.135 s against 0.185 s (1 CPU thread, batch 64); a ViT's step
+    is the same either way, and keeps the layout its numbers were measured in."""
+    return any(isinstance(m, torch.nn.BatchNorm2d) for m in tower.modules())
 
 
 def bootstrap_optimizer(params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -121,6 +138,8 @@ def bootstrap_clip(
     rng = random.Random(seed)
     fm = FoundationModel.load(arch, None, str(resolve_device(device)))
     model = fm.model.train()
+    layout = torch.channels_last if convolutional(model.visual) else torch.contiguous_format
+    model.visual.to(memory_format=layout)
     for p in model.parameters():
         p.requires_grad_(True)
     classes, domains = dataset.classes, dataset.domains
@@ -155,7 +174,7 @@ def bootstrap_clip(
             except CorruptImageError as exc:
                 log.warning("skipping %s", exc)
                 pool.remove(item)
-        return batch, torch.stack(pixels)
+        return batch, torch.stack(pixels).contiguous(memory_format=layout)
 
     # The next batch is read and augmented on a second thread while this one steps (a sixth of a
     # step on 2 cores). One producer draws every random number, in order, so a seed still gives the
@@ -181,4 +200,5 @@ def bootstrap_clip(
                 model.logit_scale.clamp_(0, 4.6052)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    return save_tensor_file({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_file)
+    # saved in the ordinary layout: the file loads the same into a model of either
+    return save_tensor_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out_file)
