@@ -527,10 +527,10 @@ def test_json_bodies_are_parsed_off_the_event_loop_and_value_floods_refused_unpa
 def _protocol(impl: str, deadline: float):
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    from clair_vec.service.protocol import _bounded_head, _with_head_deadline
+    from clair_vec.service.protocol import _bounded_h11_head, _bounded_head, _with_head_deadline
 
     if impl == "h11":
-        return _with_head_deadline(H11Protocol, deadline)
+        return _with_head_deadline(_bounded_h11_head(H11Protocol), deadline)
     pytest.importorskip("httptools")
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -603,8 +603,9 @@ def test_each_http_parser_drops_a_head_that_never_ends_and_never_a_request_that_
 
 @pytest.mark.parametrize("impl", ["httptools", "h11"])
 def test_each_http_parser_refuses_a_huge_request_head_with_a_400(impl):
-    """httptools keeps a head of any size (300 MB once went through in 0.8 s): like h11, past
-    16 KiB the request is refused and the connection closed, whatever the deadline."""
+    """httptools keeps a head of any size (300 MB once went through in 0.8 s), and h11 one that
+    arrives in a single read: past 16 KiB the request is refused and the connection closed,
+    whatever the deadline."""
     with _Uvicorn(_protocol(impl, 30)) as u:
         flood = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-A%d: %s\r\n" % (n, b"a" * 1000) for n in range(1000))
         with socket.create_connection(("127.0.0.1", u.port), timeout=10) as s:
@@ -620,15 +621,16 @@ def test_each_http_parser_refuses_a_huge_request_head_with_a_400(impl):
             assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:80]
             s.settimeout(2)
             assert _closed(s)
-        if impl == "httptools":  # h11 takes a long head that arrives in one read; httptools is bounded per byte
-            long_url = b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-            with socket.create_connection(("127.0.0.1", u.port), timeout=10) as s:
-                try:
-                    s.sendall(long_url)
-                    answer = s.recv(4096)
-                except OSError:
-                    answer = b""
-                assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:80]
+        long_url = b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"  # one read: h11 alone would take it
+        with socket.create_connection(("127.0.0.1", u.port), timeout=10) as s:
+            try:
+                s.sendall(long_url)
+                answer = s.recv(4096)
+            except OSError:
+                answer = b""
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:80]
+            s.settimeout(2)
+            assert _closed(s)
         with socket.create_connection(("127.0.0.1", u.port), timeout=10) as s:  # a head of 15 KiB is still served
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 15_000 + b"\r\n\r\n")
             assert s.recv(4096).startswith(b"HTTP/1.1 200")
@@ -646,3 +648,4 @@ def test_serve_takes_the_c_parser_where_it_is_installed_and_h11_where_it_is_not(
     monkeypatch.setitem(_sys.modules, "uvicorn.protocols.http.httptools_impl", None)  # as if httptools were not installed
     fallback = with_header_timeout(1)
     assert issubclass(fallback, H11Protocol) and not issubclass(fallback, httptools.HttpToolsProtocol)
+    assert any(k.__name__ == "BoundedH11Head" for k in fallback.__mro__)  # the fallback keeps the head limit

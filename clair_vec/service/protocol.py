@@ -10,9 +10,10 @@ Until then those connections count against ``--max-connections``, past which uvi
 ``/healthz`` and ``/readyz`` are exempt, so an orchestrator does not restart a service that is
 only being flooded (they cost no database call or decode: ``/readyz`` one count).
 
-h11 refuses a head past 16 KiB. uvicorn's httptools protocol keeps a head of any size (300 MB of
-headers from one connection were once taken in 0.8 s, within any deadline, and a long URL is
-copied again on every read), so it gets the same limit here.
+uvicorn's httptools protocol keeps a head of any size (300 MB of headers from one connection were
+once taken in 0.8 s, within any deadline, and a long URL is copied again on every read). h11
+refuses a head past 16 KiB only while it is incomplete: a 100 KB URL that arrives in one read
+is taken whole. Both get the same limit here, counted on the parsed head.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def with_header_timeout(header_timeout: float) -> type[asyncio.Protocol]:
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
-        return _with_head_deadline(H11Protocol, header_timeout)
+        return _with_head_deadline(_bounded_h11_head(H11Protocol), header_timeout)
     return _with_head_deadline(_bounded_head(HttpToolsProtocol), header_timeout)
 
 
@@ -63,6 +64,35 @@ def _bounded_head(base: type) -> type:
                 raise HeadTooLarge(f"the request head is over {MAX_HEAD_BYTES} bytes")
 
     return BoundedHead
+
+
+def _h11_head_bytes(request: Any) -> int:
+    return len(request.method) + len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+
+
+def _bounded_h11_head(base: type) -> type:
+    import h11
+
+    class BoundedH11Head(base):
+        def handle_events(self) -> None:
+            # uvicorn answers h11's protocol error with a 400 and closes: a head over the limit
+            # is refused through that same path, before the app sees it
+            conn = self.conn
+            parse = conn.next_event
+
+            def bounded() -> Any:
+                event = parse()
+                if isinstance(event, h11.Request) and _h11_head_bytes(event) > MAX_HEAD_BYTES:
+                    raise h11.RemoteProtocolError(f"the request head is over {MAX_HEAD_BYTES} bytes", error_status_hint=431)
+                return event
+
+            conn.next_event = bounded
+            try:
+                super().handle_events()
+            finally:
+                del conn.next_event  # the class's own method again
+
+    return BoundedH11Head
 
 
 def _with_head_deadline(base: type, header_timeout: float) -> type[asyncio.Protocol]:
