@@ -649,3 +649,29 @@ def test_serve_takes_the_c_parser_where_it_is_installed_and_h11_where_it_is_not(
     fallback = with_header_timeout(1)
     assert issubclass(fallback, H11Protocol) and not issubclass(fallback, httptools.HttpToolsProtocol)
     assert any(k.__name__ == "BoundedH11Head" for k in fallback.__mro__)  # the fallback keeps the head limit
+
+
+def test_the_h11_bound_refuses_a_whole_head_over_the_limit_taken_in_one_read():
+    # the socket test above cannot force one read; here the whole head reaches h11 at once, which
+    # h11's own 16 KiB limit (on incomplete heads only) lets through
+    import h11
+
+    from clair_vec.service.protocol import MAX_HEAD_BYTES, _bounded_h11_head
+
+    class Base:
+        def connection_made(self, transport):
+            self.conn = h11.Connection(h11.SERVER)
+
+    def parsed(head: bytes):
+        proto = _bounded_h11_head(Base)()
+        proto.connection_made(None)
+        proto.conn.receive_data(head)
+        return proto.conn.next_event()
+
+    long_url = b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    plain = h11.Connection(h11.SERVER)
+    plain.receive_data(long_url)
+    assert isinstance(plain.next_event(), h11.Request)  # what h11 alone does
+    with pytest.raises(h11.RemoteProtocolError, match=f"over {MAX_HEAD_BYTES} bytes"):
+        parsed(long_url)
+    assert isinstance(parsed(b"GET /" + b"a" * 15_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"), h11.Request)

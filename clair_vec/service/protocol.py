@@ -74,23 +74,20 @@ def _bounded_h11_head(base: type) -> type:
     import h11
 
     class BoundedH11Head(base):
-        def handle_events(self) -> None:
-            # uvicorn answers h11's protocol error with a 400 and closes: a head over the limit
-            # is refused through that same path, before the app sees it
-            conn = self.conn
-            parse = conn.next_event
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            # uvicorn keeps one h11 connection per TCP connection and parses only through
+            # next_event; it answers h11's protocol error with its 400 and a close, so a head over
+            # the limit is refused through that same path, before the app sees it
+            parse = self.conn.next_event
 
             def bounded() -> Any:
                 event = parse()
                 if isinstance(event, h11.Request) and _h11_head_bytes(event) > MAX_HEAD_BYTES:
-                    raise h11.RemoteProtocolError(f"the request head is over {MAX_HEAD_BYTES} bytes", error_status_hint=431)
+                    raise h11.RemoteProtocolError(f"the request head is over {MAX_HEAD_BYTES} bytes")
                 return event
 
-            conn.next_event = bounded
-            try:
-                super().handle_events()
-            finally:
-                del conn.next_event  # the class's own method again
+            self.conn.next_event = bounded
 
     return BoundedH11Head
 

@@ -44,15 +44,16 @@ def deterministic_algorithms() -> Iterator[None]:
     instead of failing (``warn_only``).
 
     Deterministic mode also fills every new tensor with NaN so that a read of memory nobody wrote
-    shows up; no kernel of a CLIP step reads it (the weights after 20 steps are bit-identical with
-    and without the fill), and the ~600 fills a step cost 7 % of a tiny CLIP's step on one thread."""
+    shows up. It is off here: the ~600 fills a step cost 7 % of a tiny CLIP's step on one thread,
+    and the fill changes no result (clair-tiny on a CPU: the weights after 20 steps were
+    bit-identical with and without it; a kernel that read unwritten memory would differ)."""
     import torch.utils.deterministic as deterministic
 
     before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     fill_before = deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    deterministic.fill_uninitialized_memory = False
     try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic.fill_uninitialized_memory = False
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
@@ -62,8 +63,9 @@ def deterministic_algorithms() -> Iterator[None]:
 def convolutional(tower: torch.nn.Module) -> bool:
     """Whether an image tower is a ResNet (batch-normed convolutions) rather than a ViT whose only
     convolution cuts the patches. oneDNN's convolutions run faster on channels-last tensors: a tiny
-    ResNet CLIP's training step took 0.135 s against 0.185 s (1 CPU thread, batch 64); a ViT's step
-    is the same either way, and keeps the layout its numbers were measured in."""
+    ResNet CLIP's training step took 0.141-0.152 s against 0.180-0.212 s (1 CPU thread, batch 64;
+    0.131-0.139 s without the NaN fill above); a ViT's step is the same either way, and keeps the
+    layout its numbers were measured in."""
     return any(isinstance(m, torch.nn.BatchNorm2d) for m in tower.modules())
 
 
