@@ -70,13 +70,13 @@ def estimate(clip_model: str, batch_size: int, steps: int, epochs: int, images: 
 
     from clair_vec.method.foundation import FoundationModel
     from clair_vec.method.pixel_batches import usable_cores
-    from clair_vec.training.bootstrap_clip import bootstrap_optimizer, convolutional, deterministic_algorithms
+    from clair_vec.training.bootstrap_clip import bootstrap_optimizer, deterministic_algorithms, image_layout
 
     fm = FoundationModel.load(clip_model, None)
     model = fm.model.train()
     size = fm.image_size
     # the bootstrap's own optimiser, layout and kernels, so a timed step costs what a real one does
-    layout = torch.channels_last if convolutional(model.visual) else torch.contiguous_format
+    layout = image_layout(model.visual)
     model.visual.to(memory_format=layout)
     tokens = fm.tokenize(["a photo of a circle."] * 8)
     opt = bootstrap_optimizer(model.parameters(), 0.0)

@@ -345,8 +345,8 @@ def test_a_resnet_stand_in_trains_channels_last_and_saves_a_file_of_ordinary_ten
     from clair_vec.method.tensor_files import load_tensor_file
     from clair_vec.training import bootstrap_clip as module
 
-    assert module.convolutional(FoundationModel.load("clair-tiny", None).model.visual)
-    assert not module.convolutional(FoundationModel.load("clair-tiny-vit", None).model.visual)
+    assert module.image_layout(FoundationModel.load("clair-tiny", None).model.visual) is torch.channels_last
+    assert module.image_layout(FoundationModel.load("clair-tiny-vit", None).model.visual) is torch.contiguous_format
     layouts: list[tuple[bool, bool]] = []
     towers: list = []
     real_load = module.FoundationModel.load
