@@ -77,7 +77,6 @@ def estimate(clip_model: str, batch_size: int, steps: int, epochs: int, images: 
     size = fm.image_size
     # the bootstrap's own optimiser, layout and kernels, so a timed step costs what a real one does
     layout = image_layout(model.visual)
-    model.visual.to(memory_format=layout)
     tokens = fm.tokenize(["a photo of a circle."] * 8)
     opt = bootstrap_optimizer(model.parameters(), 0.0)
     t0 = 0.0

