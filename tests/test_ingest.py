@@ -42,7 +42,7 @@ def _ray_stages(model_dir, uri, gallery, domain="photo"):
     try:
         out = actor(hashed)
     finally:
-        actor.sink.writer.close()
+        actor.writer.close()
     summary = IndexSummary("g", "qdrant")
     _tally(summary, out)
     return summary

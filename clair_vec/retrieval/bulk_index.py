@@ -122,18 +122,11 @@ class StoreActor(Writer):
         super().__init__(get_backend(backend, uri), collection)
 
 
-class _Sink:
-    """The encoding actor's view of the store: its own Writer (server) or the StoreActor (embedded)."""
+def _remote_store(actor: Any) -> ingest.Store:
+    """The embedded engine's one StoreActor, as the store the ingest stages call."""
+    import ray
 
-    def __init__(self, writer: Writer | None = None, actor: Any = None) -> None:
-        self.writer, self.actor = writer, actor
-
-    def __call__(self, method: str, *args: Any) -> Any:
-        if self.writer is not None:
-            return getattr(self.writer, method)(*args)
-        import ray
-
-        return ray.get(getattr(self.actor, method).remote(*args))
+    return lambda method, *args: ray.get(getattr(actor, method).remote(*args))
 
 
 class EncodeActor:
@@ -151,7 +144,9 @@ class EncodeActor:
         self.domain, self.vocabulary, self.precision = domain, vocabulary, precision
         # a CPU actor holds its cores for torch; a GPU actor's CPU time is decoding that feeds the GPU
         self.decoders = threads if device == "cpu" else None
-        self.sink = _Sink(actor=store) if store is not None else _Sink(writer=StoreActor(backend, uri, collection))
+        # a server: a writer (connection) of its own; an embedded engine: the one StoreActor holding its file
+        self.writer = StoreActor(backend, uri, collection) if store is None else None
+        self.sink = ingest.local_store(self.writer) if self.writer is not None else _remote_store(store)
         self.decode_one = functools.partial(ingest.decode, preprocess=self.model.foundation.preprocess, domain=domain)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
