@@ -54,6 +54,15 @@ def test_every_command_failing_on_a_database_shows_no_secret(args, backend, mode
     assert "127.0.0.1:9" in out.stderr  # the address is still there to debug with, without its credentials
 
 
+@pytest.mark.parametrize("backend", ["milvus", "qdrant"])
+def test_a_server_address_typed_without_a_scheme_is_refused_without_its_password(backend, model_dir, tmp_path):
+    out = run_cli("-v", "search", "--collection", "g", "--text", "heart", "--model", str(model_dir), "--backend", backend,
+                  "--uri", f"root:{PASSWORD}@127.0.0.1:9", cwd=tmp_path, timeout=240)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "holds credentials but no scheme" in out.stderr and "127.0.0.1:9" in out.stderr
+    assert leaks(out.stdout + out.stderr) == [] and list(tmp_path.iterdir()) == []  # no store folder named after it
+
+
 def test_the_library_exceptions_and_their_tracebacks_show_no_secret(model_dir, shapes_root, monkeypatch):
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)

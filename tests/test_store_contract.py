@@ -51,6 +51,8 @@ def test_the_guide_lists_every_promise_of_the_suite():
     ("http://127.0.0.1:19530", "http://127.0.0.1:19530"),
     ("./gallery.db", "./gallery.db"),
     ("local:/data/qdrant", "local:/data/qdrant"),
+    ("root:pw-no-scheme@db.example.com:19530", "***@db.example.com:19530"),  # a server address typed without http://
+    ("/data/photos@2x/gallery.db", "/data/photos@2x/gallery.db"),  # an '@' in a path is not user info
     (None, "(embedded default)"),
 ])  # fmt: skip
 def test_redact_uri_hides_user_info_and_credential_parameters(uri, shown):
@@ -72,6 +74,18 @@ def test_scrub_leaves_short_registered_secrets_in_free_text_but_not_in_credentia
     register_secret("Milvus")  # Milvus's well-known default password: too short to scrub from prose
     assert scrub("cannot reach Milvus at http://root:Milvus@h:19530") == "cannot reach Milvus at http://***@h:19530"
     assert scrub("options password=Milvus, token: root:Milvus") == "options password=***, token: ***"
+
+
+def test_credentials_without_a_scheme_are_masked_in_text_and_refused_as_a_store(tmp_path, monkeypatch):
+    text = "cannot reach Milvus at 'root:No-Scheme-Pw-31@10.0.0.5:19530' (uri: root:No-Scheme-Pw-31@10.0.0.5:19530 is illegal)"
+    assert scrub(text) == "cannot reach Milvus at '***@10.0.0.5:19530' (uri: ***@10.0.0.5:19530 is illegal)"
+    for prose in ("mail bob@example.com", "ssh git@github.com:org/repo", "/data/photos@2x/a.png", "error: x@y", "[::1]:80"):
+        assert scrub(prose) == prose  # an e-mail address, a path, an IPv6 host: no colon-separated user info before '@'
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"'\*\*\*@10.0.0.5:19530' holds credentials but no scheme: put http://") as refused:
+        NumpyBackend("root:No-Scheme-Pw-31@10.0.0.5:19530")  # an embedded engine would have made a folder of that name
+    assert "No-Scheme-Pw-31" not in str(refused.value) and list(tmp_path.iterdir()) == []
+    assert scrub("No-Scheme-Pw-31") == "***"  # registered before the refusal: a later message cannot show it either
 
 
 def test_the_log_filter_scrubs_records_of_clair_vec_and_plugin_loggers(caplog):

@@ -42,6 +42,11 @@ _ASSIGNED_SECRET = re.compile(
     r"(?P<value>[^\s'\",;&)}\]]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
+#: ``user:password@host`` with no scheme before it (a server address typed without ``http://``);
+#: the colon tells it from an e-mail address, and a URL's user info is masked before this runs
+_BARE_USERINFO = re.compile(r"(?<![\w/.:%@-])[A-Za-z0-9._~%!$&*+=-]+:[^\s@/\\'\"<>]+@(?=[A-Za-z0-9\[])")
+#: a whole URI shaped like that: ``user:password@host[:port][/...]``
+_SCHEMELESS_CREDENTIALS = re.compile(r"^(?P<userinfo>[^/\\@\s:]+:[^/\\@\s]*)@(?P<rest>[A-Za-z0-9\[][^@\s]*)$")
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -87,6 +92,7 @@ def mask_credential_shapes(text: str) -> str:
     if not isinstance(text, str) or not text:
         return text
     text = _URI_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = _BARE_USERINFO.sub(f"{MASK}@", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{MASK}", text)
     text = _ASSIGNED_SECRET.sub(lambda m: m[0] if _folder_name(m) else m["key"] + (m["value"] if m["value"] == MASK else MASK),
                                 text)  # fmt: skip
@@ -124,7 +130,8 @@ def redact_uri(uri: str | None) -> str:
     except ValueError:  # not a URL at all: show it scrubbed
         return scrub(uri)
     if not _is_url(parts):
-        return uri
+        bare = _SCHEMELESS_CREDENTIALS.match(uri)
+        return f"{MASK}@{bare['rest']}" if bare else uri
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
@@ -148,6 +155,12 @@ def without_credentials(uri: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, query, parts.fragment))
 
 
+def schemeless_credentials(uri: str | None) -> bool:
+    """Whether ``uri`` is ``user:password@host...`` without a scheme: a server address typed
+    without ``http://``, which no backend should take for a file path."""
+    return bool(uri) and not _is_url(urlsplit(uri)) and bool(_SCHEMELESS_CREDENTIALS.match(uri))
+
+
 def uri_secrets(uri: str | None) -> list[str]:
     """The secrets a URI carries: its password (or its whole user info when there is no
     password, e.g. a token as user name) and the values of credential-like query parameters."""
@@ -158,7 +171,11 @@ def uri_secrets(uri: str | None) -> list[str]:
     except ValueError:
         return []
     if not _is_url(parts):
-        return []
+        bare = _SCHEMELESS_CREDENTIALS.match(uri)
+        if not bare:
+            return []
+        user, _, password = bare["userinfo"].partition(":")
+        return [v for v in dict.fromkeys([bare["userinfo"], unquote(bare["userinfo"]), password, unquote(password)]) if v]
     found = []
     if "@" in parts.netloc:
         userinfo = parts.netloc.rsplit("@", 1)[0]
