@@ -164,6 +164,31 @@ def test_typos_and_empty_inputs_are_errors_not_empty_successes(model_dir, tmp_pa
     assert run_cli("index", *common, "--prune", str(tmp_path / "empty")).returncode == 0
 
 
+def test_a_query_folder_is_one_query_per_image_and_never_cut_to_its_first_image(model_dir, shapes_root, tmp_path):
+    import json
+
+    import clair_vec
+    from clair_vec.retrieval.queries import Part, Query, QueryError
+    from clair_vec.retrieval.retriever import Retriever
+
+    uri = str(tmp_path / "g.db")
+    clair_vec.index("g", shapes_root / "photo" / "circle", model=model_dir, uri=uri, progress=False)
+    (tmp_path / "empty").mkdir()
+    folder = shapes_root / "sketch" / "heart"
+    files = sorted(str(p) for p in folder.iterdir())
+    common = ["search", "--model", str(model_dir), "--collection", "g", "--uri", uri, "--domain", "sketch", "--top-k", "3"]
+    out = run_cli(*common, files[0], str(folder))
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert out.returncode == 0 and [r["query"] for r in rows] == [files[0], *files], out.stderr  # as the library's search
+    assert rows[1]["hits"] == rows[0]["hits"] and rows[2]["hits"] != rows[0]["hits"]  # each file its own query
+    out = run_cli(*common, str(tmp_path / "empty"))  # was an IndexError traceback
+    assert out.returncode == 2 and "no query images in" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = run_cli(*common, str(folder), "--text", "heart")  # one combined query has room for one image per part
+    assert out.returncode == 2 and f"image {str(folder)!r} (sketch) is a folder: a query image is one image file" in out.stderr
+    with Retriever(model_dir, uri=uri) as r, pytest.raises(QueryError, match="is a folder"):
+        r.query("g", Query.of(Part.image(str(folder), "sketch")))
+
+
 def test_label_files_are_read_as_written_and_errors_name_the_file(model_dir, shapes_root, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("\ufeffC#\n  heart  \n\n# a comment\n\\# not a comment\narrow\nheart\n", encoding="utf-8")

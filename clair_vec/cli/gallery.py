@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 
@@ -46,7 +47,8 @@ def cmd_index(a: argparse.Namespace) -> None:
 def search_queries(a: argparse.Namespace) -> tuple[list, list]:
     """The queries a ``search`` command line asks for, and what to print as each one's ``query``.
 
-    Images alone are one query each (the classic cross-domain search). With ``--text``,
+    Images alone are one query each (the classic cross-domain search), a folder one per image in
+    it. With ``--text``,
     ``--like`` or ``--unlike`` everything given forms one query: a sketch and a word, a liked
     hit minus an unliked one."""
     from clair_vec.retrieval.queries import Part, Query
@@ -60,7 +62,13 @@ def search_queries(a: argparse.Namespace) -> tuple[list, list]:
         raise ClairVecError("--domain is required with query images: the domain they were drawn in (e.g. sketch)")
     options = {"top_k": a.top_k, "offset": a.offset, "min_score": a.min_score, "filter": filters(a.filter), "rerank": a.rerank}
     if not (a.text or a.like or a.unlike):
-        return [Query.of(Part.image(i, a.domain), **options) for i in a.images], list(a.images)
+        from clair_vec.retrieval.sources import expand
+
+        # a folder, shard or listing is one query per image in it, as the library's search takes it
+        images = [(i, None) if os.path.isfile(i) else (s, s.name) for i in a.images for s in ([i] if os.path.isfile(i) else expand([i]))]
+        if not images:
+            raise ClairVecError(f"no query images in {', '.join(a.images)}: the folders hold no image files")
+        return [Query.of(Part.image(s, a.domain), **options) for s, _ in images], [name or s for s, name in images]
     parts = [Part.image(i, a.domain) for i in a.images] + [Part.text(t, a.text_weight) for t in a.text or []]
     parts += [Part.like(i) for i in a.like or []]
     parts += [Part.unlike(u) if _ID.fullmatch(u) else Part.image(u, a.domain, -1.0) for u in a.unlike or []]
