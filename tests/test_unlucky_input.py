@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +344,72 @@ def test_an_os_error_that_is_not_the_operating_systems_keeps_its_own_words():
     assert os_problem(ssl.SSLCertVerificationError(1, "certificate verify failed")) == "certificate verify failed"
     assert os_problem(urllib.error.URLError("no route to host")) == "<urlopen error no route to host>"
     assert os_problem(OSError(errno.EACCES, "Permission denied", "/m/clair.pt")) == "permission denied (/m/clair.pt)"
+
+
+def test_a_checkpoint_the_disk_refuses_is_said_as_a_full_disk_and_leaves_nothing(tmp_path, monkeypatch):
+    """torch reports a failed write as a RuntimeError ("unexpected pos"): `train` and
+    `bootstrap-clip` on a full disk ended in that traceback instead of the CLI's one line."""
+    import errno
+    import shutil
+
+    import torch
+
+    from clair_vec.cli import os_problem
+    from clair_vec.method import tensor_files
+
+    def failing_save(obj, path):
+        Path(path).write_bytes(b"PK")  # the part torch wrote before the disk said no
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1536 vs 1428")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(OSError) as full:
+        tensor_files.save_tensor_file({"w": 1}, tmp_path / "out" / "clair.pt")
+    assert full.value.errno == errno.ENOSPC and list((tmp_path / "out").iterdir()) == []  # no half-written file
+    assert os_problem(full.value).startswith("no space left on the device (/")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=2**34))
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # a failure the disk does not explain keeps its own words
+        tensor_files.save_tensor_file({"w": 1}, tmp_path / "out" / "clair.pt")
+
+
+def test_a_file_size_limit_is_one_line_for_a_checkpoint_and_for_an_embedded_store(model_dir, shapes_root, tmp_path):
+    import resource
+
+    def limit(size: int) -> Callable[[], None]:  # `ulimit -f`: a write past it fails with EFBIG (Python ignores SIGXFSZ)
+        return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+    code = ("import errno, sys, torch; from clair_vec.method.tensor_files import save_tensor_file\n"
+            "try: save_tensor_file({'w': torch.zeros(2**20)}, sys.argv[1])\n"
+            "except OSError as e: print(e.errno == errno.EFBIG)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.pt")], capture_output=True, text=True, timeout=120,
+                         preexec_fn=limit(2**20))  # fmt: skip
+    assert out.stdout.strip() == "True" and list(tmp_path.iterdir()) == [], out.stderr
+    out = subprocess.run([sys.executable, "-m", "clair_vec.cli", "index", "--model", str(model_dir), "--collection", "g",
+                          "--uri", str(tmp_path / "g.db"), str(shapes_root / "photo")],
+                         capture_output=True, text=True, timeout=300, preexec_fn=limit(40 * 1024))  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "reached the largest size this process may write" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_feature_cache_the_disk_refuses_does_not_stop_training(shapes_root, tiny_clip, tmp_path, monkeypatch, caplog):
+    import errno
+
+    from clair_vec.datasets.folders import scan_folder
+    from clair_vec.training import features
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(features, "save_tensor_file", full)
+    data = scan_folder(shapes_root, ["photo", "sketch"]).subset(classes=["circle", "heart"])
+    got = features.extract_features(tiny_clip, data, n_views=1, seed=0, cache_dir=tmp_path / "cache", progress=False)
+    assert set(got) == {"photo", "sketch"} and "was not written (No space left on device)" in caplog.text
+
+
+def test_a_file_given_as_a_milvus_lite_store_is_one_line_that_says_what_it_is(model_dir, tmp_path):
+    (tmp_path / "junk.db").write_text("not a store")
+    out = run_cli("search", "--model", str(model_dir), "--collection", "g", "--uri", str(tmp_path / "junk.db"), "--text", "circle")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr  # the engine's own traceback too, before
+    assert "it is a file that Milvus Lite did not make" in out.stderr and "Traceback" not in out.stderr
+    assert (tmp_path / "junk.db").read_text() == "not a store"

@@ -49,7 +49,8 @@ def os_problem(exc: OSError) -> str:
         return scrub(str(exc)) or type(exc).__name__
     where = f" ({exc.filename})" if exc.filename else " (the output)" if exc.errno == errno.ENOSPC else ""
     fixes = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
-             errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}  # fmt: skip
+             errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+             errno.EFBIG: "a file reached the largest size this process may write (`ulimit -f`, or the file system's limit)"}  # fmt: skip
     what = fixes.get(exc.errno or 0, exc.strerror)
     hint = ("; free some space and run the same command again (what was written whole is kept)"
             if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")  # fmt: skip
@@ -65,6 +66,8 @@ def _quiet_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # an embedded engine logs its own traceback of a failure the command then says in one line
+        logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
     try:
         code = args.func(args) or 0  # a command may answer with its own exit status (backends --check: 1)
         sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's last flush

@@ -39,7 +39,7 @@ from clair_vec.method.mapping import DomainMapping
 from clair_vec.method.model_card import read_meta
 from clair_vec.method.prompts import PromptLearner, combine_text_embeddings, hand_crafted_text_embeddings
 from clair_vec.method.routing import check_routing, is_default
-from clair_vec.method.tensor_files import load_tensor_file
+from clair_vec.method.tensor_files import load_tensor_file, write_tensor_file
 from clair_vec.method.vocabulary import TextCache, batched_text_embeddings, check_vocabulary_size
 
 MODEL_ENV = "CLAIR_VEC_MODEL"
@@ -230,7 +230,7 @@ class ClairModel:
                 "training": self.record,
             }
             (tmp / "clair.json").write_text(json.dumps(meta, indent=2))
-            torch.save(
+            write_tensor_file(
                 _on_cpu({
                     "head": self.head.state_dict(),
                     "head_hidden": self.head.mlp[0].out_features,
@@ -242,7 +242,7 @@ class ClairModel:
                 tmp / "clair.pt",
             )
             if self.foundation.pretrained is None:
-                torch.save(_on_cpu(self.foundation.state_dict()), tmp / "foundation.pt")
+                write_tensor_file(_on_cpu(self.foundation.state_dict()), tmp / "foundation.pt")
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)

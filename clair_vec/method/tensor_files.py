@@ -7,6 +7,7 @@ is refused with :class:`UnsafeCheckpointError`, never executed. Writes are atomi
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from pathlib import Path
@@ -41,13 +42,45 @@ def load_tensor_file(path: str | Path, *, what: str = "checkpoint", map_location
         ) from None
 
 
+def write_tensor_file(obj: Any, path: str | Path) -> None:
+    """``torch.save``, with a write the disk refused raised as the :class:`OSError` it is: torch
+    itself reports it as a ``RuntimeError`` ("unexpected pos ..."), which says nothing of a disk."""
+    path = Path(path)
+    try:
+        torch.save(obj, path)
+    except RuntimeError as exc:
+        refused = _write_refused(path)
+        if refused is None:
+            raise
+        where = path.resolve().parent  # the file system that refused, not the temporary name it refused
+        while not os.path.ismount(where) and where != where.parent:
+            where = where.parent
+        raise OSError(refused, os.strerror(refused), str(where)) from exc
+
+
+def _write_refused(path: Path) -> int | None:
+    """ENOSPC or EFBIG when that is why a write of ``path`` (still there, partly written) failed."""
+    import resource
+    import shutil
+
+    try:
+        if shutil.disk_usage(path.parent).free < 2**20:
+            return errno.ENOSPC
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and path.exists() and path.stat().st_size + 2**20 >= limit:
+            return errno.EFBIG
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def save_tensor_file(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file, then an atomic rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(obj, tmp)
+        write_tensor_file(obj, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -63,17 +63,33 @@ def is_disk_full(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, DiskFullError):
             return False  # already said
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             return True
         text = str(exc)
-        if "No space left on device" in text or "[Errno 28]" in text or "Disk quota exceeded" in text:
+        if any(s in text for s in ("No space left on device", "[Errno 28]", "Disk quota exceeded", "File too large", "[Errno 27]")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _too_large(exc: BaseException | None) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno == errno.EFBIG) or "File too large" in str(exc) or "[Errno 27]" in str(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
 
 
 def disk_full_error(path: str | os.PathLike, store: str, exc: BaseException) -> DiskFullError:
-    """The :class:`DiskFullError` for an engine's own ENOSPC."""
+    """The :class:`DiskFullError` for an engine's own ENOSPC (or EFBIG: a file at the size limit)."""
+    if _too_large(exc):
+        return DiskFullError(
+            f"a file of {store} reached the largest size this process may write (the shell's `ulimit -f`, or the file "
+            "system's own limit): the engine could not write. What was written before this batch is kept. Raise the "
+            "limit, or move the store to a file system that allows larger files, then repeat the write."
+        )
     free = free_bytes(path)
     return DiskFullError(
         f"the disk holding {store} is full ({free / _MIB:.1f} MiB free on {mount_point(path)}): the engine could not "

@@ -132,7 +132,11 @@ def extract_features(
             return {d: DomainFeatures(**v) for d, v in load_tensor_file(cache_file, what="feature cache").items()}
     out = compute() if compute is not None else _local_features(foundation, dataset, n_views, seed, batch_size, progress)
     if cache_file is not None:
-        save_tensor_file({d: vars(f) for d, f in out.items()}, cache_file)
+        try:
+            save_tensor_file({d: vars(f) for d, f in out.items()}, cache_file)
+        except OSError as exc:  # a cache saves time; a full disk under it is no reason to stop training
+            log.warning("the feature cache %s was not written (%s); training goes on without it", cache_file,
+                        exc.strerror or exc)  # fmt: skip
     return out
 
 

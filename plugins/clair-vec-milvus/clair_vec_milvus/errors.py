@@ -4,6 +4,7 @@ locked Lite store, a request worth retrying; and the log filter for Milvus Lite'
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from clair_vec.plugin import AuthenticationError, Backend, BackendUnavailableError, StoreLockedError, scrub
@@ -42,7 +43,10 @@ class MilvusErrors(Backend):
         if refused is not None:
             return refused
         hint = (
-            "pass the path of a Milvus Lite store (e.g. gallery.db)"
+            ("it is a file that Milvus Lite did not make: a store is a folder it makes itself, so give a path that does "
+             "not exist yet for a new store, or an existing store's folder")
+            if self.lite and isinstance(self.uri, str) and os.path.isfile(self.uri)
+            else "pass the path of a Milvus Lite store (e.g. gallery.db)"
             if self.lite
             else "start the server, check the address, or pass a local path ending in .db to use embedded Milvus Lite"
         )
