@@ -117,9 +117,21 @@ def test_look_up_stores_the_same_bytes_once_and_follows_a_moved_file(tmp_path):
         (ingest.DUPLICATE, str(live), False),  # a copy of a file that is still where it was stored
         (ingest.PRESENT, "", False),
     ]
-    later = [item(str(tmp_path / "f.png"), "r1")]
+    later = [item(str(tmp_path / "f.png"), "r1"), item(str(tmp_path / "a.png"), "r1")]
     ingest.look_up(later, {}, seen)  # ``seen`` carries across batches
-    assert later[0].status == ingest.DUPLICATE
+    assert [i.status for i in later] == [ingest.DUPLICATE] * 2  # a file named twice in one run is encoded once
+
+
+def test_a_file_named_twice_is_indexed_and_counted_once(model_dir, shapes_root, tmp_path):
+    import clair_vec
+
+    photo = shapes_root / "photo" / "heart" / "0000.png"
+    uri = str(tmp_path / "g.db")
+    s = clair_vec.index("g", [photo, photo, shapes_root / "photo" / "heart"], model=model_dir, uri=uri, progress=False)
+    n = len(list((shapes_root / "photo" / "heart").iterdir()))
+    assert (s.indexed, s.already_present, len(s.duplicates)) == (n, 0, 2), s  # it counted 10 indexed for 8 records
+    with clair_vec.Retriever(model_dir, uri=uri) as r:
+        assert r.count("g") == n
 
 
 def test_a_shard_gone_before_a_reindex_skips_its_images_and_the_rest_is_reindexed(model_dir, shapes_root, tmp_path):

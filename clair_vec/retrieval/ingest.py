@@ -107,16 +107,19 @@ def moved(stored: dict[str, dict], rid: str, path: str | None) -> bool:
 def look_up(items: Sequence[Item], stored: dict[str, dict], seen: dict[str, str]) -> None:
     """Decide what of a batch is left to encode. ``stored``: the store's records of the batch's ids;
     ``seen``: id -> the first name with those bytes in this run, carried from batch to batch. The
-    same bytes twice are stored once, under the first path; bytes stored under a path that still
-    exists are present; bytes stored under a path that is gone have moved here."""
+    same bytes twice are stored once, under the first path, and counted once (a file named twice
+    too); bytes stored under a path that still exists are present; bytes stored under a path that
+    is gone have moved here."""
     for item in items:
         if item.status != TODO:
             continue
         path = item.source.path
-        first = seen.setdefault(item.rid, item.name)
-        if first != item.name:
+        first = seen.get(item.rid)
+        if first is not None:  # these bytes came earlier in this run: a copy, or the same file named twice
             item.drop(DUPLICATE, first)
-        elif item.rid in stored and not moved(stored, item.rid, path):
+            continue
+        seen[item.rid] = item.name
+        if item.rid in stored and not moved(stored, item.rid, path):
             held = stored[item.rid].get("path")
             if path is not None and isinstance(held, str) and held != path:
                 item.drop(DUPLICATE, held)  # a copy of a file stored under its own path
