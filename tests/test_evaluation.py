@@ -111,6 +111,38 @@ def test_cli_train_records_the_selection_and_evaluate_writes_a_report(shapes_roo
     check_report(report)
 
 
+def test_a_report_the_disk_refuses_keeps_the_results_and_leaves_its_folder_as_it_was(model_dir, shapes_root, tmp_path,
+                                                                                     monkeypatch, capsys):  # fmt: skip
+    """A full disk under `evaluate --report` lost the printed results and left a 0-byte chart."""
+    import errno
+
+    pytest.importorskip("matplotlib")
+    from clair_vec.cli import main
+    from clair_vec.evaluation import report as report_module
+
+    written = report_module._write
+
+    def full(result, stage):
+        written(result, stage)
+        (stage / "training.png").write_bytes(b"")  # what the disk took of the last file before it said no
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report_module, "_write", full)
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["evaluate", "--model", str(model_dir), "--data", str(shapes_root), "--report", str(out), "--k", "20"]
+    assert main(args) == 1
+    printed = capsys.readouterr()
+    assert "query → gallery" in printed.out and "sketch" in printed.out  # the results were printed first
+    assert printed.err.strip() == (f"clair-vec: error: no space left on the device ({out}); free some space and run the "
+                                   "same command again (what was written whole is kept)")  # fmt: skip
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]  # nothing half-written, nothing of the user's removed
+    monkeypatch.undo()
+    assert main(args) == 0 and (out / "notes.txt").read_text() == "mine"
+    check_report(out)
+
+
 class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from clair_vec.cli.common import device_arg, model_arg
 from clair_vec.extras import require
@@ -17,15 +16,17 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     if a.report:
         require("report", "matplotlib", needed_for="clair-vec evaluate --report")
 
-    result = evaluate(a.model, a.data, query_domains=a.query_domain, k=a.k, report_dir=a.report, samples=a.samples, seed=a.seed,
-                      device=a.device)  # fmt: skip
+    result = evaluate(a.model, a.data, query_domains=a.query_domain, k=a.k, samples=a.samples, seed=a.seed, device=a.device)
     if a.json:
         for row in result["rows"]:
             print(json.dumps(row))
     else:
         print(results_table(result))
-    if a.report:
-        print(f"report written to {Path(a.report) / 'index.html'}", file=sys.stderr)
+    if a.report:  # after the results are out: a report the disk refuses does not take them with it
+        from clair_vec.evaluation.report import write_report
+
+        sys.stdout.flush()
+        print(f"report written to {write_report(result, a.report)}", file=sys.stderr)
 
 
 def results_table(result: dict) -> str:

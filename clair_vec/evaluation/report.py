@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +51,9 @@ def _thumb(src: str, out_dir: Path) -> str | None:
             with Image.open(src) as im:
                 im = im.convert("RGB")
                 im.thumbnail((THUMB, THUMB))
-                im.save(target, "JPEG", quality=85)
         except (OSError, ValueError):  # missing, unreadable or not an image (PIL's errors are OSErrors)
             return None
+        im.save(target, "JPEG", quality=85)  # a full disk here is the report's failure, not a missing picture
     return f"img/{name}"
 
 
@@ -157,8 +160,30 @@ def selection_section(record: dict[str, Any]) -> str:
 
 
 def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write the report into ``out_dir`` and return its page. Every file is written whole into a
+    hidden folder inside ``out_dir`` first and moved beside the others once all are written, the
+    page last: a full disk leaves the folder as it was, not a page without its pictures or a
+    picture of 0 bytes. Other files in ``out_dir`` are left alone."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        _write(result, stage)
+        for f in sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: (p.name == "index.html", str(p))):
+            dest = out / f.relative_to(stage)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        # the staging folder is gone after this: name the folder the user asked for
+        raise OSError(exc.errno, exc.strerror, str(out)) from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out / "index.html"
+
+
+def _write(result: dict[str, Any], out: Path) -> Path:
     k = result["k"]
     metrics = [m.format(k=k) for m in METRICS]
     e = html.escape
