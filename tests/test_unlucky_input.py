@@ -413,3 +413,18 @@ def test_a_file_given_as_a_milvus_lite_store_is_one_line_that_says_what_it_is(mo
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr  # the engine's own traceback too, before
     assert "it is a file that Milvus Lite did not make" in out.stderr and "Traceback" not in out.stderr
     assert (tmp_path / "junk.db").read_text() == "not a store"
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_error_before_the_model_loads(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # no model, no store: the address is checked first (uvicorn logged its own error and exited 3)
+        out = run_cli("serve", "--model", str(tmp_path / "nowhere"), "--collection", "g", "--uri", str(tmp_path / "g.db"),
+                      "--port", str(port), timeout=120)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip() == f"clair-vec: error: cannot listen on 127.0.0.1:{port}: another program is listening on it: stop it or pass another --port"
+    assert not (tmp_path / "g.db").exists()

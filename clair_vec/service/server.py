@@ -7,6 +7,8 @@ new requests get 503, no ``server`` header, TLS when given a certificate and key
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 
 from clair_vec.errors import ClairVecError
@@ -49,6 +51,7 @@ def serve(
     from clair_vec.store.redaction import install_log_filter
 
     install_log_filter("clair_vec", "uvicorn")
+    check_address(host, port)  # before the model loads: a port in use is a one-line error, not uvicorn's exit 3
     retriever = open_retriever(model, collection, backend=backend, uri=uri, device=settings.device, threads=settings.threads)
     scheme = "https" if ssl_certfile else "http"
     try:
@@ -59,3 +62,22 @@ def serve(
                     ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)  # fmt: skip
     finally:
         retriever.close()
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line, an address this process cannot listen on (uvicorn logs its own error
+    and exits 3). A check, then uvicorn binds: another program may still take the port between."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise ClairVecError(f"--host {host!r} is not an address this machine can listen on ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            why = {errno.EADDRINUSE: "another program is listening on it: stop it or pass another --port",
+                   errno.EACCES: "ports below 1024 need administrator rights: pass --port 8000 or another above 1023",
+                   errno.EADDRNOTAVAIL: "that address is not one of this machine's: pass --host 127.0.0.1 or 0.0.0.0"}  # fmt: skip
+            raise ClairVecError(f"cannot listen on {host}:{port}: {why.get(exc.errno or 0, exc.strerror or exc)}") from None
