@@ -96,6 +96,16 @@ def remove(name: str) -> Callable[[Path], None]:
     return lambda d: (d / name).unlink()
 
 
+def replaced_by(name: str, kind: str) -> Callable[[Path], None]:
+    def tamper(d: Path) -> None:
+        (d / name).unlink()
+        if kind == "folder":
+            (d / name).mkdir()
+        else:
+            (d / name).symlink_to("/dev/zero")  # a device: endless zeros, never a checkpoint
+    return tamper
+
+
 def clip_weights(d: Path) -> None:
     torch.save(torch.load(d / "foundation.pt", weights_only=True), d / "clair.pt")
 
@@ -156,6 +166,9 @@ CASES: list[tuple[str, Callable[[Path], None], type, str]] = [
     ("json huge", huge_json, CK, r"clair.json is 34,603,008 bytes; expected at most"),
     ("no clair.json", remove("clair.json"), WN, r"is not a clair_vec checkpoint \(no clair.json\)"),
     ("no clair.pt", remove("clair.pt"), WN, r"CLAIR checkpoint file .*clair.pt' does not exist"),
+    ("clair.pt a folder", replaced_by("clair.pt", "folder"), WN, r"CLAIR checkpoint file .*clair.pt' is a folder, not a file"),
+    ("foundation.pt a device", replaced_by("foundation.pt", "device"), WN,
+     r"CLIP weights file .*foundation.pt' is not a regular file \(a pipe, a device or a socket\)"),
     ("clair.pt random bytes", file_bytes("clair.pt", b"\x00garbage" * 100), US, r"clair.pt' is truncated or not a torch file"),
     ("clair.pt empty", file_bytes("clair.pt", b""), US, r"truncated or not a torch file"),
     ("clair.pt a list", torch_file("clair.pt", [1, 2, 3]), CK, r"clair.pt holds a list; expected the dictionary clair-vec train writes"),

@@ -21,7 +21,9 @@ from clair_vec.errors import UnsafeCheckpointError, WeightsNotFoundError
 def load_tensor_file(path: str | Path, *, what: str = "checkpoint", map_location: str = "cpu") -> Any:
     path = Path(path)
     if not path.is_file():
-        raise WeightsNotFoundError(f"{what} file {str(path)!r} does not exist")
+        state = ("is a folder, not a file" if path.is_dir() else
+                 "is not a regular file (a pipe, a device or a socket)" if path.exists() else "does not exist")  # fmt: skip
+        raise WeightsNotFoundError(f"{what} file {str(path)!r} {state}")
     with open(path, "rb") as f:
         head = f.read(2)
     if head not in (b"PK", b"\x80\x02") and head[:1] != b"\x80":  # torch files: a zip archive, or a legacy pickle
