@@ -63,11 +63,20 @@ def _quiet_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+def _engine_traceback_off(record: logging.LogRecord) -> bool:
+    """Milvus Lite logs its own traceback of a failure the command then says in one line; its
+    message, often the cause (a corrupt manifest, a recovered log), stays. ``-v`` shows all."""
+    if record.name.startswith("milvus_lite"):
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # an embedded engine logs its own traceback of a failure the command then says in one line
-        logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_engine_traceback_off)
     try:
         code = args.func(args) or 0  # a command may answer with its own exit status (backends --check: 1)
         sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's last flush

@@ -44,6 +44,10 @@ def cmd_index(a: argparse.Namespace) -> None:
     print(scrub(json.dumps(s.as_dict())))  # a reason may quote what a server said, a redirect's URL with it
 
 
+#: queries of one ``search`` command encoded and answered together
+SEARCH_SLICE = 64
+
+
 def search_queries(a: argparse.Namespace) -> tuple[list, list]:
     """The queries a ``search`` command line asks for, and what to print as each one's ``query``.
 
@@ -62,10 +66,14 @@ def search_queries(a: argparse.Namespace) -> tuple[list, list]:
         raise ClairVecError("--domain is required with query images: the domain they were drawn in (e.g. sketch)")
     options = {"top_k": a.top_k, "offset": a.offset, "min_score": a.min_score, "filter": filters(a.filter), "rerank": a.rerank}
     if not (a.text or a.like or a.unlike):
+        from clair_vec.retrieval import remote
         from clair_vec.retrieval.sources import expand
 
         # a folder, shard or listing is one query per image in it, as the library's search takes it
-        images = [(i, None) if os.path.isfile(i) else (s, s.name) for i in a.images for s in ([i] if os.path.isfile(i) else expand([i]))]
+        def single(arg: str) -> bool:  # one image file, as given (a local shard or parquet file is a listing)
+            return os.path.isfile(arg) and not remote.is_source(arg)
+
+        images = [(i, None) if single(i) else (s, s.name) for i in a.images for s in ([i] if single(i) else expand([i]))]
         if not images:
             raise ClairVecError(f"no query images in {', '.join(a.images)}: the folders hold no image files")
         return [Query.of(Part.image(s, a.domain), **options) for s, _ in images], [name or s for s, name in images]
@@ -82,11 +90,15 @@ def cmd_search(a: argparse.Namespace) -> None:
     from clair_vec.retrieval.retriever import Retriever
 
     queries, shown = search_queries(a)
+    found = False
     with Retriever(a.model, backend=a.backend, uri=a.uri, device=a.device, backend_options=backend_options(a)) as r:
-        rows = r.run(a.collection, queries)
-        note = empty_filter_note(r, a.collection, queries[0].filter) if queries[0].filter and not any(rows) else None
-    for query, row in zip(shown, rows, strict=True):
-        print(json.dumps({"query": query, "hits": [{"id": h.id, "score": round(h.score, 5), **h.payload} for h in row]}))
+        # a folder of queries runs a slice at a time, each printed as it is answered: its images are not all held at once
+        for start in range(0, len(queries), SEARCH_SLICE):
+            rows = r.run(a.collection, queries[start : start + SEARCH_SLICE])
+            for query, row in zip(shown[start : start + SEARCH_SLICE], rows, strict=True):
+                print(json.dumps({"query": query, "hits": [{"id": h.id, "score": round(h.score, 5), **h.payload} for h in row]}))
+            found = found or any(rows)
+        note = empty_filter_note(r, a.collection, queries[0].filter) if queries[0].filter and not found else None
     if note:
         print(f"clair-vec: note: {note}", file=sys.stderr)
 

@@ -55,23 +55,24 @@ def write_tensor_file(obj: Any, path: str | Path) -> None:
         if refused is None:
             raise
         where = path.resolve().parent  # the file system that refused, not the temporary name it refused
-        while not os.path.ismount(where) and where != where.parent:
+        while refused == errno.ENOSPC and not os.path.ismount(where) and where != where.parent:
             where = where.parent
         raise OSError(refused, os.strerror(refused), str(where)) from exc
 
 
 def _write_refused(path: Path) -> int | None:
     """ENOSPC or EFBIG when that is why a write of ``path`` (still there, partly written) failed."""
-    import resource
     import shutil
 
     try:
         if shutil.disk_usage(path.parent).free < 2**20:
             return errno.ENOSPC
+        import resource  # POSIX only: elsewhere there is no process file-size limit to have hit
+
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         if limit != resource.RLIM_INFINITY and path.exists() and path.stat().st_size + 2**20 >= limit:
             return errno.EFBIG
-    except (OSError, ValueError):
+    except (OSError, ValueError, ImportError):
         pass
     return None
 

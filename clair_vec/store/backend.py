@@ -291,12 +291,12 @@ class Backend(ABC):
         self.disk_margin_bytes = int(margin * 2**20)
         for secret in uri_secrets(uri):
             register_secret(secret)
-        if schemeless_credentials(uri):  # else an embedded engine would make a folder named after the password
-            raise ValueError(f"{redact_uri(uri)!r} holds credentials but no scheme: put http:// (https:// for TLS) in front "
-                             "of it for a server, or give a store path without '@'")  # fmt: skip
         for key, value in options.items():
             if is_secret_name(key):
                 register_secret(value)
+        if schemeless_credentials(uri):  # else an embedded engine would make a folder named after the password
+            raise ValueError(f"{redact_uri(uri)!r} holds credentials but no scheme: put http:// (https:// for TLS) in front "
+                             "of it for a server, or give a store path without '@'")  # fmt: skip
         if options:
             # whatever reaches here no __init__ took: a misspelt option (hnsw_eff=128) must not be
             # ignored while the user believes it set

@@ -44,9 +44,13 @@ _ASSIGNED_SECRET = re.compile(
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
 #: ``user:password@host`` with no scheme before it (a server address typed without ``http://``);
 #: the colon tells it from an e-mail address, and a URL's user info is masked before this runs
-_BARE_USERINFO = re.compile(r"(?<![\w/.:%@-])[A-Za-z0-9._~%!$&*+=-]+:[^\s@/\\'\"<>]+@(?=[A-Za-z0-9\[])")
-#: a whole URI shaped like that: ``user:password@host[:port][/...]``
-_SCHEMELESS_CREDENTIALS = re.compile(r"^(?P<userinfo>[^/\\@\s:]+:[^/\\@\s]*)@(?P<rest>[A-Za-z0-9\[][^@\s]*)$")
+#: (possessive: a long run of name characters is tried once, not from every position of it)
+_BARE_USERINFO = re.compile(r"(?<![\w/.:%@~!$&*+=-])[A-Za-z0-9._~%!$&*+=-]++:[^\s@/\\'\"<>]++@(?=[A-Za-z0-9\[])")
+#: a whole URI shaped like that: ``user:password@host[:port][/...]``, split at its last ``@`` (a
+#: password may hold ``@``, ``/`` or ``?``)
+_SCHEMELESS_CREDENTIALS = re.compile(r"^(?P<userinfo>(?P<user>[^/\\@\s:]+):\S*)@(?P<rest>[A-Za-z0-9\[][^@\s]*)$")
+#: ``prefix:`` forms that name a path, not a user: Qdrant's ``local:``, a drive letter (``C:``)
+_PATH_PREFIXES = frozenset({"local", "file"})
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -125,13 +129,15 @@ def redact_uri(uri: str | None) -> str:
     ``local:`` URIs and anything without credentials unchanged. ``None`` is the embedded default."""
     if uri is None:
         return "(embedded default)"
+    bare = _schemeless(uri)
+    if bare is not None:
+        return f"{MASK}@{bare['rest']}"
     try:
         parts = urlsplit(uri)
     except ValueError:  # not a URL at all: show it scrubbed
         return scrub(uri)
     if not _is_url(parts):
-        bare = _SCHEMELESS_CREDENTIALS.match(uri)
-        return f"{MASK}@{bare['rest']}" if bare else uri
+        return uri
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
@@ -155,10 +161,17 @@ def without_credentials(uri: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, query, parts.fragment))
 
 
+def _schemeless(uri: object) -> re.Match[str] | None:
+    if not isinstance(uri, str) or "://" in uri:
+        return None
+    m = _SCHEMELESS_CREDENTIALS.match(uri)
+    return m if m is not None and len(m["user"]) > 1 and m["user"].lower() not in _PATH_PREFIXES else None
+
+
 def schemeless_credentials(uri: str | None) -> bool:
     """Whether ``uri`` is ``user:password@host...`` without a scheme: a server address typed
     without ``http://``, which no backend should take for a file path."""
-    return bool(uri) and not _is_url(urlsplit(uri)) and bool(_SCHEMELESS_CREDENTIALS.match(uri))
+    return _schemeless(uri) is not None
 
 
 def uri_secrets(uri: str | None) -> list[str]:
@@ -166,16 +179,16 @@ def uri_secrets(uri: str | None) -> list[str]:
     password, e.g. a token as user name) and the values of credential-like query parameters."""
     if not uri:
         return []
+    bare = _schemeless(uri)
+    if bare is not None:
+        password = bare["userinfo"].partition(":")[2]
+        return [v for v in dict.fromkeys([bare["userinfo"], unquote(bare["userinfo"]), password, unquote(password)]) if v]
     try:
         parts = urlsplit(uri)
     except ValueError:
         return []
     if not _is_url(parts):
-        bare = _SCHEMELESS_CREDENTIALS.match(uri)
-        if not bare:
-            return []
-        user, _, password = bare["userinfo"].partition(":")
-        return [v for v in dict.fromkeys([bare["userinfo"], unquote(bare["userinfo"]), password, unquote(password)]) if v]
+        return []
     found = []
     if "@" in parts.netloc:
         userinfo = parts.netloc.rsplit("@", 1)[0]
