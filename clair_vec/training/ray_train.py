@@ -24,7 +24,7 @@ from clair_vec.method.centering import decide_centring
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.model import ClairModel
-from clair_vec.method.tensor_files import load_tensor_file, save_tensor_file
+from clair_vec.method.tensor_files import load_tensor_file, save_tensor_file, write_tensor_file
 from clair_vec.ray_runtime import check_gpu_choice, gpus_each, ray_session
 from clair_vec.training.features import DomainFeatures, encode_domain_images, extract_features, view_key
 from clair_vec.training.folds import FoldRun, run_fold, run_folds
@@ -159,7 +159,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
-                torch.save(trainer.state_dict(), Path(d) / "trainer.pt")
+                write_tensor_file(trainer.state_dict(), Path(d) / "trainer.pt")  # a full disk said as one, not torch's words
                 trainer.build_model().save(Path(d) / "model")
                 (Path(d) / "progress.json").write_text(json.dumps(progress_record(trainer)))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
@@ -193,7 +193,10 @@ def _ray_folds(config: ClairConfig, fm: FoundationModel, feats: dict[str, Domain
         return ray.get([task.remote(c.to_dict(), ref, f, vocabulary) for c, f in jobs])
 
     runs, thresholds = run_folds(config, fm, feats, folds, runner=runner, vocabulary=vocabulary)
-    save_tensor_file({"runs": [vars(r) for r in runs], "thresholds": thresholds}, cache)
+    try:
+        save_tensor_file({"runs": [vars(r) for r in runs], "thresholds": thresholds}, cache)
+    except OSError as exc:  # the cache spares a resumed run the folds; a full disk under it is no reason to stop
+        log.warning("the selection folds were not cached in %s (%s); the run goes on without it", cache, exc.strerror or exc)
     return runs, thresholds
 
 
