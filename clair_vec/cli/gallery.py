@@ -73,10 +73,12 @@ def search_queries(a: argparse.Namespace) -> tuple[list, list]:
         def single(arg: str) -> bool:  # one image file, as given (a local shard or parquet file is a listing)
             return os.path.isfile(arg) and not remote.is_source(arg)
 
-        images = [(i, None) if single(i) else (s, s.name) for i in a.images for s in ([i] if single(i) else expand([i]))]
+        images: list = []  # (what to search with, what to print as its query)
+        for arg in a.images:
+            images += [(arg, arg)] if single(arg) else [(s, s.name) for s in expand([arg])]
         if not images:
             raise ClairVecError(f"no query images in {', '.join(a.images)}: the folders hold no image files")
-        return [Query.of(Part.image(s, a.domain), **options) for s, _ in images], [name or s for s, name in images]
+        return [Query.of(Part.image(s, a.domain), **options) for s, _ in images], [name for _, name in images]
     parts = [Part.image(i, a.domain) for i in a.images] + [Part.text(t, a.text_weight) for t in a.text or []]
     parts += [Part.like(i) for i in a.like or []]
     parts += [Part.unlike(u) if _ID.fullmatch(u) else Part.image(u, a.domain, -1.0) for u in a.unlike or []]

@@ -183,7 +183,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     return out / "index.html"
 
 
-def _write(result: dict[str, Any], out: Path) -> Path:
+def _write(result: dict[str, Any], out: Path) -> None:
     k = result["k"]
     metrics = [m.format(k=k) for m in METRICS]
     e = html.escape
@@ -231,7 +231,5 @@ def _write(result: dict[str, Any], out: Path) -> Path:
     if stats:
         parts.append(f"<h2>Training pseudo-labels</h2><img alt='pseudo-label confidence' src='{_training_chart(stats, out)}'>")
     parts.append("</body></html>")
-    page = out / "index.html"
-    page.write_text("\n".join(parts), encoding="utf-8")
+    (out / "index.html").write_text("\n".join(parts), encoding="utf-8")
     (out / "results.json").write_text(json.dumps({k_: v for k_, v in result.items() if k_ != "record"}, indent=2, default=str))
-    return page

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from clair_vec.errors import DiskFullError
@@ -55,31 +56,39 @@ def check_room(path: str | os.PathLike, batch_bytes: int, margin_bytes: int, sto
         )
 
 
+#: how an engine's refused write reads, as an errno or as the text it was wrapped in (Milvus Lite
+#: sends it back through gRPC as text): the disk is full, or a file is at its size limit
+_FULL = ((errno.ENOSPC, errno.EDQUOT), ("No space left on device", "[Errno 28]", "Disk quota exceeded"))
+_TOO_LARGE = ((errno.EFBIG,), ("File too large", "[Errno 27]"))
+
+
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from, each once."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _says(exc: BaseException, kind: tuple[tuple[int, ...], tuple[str, ...]]) -> bool:
+    errnos, texts = kind
+    return (isinstance(exc, OSError) and exc.errno in errnos) or any(t in str(exc) for t in texts)
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) is the engine's ENOSPC, however it
-    was wrapped (Milvus Lite sends it back through gRPC as text)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, DiskFullError):
+    """Whether ``exc`` (or an exception it was raised from) is the engine's ENOSPC or EFBIG,
+    however it was wrapped."""
+    for e in _causes(exc):
+        if isinstance(e, DiskFullError):
             return False  # already said
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if _says(e, _FULL) or _says(e, _TOO_LARGE):
             return True
-        text = str(exc)
-        if any(s in text for s in ("No space left on device", "[Errno 28]", "Disk quota exceeded", "File too large", "[Errno 27]")):
-            return True
-        exc = exc.__cause__ or exc.__context__
     return False
 
 
-def _too_large(exc: BaseException | None) -> bool:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if (isinstance(exc, OSError) and exc.errno == errno.EFBIG) or "File too large" in str(exc) or "[Errno 27]" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+def _too_large(exc: BaseException) -> bool:
+    return any(_says(e, _TOO_LARGE) for e in _causes(exc))
 
 
 def disk_full_error(path: str | os.PathLike, store: str, exc: BaseException) -> DiskFullError:
