@@ -337,6 +337,33 @@ def test_stored_bytes_come_back_for_thumbnails(photos, tmp_path):
         remote.read_list(str(tmp_path / "x.parquet"), column="nope")
 
 
+def test_a_worker_that_leaves_by_os_exit_leaves_no_shard_spool_behind(web, photos, tmp_path):
+    """Ray's and multiprocessing's workers end by ``os._exit``, which runs no atexit hook: a shard
+    read whole (as the Ray listing task reads it) and a shard that cannot be fetched must each
+    leave the temporary folder as they found it."""
+    base, root = web
+    shutil.copy(_shards(photos, tmp_path / "shards", n=1) / "shard-0000.tar", root / "spool-0000.tar")
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    script = (
+        "import os, sys\n"
+        "from clair_vec.retrieval import remote\n"
+        f"got = remote.shard_images({base + '/spool-0000.tar'!r})\n"
+        "assert len(got) == %d and all(isinstance(b, bytes) for _, b in got), got\n"
+        "try:\n"
+        f"    remote.shard_members({base + '/missing-0000.tar'!r})\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__)\n"
+        "sys.stdout.flush()\n"
+        "os._exit(0)\n"
+    ) % len(photos)
+    env = {**os.environ, "TMPDIR": str(spool)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "DatasetError"
+    assert sorted(p.name for p in spool.iterdir()) == []
+
+
 # ---------------------------------------------------------------------- S3 on loopback
 def _free_port() -> int:
     with socket.socket() as s:

@@ -335,6 +335,18 @@ def _spool_dir() -> str:
     return _SPOOL[0]
 
 
+def _spool_tidy() -> None:
+    """The spool folder goes as soon as it is empty, not only at exit: Ray's and multiprocessing's
+    workers leave by ``os._exit``, which runs no atexit hook, and each would leave a folder in /tmp."""
+    if _SPOOL:
+        try:
+            os.rmdir(_SPOOL[0])
+        except OSError:  # not empty (a shard still in use) or already gone
+            if os.path.isdir(_SPOOL[0]):
+                return
+        _SPOOL.clear()
+
+
 _DOWNLOADS = threading.Lock()  # one download of a shard at a time: two thumbnails may want the same one
 MAX_SHARD = 64 << 30
 
@@ -342,27 +354,30 @@ MAX_SHARD = 64 << 30
 def _download(uri: str) -> str:
     """A remote shard streamed to a local file (shards are larger than any image: never whole in
     memory), retried like any fetch; the file goes when the process ends."""
-    target = os.path.join(_spool_dir(), hashlib.sha256(uri.encode()).hexdigest()[:24] + ".tar")
-    name = shown(uri)
-
-    def once() -> bytes:
-        fd, part = tempfile.mkstemp(dir=_spool_dir(), suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as dst:
-                if uri.startswith("s3://"):
-                    _s3(uri, name, limit=MAX_SHARD, out=dst)
-                else:
-                    _http(uri, name, timeout=max(TIMEOUT, 600.0), limit=MAX_SHARD, out=dst)
-            os.replace(part, target)
-        finally:
-            if os.path.exists(part):  # a failed or interrupted try leaves nothing half-written
-                os.unlink(part)
-        return b""
-
     with _DOWNLOADS:
+        target = os.path.join(_spool_dir(), hashlib.sha256(uri.encode()).hexdigest()[:24] + ".tar")
         if not os.path.exists(target):
-            _retry(uri, once)
+            try:
+                _retry(uri, functools.partial(_fetch_shard, uri, target))
+            finally:
+                _spool_tidy()  # a download that failed leaves no empty folder behind
     return target
+
+
+def _fetch_shard(uri: str, target: str) -> bytes:
+    name = shown(uri)
+    fd, part = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            if uri.startswith("s3://"):
+                _s3(uri, name, limit=MAX_SHARD, out=dst)
+            else:
+                _http(uri, name, timeout=max(TIMEOUT, 600.0), limit=MAX_SHARD, out=dst)
+        os.replace(part, target)
+    finally:
+        if os.path.exists(part):  # a failed or interrupted try leaves nothing half-written
+            os.unlink(part)
+    return b""
 
 
 @dataclass(frozen=True)
@@ -427,8 +442,9 @@ def shard_images(uri: str) -> list[tuple[Member, bytes | CorruptImageError]]:
         return out
     finally:
         if is_remote(uri) and members:
-            with contextlib.suppress(OSError):
+            with _DOWNLOADS, contextlib.suppress(OSError):
                 os.remove(members[0].file)
+                _spool_tidy()
 
 
 @functools.lru_cache(maxsize=4)
