@@ -15,12 +15,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "clair_vec"
-BASE = {"clair_vec.errors", "clair_vec.progress", "clair_vec.extras"}
+BASE = {"clair_vec.errors", "clair_vec.progress", "clair_vec.extras", "clair_vec.file_systems"}
 #: part -> the parts it may import (besides itself). Lower parts never import higher ones.
 ALLOWED: dict[str, set[str]] = {
     "clair_vec.errors": set(),
     "clair_vec.extras": {"clair_vec.errors"},
     "clair_vec.progress": set(),
+    "clair_vec.file_systems": set(),
     "clair_vec.store": BASE,
     "clair_vec.datasets": BASE,
     "clair_vec.method": BASE,

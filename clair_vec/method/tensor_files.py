@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from clair_vec.errors import UnsafeCheckpointError, WeightsNotFoundError
+from clair_vec.file_systems import mount_point
 
 
 def load_tensor_file(path: str | Path, *, what: str = "checkpoint", map_location: str = "cpu") -> Any:
@@ -54,9 +55,8 @@ def write_tensor_file(obj: Any, path: str | Path) -> None:
         refused = _write_refused(path)
         if refused is None:
             raise
-        where = path.resolve().parent  # the file system that refused, not the temporary name it refused
-        while refused == errno.ENOSPC and not os.path.ismount(where) and where != where.parent:
-            where = where.parent
+        # a full disk is named by its file system; a size limit by the folder of the file it cut
+        where = mount_point(path) if refused == errno.ENOSPC else path.resolve().parent
         raise OSError(refused, os.strerror(refused), str(where)) from exc
 
 

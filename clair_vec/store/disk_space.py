@@ -14,29 +14,14 @@ import errno
 import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 from clair_vec.errors import DiskFullError
+from clair_vec.file_systems import existing_ancestor, mount_point
 
 DEFAULT_MARGIN_MB = 64.0
 #: bytes on disk per byte of a batch: the write-ahead log, then the sealed segment, then slack
 WRITE_AMPLIFICATION = 3
 _MIB = 2**20
-
-
-def existing_ancestor(path: str | os.PathLike) -> Path:
-    """``path`` or its nearest existing parent: where a store that is not created yet will live."""
-    p = Path(os.path.abspath(path))
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def mount_point(path: str | os.PathLike) -> Path:
-    p = existing_ancestor(path)
-    while not os.path.ismount(p) and p != p.parent:
-        p = p.parent
-    return p
 
 
 def free_bytes(path: str | os.PathLike) -> int:
