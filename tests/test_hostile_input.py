@@ -112,6 +112,27 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_the_rest_indexed(backend, m
         assert "not valid UTF-8" in s["skipped"][0][1] and "rename" in s["skipped"][0][1]
 
 
+def test_a_query_file_whose_name_is_not_utf8_is_searched_as_its_twin_with_a_plain_name(model_dir, shapes_root, tmp_path):
+    """A query is read, never stored: only indexing has a reason to refuse such a name."""
+    uri = str(tmp_path / "g.db")
+    common = ["--model", str(model_dir), "--collection", "g", "--uri", uri]
+    assert run_cli("index", *common, str(shapes_root / "photo")).returncode == 0
+    plain = tmp_path / "plain.png"
+    shutil.copyfile(shapes_root / "sketch" / "heart" / "0000.png", plain)
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    bad = os.fsencode(str(folder)) + b"/gr\xfcn.png"
+    shutil.copyfile(plain, bad)
+    lines = {}
+    for name, arg in (("plain", str(plain)), ("file", os.fsdecode(bad)), ("folder", str(folder))):
+        out = run_cli("search", *common, "--domain", "sketch", "--top-k", "3", arg)
+        assert out.returncode == 0, out.stderr
+        lines[name] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [h["id"] for h in lines["file"][0]["hits"]] == [h["id"] for h in lines["plain"][0]["hits"]]
+    assert lines["file"][0]["query"] == os.fsdecode(bad).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    assert [(r["query"], r["hits"]) for r in lines["folder"]] == [(str(folder) + "/gr\\xfcn.png", lines["plain"][0]["hits"])]
+
+
 def test_a_file_whose_bytes_changed_is_stored_once_and_prune_removes_deleted_files(model_dir, shapes_root, tmp_path):
     gallery = tmp_path / "gallery"
     shutil.copytree(shapes_root / "photo" / "heart", gallery / "heart")

@@ -56,6 +56,7 @@ def search_queries(a: argparse.Namespace) -> tuple[list, list]:
     ``--like`` or ``--unlike`` everything given forms one query: a sketch and a word, a liked
     hit minus an unliked one."""
     from clair_vec.retrieval.queries import Part, Query
+    from clair_vec.retrieval.sources import printable
 
     if a.unlike and not (a.images or a.text or a.like):
         raise ClairVecError("--unlike says what to avoid: also give what to search for (images, --text or --like)")
@@ -75,14 +76,15 @@ def search_queries(a: argparse.Namespace) -> tuple[list, list]:
 
         images: list = []  # (what to search with, what to print as its query)
         for arg in a.images:
-            images += [(arg, arg)] if single(arg) else [(s, s.name) for s in expand([arg])]
+            images += [(arg, printable(arg))] if single(arg) else [(s, s.name) for s in expand([arg])]
         if not images:
             raise ClairVecError(f"no query images in {', '.join(a.images)}: the folders hold no image files")
         return [Query.of(Part.image(s, a.domain), **options) for s, _ in images], [name for _, name in images]
     parts = [Part.image(i, a.domain) for i in a.images] + [Part.text(t, a.text_weight) for t in a.text or []]
     parts += [Part.like(i) for i in a.like or []]
     parts += [Part.unlike(u) if _ID.fullmatch(u) else Part.image(u, a.domain, -1.0) for u in a.unlike or []]
-    shown = {k: v for k, v in (("images", a.images), ("text", a.text), ("like", a.like), ("unlike", a.unlike)) if v}
+    shown = {k: [printable(x) for x in v] for k, v in (("images", a.images), ("text", a.text), ("like", a.like), ("unlike", a.unlike))
+             if v}  # fmt: skip
     return [Query.of(*parts, **options)], [shown]
 
 

@@ -240,13 +240,13 @@ _TEXT_CACHE = 4096
 def _one_image(part: Part) -> sources.ImageSource:
     """The one image a query part names; a folder, shard or listing is refused, not cut to its first image."""
     if isinstance(part.value, sources.ImageSource):
-        return part.value
+        return sources.as_query(part.value)
     if isinstance(part.value, (str, Path)) and not remote.is_source(str(part.value)) and Path(part.value).is_dir():
         raise QueryError(f"{part.describe()} is a folder: a query image is one image file; name one of its files")
     found = sources.expand([part.value])
     if len(found) != 1:
         raise QueryError(f"{part.describe()} holds {len(found)} images: a query image is one image; name one of them")
-    return found[0]
+    return sources.as_query(found[0])
 
 
 class _Plan:

@@ -69,15 +69,23 @@ def is_under(path: str, roots: Sequence[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
-def _file(path: Path, label_from_folder: bool) -> ImageSource:
+def _file(path: Path, label_from_folder: bool, *, stored: bool = True) -> ImageSource:
     # stored absolute, so thumbnails, stale-path cleanup and prune do not depend on the directory
     # a later process runs from
     name = os.path.abspath(path)
-    problem = utf8_problem(name)
+    problem = utf8_problem(name) if stored else None
     if problem is None and not path.is_file():
         problem = "file does not exist" if not os.path.lexists(name) else not_an_image(name, any_suffix=True) or "not a file"
     label = path.parent.name if label_from_folder and problem is None else ""
     return ImageSource(printable(name) if problem else name, path=name, label=label, problem=problem)
+
+
+def as_query(src: ImageSource) -> ImageSource:
+    """``src`` to search with: a query is read, never stored, so a local file whose name is not
+    valid UTF-8 is searched as any other (indexing it is what no database could take)."""
+    if src.problem is not None and src.path is not None and src.fetch is None and src.problem == utf8_problem(src.path):
+        return _file(Path(src.path), False, stored=False)
+    return src
 
 
 def array_to_image(arr: np.ndarray, i: int) -> Image.Image:
