@@ -139,3 +139,28 @@ def test_when_the_disk_fills_anyway_the_store_says_so_and_stays_recoverable(engi
     freed = run(READ, engine, uri)
     assert freed.stdout.strip() == f"count {n}", freed.stdout + freed.stderr[-2000:]
     assert not (Path(uri) / ".clair_vec.writing").exists()
+
+
+@pytest.mark.parametrize("refusal, says", [
+    (OSError(28, "No space left on device"), "reports that its disk is full; free space on the server"),
+    (RuntimeError("segment flush failed: [Errno 27] File too large"), "reached the largest size its process may write"),
+])  # fmt: skip
+def test_a_write_a_server_refuses_names_a_full_disk_or_a_size_limit_for_what_it_is(refusal, says):
+    """A server's EFBIG is no full disk: telling its owner to free space would not help."""
+    from types import SimpleNamespace
+
+    from clair_vec.errors import DiskFullError
+    from clair_vec.store.backend import Backend
+
+    server = SimpleNamespace(name="milvus", display_uri="http://***@db:19530", storage_path=None, max_retries=2,
+                             translate_error=lambda exc: None, is_transient=lambda exc: True)  # fmt: skip
+    calls = []
+
+    def write():
+        calls.append(1)
+        raise refusal
+
+    with pytest.raises(DiskFullError) as caught:
+        Backend._call(server, write)
+    assert says in str(caught.value) and "the server behind milvus at http://***@db:19530" in str(caught.value)
+    assert len(calls) == 1  # a refused write is said at once, never retried as if the server were down

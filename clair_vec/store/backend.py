@@ -35,12 +35,17 @@ from clair_vec.errors import (
     CapabilityError,
     CollectionMismatchError,
     CollectionNotFoundError,
-    DiskFullError,
     InvalidCollectionNameError,
     RecordNotFoundError,
     TransientBackendError,
 )
-from clair_vec.store.disk_space import DEFAULT_MARGIN_MB, check_room, disk_full_error, is_disk_full
+from clair_vec.store.disk_space import (
+    DEFAULT_MARGIN_MB,
+    check_room,
+    disk_full_error,
+    is_disk_full,
+    server_disk_full_error,
+)
 from clair_vec.store.redaction import (
     install_log_filter,
     is_secret_name,
@@ -769,10 +774,7 @@ class Backend(ABC):
                     path = self.storage_path
                     if path is not None:
                         raise disk_full_error(path, f"the {self.name} store {self.display_uri}", exc) from exc
-                    raise DiskFullError(
-                        f"the server behind {self.name} at {self.display_uri} reports that its disk is full; free space "
-                        "on the server (or give it a bigger volume), then repeat the write"
-                    ) from exc
+                    raise server_disk_full_error(f"the server behind {self.name} at {self.display_uri}", exc) from exc
                 if mapped is None and not self.is_transient(exc):
                     raise
                 error = mapped or exc

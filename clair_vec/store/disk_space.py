@@ -90,3 +90,17 @@ def disk_full_error(path: str | os.PathLike, store: str, exc: BaseException) -> 
         f"write ({type(exc).__name__}: no space left on device). What was written before this batch is kept. Free "
         "space, or copy the store to a bigger disk and open it there, then repeat the write."
     )
+
+
+def server_disk_full_error(server: str, exc: BaseException) -> DiskFullError:
+    """The :class:`DiskFullError` for a write a server refused: its disk is full, or one of its
+    files reached the size its process may write (EFBIG is no full disk: freeing space would not help)."""
+    if _too_large(exc):
+        return DiskFullError(
+            f"{server} reports that one of its files reached the largest size its process may write (its `ulimit -f` or "
+            "its file system's limit); raise that limit on the server, then repeat the write"
+        )
+    return DiskFullError(
+        f"{server} reports that its disk is full; free space on the server (or give it a bigger volume), then repeat "
+        "the write"
+    )
