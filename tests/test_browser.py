@@ -35,7 +35,7 @@ def _serve(model_dir, store: str, work: Path, *extra: str) -> tuple[subprocess.P
     log = open(work / f"serve-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "clair_vec.cli", "serve", "--model", str(model_dir), "--collection", "gallery",
                              "--uri", store, "--port", str(port), *extra], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "CLAIR_VEC_API_KEY": ""})  # fmt: skip
+                            env={k: v for k, v in os.environ.items() if k != "CLAIR_VEC_API_KEY"})  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:

@@ -419,6 +419,29 @@ def test_serve_reads_the_api_key_from_a_file_and_never_from_the_command_line(mod
     assert out.returncode == 2 and "cannot read the API key file" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("where, content, says", [
+    ("env", " ", "$CLAIR_VEC_API_KEY is set but empty"),
+    ("env", "two words", "$CLAIR_VEC_API_KEY holds a space"),
+    ("file", b"\n", "is set but empty"),
+    ("file", b"k\xff\xfe", "is not UTF-8 text"),
+    ("file", b"abc\ndef\n", "holds a space, a line break"),
+])  # fmt: skip
+def test_a_key_that_would_leave_the_service_open_or_shut_is_refused_before_it_starts(where, content, says, model_dir, tmp_path):
+    """An empty key from a secret store that failed would serve everyone; a two-line key no
+    client can send would serve no one. Either is said in one line, before any model is loaded."""
+    env = {k: v for k, v in os.environ.items() if k != "CLAIR_VEC_API_KEY"}
+    args = []
+    if where == "env":
+        env["CLAIR_VEC_API_KEY"] = content
+    else:
+        (tmp_path / "api.key").write_bytes(content)
+        args = ["--api-key-file", str(tmp_path / "api.key")]
+    out = subprocess.run([sys.executable, "-m", "clair_vec.cli", "serve", "--model", str(model_dir), "--collection",
+                          "g", "--uri", str(tmp_path / "g.db"), *args], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "two words" not in out.stderr and "abc" not in out.stderr  # a key is never echoed
+
+
 def test_a_database_down_for_a_minute_costs_a_few_log_lines(model_dir, shapes_root, tmp_path):
     """A real server killed under a real `clair-vec serve` that keeps being asked: one line when it
     goes, a reminder a minute, no tracebacks (pymilvus alone once logged 4,000 in 30 s)."""
@@ -540,10 +563,10 @@ def _protocol(impl: str, deadline: float):
 class _Uvicorn:
     """A real uvicorn server on a thread, with ``protocol``, serving a tiny app (``/slow`` takes 1.5 s)."""
 
-    def __init__(self, protocol) -> None:
+    def __init__(self, protocol, app=None) -> None:
         import uvicorn
 
-        async def app(scope, receive, send):
+        async def tiny(scope, receive, send):
             if scope["type"] != "http":
                 return
             if scope["path"] == "/slow":
@@ -552,7 +575,7 @@ class _Uvicorn:
             await send({"type": "http.response.body", "body": b"ok"})
 
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, http=protocol,
+        self.server = uvicorn.Server(uvicorn.Config(app or tiny, host="127.0.0.1", port=self.port, http=protocol,
                                                     log_level="critical", lifespan="off"))  # fmt: skip
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -675,3 +698,82 @@ def test_the_h11_bound_refuses_a_whole_head_over_the_limit_taken_in_one_read():
     with pytest.raises(h11.RemoteProtocolError, match=f"over {MAX_HEAD_BYTES} bytes"):
         parsed(long_url)
     assert isinstance(parsed(b"GET /" + b"a" * 15_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"), h11.Request)
+
+
+def _upload_head(length: int) -> bytes:
+    return (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: %d\r\n\r\n" % length)  # fmt: skip
+
+
+def test_a_body_dripped_a_byte_at_a_time_loses_its_slot_and_a_client_that_leaves_is_no_error(retriever, sketches, caplog):
+    """Every search slot held by a client sending a byte every 0.3 s (under the per-read limit,
+    far under the body's minimum rate) is freed at the body's deadline, and searches run again;
+    a client that hangs up mid-upload is counted as gone (499), never as a 500 with a traceback."""
+    app = create_app(retriever, "g", body_timeout_s=1.0, max_inflight=2)
+    with _Uvicorn("httptools", app) as server, caplog.at_level(logging.DEBUG, logger="clair_vec.service"):
+        drips = [socket.create_connection(("127.0.0.1", server.port), timeout=0.2) for _ in range(2)]
+        for d in drips:  # a valid start of a form: the image's bytes then drip in
+            d.sendall(_upload_head(100_000) + b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n\r\n')
+        answers, t0 = [b"", b""], time.monotonic()
+        while time.monotonic() - t0 < 6 and not all(answers):
+            for n, d in enumerate(drips):
+                if not answers[n]:
+                    try:
+                        d.sendall(b"x")
+                        answers[n] = d.recv(4096)
+                    except TimeoutError:
+                        pass
+                    except OSError:
+                        answers[n] = b"closed"
+            time.sleep(0.1)
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers
+        assert time.monotonic() - t0 < 4  # the 1 s deadline and its minimum rate, not the drip, decide
+        for d in drips:
+            d.close()
+        url = f"http://127.0.0.1:{server.port}"
+        assert httpx.post(f"{url}/search", **form(sketches[0], domain="sketch")).status_code == 200
+        with socket.create_connection(("127.0.0.1", server.port)) as gone:
+            gone.sendall(_upload_head(1000) + b"--b\r\nContent-Disposition: form-data; name=")
+        for _ in range(50):
+            metrics = httpx.get(f"{url}/metrics").text
+            if 'route="/search",status="499"' in metrics:
+                break
+            time.sleep(0.1)
+    assert 'route="/search",status="499"} 1.0' in metrics and 'status="500"' not in metrics
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+
+def test_an_image_far_longer_than_wide_is_refused_at_decode_and_fails_no_other_search(retriever, sketches, monkeypatch):
+    """A valid 117 KB PNG of 1 x 30,000,000 pixels once became gigabytes of tensor in the model's
+    resize and a 500 for every search batched with it. It is now refused as it is opened; and any
+    image the encoder fails on fails its own query, not its batch-mates'."""
+    import io
+
+    from PIL import Image
+
+    from clair_vec.datasets.images import MAX_ASPECT
+    from clair_vec.retrieval.queries import Part, Query
+    from clair_vec.service.requests import decode_upload
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 200_000)).save(buf, format="PNG")
+    with _sync(create_app(retriever, "g")) as c:
+        r = c.post("/search", **form(buf.getvalue(), domain="sketch"))
+        assert r.status_code == 400 and f"more than {MAX_ASPECT} times as long as it is wide" in r.json()["detail"], r.text
+        assert c.post("/search", **form(sketches[0], domain="sketch")).status_code == 200
+    images = [decode_upload(s) for s in sketches[:3]]
+    images[1] = images[1].resize((97, 89))  # the one the encoder fails on (as on a resize too large)
+    real = retriever.model.embed_images
+
+    def fragile(ims, *args, **kwargs):
+        if any(im.size == (97, 89) for im in ims):
+            raise MemoryError
+        return real(ims, *args, **kwargs)
+
+    monkeypatch.setattr(retriever.model, "embed_images", fragile)
+    got = retriever.run("g", [Query.of(Part.image(im, "sketch"), top_k=3) for im in images], return_errors=True)
+    assert isinstance(got[1], MemoryError)
+    monkeypatch.undo()
+    alone = [retriever.run("g", [Query.of(Part.image(im, "sketch"), top_k=3)])[0] for im in (images[0], images[2])]
+    assert [[h.id for h in row] for row in (got[0], got[2])] == [[h.id for h in row] for row in alone]

@@ -29,6 +29,10 @@ IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")  # JPEG includes p
 #: stays at least this long (twice the 224 pixels CLIP sees, so the model's own resize still
 #: averages over several source pixels); smaller images are decoded exactly as stored
 DECODE_MIN_SIDE = 448
+#: the longest side over the shortest that an image may have: a model scales the short side up to
+#: its input size and the long side with it, so a valid 117 KB PNG of 1 × 30,000,000 pixels would
+#: become gigabytes of tensor (a panorama is 10:1; a banner 20:1)
+MAX_ASPECT = 50
 _PNG_END = b"IEND"  # the last chunk's type; its checksum is not checked (Pillow ignores it too)
 
 
@@ -224,6 +228,9 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
             _check_complete(im.format, data)
+            if max(im.size) > MAX_ASPECT * min(im.size):
+                raise CorruptImageError(name, f"{im.size[0]}x{im.size[1]} pixels is more than {MAX_ASPECT} times as long "
+                                              "as it is wide, past what an image model takes; crop it")  # fmt: skip
             factor = reduce_factor(im.size)
             if factor > 1 and im.format in ("JPEG", "MPO"):  # JPEG decodes at 1/2, 1/4 or 1/8 size directly
                 im.draft("RGB", (im.size[0] // factor, im.size[1] // factor))
@@ -244,6 +251,8 @@ def decode_image(data: bytes, name: str) -> Image.Image:
                 if need >= TRIM_ABOVE:
                     im.close()  # its pixels go now, not when the caller's garbage is collected
                     _release_freed_memory()
+    except CorruptImageError:
+        raise
     except UnidentifiedImageError as exc:
         raise CorruptImageError(name, f"not an image in a format clair_vec reads ({', '.join(IMAGE_FORMATS)})") from exc
     except Exception as exc:  # PIL raises many kinds, DecompressionBombError not among OSError's

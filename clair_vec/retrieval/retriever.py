@@ -290,8 +290,7 @@ class _Plan:
                     self._fail(i, exc)
         precision = collection_precision(r.collection(self.collection))  # the gallery's, so the two match
         for domain, items in by_domain.items():
-            vecs = r.model.embed_images([im for _, im in items], domain, precision=precision)
-            self.vectors.update({key: v for (key, _), v in zip(items, vecs, strict=True)})
+            self._embed(domain, items, precision)
         for text, keys in texts.items():
             try:
                 (v,) = r.text_vectors([text])
@@ -306,6 +305,20 @@ class _Plan:
                         self._fail(i, v)
                 else:
                     self.vectors.update({key: v for key in ids[rid]})
+
+    def _embed(self, domain: str, items: list[tuple[tuple[int, int], Image.Image]], precision: str) -> None:
+        """The images of one domain encoded together; when that fails, each alone, so that the query
+        an image failed for fails, and not every query batched with it (the service's clients)."""
+        try:
+            vecs = self.r.model.embed_images([im for _, im in items], domain, precision=precision)
+        except (MemoryError, RuntimeError, ValueError) as exc:
+            if len(items) == 1:
+                self._fail(items[0][0][0], exc)
+            else:
+                for item in items:
+                    self._embed(domain, [item], precision)
+            return
+        self.vectors.update({key: v for (key, _), v in zip(items, vecs, strict=True)})
 
     def _stored(self, ids: list[str]) -> dict[str, Any]:
         """Stored vectors by id; an id that is not stored maps to the error that says so."""

@@ -6,7 +6,9 @@
 - :class:`Edge`: a pure ASGI middleware (Starlette's BaseHTTPMiddleware costs about a millisecond
   a request) that counts and times every request by route, answers every error itself (so it is
   counted too, and never shows a traceback or a secret), refuses a body over the limit as it
-  streams in whether or not it declared its length, and a body that stops arriving. It answers
+  streams in whether or not it declared its length, and a body that stops arriving or arrives
+  too slowly (:data:`MIN_BODY_RATE`); a client that leaves mid-upload is counted (as 499), not logged
+  as an error. It answers
   ``HEAD`` on every ``GET`` route (the GET's headers, no body) and sends ``nosniff`` on every answer.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import ClientDisconnect
 
 from clair_vec.errors import AuthenticationError, BackendUnavailableError
 from clair_vec.service.problems import too_large
@@ -102,6 +105,13 @@ def database_problem(exc: BaseException) -> tuple[int, str] | None:
 ALWAYS = [(b"x-content-type-options", b"nosniff")]
 
 
+#: bytes a second a body must keep arriving at, past its first ``body_timeout`` (a phone's slow
+#: uplink sends several times this; a client dripping bytes to hold a search slot does not)
+MIN_BODY_RATE = 16 * 1024
+#: the status counted for a request whose client left before it could be answered (nginx's 499)
+CLIENT_GONE = 499
+
+
 class _TooLarge(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(size)
@@ -144,12 +154,24 @@ class Edge:
                 message = {**message, "body": b""}
             await send(message)
 
+        # the body's deadline: body_timeout from the first read, moved on by each chunk's share of
+        # MIN_BODY_RATE (as Apache's mod_reqtimeout does); a time limit per chunk alone would let a
+        # byte every few seconds hold a search slot for ever
+        deadline: list[float] = []
+
         async def limited():
+            loop = asyncio.get_running_loop()
+            if not deadline:
+                deadline.append(loop.time() + self.body_timeout)
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                message = await asyncio.wait_for(receive(), max(deadline[0] - loop.time(), 0.0))
             except TimeoutError:
                 raise _BodyTimeout from None
-            size[0] += len(message.get("body", b""))
+            chunk = len(message.get("body", b""))
+            size[0] += chunk
+            deadline[0] += chunk / MIN_BODY_RATE
+            if not message.get("more_body", False):
+                deadline[0] = loop.time() + self.body_timeout  # after the body: a wait for a disconnect
             if size[0] > self.body_limit:
                 raise _TooLarge(size[0])
             return message
@@ -159,6 +181,9 @@ class Edge:
             if length.isdigit() and int(length) > self.body_limit:
                 raise _TooLarge(int(length))
             await self.app(scope, limited, tagged)
+        except ClientDisconnect:  # the client left mid-upload: no one to answer, and no bug
+            status[0] = status[0] or CLIENT_GONE
+            log.debug("client left during %s %s", scope["method"], scope["path"])
         except Exception as exc:
             if status[0]:  # the response has started: nothing more can be said to this client
                 raise

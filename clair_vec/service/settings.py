@@ -62,15 +62,28 @@ class ServiceSettings:
 def read_api_key(api_key_file: str | Path | None = None) -> str | None:
     """The service's API key: from ``--api-key-file`` (a file holding only the key), else from
     ``$CLAIR_VEC_API_KEY``, else none (the service is open). Never from the command line: it would
-    show in ``ps`` and shell history."""
+    show in ``ps`` and shell history. A key that is set but empty, or that no HTTP header can carry,
+    is refused: served as it is, the first would leave the service open and the second closed."""
     if api_key_file is not None:
         path = Path(api_key_file)
+        where = f"the API key file {str(path)!r}"
         try:
-            key = path.read_text(encoding="utf-8").strip()
+            key = path.read_bytes().decode("utf-8").strip()
         except OSError as exc:
-            raise ClairVecError(f"cannot read the API key file {str(path)!r}: {exc.strerror or exc}") from None
-        if not key:
-            raise ClairVecError(f"the API key file {str(path)!r} is empty")
-        return key
-    key = os.environ.get(API_KEY_ENV, "").strip()
-    return key or None
+            raise ClairVecError(f"cannot read {where}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ClairVecError(f"{where} is not UTF-8 text; write the key in it as one line of letters, digits and "
+                                "punctuation") from None  # fmt: skip
+        return _usable(key, where)
+    if API_KEY_ENV not in os.environ:
+        return None
+    return _usable(os.environ[API_KEY_ENV].strip(), f"${API_KEY_ENV}")
+
+
+def _usable(key: str, where: str) -> str:
+    if not key:
+        raise ClairVecError(f"{where} is set but empty: give it the key, or unset it to serve without one")
+    if not all("!" <= c <= "~" for c in key):  # what a header value carries as it is: visible ASCII, no space
+        raise ClairVecError(f"{where} holds a space, a line break or a character outside ASCII, which a client "
+                            "cannot send in a header; make the key one line of letters, digits and punctuation")  # fmt: skip
+    return key
