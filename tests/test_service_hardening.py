@@ -777,3 +777,24 @@ def test_an_image_far_longer_than_wide_is_refused_at_decode_and_fails_no_other_s
     monkeypatch.undo()
     alone = [retriever.run("g", [Query.of(Part.image(im, "sketch"), top_k=3)])[0] for im in (images[0], images[2])]
     assert [[h.id for h in row] for row in (got[0], got[2])] == [[h.id for h in row] for row in alone]
+
+
+def test_a_value_given_twice_or_spelled_as_no_client_means_is_refused_not_guessed(retriever, sketches):
+    """The last of a repeated key once won silently, and ``int()`` read ``1_0`` as 10 and an
+    Arabic-Indic three as 3: each is now a 422 that says what is wrong."""
+    rid = next(iter(retriever.records("g")))[0]
+    with _sync(create_app(retriever, "g")) as c:
+        r = c.get(f"/similar/{rid}?top_k=1&top_k=2")
+        assert r.status_code == 422 and "'top_k' more than once" in r.json()["detail"]
+        r = c.post("/search", content=b'{"text": "heart", "top_k": 1, "top_k": 300}', headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "the key 'top_k' more than once" in r.json()["detail"]
+        for bad in ("1_0", "\u0663", " 5 ", "0x10"):
+            r = c.post("/search", **form(sketches[0], domain="sketch", top_k=bad))
+            assert r.status_code == 422 and "top_k must be an integer" in r.json()["detail"], (bad, r.text)
+        for bad in ("0_5", "\u0660.5", "nan", "1e"):
+            r = c.post("/search", **form(sketches[0], domain="sketch", min_score=bad))
+            assert r.status_code == 422 and "min_score must be a number" in r.json()["detail"], (bad, r.text)
+        for good in ({"top_k": "3"}, {"top_k": "+3", "min_score": "-.5"}, {"top_k": "3", "min_score": "1e-3"}):
+            r = c.post("/search", **form(sketches[0], domain="sketch", **good))
+            assert r.status_code == 200 and len(r.json()["hits"]) <= 3, (good, r.text)
+        assert len(c.get(f"/similar/{rid}?top_k=2").json()["hits"]) == 2

@@ -69,9 +69,22 @@ MAX_INT_DIGITS = 30
 MAX_JSON_VALUES = 100_000
 
 
+#: what a form or a URL may spell a number as: ASCII digits (``int()`` and ``float()`` also take
+#: ``1_0``, other scripts' digits and spaces, which no client means)
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def strict_json(body: bytes, max_depth: int) -> Any:
     def no_constants(name: str) -> Any:
         raise HTTPProblem(400, f"the body is not valid JSON: {name} is not a JSON number")
+
+    def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) < len(pairs):  # json.loads would silently keep the last of a repeated key
+            twice = next(k for n, (k, _) in enumerate(pairs) if k in dict(pairs[:n]))
+            raise HTTPProblem(422, f"the JSON body has the key {twice!r} more than once in one object; give it once")
+        return out
 
     def bounded_int(digits: str) -> int:
         if len(digits) > MAX_INT_DIGITS:
@@ -79,7 +92,7 @@ def strict_json(body: bytes, max_depth: int) -> Any:
         return int(digits)
 
     try:
-        value = json.loads(body, parse_constant=no_constants, parse_int=bounded_int)
+        value = json.loads(body, parse_constant=no_constants, parse_int=bounded_int, object_pairs_hook=once_each)
     except RecursionError:
         raise HTTPProblem(400, f"the JSON body is nested too deeply (the limit is {max_depth} levels)") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -123,7 +136,8 @@ def integer(value: Any, what: str, lo: int, hi: int, default: int) -> int:
         return default
     if isinstance(value, str) and len(value) > MAX_INT_DIGITS:
         raise HTTPProblem(422, f"{what} must be an integer from {lo} to {hi}, got {len(value)} characters")
-    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer() or (
+            isinstance(value, str) and not _INTEGER.fullmatch(value)):  # fmt: skip
         raise HTTPProblem(422, f"{what} must be an integer from {lo} to {hi}, got {value!r}")
     try:
         n = int(value) if not isinstance(value, float) or math.isfinite(value) else None
@@ -138,7 +152,7 @@ def number(value: Any, what: str, lo: float, hi: float) -> float | None:
     if value is None or value == "":
         return None
     try:
-        x = float(value) if not isinstance(value, bool) else math.nan
+        x = math.nan if isinstance(value, bool) or isinstance(value, str) and not _DECIMAL.fullmatch(value) else float(value)
     except (TypeError, ValueError):
         x = math.nan
     if not math.isfinite(x) or not lo <= x <= hi:

@@ -93,6 +93,9 @@ def router(ctx: ServiceContext) -> APIRouter:
         label: list[str] = Query(default=[]),  # noqa: B008 - FastAPI's way to take a repeated query parameter
     ):
         async def read() -> SearchRequest:
+            repeated = [k for k in ("top_k", "offset", "min_score") if len(request.query_params.getlist(k)) > 1]
+            if repeated:  # FastAPI would keep the last silently
+                raise HTTPProblem(422, f"the query string has {repeated[0]!r} more than once; it takes one value")
             return SearchRequest(ids=[(rid, 1.0)], top_k=integer(top_k, "top_k", 1, settings.max_top_k, 10),
                                  offset=integer(offset, "offset", 0, MAX_OFFSET, 0), min_score=number(min_score, "min_score", -1, 1),
                                  labels=strings(label, '"label"', settings.max_labels, settings.max_text_chars))  # fmt: skip
