@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -798,3 +799,27 @@ def test_a_value_given_twice_or_spelled_as_no_client_means_is_refused_not_guesse
             r = c.post("/search", **form(sketches[0], domain="sketch", **good))
             assert r.status_code == 200 and len(r.json()["hits"]) <= 3, (good, r.text)
         assert len(c.get(f"/similar/{rid}?top_k=2").json()["hits"]) == 2
+
+
+def test_sigterm_ends_the_service_within_its_shutdown_timeout_despite_a_stalled_upload(model_dir, store, tmp_path):
+    """A stalled upload once kept a stopped service alive until its body deadline (about 40 s),
+    past Kubernetes' 30 s grace period; requests in flight now get ``--shutdown-timeout``."""
+    other = str(tmp_path / "term.db")
+    shutil.copytree(store, other)
+    proc, port = start_serve(model_dir, other, "--shutdown-timeout", "1")
+    stalled = socket.create_connection(("127.0.0.1", port))
+    try:
+        stalled.sendall(_upload_head(100_000) + b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n\r\nx')
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        stalled.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (0, -signal.SIGTERM), out  # uvicorn ends by the signal it was stopped with, as asked
+    assert took < 15, (took, out)  # 1 s of grace and the model's unloading, not the body's 30 s deadline
+    assert "Traceback" not in out

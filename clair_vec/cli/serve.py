@@ -25,7 +25,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
                                max_inflight=a.max_inflight, batch_size=a.batch_size, batch_wait_ms=a.batch_wait_ms,
                                batch_wait_share=a.batch_wait_share,
                                max_connections=a.max_connections, header_timeout_s=a.header_timeout,
-                               idle_timeout_s=a.idle_timeout, api_key=key, cors_origins=tuple(a.cors_origin or ()),
+                               idle_timeout_s=a.idle_timeout, shutdown_timeout_s=a.shutdown_timeout, api_key=key, cors_origins=tuple(a.cors_origin or ()),
                                docs=a.docs, replica_header=a.replica_header, follow_interval_s=a.follow_interval,
                                allowed_hosts=default_allowed_hosts(a.host, tuple(a.allowed_host or ())),
                                device=a.device, threads=a.threads)  # fmt: skip
@@ -89,5 +89,8 @@ def add_commands(add) -> None:
     lim.add_argument("--header-timeout", type=number_range(0, 3600), default=10.0,
                      help="seconds a connection has to send a whole request head")  # fmt: skip
     lim.add_argument("--idle-timeout", type=number_range(0, 3600), default=5.0, help="seconds an idle keep-alive connection stays")
+    lim.add_argument("--shutdown-timeout", type=number_range(0, 3600), default=20.0,
+                     help="seconds requests in flight get to finish after SIGTERM before they are cut (under "
+                          "Kubernetes' default 30 s grace period)")  # fmt: skip
     sv.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of one uvicorn process")
     sv.add_argument("--replicas", type=int_range(1, 256), default=1, help="Ray Serve replicas (needs a server backend when > 1)")

@@ -59,6 +59,7 @@ def serve(
         uvicorn.run(create_app(retriever, collection, settings), host=host, port=port, log_level="warning",
                     http=with_header_timeout(settings.header_timeout_s), limit_concurrency=settings.max_connections,
                     timeout_keep_alive=max(1, round(settings.idle_timeout_s)), server_header=False,
+                    timeout_graceful_shutdown=settings.shutdown_timeout_s,
                     ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)  # fmt: skip
     finally:
         retriever.close()

@@ -42,6 +42,9 @@ class ServiceSettings:
     idle_timeout_s: float = 5.0
     #: a request body that stops arriving for this long is answered 408
     body_timeout_s: float = 30.0
+    #: after SIGTERM, requests in flight get this long to finish (a stalled upload would otherwise
+    #: keep the process until its body deadline, past an orchestrator's grace period)
+    shutdown_timeout_s: float = 20.0
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
     #: host names the service answers to (the Host header, port ignored); None: any. A page on
