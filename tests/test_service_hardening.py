@@ -823,3 +823,33 @@ def test_sigterm_ends_the_service_within_its_shutdown_timeout_despite_a_stalled_
     assert proc.returncode in (0, -signal.SIGTERM), out  # uvicorn ends by the signal it was stopped with, as asked
     assert took < 15, (took, out)  # 1 s of grace and the model's unloading, not the body's 30 s deadline
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+@pytest.mark.parametrize("request_bytes", [
+    b"G{T / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])  # fmt: skip
+def test_a_request_too_broken_to_reach_the_app_is_answered_in_the_service_s_error_shape(impl, request_bytes):
+    """An unknown method, a negative length or a bad chunk size is refused by the HTTP parser
+    itself, before any route: the 400 is still ``{"detail": ...}`` JSON, as every other error."""
+    with _Uvicorn(_protocol(impl, 30)) as u, socket.create_connection(("127.0.0.1", u.port), timeout=10) as s:
+        s.sendall(request_bytes)
+        answer = b""
+        while not _whole(answer):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), answer
+    assert json.loads(body)["detail"].startswith("the request is not valid HTTP/1.1")
+
+
+def _whole(got: bytes) -> bool:
+    head, sep, body = got.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    length = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    return bool(length) and len(body) >= length[0]

@@ -19,6 +19,7 @@ is taken whole. Both get the same limit here, counted on the parsed head.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -108,6 +109,15 @@ def _with_head_deadline(base: type, header_timeout: float) -> type[asyncio.Proto
         @limit_concurrency.setter
         def limit_concurrency(self, value: int | None) -> None:
             self._limit = value
+
+        def send_400_response(self, msg: str) -> None:
+            # a request too broken to reach the app (an unknown method, a bad Content-Length or chunk
+            # size, a head past the limit) still gets the service's error shape, not uvicorn's text
+            body = json.dumps({"detail": f"the request is not valid HTTP/1.1 ({msg.rstrip('.').lower()})"}).encode()
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                                 b"x-content-type-options: nosniff\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                                 % (len(body), body))  # fmt: skip
+            self.transport.close()
 
         def _arm(self) -> None:
             self._disarm()
