@@ -6,6 +6,7 @@ in another; the hits must be those of the same images indexed from local disk.""
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import shutil
@@ -343,12 +344,19 @@ def test_a_worker_that_leaves_by_os_exit_leaves_no_shard_spool_behind(web, photo
     leave the temporary folder as they found it."""
     base, root = web
     shutil.copy(_shards(photos, tmp_path / "shards", n=1) / "shard-0000.tar", root / "spool-0000.tar")
+    with tarfile.open(root / "spool-empty.tar", "w") as tar:  # a shard of no images is downloaded too
+        info = tarfile.TarInfo("readme.txt")
+        tar.addfile(info, io.BytesIO(b""))
     spool = tmp_path / "tmp"
     spool.mkdir()
     script = (
-        "import os, sys\n"
+        "import atexit, os, sys\n"
         "from clair_vec.retrieval import remote\n"
-        f"got = remote.shard_images({base + '/spool-0000.tar'!r})\n"
+        "hooks = atexit._ncallbacks()\n"
+        "for _ in range(3):\n"
+        f"    got = remote.shard_images({base + '/spool-0000.tar'!r})\n"
+        f"assert remote.shard_images({base + '/spool-empty.tar'!r}) == []\n"
+        "assert atexit._ncallbacks() == hooks, 'an exit hook a download'\n"
         "assert len(got) == %d and all(isinstance(b, bytes) for _, b in got), got\n"
         "try:\n"
         f"    remote.shard_members({base + '/missing-0000.tar'!r})\n"

@@ -29,10 +29,12 @@ IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")  # JPEG includes p
 #: stays at least this long (twice the 224 pixels CLIP sees, so the model's own resize still
 #: averages over several source pixels); smaller images are decoded exactly as stored
 DECODE_MIN_SIDE = 448
-#: the longest side over the shortest that an image may have: a model scales the short side up to
-#: its input size and the long side with it, so a valid 117 KB PNG of 1 × 30,000,000 pixels would
-#: become gigabytes of tensor (a panorama is 10:1; a banner 20:1)
-MAX_ASPECT = 50
+#: the longest side over the shortest that a decoded image keeps; past it the long side is cut to
+#: its middle. A model scales the short side up to its input size and the long side with it, so a
+#: valid 117 KB PNG of 1 x 30,000,000 pixels became gigabytes of tensor; at 32:1 the worst is 19 MB
+#: at 224 pixels. CLIP's preprocessing then keeps only the middle square, which the crop keeps too
+#: (up to a sub-pixel shift of its grid); a panorama is 10:1, a full-page phone screenshot 50:1
+MAX_ASPECT = 32
 _PNG_END = b"IEND"  # the last chunk's type; its checksum is not checked (Pillow ignores it too)
 
 
@@ -219,6 +221,18 @@ def _check_complete(fmt: str | None, data: bytes) -> None:
         raise OSError("the PNG ends before its IEND chunk: the file is truncated")
 
 
+def _middle(im: Image.Image) -> Image.Image:
+    """``im`` with its long side cut to its middle :data:`MAX_ASPECT` times the short side."""
+    w, h = im.size
+    if w > MAX_ASPECT * h:
+        left = (w - MAX_ASPECT * h) // 2
+        return im.crop((left, 0, left + MAX_ASPECT * h, h))
+    if h > MAX_ASPECT * w:
+        top = (h - MAX_ASPECT * w) // 2
+        return im.crop((0, top, w, top + MAX_ASPECT * w))
+    return im
+
+
 def decode_image(data: bytes, name: str) -> Image.Image:
     """Decode image bytes as upright 8-bit RGB (EXIF orientation applied, see :func:`to_rgb`),
     no larger than the model needs (:data:`DECODE_MIN_SIDE`) and within the process's decode
@@ -228,9 +242,6 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
             _check_complete(im.format, data)
-            if max(im.size) > MAX_ASPECT * min(im.size):
-                raise CorruptImageError(name, f"{im.size[0]}x{im.size[1]} pixels is more than {MAX_ASPECT} times as long "
-                                              "as it is wide, past what an image model takes; crop it")  # fmt: skip
             factor = reduce_factor(im.size)
             if factor > 1 and im.format in ("JPEG", "MPO"):  # JPEG decodes at 1/2, 1/4 or 1/8 size directly
                 im.draft("RGB", (im.size[0] // factor, im.size[1] // factor))
@@ -246,7 +257,7 @@ def decode_image(data: bytes, name: str) -> Image.Image:
                     im.load()
                     small = _reduced(im, f)
                     upright = ImageOps.exif_transpose(small)  # a phone's rotated JPEG is stored sideways
-                    return to_rgb(upright)
+                    return to_rgb(_middle(upright))
             finally:
                 if need >= TRIM_ABOVE:
                     im.close()  # its pixels go now, not when the caller's garbage is collected

@@ -324,27 +324,39 @@ def is_source(name: str) -> bool:
     return is_remote(name) or is_shard(name) or name.lower().endswith(".parquet")
 
 
-_SPOOL: list[str] = []  # the folder remote shards are downloaded to, made once a process
+_SPOOL: list[str] = []  # the folder remote shards are downloaded to while it holds any (see _spool_tidy)
+_SPOOL_PID: list[int] = []  # the process that made it: a forked child makes its own
 
 
 def _spool_dir() -> str:
+    if _SPOOL and _SPOOL_PID != [os.getpid()]:  # inherited over fork: the parent owns and tidies that one
+        _SPOOL.clear()
     if not _SPOOL:
-        folder = tempfile.mkdtemp(prefix="clair-vec-shards-")
-        atexit.register(shutil.rmtree, folder, True)
-        _SPOOL.append(folder)
+        _SPOOL.append(tempfile.mkdtemp(prefix="clair-vec-shards-"))
+        _SPOOL_PID[:] = [os.getpid()]
     return _SPOOL[0]
 
 
 def _spool_tidy() -> None:
     """The spool folder goes as soon as it is empty, not only at exit: Ray's and multiprocessing's
     workers leave by ``os._exit``, which runs no atexit hook, and each would leave a folder in /tmp."""
-    if _SPOOL:
+    if _SPOOL and _SPOOL_PID == [os.getpid()]:
         try:
             os.rmdir(_SPOOL[0])
         except OSError:  # not empty (a shard still in use) or already gone
             if os.path.isdir(_SPOOL[0]):
                 return
         _SPOOL.clear()
+
+
+@atexit.register
+def _spool_remove() -> None:
+    if _SPOOL and _SPOOL_PID == [os.getpid()]:
+        shutil.rmtree(_SPOOL[0], ignore_errors=True)
+
+
+def _spooled(uri: str) -> str:
+    return os.path.join(_spool_dir(), hashlib.sha256(uri.encode()).hexdigest()[:24] + ".tar")
 
 
 _DOWNLOADS = threading.Lock()  # one download of a shard at a time: two thumbnails may want the same one
@@ -355,7 +367,7 @@ def _download(uri: str) -> str:
     """A remote shard streamed to a local file (shards are larger than any image: never whole in
     memory), retried like any fetch; the file goes when the process ends."""
     with _DOWNLOADS:
-        target = os.path.join(_spool_dir(), hashlib.sha256(uri.encode()).hexdigest()[:24] + ".tar")
+        target = _spooled(uri)
         if not os.path.exists(target):
             try:
                 _retry(uri, functools.partial(_fetch_shard, uri, target))
@@ -441,9 +453,10 @@ def shard_images(uri: str) -> list[tuple[Member, bytes | CorruptImageError]]:
                 out.append((m, exc))
         return out
     finally:
-        if is_remote(uri) and members:
-            with _DOWNLOADS, contextlib.suppress(OSError):
-                os.remove(members[0].file)
+        if is_remote(uri):  # a shard of no images was downloaded too
+            with _DOWNLOADS:
+                with contextlib.suppress(OSError):
+                    os.remove(members[0].file if members else _spooled(uri))
                 _spool_tidy()
 
 

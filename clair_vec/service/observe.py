@@ -105,9 +105,10 @@ def database_problem(exc: BaseException) -> tuple[int, str] | None:
 ALWAYS = [(b"x-content-type-options", b"nosniff")]
 
 
-#: bytes a second a body must keep arriving at, past its first ``body_timeout`` (a phone's slow
-#: uplink sends several times this; a client dripping bytes to hold a search slot does not)
-MIN_BODY_RATE = 16 * 1024
+#: bytes a second a body must keep arriving at, past its first ``body_timeout`` (Apache's
+#: mod_reqtimeout takes 500): an honest upload over the slowest mobile link sends many times this,
+#: a client dripping bytes to hold a search slot does not
+MIN_BODY_RATE = 1024
 #: the status counted for a request whose client left before it could be answered (nginx's 499)
 CLIENT_GONE = 499
 
@@ -119,7 +120,9 @@ class _TooLarge(Exception):
 
 
 class _BodyTimeout(Exception):
-    pass
+    def __init__(self, received: int, seconds: float) -> None:
+        super().__init__(received, seconds)
+        self.received, self.seconds = received, seconds
 
 
 class Edge:
@@ -157,16 +160,16 @@ class Edge:
         # the body's deadline: body_timeout from the first read, moved on by each chunk's share of
         # MIN_BODY_RATE (as Apache's mod_reqtimeout does); a time limit per chunk alone would let a
         # byte every few seconds hold a search slot for ever
-        deadline: list[float] = []
+        deadline: list[float] = []  # [when the body must have arrived, when it began]
 
         async def limited():
             loop = asyncio.get_running_loop()
             if not deadline:
-                deadline.append(loop.time() + self.body_timeout)
+                deadline[:] = [loop.time() + self.body_timeout, loop.time()]
             try:
                 message = await asyncio.wait_for(receive(), max(deadline[0] - loop.time(), 0.0))
             except TimeoutError:
-                raise _BodyTimeout from None
+                raise _BodyTimeout(size[0], loop.time() - deadline[1]) from None
             chunk = len(message.get("body", b""))
             size[0] += chunk
             deadline[0] += chunk / MIN_BODY_RATE
@@ -197,7 +200,9 @@ class Edge:
         if isinstance(exc, _TooLarge):
             return JSONResponse({"detail": too_large(exc.size, self.max_upload_bytes)}, status_code=413)
         if isinstance(exc, _BodyTimeout):
-            return JSONResponse({"detail": f"the request body stopped arriving for {self.body_timeout:g} s"}, status_code=408)
+            return JSONResponse({"detail": f"the request body arrived too slowly: {exc.received:,} bytes in {exc.seconds:.0f} s; "
+                                           f"the service waits {self.body_timeout:g} s, and {MIN_BODY_RATE:,} bytes a second "
+                                           "after that"}, status_code=408)  # fmt: skip
         known = database_problem(exc)
         if known is not None:
             self.outage.failed_call(exc)

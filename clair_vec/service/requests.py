@@ -72,7 +72,7 @@ MAX_JSON_VALUES = 100_000
 #: what a form or a URL may spell a number as: ASCII digits (``int()`` and ``float()`` also take
 #: ``1_0``, other scripts' digits and spaces, which no client means)
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # one way to split: linear
 
 
 def strict_json(body: bytes, max_depth: int) -> Any:
@@ -80,10 +80,12 @@ def strict_json(body: bytes, max_depth: int) -> Any:
         raise HTTPProblem(400, f"the body is not valid JSON: {name} is not a JSON number")
 
     def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(pairs)
-        if len(out) < len(pairs):  # json.loads would silently keep the last of a repeated key
-            twice = next(k for n, (k, _) in enumerate(pairs) if k in dict(pairs[:n]))
-            raise HTTPProblem(422, f"the JSON body has the key {twice!r} more than once in one object; give it once")
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:  # json.loads would silently keep the last of a repeated key
+                shown = key if len(key) <= 40 else key[:40] + "..."
+                raise HTTPProblem(422, f"the JSON body has the key {shown!r} more than once in one object; give it once")
+            out[key] = value
         return out
 
     def bounded_int(digits: str) -> int:
@@ -151,6 +153,8 @@ def integer(value: Any, what: str, lo: int, hi: int, default: int) -> int:
 def number(value: Any, what: str, lo: float, hi: float) -> float | None:
     if value is None or value == "":
         return None
+    if isinstance(value, str) and len(value) > MAX_INT_DIGITS:
+        raise HTTPProblem(422, f"{what} must be a number from {lo:g} to {hi:g}, got {len(value)} characters")
     try:
         x = math.nan if isinstance(value, bool) or isinstance(value, str) and not _DECIMAL.fullmatch(value) else float(value)
     except (TypeError, ValueError):
