@@ -372,6 +372,29 @@ def test_a_worker_that_leaves_by_os_exit_leaves_no_shard_spool_behind(web, photo
     assert sorted(p.name for p in spool.iterdir()) == []
 
 
+def test_a_shard_written_again_or_a_download_cleaned_away_still_gives_the_right_bytes(web, photos, tmp_path):
+    """Thumbnails read shard members by cached offsets: a local shard written again must not give
+    another image's bytes at the old offsets, and a downloaded copy that a /tmp cleaner removed is
+    downloaded again rather than a 500."""
+    from clair_vec.retrieval import remote
+
+    shards = _shards(photos, tmp_path / "shards", n=1)
+    local = str(shards / "shard-0000.tar")
+    names = [m.name for m in remote.shard_members(local)]
+    assert remote.stored_bytes(names[3]) == photos[3].read_bytes()
+    with tarfile.open(local, "w") as tar:  # the same keys, other images
+        for i, p in enumerate(reversed(photos)):
+            tar.add(p, arcname=f"sample00{i:04d}.png")
+    assert remote.stored_bytes(names[3]) == list(reversed(photos))[3].read_bytes()
+    base, root = web
+    shutil.copy(local, root / "clean-0000.tar")
+    name = f"{base}/clean-0000.tar#sample000002.png"
+    assert remote.stored_bytes(name) == list(reversed(photos))[2].read_bytes()
+    for f in os.listdir(remote._SPOOL[0]):  # what a /tmp cleaner does to a long-running service
+        os.remove(os.path.join(remote._SPOOL[0], f))
+    assert remote.stored_bytes(name) == list(reversed(photos))[2].read_bytes()
+
+
 # ---------------------------------------------------------------------- S3 on loopback
 def _free_port() -> int:
     with socket.socket() as s:

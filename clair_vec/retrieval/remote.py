@@ -461,9 +461,32 @@ def shard_images(uri: str) -> list[tuple[Member, bytes | CorruptImageError]]:
 
 
 @functools.lru_cache(maxsize=4)
-def _members(shard: str) -> dict[str, Member]:
-    """A shard's members by name: a reindex or the thumbnails read them one after another."""
+def _members(shard: str, stamp: tuple[int, int] | None) -> dict[str, Member]:
+    """A shard's members by name: a reindex or the thumbnails read them one after another. A local
+    shard is cached with its size and mtime (``stamp``): one written again has its members at new
+    offsets, and the old ones would read another image's bytes."""
     return {m.name.partition("#")[2]: m for m in shard_members(shard)}
+
+
+def _shard_member(path: str, shard: str, member: str) -> bytes:
+    stamp = None
+    if not is_remote(shard):
+        try:
+            st = os.stat(shard)
+        except OSError:
+            raise CorruptImageError(path, "its shard is gone") from None
+        stamp = (st.st_size, st.st_mtime_ns)
+    for attempt in range(2):
+        found = _members(shard, stamp).get(member)
+        if found is None:
+            raise CorruptImageError(path, "no such member in its shard any more")
+        try:
+            return found.read()
+        except FileNotFoundError:  # the downloaded copy went (a /tmp cleaner): download it again, once
+            if attempt or stamp is not None:
+                raise CorruptImageError(path, "its shard is gone") from None
+            _members.cache_clear()
+    raise AssertionError("unreachable")
 
 
 def parquet_images(path: str, *, image_column: str | None = None, key_column: str | None = None) -> list[tuple[str, bytes]]:
@@ -570,10 +593,7 @@ def stored_bytes(path: str) -> bytes:
     """The bytes of a stored record's image, by the path it was stored under (thumbnails)."""
     container, member = split_member(path) or ("", "")
     if is_shard(container):
-        found = _members(container).get(member)
-        if found is None:
-            raise CorruptImageError(path, "no such member in its shard any more")
-        return found.read()
+        return _shard_member(path, container, member)
     if container.lower().endswith(".parquet"):
         try:
             size, mtime = os.path.getsize(container), os.path.getmtime(container)
