@@ -474,7 +474,7 @@ def _shard_member(path: str, shard: str, member: str) -> bytes:
         try:
             st = os.stat(shard)
         except OSError:
-            raise CorruptImageError(path, "its shard is gone") from None
+            raise CorruptImageError(path, f"its shard {shown(shard)} is gone") from None
         stamp = (st.st_size, st.st_mtime_ns)
     for attempt in range(2):
         found = _members(shard, stamp).get(member)
@@ -484,7 +484,7 @@ def _shard_member(path: str, shard: str, member: str) -> bytes:
             return found.read()
         except FileNotFoundError:  # the downloaded copy went (a /tmp cleaner): download it again, once
             if attempt or stamp is not None:
-                raise CorruptImageError(path, "its shard is gone") from None
+                raise CorruptImageError(path, f"its shard {shown(shard)} is gone") from None
             _members.cache_clear()
     raise AssertionError("unreachable")
 
