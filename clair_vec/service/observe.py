@@ -7,9 +7,9 @@
   a request) that counts and times every request by route, answers every error itself (so it is
   counted too, and never shows a traceback or a secret), refuses a body over the limit as it
   streams in whether or not it declared its length, and a body that stops arriving or arrives
-  too slowly (:data:`MIN_BODY_RATE`); a client that leaves mid-upload is counted (as 499), not logged
-  as an error. It answers
-  ``HEAD`` on every ``GET`` route (the GET's headers, no body) and sends ``nosniff`` on every answer.
+  too slowly (:data:`MIN_BODY_RATE`); a client that leaves mid-upload is counted (as 499), not
+  logged as an error. It answers ``HEAD`` on every ``GET`` route (the GET's headers, no body) and
+  sends ``nosniff`` on every answer.
 """
 
 from __future__ import annotations
@@ -160,11 +160,11 @@ class Edge:
         # the body's deadline: body_timeout from the first read, moved on by each chunk's share of
         # MIN_BODY_RATE (as Apache's mod_reqtimeout does); a time limit per chunk alone would let a
         # byte every few seconds hold a search slot for ever
-        deadline: list[float] = []  # [when the body must have arrived, when it began]
+        deadline: list[float] = []  # [when the body must have arrived, when it began]; empty again after it
 
         async def limited():
             loop = asyncio.get_running_loop()
-            if not deadline:
+            if not deadline:  # the body's first read, or a wait for a disconnect after it: a time of its own
                 deadline[:] = [loop.time() + self.body_timeout, loop.time()]
             try:
                 message = await asyncio.wait_for(receive(), max(deadline[0] - loop.time(), 0.0))
@@ -174,7 +174,7 @@ class Edge:
             size[0] += chunk
             deadline[0] += chunk / MIN_BODY_RATE
             if not message.get("more_body", False):
-                deadline[0] = loop.time() + self.body_timeout  # after the body: a wait for a disconnect
+                deadline.clear()
             if size[0] > self.body_limit:
                 raise _TooLarge(size[0])
             return message
