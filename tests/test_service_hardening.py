@@ -860,3 +860,24 @@ def _whole(got: bytes) -> bool:
         return False
     length = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
     return bool(length) and len(body) >= length[0]
+
+
+def test_a_thumbnail_whose_shard_is_gone_says_so_without_the_server_s_folders(model_dir, shapes_root, tmp_path):
+    """The 404 names the shard a client knows (its file name), never where it lies on the server."""
+    import tarfile
+
+    gallery = tmp_path / "srv-private-folder"
+    gallery.mkdir()
+    shard = gallery / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, p in enumerate(sorted((shapes_root / "photo" / "heart").iterdir())[:2]):
+            tar.add(p, arcname=f"k{i}.png")
+    with Retriever(model_dir, uri=str(tmp_path / "g.db")) as r:
+        assert r.index("g", [str(shard)], domain="photo", progress=False).indexed == 2
+        rid = next(iter(r.records("g")))[0]
+        with _sync(create_app(r, "g", gallery_roots=[gallery])) as c:
+            assert c.get(f"/images/{rid}").status_code == 200
+            shard.unlink()
+            gone = c.get(f"/images/{rid}?size=64")
+    assert gone.status_code == 404 and "s.tar is gone" in gone.json()["detail"], gone.text
+    assert "srv-private-folder" not in gone.text and str(tmp_path) not in gone.text

@@ -75,7 +75,10 @@ class Thumbnails:
         try:
             data = remote.stored_bytes(path)
         except (CorruptImageError, DatasetError) as exc:
-            raise HTTPProblem(404, f"the image of record {rid} cannot be fetched: {getattr(exc, 'reason', exc)}") from None
+            reason = str(getattr(exc, "reason", exc))
+            if not remote.is_remote(container):  # a local shard or parquet file: its name, not the server's folders
+                reason = reason.replace(container, os.path.basename(container))
+            raise HTTPProblem(404, f"the image of record {rid} cannot be fetched: {reason}") from None
         return REMOTE_KEY + rid, (), data if len(data) <= MAX_IMAGE_FILE else None
 
     def _render(self, rid: str, size: int) -> tuple[str, tuple[int, ...], bytes]:
