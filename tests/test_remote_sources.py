@@ -390,8 +390,9 @@ def test_a_shard_written_again_or_a_download_cleaned_away_still_gives_the_right_
     shutil.copy(local, root / "clean-0000.tar")
     name = f"{base}/clean-0000.tar#sample000002.png"
     assert remote.stored_bytes(name) == list(reversed(photos))[2].read_bytes()
-    for f in os.listdir(remote._SPOOL[0]):  # what a /tmp cleaner does to a long-running service
-        os.remove(os.path.join(remote._SPOOL[0], f))
+    spool = remote._SPOOL[os.getpid()]
+    for f in os.listdir(spool):  # what a /tmp cleaner does to a long-running service
+        os.remove(os.path.join(spool, f))
     assert remote.stored_bytes(name) == list(reversed(photos))[2].read_bytes()
 
 

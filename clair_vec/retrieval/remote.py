@@ -324,35 +324,34 @@ def is_source(name: str) -> bool:
     return is_remote(name) or is_shard(name) or name.lower().endswith(".parquet")
 
 
-_SPOOL: list[str] = []  # the folder remote shards are downloaded to while it holds any (see _spool_tidy)
-_SPOOL_PID: list[int] = []  # the process that made it: a forked child makes its own
+#: the folder remote shards are downloaded to while it holds any (see _spool_tidy), by the process
+#: that made it: a forked child finds none under its own pid and makes its own
+_SPOOL: dict[int, str] = {}
 
 
 def _spool_dir() -> str:
-    if _SPOOL and _SPOOL_PID != [os.getpid()]:  # inherited over fork: the parent owns and tidies that one
-        _SPOOL.clear()
-    if not _SPOOL:
-        _SPOOL.append(tempfile.mkdtemp(prefix="clair-vec-shards-"))
-        _SPOOL_PID[:] = [os.getpid()]
-    return _SPOOL[0]
+    if os.getpid() not in _SPOOL:
+        _SPOOL[os.getpid()] = tempfile.mkdtemp(prefix="clair-vec-shards-")
+    return _SPOOL[os.getpid()]
 
 
 def _spool_tidy() -> None:
     """The spool folder goes as soon as it is empty, not only at exit: Ray's and multiprocessing's
     workers leave by ``os._exit``, which runs no atexit hook, and each would leave a folder in /tmp."""
-    if _SPOOL and _SPOOL_PID == [os.getpid()]:
+    folder = _SPOOL.get(os.getpid())
+    if folder is not None:
         try:
-            os.rmdir(_SPOOL[0])
+            os.rmdir(folder)
         except OSError:  # not empty (a shard still in use) or already gone
-            if os.path.isdir(_SPOOL[0]):
+            if os.path.isdir(folder):
                 return
-        _SPOOL.clear()
+        del _SPOOL[os.getpid()]
 
 
 @atexit.register
 def _spool_remove() -> None:
-    if _SPOOL and _SPOOL_PID == [os.getpid()]:
-        shutil.rmtree(_SPOOL[0], ignore_errors=True)
+    if os.getpid() in _SPOOL:
+        shutil.rmtree(_SPOOL[os.getpid()], ignore_errors=True)
 
 
 def _spooled(uri: str) -> str:
