@@ -35,6 +35,10 @@ class DatasetError(ClairVecError, ValueError):
     """A dataset folder or split file is missing or malformed."""
 
 
+class PluginHookError(ClairVecError):
+    """A plugin's hook raised or returned what its hook does not allow; the message names the plugin."""
+
+
 class BackendError(ClairVecError):
     """Base of the errors raised by vector-database backends."""
 

@@ -24,8 +24,10 @@ BROKEN = textwrap.dedent('''
     import time
     import unicodedata
 
+    import numpy as np
+
     from clair_vec.plugin import hookimpl
-    from clair_vec.plugin import CollectionInfo
+    from clair_vec.plugin import CollectionInfo, Hit, matches
     from clair_vec.errors import AuthenticationError
     from clair_vec.store.redaction import redact_uri, register_secret
     from clair_vec_numpy import NumpyBackend
@@ -348,6 +350,120 @@ BROKEN = textwrap.dedent('''
             return None
 
 
+    class InnerProduct(NumpyBackend):
+        """Ranks and scores by inner product: right only for unit vectors."""
+
+        def _upsert(self, name, records):
+            with self._write_lock:
+                c = self.data[name]
+                ids, payloads, vectors = list(c["ids"]), list(c["payloads"]), list(c["vectors"])
+                pos = {i: n for n, i in enumerate(ids)}
+                for r in records:
+                    v = np.asarray(r.vector, np.float32)
+                    if r.id in pos:
+                        vectors[pos[r.id]], payloads[pos[r.id]] = v, dict(r.payload)
+                    else:
+                        pos[r.id] = len(ids)
+                        ids.append(r.id), vectors.append(v), payloads.append(dict(r.payload))
+                self.data[name] = {"info": c["info"], "ids": ids, "payloads": payloads,
+                                   "vectors": np.asarray(vectors, np.float32).reshape(-1, c["info"].dim)}
+                self._save(name)
+
+        def _search(self, name, vectors, top_k, flt):
+            c = self.data[name]
+            idx = np.flatnonzero(np.array([matches(p, flt) for p in c["payloads"]], dtype=bool))
+            sims = vectors @ c["vectors"][idx].T
+            return [[Hit(c["ids"][idx[j]], float(row[j]), dict(c["payloads"][idx[j]])) for j in np.argsort(-row)[:top_k]]
+                    for row in sims]
+
+
+    class KeepsOldVector(NumpyBackend):
+        """An upsert of a stored id updates its payload and keeps its old vector."""
+
+        def _upsert(self, name, records):
+            c = self.data[name]
+            pos = {i: n for n, i in enumerate(c["ids"])}
+            for r in records:
+                if r.id in pos:
+                    r.vector = c["vectors"][pos[r.id]].copy()
+            super()._upsert(name, records)
+
+
+    class UnsortedWhenFiltered(NumpyBackend):
+        """Filtered hits come back worst first."""
+
+        def _search(self, name, vectors, top_k, flt):
+            rows = super()._search(name, vectors, top_k, flt)
+            return [list(reversed(r)) for r in rows] if flt else rows
+
+
+    class TopKIgnoredWhenFiltered(NumpyBackend):
+        """With a filter, every match comes back whatever top_k says."""
+
+        def _search(self, name, vectors, top_k, flt):
+            return super()._search(name, vectors, 10**6 if flt else top_k, flt)
+
+
+    class StaleFilteredCount(NumpyBackend):
+        """A filtered count reads a payload index that delete never updates."""
+
+        def _upsert(self, name, records):
+            super()._upsert(name, records)
+            idx = self.__dict__.setdefault("_pidx", {}).setdefault(name, {})
+            idx.update({r.id: dict(r.payload) for r in records})
+
+        def _count(self, name, flt):
+            if not flt:
+                return super()._count(name, flt)
+            return sum(matches(p, flt) for p in self.__dict__.get("_pidx", {}).get(name, {}).values())
+
+
+    class DeletesInMemoryOnly(NumpyBackend):
+        """Deletes in memory only: reopened, the deleted records are back."""
+
+        def _delete(self, name, ids):
+            with self._write_lock:
+                c, gone = self.data[name], set(ids)
+                keep = [n for n, i in enumerate(c["ids"]) if i not in gone]
+                self.data[name] = {"info": c["info"], "ids": [c["ids"][n] for n in keep],
+                                   "payloads": [c["payloads"][n] for n in keep], "vectors": c["vectors"][keep]}
+                return len(c["ids"]) - len(keep)
+
+
+    class OverlappingPages(NumpyBackend):
+        """An off-by-one cursor: each page starts with the last record of the one before."""
+
+        def _scroll(self, name, flt, cursor, limit):
+            page, nxt = super()._scroll(name, flt, cursor, limit)
+            return page, (nxt - 1 if nxt is not None else None)
+
+
+    _GRAVEYARD = {}
+
+
+    class DropKeepsRecords(NumpyBackend):
+        """Drop removes the spec, not the records: created again, the old records are back."""
+
+        def _drop(self, name):
+            _GRAVEYARD[(str(self.root), name)] = self.data[name]
+            return super()._drop(name)
+
+        def _create(self, info):
+            super()._create(info)
+            old = _GRAVEYARD.pop((str(self.root), info.name), None)
+            if old is not None:
+                self.data[info.name] = {**old, "info": info}
+                self._save(info.name)
+
+
+    class CloseForgetsItsConnection(NumpyBackend):
+        """Holds a connection per handle that close() leaves open (only the garbage collector closes it)."""
+
+        def __init__(self, uri=None, **options):
+            super().__init__(uri, **options)
+            self._conn = socket.socketpair()
+
+
     VARIANTS = {
         "no_load": NoLoadOnReopen, "storage_order_pages": StorageOrderPages, "loses_spec": LosesSpec, "returns_deleted": ReturnsDeleted, "pads_hits": PadsHits,
         "mangled_text": MangledText, "quote_bug": QuoteBug,
@@ -360,6 +476,10 @@ BROKEN = textwrap.dedent('''
         "claims_shared_but_locks": ClaimsSharedButLocks, "unlocked_not_shared": UnlockedNotShared,
         "caches_aliases": CachesAliases, "drops_then_sets_alias": DropsThenSetsAlias, "wrong_vectors": WrongVectors,
         "no_storage_path": NoStoragePath, "leaks_driver_errors": LeaksDriverErrors, "swallows_options": SwallowsOptions,
+        "inner_product": InnerProduct, "keeps_old_vector": KeepsOldVector, "unsorted_when_filtered": UnsortedWhenFiltered,
+        "top_k_ignored_when_filtered": TopKIgnoredWhenFiltered, "stale_filtered_count": StaleFilteredCount,
+        "deletes_in_memory_only": DeletesInMemoryOnly, "overlapping_pages": OverlappingPages,
+        "drop_keeps_records": DropKeepsRecords, "close_forgets_its_connection": CloseForgetsItsConnection,
     }
 
 
@@ -434,6 +554,15 @@ EXPECTED = {
     "no_storage_path": ["test_embedded_stores_check_free_space_before_writing"],
     "leaks_driver_errors": ["test_every_filter_key_is_applied_in_search_and_count[domain]"],
     "swallows_options": ["test_an_option_the_backend_does_not_have_is_refused_by_name"],
+    "inner_product": ["test_vectors_not_of_unit_length_are_ranked_and_scored_by_cosine"],
+    "keeps_old_vector": ["test_upsert_is_idempotent_by_id"],
+    "unsorted_when_filtered": ["test_every_filter_key_is_applied_in_search_and_count[label]"],
+    "top_k_ignored_when_filtered": ["test_every_filter_key_is_applied_in_search_and_count[domain]"],
+    "stale_filtered_count": ["test_deleted_records_are_gone_from_every_read"],
+    "deletes_in_memory_only": ["test_spec_and_data_survive_reopening"],
+    "overlapping_pages": ["test_get_and_records_return_payloads"],
+    "drop_keeps_records": ["test_deleted_records_are_gone_from_every_read"],
+    "close_forgets_its_connection": ["test_open_close_cycles_and_many_calls_leak_nothing"],
 }
 #: variants that do everything right: each must pass the promises listed
 CONTROLS = {"good_password": ["test_refused_credentials_are_not_retried_and_say_so"]}
@@ -441,11 +570,14 @@ CONTROLS = {"good_password": ["test_refused_credentials_are_not_retried_and_say_
 IN_WORDS = {
     "one_table": "count() says", "truncates_names": "came back changed", "case_folds_names": "folds the case",
     "remembers_last_collection": "count() says", "normalises_unicode": "never normalised", "creates_on_open": "created",
-    "leaks_connections": "never closes it", "drops_open_files": "garbage collector", "shared_scratch": "meant for others",
+    "leaks_connections": "does not close it", "drops_open_files": "garbage collector", "shared_scratch": "meant for others",
     "retries_bad_requests": "is_transient() must say no", "retries_refused_password": "expected AuthenticationError",
     "leaks_password": "shows the refused credentials", "claims_shared_but_locks": "says shared=True",
     "unlocked_not_shared": "says shared=False", "caches_aliases": "after set_alias", "drops_then_sets_alias": "must be atomic",
-    "wrong_vectors": "came back", "no_storage_path": "storage_path",
+    "wrong_vectors": "came back", "no_storage_path": "storage_path", "inner_product": "other than cosine",
+    "keeps_old_vector": "kept the old one", "unsorted_when_filtered": "best first", "top_k_ignored_when_filtered": "top_k=3",
+    "stale_filtered_count": "filtered count", "deletes_in_memory_only": "came back after reopening",
+    "overlapping_pages": "overlaps", "drop_keeps_records": "old records", "close_forgets_its_connection": "still referenced",
 }  # fmt: skip
 
 

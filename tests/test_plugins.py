@@ -117,10 +117,10 @@ def test_a_plugin_whose_registration_raises_or_clashes_is_skipped(monkeypatch, t
     monkeypatch.setenv("CLAIR_VEC_PLUGINS", "raising_plugin,clashing_plugin")
     found = plugin_manager.backends()
     assert "half" not in found  # nothing of a plugin that failed half-way
-    assert found["milvus"][1] == "milvus"  # the first registration stands
+    assert found["milvus"][1] == "milvus"  # the name's own plugin keeps it
     errors = {p.name: p.error for p in plugin_manager.plugins() if not p.loaded}
     assert "RuntimeError while registering backends: config file missing" in errors["raising_plugin"]
-    assert "already registered by 'milvus'" in errors["clashing_plugin"]
+    assert "registers backend 'milvus', which belongs to 'milvus' (clair-vec-milvus 0.1.0)" in errors["clashing_plugin"]
     assert plugin_manager.get_backend("qdrant", str(tmp_path / "q")).name == "qdrant"
 
 
@@ -198,3 +198,201 @@ def test_cli_lists_backends_and_reports_errors_cleanly(tmp_path, capsys):
                for r in table)  # fmt: skip
     assert main(["search", "--collection", "c", "--domain", "sketch", "--model", str(tmp_path / "none"), "x.png"]) == 2
     assert "not a clair_vec checkpoint" in capsys.readouterr().err
+
+
+PAYLOAD_PLUGIN = """
+from clair_vec.plugin import hookimpl
+from clair_vec_numpy import NumpyBackend
+
+class Mine(NumpyBackend):
+    name = "{backend}"
+
+@hookimpl
+def clair_vec_register_backends(register):
+    register("{backend}", Mine)
+
+@hookimpl
+def clair_vec_prepare_payload(payload):
+    return {{"from_{backend}": 1}}
+"""
+
+
+def test_a_backend_name_stays_with_its_own_plugin_and_one_two_others_claim_is_refused_naming_both(monkeypatch, tmp_path):
+    """The first plugin found used to win a name: a distribution sorted before clair-vec-milvus
+    took `milvus` (and the user's data) with one warning, and of two plugins sharing an entry-point
+    name the second vanished without a word."""
+    site = tmp_path / "site"
+    fake_distribution(site, "aaa-fast-milvus", "1.0", {"fastmilvus": "aaa_fast_milvus"},
+                      {"aaa_fast_milvus": PAYLOAD_PLUGIN.format(backend="milvus")})  # fmt: skip
+    fake_distribution(site, "alpha-db", "1.0", {"mydb": "alpha_db"}, {"alpha_db": textwrap.dedent('''
+        from clair_vec.plugin import hookimpl
+        from clair_vec_numpy import NumpyBackend
+
+        @hookimpl
+        def clair_vec_register_backends(register):
+            register("mydb", NumpyBackend)
+            register("alpha", NumpyBackend)
+    ''')})  # fmt: skip
+    fake_distribution(site, "beta-db", "2.0", {"mydb": "beta_db"}, {"beta_db": textwrap.dedent('''
+        from clair_vec.plugin import hookimpl
+        from clair_vec_numpy import NumpyBackend
+
+        @hookimpl
+        def clair_vec_register_backends(register):
+            register("mydb", NumpyBackend)
+            register("beta", NumpyBackend)
+    ''')})  # fmt: skip
+    monkeypatch.syspath_prepend(str(site))
+    found = plugin_manager.backends()
+    assert found["milvus"][1] == "milvus"  # clair-vec-milvus keeps its name
+    skipped = {p.name: p.error for p in plugin_manager.plugins() if not p.loaded}
+    assert "registers backend 'milvus', which belongs to 'milvus' (clair-vec-milvus" in skipped["fastmilvus"]
+    assert plugin_manager.extra_payload({"path": "p"}, "photo", "m") == {}  # a skipped plugin runs no hook either
+    assert {"alpha", "beta"} <= set(found)  # one entry-point name, two distributions: both load
+    with pytest.raises(UnknownBackendError, match=r"registered by more than one plugin: 'mydb' \(alpha-db 1.0\) and 'mydb' "
+                       r"\(beta-db 2.0\)"):  # fmt: skip
+        plugin_manager.get_backend("mydb")
+    assert plugin_manager.clashes() == {"mydb": ["'mydb' (alpha-db 1.0)", "'mydb' (beta-db 2.0)"]}
+
+
+@pytest.mark.parametrize("body, error", [
+    ("from clair_vec.store.plugins import backends\nbackends()\n", "looked up clair_vec's backends while plugins were loading"),
+    ("raise SystemExit('please install libfoo first')\n", "it exited at import (please install libfoo first)"),
+])  # fmt: skip
+def test_a_plugin_that_looks_backends_up_or_exits_at_import_is_skipped_by_name(tmp_path, body, error):
+    """The first hung every command for ever (the loader's lock, taken again by the same thread);
+    the second ended every command with the plugin's words and no name."""
+    site = fake_distribution(tmp_path / "site", "clair-vec-odd", "0.2", {"odd": "clair_vec_odd"}, {"clair_vec_odd": body})
+    out = subprocess.run([*CLI, "backends"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(site)})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "milvus" in out.stdout and "odd (clair-vec-odd 0.2): " in out.stdout and error in out.stdout
+
+
+def test_register_refuses_what_it_cannot_use_and_a_factory_must_make_a_backend(monkeypatch, tmp_path):
+    (tmp_path / "odd_register.py").write_text(textwrap.dedent('''
+        from clair_vec.plugin import hookimpl
+        from clair_vec_numpy import NumpyBackend
+
+        @hookimpl
+        def clair_vec_register_backends(register):
+            register(42, NumpyBackend)
+    '''))
+    (tmp_path / "odd_factory.py").write_text(textwrap.dedent('''
+        from clair_vec.plugin import hookimpl
+
+        @hookimpl
+        def clair_vec_register_backends(register):
+            register("nothing", lambda uri=None, **kw: None)
+            register("no_uri", lambda path=None: None)
+    '''))
+    (tmp_path / "twice.py").write_text(textwrap.dedent('''
+        from clair_vec.plugin import hookimpl
+        from clair_vec_numpy import NumpyBackend
+
+        @hookimpl
+        def clair_vec_register_backends(register):
+            register("dup", NumpyBackend)
+            register("dup", NumpyBackend)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CLAIR_VEC_PLUGINS", "odd_register,odd_factory,twice")
+    errors = {p.name: p.error for p in plugin_manager.plugins() if not p.loaded}
+    assert "the name must be a non-empty string" in errors["odd_register"] and "42" in errors["odd_register"]
+    assert "registers backend 'dup' twice" in errors["twice"]
+    with pytest.raises(UnknownBackendError, match="did you mean"):  # sorting names no longer meets an int
+        plugin_manager.get_backend("qdrnt")
+    with pytest.raises(UnknownBackendError, match=r"'nothing' \(plugin 'odd_factory'\).*returned NoneType, not a clair_vec Backend"):
+        plugin_manager.get_backend("nothing")
+    with pytest.raises(UnknownBackendError, match=r"'no_uri' \(plugin 'odd_factory'\).*does not take uri="):
+        plugin_manager.get_backend("no_uri")
+
+
+def test_a_payload_hook_that_fails_or_returns_what_no_engine_stores_is_refused_naming_its_plugin(monkeypatch, tmp_path):
+    from clair_vec.errors import PluginHookError
+
+    (tmp_path / "bad_payload.py").write_text(textwrap.dedent('''
+        from clair_vec.plugin import hookimpl
+
+        @hookimpl
+        def clair_vec_prepare_payload(payload, domain):
+            if domain == "sketch":
+                raise KeyError("exif")
+            return {"nested": {"a": 1}} if domain == "photo" else ["owner", "me"]
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CLAIR_VEC_PLUGINS", "bad_payload")
+    with pytest.raises(PluginHookError, match="plugin 'bad_payload' .* failed in its clair_vec_prepare_payload hook: KeyError"):
+        plugin_manager.extra_payload({"path": "p"}, "sketch", "m")
+    with pytest.raises(PluginHookError, match="'bad_payload'.*JSON scalars.*field 'nested' is a dict"):
+        plugin_manager.extra_payload({"path": "p"}, "photo", "m")
+    with pytest.raises(PluginHookError, match="'bad_payload'.*it returned a list"):
+        plugin_manager.extra_payload({"path": "p"}, "clipart", "m")
+
+
+def test_a_collection_created_hook_that_fails_leaves_no_collection_so_the_next_run_calls_it_again(monkeypatch, tmp_path):
+    """The collection used to stay: the next run found it existing, never called the hook again,
+    and the plugin's grant or index was silently never made."""
+    from clair_vec.errors import PluginHookError
+    from clair_vec.method.model_card import ModelCard
+    from clair_vec.retrieval.indexing import prepare_collection
+
+    (tmp_path / "grant_plugin.py").write_text(textwrap.dedent('''
+        import os
+        from clair_vec.plugin import hookimpl
+
+        CALLS = []
+
+        @hookimpl
+        def clair_vec_collection_created(collection):
+            CALLS.append(collection)
+            if os.environ.get("GRANT_FAILS"):
+                raise PermissionError("cannot grant access")
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CLAIR_VEC_PLUGINS", "grant_plugin")
+    monkeypatch.setenv("GRANT_FAILS", "1")
+    import grant_plugin
+
+    card = ModelCard("m-1", 4, "photo", ["photo", "sketch"], "clair-tiny", ["cat"])
+    be = plugin_manager.get_backend("numpy")
+    try:
+        with pytest.raises(PluginHookError, match="'grant_plugin' .*collection_created hook: PermissionError: cannot grant "
+                           "access; the new collection 'g' was dropped again"):  # fmt: skip
+            prepare_collection(be, "g", card)
+        assert not be.has_collection("g")
+        monkeypatch.delenv("GRANT_FAILS")
+        prepare_collection(be, "g", card)
+        assert grant_plugin.CALLS == ["g", "g"] and be.has_collection("g")
+    finally:
+        be.close()
+
+
+def test_an_error_no_one_foresaw_is_one_line_without_the_password(tmp_path):
+    """A plugin's driver error that clair_vec does not translate used to be a raw traceback, with
+    the URI's password in its last line."""
+    (tmp_path / "leaky_plugin.py").write_text(textwrap.dedent('''
+        from clair_vec.plugin import hookimpl
+        from clair_vec_numpy import NumpyBackend
+
+        class Leaky(NumpyBackend):
+            name = "leaky"
+
+            def __init__(self, uri=None, **options):
+                super().__init__(None, **options)
+                self.where = uri
+
+            def _list_aliases(self):
+                raise RuntimeError(f"grpc handshake failed for {self.where}")
+
+        @hookimpl
+        def clair_vec_register_backends(register):
+            register("leaky", Leaky)
+    '''))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "plugins" / "example-numpy")]),
+           "CLAIR_VEC_PLUGINS": "leaky_plugin"}  # fmt: skip
+    out = subprocess.run([*CLI, "alias", "list", "--backend", "leaky", "--uri", "http://clair:S3cr3tPw@127.0.0.1:9/"],
+                         capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert out.returncode == 1 and "S3cr3tPw" not in out.stdout + out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "clair-vec: error: RuntimeError: grpc handshake failed for http://***@127.0.0.1:9/ (run with -v for the traceback)"]

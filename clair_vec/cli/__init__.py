@@ -97,6 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:  # the output itself is what failed: keep the exit's own flush from failing again
             _quiet_stdout()
         code = 1
+    except Exception as exc:  # noqa: BLE001 - a bug or a plugin's own error: one scrubbed line, never a raw traceback
+        import traceback
+
+        from clair_vec.store.redaction import scrub
+
+        if args.verbose:
+            print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+        print(f"clair-vec: error: {type(exc).__name__}: {scrub(str(exc))}"
+              + ("" if args.verbose else " (run with -v for the traceback)"), file=sys.stderr)  # fmt: skip
+        code = 1
     except KeyboardInterrupt:
         # every write is whole and ids are content hashes: what was written stays, and the same
         # command picks up where this one stopped

@@ -20,7 +20,7 @@ def cmd_backends(a: argparse.Namespace) -> int:
 
     found = plugins()
     if a.json:
-        print(json.dumps([vars(p) for p in found], indent=2))
+        print(json.dumps([{k: v for k, v in vars(p).items() if k != "key"} for p in found], indent=2))
         return
     rows = [("BACKEND", "PLUGIN", "DISTRIBUTION", "VERSION", "HOOKS")]
     for p in found:
@@ -30,6 +30,10 @@ def cmd_backends(a: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+    from clair_vec.store.plugins import clashes
+
+    for name, who in clashes().items():
+        print(f"\nbackend {name!r} is unavailable: {' and '.join(who)} both register it; uninstall one")
     broken = [p for p in found if not p.loaded]
     if broken:
         print("\nplugins that failed to load (their backends are unavailable; the others work):")

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clair_vec.errors import CollectionMismatchError, DatasetError
+from clair_vec.errors import CollectionMismatchError, DatasetError, PluginHookError
 from clair_vec.method.model_card import ModelCard
 from clair_vec.progress import progress_bar
 from clair_vec.retrieval import ingest, remote
 from clair_vec.retrieval import sources as src_mod
 from clair_vec.retrieval.sources import ImageSource
 from clair_vec.store.backend import Backend, CollectionInfo
-from clair_vec.store.plugins import get_plugin_manager
+from clair_vec.store.plugins import call_each
 
 if TYPE_CHECKING:  # the model (and torch) is needed to encode, not to write: Ray drivers import this module
     from clair_vec.method.model import ClairModel
@@ -86,9 +86,19 @@ def prepare_collection(
     created = not be.has_collection(collection)
     info = be.create_collection(info)
     if created:
-        get_plugin_manager().hook.clair_vec_collection_created(
-            backend_name=be.name, collection=collection, info={k: getattr(info, k) for k in ("dim", "model", "metric", "target_domain")}
-        )
+        try:
+            call_each("clair_vec_collection_created", backend_name=be.name, collection=collection,
+                      info={k: getattr(info, k) for k in ("dim", "model", "metric", "target_domain")})  # fmt: skip
+        except PluginHookError as exc:
+            # still empty: drop it, so the next run creates it again and the plugin's hook runs then
+            # (kept, it would be an existing collection, and the grant or index never made)
+            try:
+                be.drop_collection(collection)
+            except Exception:  # noqa: BLE001 - the hook's failure is the one to report
+                raise PluginHookError(f"{exc}; the new, empty collection {collection!r} could not be dropped: drop it "
+                                      "before running again, or the hook will not run for it") from None  # fmt: skip
+            raise PluginHookError(f"{exc}; the new collection {collection!r} was dropped again, so run the same "
+                                  "command once that is fixed") from None  # fmt: skip
     elif info.model != model.model_id:
         raise CollectionMismatchError(
             f"collection {collection!r} holds vectors of model {info.model!r}, not {model.model_id!r}; "

@@ -34,8 +34,9 @@ def clair_vec_register_backends(register: Callable[..., None]) -> None:
     from the environment, or refuses with a message naming the variable). Options carry
     connection settings; declare them as keyword parameters and pass the rest on to
     ``Backend.__init__``, which refuses any option no ``__init__`` took, by name; credentials come from options or the environment (see
-    ``plugins/WRITING_A_BACKEND.md``, *Server engines*). Names must be unique across plugins; a
-    clash raises an error naming both plugins.
+    ``plugins/WRITING_A_BACKEND.md``, *Server engines*). Names must be unique across plugins: a
+    built-in name stays with its own distribution, and a name two other plugins register is
+    refused when used, with an error naming both.
 
     Returns nothing.
     """
@@ -50,7 +51,8 @@ def clair_vec_prepare_payload(payload: dict[str, Any], domain: str, model_id: st
     backend is called. ``payload`` must not be modified in place.
 
     Return a dict of extra JSON-scalar fields (merged in plugin registration order; built-in
-    keys cannot be overwritten), or None to add nothing.
+    keys cannot be overwritten), or None to add nothing. Anything else, or an exception, fails
+    the write with an error naming the plugin.
     """
 
 
@@ -60,7 +62,9 @@ def clair_vec_collection_created(backend_name: str, collection: str, info: dict[
 
     Called once, right after creation and before the first write, with the collection's spec
     (``dim``, ``model``, ``metric``, ``target_domain``). Use it to create extra indexes, grant
-    access, or log. Not called when indexing into an existing collection.
+    access, or log. Not called when indexing into an existing collection. If it raises, the new,
+    still empty collection is dropped again and the command fails naming the plugin, so the next
+    run creates the collection and calls the hook again.
 
     Returns nothing.
     """

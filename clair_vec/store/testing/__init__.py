@@ -2,7 +2,7 @@
 
 ::
 
-    from clair_vec.testing import BackendConformance
+    from clair_vec.plugin import BackendConformance
 
     class TestMyBackend(BackendConformance):
         backend_name = "mydb"                      # the name your plugin registers

@@ -40,8 +40,11 @@ class HygienePromises(Promises):
         backend.close()
         query = filled[1].vector
 
+        held = []  # closed handles stay referenced: close() itself must release, not the garbage collector
+
         def cycle(calls: int) -> None:
             be = backend_factory()
+            held.append(be)
             try:
                 for _ in range(calls):
                     be.count(info.name)
@@ -70,10 +73,11 @@ class HygienePromises(Promises):
             if not grown or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+        held.clear()
         assert not grown, (
             f"after 8 open/close cycles and 75 calls on one handle the process holds more {', '.join(grown)} than "
-            f"before ({before} -> {after}): something opens a connection, file or thread per call or per handle and "
-            "never closes it"
+            f"before ({before} -> {after}), with the closed handles still referenced: something opens a connection, "
+            "file or thread per call or per handle and close() does not close it"
         )
         leaks = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if issubclass(w.category, ResourceWarning)]
         assert not leaks, f"open/close cycles left resources for the garbage collector to close: {leaks[:3]}"

@@ -34,6 +34,27 @@ class ReadPromises(Promises):
         assert row[0].id == filled[3].id
         assert row[0].payload == filled[3].payload
 
+    def test_vectors_not_of_unit_length_are_ranked_and_scored_by_cosine(self, backend, info):
+        """The contract's vectors are finite, not necessarily unit length: an engine that ranks by
+        inner product (or L2) agrees with cosine only on unit vectors, which is all the other promises write."""
+        backend.create_collection(info)
+        records = make_records(40, seed=11, dim=self.dim, prefix="scaled")
+        scales = np.geomspace(0.05, 20.0, len(records)).astype(np.float32)
+        np.random.default_rng(3).shuffle(scales)
+        scaled = [type(r)(r.id, r.vector * s, r.payload) for r, s in zip(records, scales, strict=True)]
+        backend.upsert(info.name, scaled)
+        unit = np.stack([r.vector for r in records])
+        queries = np.stack([r.vector for r in make_records(4, seed=12, dim=self.dim)]) * np.array([[0.1], [1], [7], [30]], np.float32)
+        for q, row in zip(queries, backend.search(info.name, queries, top_k=5), strict=True):
+            sims = unit @ (q / np.linalg.norm(q))
+            expected = [records[i].id for i in np.argsort(-sims)[:5]]
+            assert [h.id for h in row] == expected, (
+                f"with vectors of lengths 0.05 to 20 the top 5 are {_short([h.id for h in row])}, by cosine "
+                f"{_short(expected)}: the engine ranks by something other than cosine similarity"
+            )
+            np.testing.assert_allclose([h.score for h in row], np.sort(sims)[::-1][:5], atol=1e-3,
+                                       err_msg="scores must be cosine similarities whatever the vectors' lengths")  # fmt: skip
+
     def test_top_k_beyond_the_matches_returns_only_the_matches(self, backend, info, filled):
         n = len(backend.search(info.name, filled[0].vector, top_k=len(filled) + 25)[0])
         assert n == len(filled), f"top_k={len(filled) + 25} over {len(filled)} records returned {n} hits"
@@ -72,6 +93,14 @@ class ReadPromises(Promises):
             f"{len(matching)} records match: the search ignores or misapplies {key!r}"
         )
         assert all(h.payload[key] == target for h in row)
+        sims = {r.id: float(r.vector @ outsider.vector) for r in matching}
+        best = sorted(sims, key=sims.get, reverse=True)
+        assert [h.id for h in row] == best, f"a search filtered on {key}={target!r} is not ranked best first"
+        top = backend.search(info.name, outsider.vector, top_k=3, filter={key: target})[0]
+        assert [h.id for h in top] == best[:3], (
+            f"top_k=3 filtered on {key}={target!r} returned {len(top)} hits {_short([h.id for h in top])}, not the best 3 "
+            f"matches {_short(best[:3])}: top_k and ranking hold with a filter too"
+        )
         assert backend.count(info.name, filter={key: target}) == len(matching)
         both = [target, outsider.payload[key]]
         expected = [r for r in filled if r.payload[key] in both]
@@ -95,7 +124,11 @@ class ReadPromises(Promises):
         got = backend.get(info.name, [filled[2].id, "absent", filled[9].id])
         assert got == {filled[2].id: filled[2].payload, filled[9].id: filled[9].payload}
         backend.flush(info.name)  # pages must hold across sealed storage too
-        listed = dict(backend.records(info.name, page_size=7))
+        pages = list(backend.records(info.name, page_size=7))
+        listed = dict(pages)
+        assert len(pages) == len(listed), (
+            f"records() in pages of 7 yielded {len(pages)} items for {len(listed)} ids: a page overlaps the one before"
+        )
         missing = {r.id for r in filled} - set(listed)
         assert listed == {r.id: r.payload for r in filled}, (
             f"records() in pages of 7 listed {len(listed)} of {len(filled)} records ({len(missing)} missing, "
@@ -107,8 +140,12 @@ class ReadPromises(Promises):
     def test_deleted_records_are_gone_from_every_read(self, backend, info, filled):
         ids = [r.id for r in filled[:5]]
         assert backend.existing_ids(info.name, ids + ["absent"]) == set(ids)
+        label = filled[0].payload["label"]
+        labelled = sum(1 for r in filled if r.payload["label"] == label)
         assert backend.delete(info.name, ids[:2] + ["absent"]) == 2
         assert backend.count(info.name) == len(filled) - 2
+        gone = sum(1 for r in filled[:2] if r.payload["label"] == label)
+        assert backend.count(info.name, filter={"label": label}) == labelled - gone, "a filtered count still counts deleted records"
         assert backend.existing_ids(info.name, ids) == set(ids[2:])
         for gone in filled[:2]:
             row = backend.search(info.name, gone.vector, top_k=len(filled))[0]
@@ -118,3 +155,6 @@ class ReadPromises(Promises):
         assert ids[0] not in dict(backend.records(info.name))
         assert backend.drop_collection(info.name) is True
         assert not backend.has_collection(info.name)
+        backend.create_collection(info)  # the same name again is a new, empty collection
+        assert backend.count(info.name) == 0, "a collection dropped and created again still holds its old records"
+        assert backend.search(info.name, filled[3].vector, top_k=5) == [[]]

@@ -25,6 +25,10 @@ class WritePromises(Promises):
         assert backend.count(info.name) == len(filled)
         hit = backend.search(info.name, filled[1].vector[None], top_k=2, filter={"label": "relabelled"})[0]
         assert [h.id for h in hit] == [filled[0].id]
+        assert hit[0].score > 0.999, (
+            f"an upsert of an existing id with a new vector kept the old one (cosine to the new {hit[0].score:.3f}): "
+            "an upsert replaces the whole record"
+        )
 
     def test_wrong_dimension_is_refused_before_anything_is_written(self, backend, info):
         backend.create_collection(info)
