@@ -22,6 +22,7 @@ from clair_vec.errors import (
     BackendError,
     BackendUnavailableError,
     CapabilityError,
+    CollectionMismatchError,
     DiskFullError,
     RecordNotFoundError,
 )
@@ -420,3 +421,22 @@ def test_an_engine_that_refuses_top_k_is_a_value_error_too():
                 be.search(name, np.ones(4), top_k=20000)
         finally:
             be.drop_collection(name)
+
+
+def test_a_handle_that_cached_a_collection_refuses_another_model_s_vectors_after_it_was_made_anew():
+    """Another handle dropped the collection and created it again for another model; the first
+    handle's cached spec still said the old model, so it wrote old-model vectors into the new one."""
+    a, b = NumpyBackend(), NumpyBackend()
+    b.data = a.data  # one store seen by two handles, as two processes see a server
+    try:
+        a.create_collection(CollectionInfo("g", 4, "model-v1"))
+        a.upsert("g", make_records(3, dim=4), model="model-v1")
+        assert b.drop_collection("g")
+        b.create_collection(CollectionInfo("g", 4, "model-v2"))
+        with pytest.raises(CollectionMismatchError, match="holds vectors of model 'model-v2', not 'model-v1'"):
+            a.upsert("g", make_records(3, dim=4, prefix="late"), model="model-v1")
+        assert b.count("g") == 0
+        assert a.upsert("g", make_records(2, dim=4, prefix="new"), model="model-v2") == 2
+    finally:
+        a.close()
+        b.close()

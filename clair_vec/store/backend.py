@@ -495,6 +495,18 @@ class Backend(ABC):
                 self._loaded.add(target)
         return info
 
+    def _reread(self, target: str, asked: str, cached: CollectionInfo) -> CollectionInfo:
+        stored = self._call(self._read_info, target)
+        if stored is None:
+            self._infos.pop(target, None)
+            self._loaded.discard(target)
+            return self._open(target, asked)  # gone: says so by name
+        if stored != cached:  # made anew: this handle's load of the old one is stale too
+            self._infos[target] = stored
+            self._loaded.discard(target)
+            self._open(target, asked)
+        return stored
+
     def has_collection(self, name: str) -> bool:
         """Whether ``name`` is a collection, or an alias of one."""
         target = self.resolve(name)
@@ -511,6 +523,10 @@ class Backend(ABC):
         """
         target = self.resolve(name)
         info = self._open(target, name)
+        if model is not None:
+            # read the spec again: another handle may have dropped the collection and made it anew for
+            # another model since this one cached it, and vectors of two models must never share one
+            info = self._reread(target, name, info)
         if model is not None and model != info.model:
             raise CollectionMismatchError(
                 f"collection {name!r} holds vectors of model {info.model!r}, not {model!r}. "
