@@ -114,3 +114,40 @@ def exit_process(code: int) -> None:
         if ray.is_initialized():
             ray.shutdown()  # stops the local Ray this process started; nothing runs between it and the exit
     os._exit(code)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps, outermost first: Ray's task and actor errors carry the worker's
+    exception as ``cause``, Ray Train's as ``worker_failures`` or ``controller_failure``, Ray
+    Data's user-code error as ``__cause__``."""
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        failures = getattr(exc, "worker_failures", None)
+        inner = (getattr(exc, "cause", None) or getattr(exc, "controller_failure", None)
+                 or (next(iter(failures.values()), None) if isinstance(failures, dict) else None))  # fmt: skip
+        if not isinstance(inner, BaseException):
+            inner = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        exc = inner
+    return chain
+
+
+def job_failure(exc: BaseException, command: str) -> tuple[str, int]:
+    """One line for a Ray job that failed, and its exit status. The reason is the innermost cause
+    (a worker's own error, not the pages of Ray's wrappers around it), its secrets scrubbed: 2 for
+    what the user can fix (bad input, an unreachable or refused store), 1 for anything else,
+    130 for an interrupt (Ctrl-C, or the SIGTERM of ``ray job stop``)."""
+    from clair_vec.errors import ClairVecError
+    from clair_vec.store.redaction import scrub
+
+    chain = _causes(exc)
+    if any(isinstance(e, KeyboardInterrupt) for e in chain):
+        return (f"{command}: interrupted; what was written is kept: run the same command again to resume", 130)
+    root = chain[-1]
+    user = next((e for e in reversed(chain) if isinstance(e, (ClairVecError, ValueError, FileNotFoundError))
+                 and not type(e).__name__.startswith("RayTaskError")), None)  # fmt: skip
+    shown = user or root
+    text = next((line.strip() for line in str(shown).splitlines() if line.strip()), "")
+    what = text if user is not None else f"{type(root).__name__}: {text}" if text else type(root).__name__
+    return f"{command}: error: {scrub(what)}", 2 if user is not None else 1
+

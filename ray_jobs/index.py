@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from clair_vec.errors import ClairVecError
     from clair_vec.retrieval.bulk_index import ray_index
     from clair_vec.retrieval.vocabulary import read_labels
 
@@ -52,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
                       uri=args.uri, actors=args.actors, batch_size=args.batch_size, label_from_folder=args.label_from_folder,
                       labels=labels, gpus=args.gpus, threads_per_actor=args.threads_per_actor,
                       from_collection=args.from_collection, precision=args.precision)  # fmt: skip
-    except (ClairVecError, ValueError, FileNotFoundError) as exc:
-        from clair_vec.store.redaction import scrub
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - Ray wraps a worker's error in pages of its own
+        from clair_vec.ray_runtime import job_failure
 
-        print(f"index.py: error: {scrub(str(exc))}", file=sys.stderr)
-        return 2
+        line, code = job_failure(exc, "index.py")
+        print(line, file=sys.stderr)
+        return code
     print(json.dumps(s.as_dict()))
     return 0
 

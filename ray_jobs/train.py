@@ -55,7 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from clair_vec.errors import ClairVecError
     from clair_vec.method.config import ClairConfig, parse_overrides
     from clair_vec.training.ray_train import run_training
 
@@ -67,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         result = run_training(args.data, out=args.out, config=config, storage_path=args.storage_path, name=args.name,
                               workers=args.workers, gpus=args.gpus, val_fraction=args.val_fraction,
                               feature_actors=args.feature_actors, classes=args.classes, validation=args.validation)  # fmt: skip
-    except (ClairVecError, ValueError) as exc:
-        from clair_vec.store.redaction import scrub
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - Ray wraps a worker's error in pages of its own
+        from clair_vec.ray_runtime import job_failure
 
-        print(f"train.py: error: {scrub(str(exc))}", file=sys.stderr)  # a storage URI's password stays out of job logs
-        return 2
+        line, code = job_failure(exc, "train.py")  # scrubbed: a storage URI's password stays out of job logs
+        print(line, file=sys.stderr)
+        return code
     for epoch in result.history:
         print(json.dumps({k: v for k, v in epoch.items() if isinstance(v, (int, float))}))
     if args.json:

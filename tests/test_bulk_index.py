@@ -91,6 +91,26 @@ def test_index_job_reports_skips_and_resumes(model_dir, shapes_root, tmp_path):
     assert bad.returncode == 2 and "unknown domain 'x-ray'" in bad.stderr and "Started a local Ray" not in bad.stderr
 
 
+def test_a_ray_index_run_refused_leaves_no_collection_behind(model_dir, shapes_root, tmp_path):
+    """fp16 on a CPU, a source collection that does not exist, and a source that is the target
+    were refused only after the target was made: an fp16 one then refused every later CPU run."""
+    from clair_vec import get_backend
+
+    uri = str(tmp_path / "q")
+    photos = str(shapes_root / "photo" / "heart")
+    assert run_job("--model", str(model_dir), "--collection", "g", "--backend", "qdrant", "--uri", uri, photos).returncode == 0
+    cases = [(["--collection", "c1", "--precision", "fp16", "--gpus", "no", photos], "precision fp16 needs a CUDA device"),
+             (["--collection", "c2", "--from-collection", "nothere"], "no collection 'nothere'"),
+             (["--collection", "g", "--from-collection", "g"], "are the same collection 'g'")]  # fmt: skip
+    for args, words in cases:
+        out = run_job("--model", str(model_dir), "--backend", "qdrant", "--uri", uri, *args)
+        assert out.returncode == 2 and words in out.stderr, out.stderr[-3000:]
+        last = out.stderr.strip().splitlines()[-1]  # after Ray's own line about the local instance it started
+        assert "Traceback" not in out.stderr and last.startswith("index.py: error:") and words in last, out.stderr[-3000:]
+    with get_backend("qdrant", uri) as be:
+        assert be.list_collections() == ["g"]
+
+
 def test_reembedding_a_collection_on_ray_reports_what_it_cannot_read_again_and_what_changed(model_dir, shapes_root, tmp_path):
     """``--from-collection`` re-reads the files a collection's records name and says what
     ``clair-vec reindex`` says: a record made from an image in memory names no file (``no_file``,

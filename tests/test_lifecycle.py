@@ -278,3 +278,50 @@ def test_a_model_upgrade_under_traffic_loses_no_request(uri, interrupted, model_
     assert before and all(set(m) == {a_id} for m in before)
     assert after and all(set(m) == {b_id} for m in after)
     assert "now points to collection" in out and "Traceback" not in out
+
+
+def test_a_followed_alias_moved_to_vectors_this_service_cannot_encode_queries_for_is_refused(model_dir, tmp_path, caplog):
+    """An alias moved to a collection indexed at fp16 (on a GPU) was followed by a CPU service:
+    it answered /readyz "ready" and every search 422. And an alias dropped for good logged a
+    warning every poll for as long as the service ran."""
+    import asyncio
+
+    from clair_vec.method.model_card import ModelCard
+    from clair_vec.retrieval.indexing import prepare_collection
+    from clair_vec.retrieval.retriever import Retriever
+    from clair_vec.service.context import ServiceContext
+    from clair_vec.service.follow import Follower
+    from clair_vec.service.settings import ServiceSettings
+
+    r = Retriever(model_dir, uri=str(tmp_path / "g.db"), device="cpu")
+    card = ModelCard.read(model_dir)
+    prepare_collection(r.backend, "s1", card, model_dir)
+    prepare_collection(r.backend, "s_fp16", card, model_dir, "fp16")
+    r.backend.set_alias("live", "s1")
+    ctx = ServiceContext(r, "live", ServiceSettings())
+    try:
+        r.backend.set_alias("live", "s_fp16")
+        follower = Follower(ctx, 0)
+        with caplog.at_level("WARNING", logger="clair_vec.service"):
+            assert asyncio.run(follower.check()) is False
+            assert asyncio.run(follower.check()) is False
+        assert ctx.serving.collection == "s1"
+        refusals = [m for m in caplog.messages if "keeps serving 's1'" in m]
+        assert len(refusals) == 1 and "precision fp16, which this service cannot run" in refusals[0], caplog.messages
+
+        r.backend.drop_alias("live")
+        caplog.clear()
+
+        async def poll_a_while() -> None:
+            polling = Follower(ctx, 0.02)
+            polling.start()
+            await asyncio.sleep(0.4)
+            polling._task.cancel()
+
+        with caplog.at_level("WARNING", logger="clair_vec.service"):
+            asyncio.run(poll_a_while())
+        failures = [m for m in caplog.messages if m.startswith("following 'live'")]
+        assert len(failures) == 1 and "CollectionNotFoundError" in failures[0], caplog.messages
+    finally:
+        ctx.worker.shutdown()
+        r.close()

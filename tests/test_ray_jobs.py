@@ -93,6 +93,12 @@ def test_bad_input_fails_before_any_worker_starts(ray_head, shapes_root, tmp_pat
     assert out.returncode == 2, out.stderr[-2000:]
     assert "2 GPU workers requested but the Ray cluster has 0 GPUs" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "y").exists()  # nothing was computed or started
+    for args, words in ((["--feature-actors", "0"], "feature_actors must be >= 1"), (["--val-fraction", "2"], "must lie in [0, 1)"),
+                        (["--set", "lr=abc"], "lr takes a number")):  # fmt: skip
+        out = subprocess.run([*TRAIN, "--data", str(shapes_root), *TINY, "--storage-path", str(tmp_path), "--name", "z", *args],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert "Started a local Ray instance" not in out.stderr and not (tmp_path / "z").exists()
 
 
 def test_rerunning_with_the_same_name_resumes(ray_head, shapes_root, tmp_path):
@@ -100,6 +106,43 @@ def test_rerunning_with_the_same_name_resumes(ray_head, shapes_root, tmp_path):
     again, _, _ = train(ray_head, shapes_root, tmp_path, "resume", "--epochs", "3", "--val-fraction", "0")
     assert [h["epoch"] for h in again] == [0, 1, 2]
     assert [h["loss"] for h in again[:2]] == [h["loss"] for h in first]  # epochs 0-1 were not redone
+    # other settings under the same name used to train on from this run's checkpoint (or, past its
+    # epochs, not at all) and write a model recorded with settings that were never used
+    for args, words in ((["--epochs", "3", "--set", "lr=0.1"], "lr 0.003 -> 0.1"), (["--epochs", "2"], "for 3 epochs")):
+        out = subprocess.run([*TRAIN, "--data", str(shapes_root), *TINY, "--storage-path", str(tmp_path), "--name", "resume",
+                              "--out", str(tmp_path / "other"), "--val-fraction", "0", *args],
+                             capture_output=True, text=True, timeout=600, env=ray_head.env)  # fmt: skip
+        assert out.returncode == 2 and words in out.stderr and "give this run a new --name" in out.stderr, out.stderr[-3000:]
+        assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "other").exists()
+
+
+def test_a_ray_failure_is_said_in_one_line_by_its_innermost_cause_without_secrets():
+    """Ray wraps a worker's error in its own (a task's, Ray Train's worker group's), and the jobs
+    printed those pages, or a raw traceback for anything but a ClairVecError."""
+    from ray.exceptions import RayTaskError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from clair_vec.errors import BackendUnavailableError, DatasetError
+    from clair_vec.ray_runtime import job_failure
+    from clair_vec.store.redaction import register_secret
+
+    register_secret("S3cretPW")
+    task = RayTaskError("encode", "Traceback (most recent call last):\n  ...", ValueError("precision fp16 needs a CUDA device"))
+    assert job_failure(task.as_instanceof_cause(), "index.py") == ("index.py: error: precision fp16 needs a CUDA device", 2)
+    group = WorkerGroupError("Training failed due to worker errors:\n[Rank 0]\n...",
+                             {0: DatasetError("pivot (gallery) domain 'painting' has no training images")})  # fmt: skip
+    assert job_failure(group, "train.py") == ("train.py: error: pivot (gallery) domain 'painting' has no training images", 2)
+    try:
+        try:
+            raise BackendUnavailableError("milvus at http://root:S3cretPW@127.0.0.1:1 still failed after 4 attempts")
+        except BackendUnavailableError as exc:
+            raise RuntimeError("UDF failed to process a data block.") from exc
+    except RuntimeError as exc:
+        line, code = job_failure(exc, "index.py")
+    assert code == 2 and "S3cretPW" not in line and line.startswith("index.py: error: milvus at http://***@127.0.0.1:1")
+    assert job_failure(RuntimeError("boom\nsecond line"), "index.py") == ("index.py: error: RuntimeError: boom", 1)
+    line, code = job_failure(KeyboardInterrupt(), "index.py")
+    assert code == 130 and "run the same command again to resume" in line
 
 
 def test_the_ray_job_trains_from_unlabeled_images_and_class_names(ray_head, weak_root, tmp_path, seen_shapes):

@@ -194,13 +194,27 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``FIELD=VALUE`` pairs (``--set`` on the command lines) as ClairConfig keyword arguments;
     values are parsed as JSON where they parse (numbers, booleans, lists), else kept as text."""
     known = {f.name for f in dataclasses.fields(ClairConfig)}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else None for f in dataclasses.fields(ClairConfig)}
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or key not in known:
             raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(known)}")
         try:
-            out[key] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            out[key] = raw
+            value = raw
+        # a text field keeps the text as typed (a class list or a tag that looks like a number stays text)
+        out[key] = raw if isinstance(defaults[key], str) else _of_field_type(key, value, defaults[key], item)
     return out
+
+
+def _of_field_type(key: str, value: Any, default: Any, item: str) -> Any:
+    """``value`` where it has the kind the field's default has (a whole number also serves a
+    float field), else a ValueError that names the field and what it takes."""
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+    wanted = kinds.get(type(default))
+    if wanted is None or (isinstance(value, wanted) and (type(default) is bool or not isinstance(value, bool))):
+        return float(value) if type(default) is float else value
+    noun = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[type(default)]
+    raise ValueError(f"--set {item!r}: {key} takes {noun}, e.g. {key}={json.dumps(default)}")

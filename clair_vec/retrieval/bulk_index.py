@@ -256,6 +256,15 @@ def ray_index(
         gpu = gpus_each(gpus, actors, "actors")
         be = get_backend(backend, uri)
         try:
+            # every refusal before the collection is made: a failed run must not leave one behind
+            # (one recorded at a precision this machine cannot run would refuse every later run)
+            if from_collection is not None:
+                if be.resolve(from_collection) == be.resolve(collection):
+                    raise ValueError(f"--from-collection and --collection are the same collection {be.resolve(collection)!r}: "
+                                     "re-embed into a new collection, then move the alias")  # fmt: skip
+                be.open_collection(from_collection)
+            held = collection_precision(be.open_collection(collection)) if be.has_collection(collection) else None
+            _check_device(precision or held or "fp32", gpu)
             precision = collection_precision(prepare_collection(be, collection, card, model_dir, precision))
             embedded = not be.shared
             # read before the store actor opens an embedded store: it takes one process at a time
@@ -288,6 +297,14 @@ def ray_index(
                     ray.get(store_actor.close.remote(), timeout=60)
                 finally:
                     ray.kill(store_actor)
+
+
+def _check_device(precision: str, gpu: float) -> None:
+    """The encoders' rule (``pixel_batches.autocast``), said on the driver, which has no torch."""
+    if precision == "fp16" and not gpu:
+        raise ValueError("precision fp16 needs a CUDA device; on a CPU use bf16 or fp32 (or --gpus yes on a GPU cluster)")
+    if precision == "int8" and gpu:
+        raise ValueError("precision int8 runs on a CPU (PyTorch's dynamic quantisation): add --gpus no, or use fp16 or bf16")
 
 
 def _input_rows(inputs: list[str], *, label_from_folder: bool, tasks: int) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from clair_vec.retrieval.indexing import collection_precision
 from clair_vec.retrieval.retriever import Retriever
 from clair_vec.service.context import ServiceContext, Serving
 from clair_vec.store.redaction import scrub
@@ -37,6 +38,7 @@ class Follower:
         self._task: asyncio.Task | None = None
         self._loop: Any = None
         self._refused: str | None = None  # the collection last refused, so its reason is logged once
+        self._failing: str | None = None  # the last failure of a check, logged once while it lasts
         self.switches = 0
 
     def start(self) -> None:
@@ -53,8 +55,13 @@ class Follower:
             await asyncio.sleep(self.interval)
             try:
                 await self.check()
+                self._failing = None
             except Exception as exc:  # a database outage or a bad model must not end the polling
-                log.warning("following %r: %s", self.ctx.name, scrub(f"{type(exc).__name__}: {exc}"))
+                why = scrub(f"{type(exc).__name__}: {exc}")
+                if why != self._failing:  # an alias dropped for good is said once, not every interval
+                    log.warning("following %r: %s (said once until it changes; the service keeps serving %r)",
+                                self.ctx.name, why, self.ctx.serving.collection)  # fmt: skip
+                    self._failing = why
 
     async def check(self) -> bool:
         """Resolve the name again and switch when it points elsewhere; True if it switched."""
@@ -79,6 +86,12 @@ class Follower:
             if retriever.model.model_id != info.model:
                 return self._refuse(target, f"the model at {model_dir!r} is {retriever.model.model_id}, but its vectors are "
                                             f"of {info.model}")  # fmt: skip
+        precision = collection_precision(info)
+        try:  # int8 builds its quantised tower here, off the worker, once
+            await run_in_threadpool(retriever.model.foundation.check_precision, precision)
+        except ValueError as exc:  # fp16 vectors on a CPU service: every search would fail while /readyz said ready
+            return self._refuse(target, f"its vectors were encoded at precision {precision}, which this service cannot "
+                                        f"run: {exc}")  # fmt: skip
         await loop.run_in_executor(ctx.worker, retriever.collection, target)
         ctx.serving = Serving(target, retriever)  # one assignment: a request sees the old pair or the new one
         self.switches += 1

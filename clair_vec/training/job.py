@@ -54,6 +54,9 @@ def progress_record(trainer: ClairTrainer) -> dict[str, Any]:
 def plan_training(data: str | Path, seed: int, val_fraction: float, *, classes: str | Path | list[str] | None = None,
                   validation: str | Path | None = None) -> Split:  # fmt: skip
     """The split of a labeled dataset (class folders), or, given ``classes``, of unlabeled images."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1): the share of seen classes each selection fold holds out "
+                         f"(0: no selection), got {val_fraction}")  # fmt: skip
     if classes is not None:
         return plan_weak_split(data, classes, validation=validation, seed=seed)
     if validation is not None:

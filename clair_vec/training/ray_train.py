@@ -7,8 +7,10 @@ scripts in ``ray_jobs/`` are thin command lines over these functions. Ray is imp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,6 +210,51 @@ class TrainResult:
     record: dict[str, Any]
 
 
+def _run_identity(config: ClairConfig, split: Any, val_fraction: float) -> dict[str, Any]:
+    """What a resumed run must share with the run it resumes: every setting but the epochs (a run
+    may be extended), and the images."""
+    images = hashlib.sha256("\n".join(sorted(f"{i.domain}/{i.label}/{i.path}" for i in seen_dataset(split).items)).encode())
+    settings = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+    return {"config": settings, "val_fraction": val_fraction, "images": images.hexdigest()[:16],
+            "unseen": sorted(split.unseen.classes) if split.unseen is not None else None, "epochs": config.epochs}  # fmt: skip
+
+
+def _same_run(run_dir: Path, name: str, identity: dict[str, Any]) -> None:
+    """Refuse to resume a run made with other settings or images: Ray Train would hand its last
+    checkpoint to the new run, which would train on from it (or, past its epochs, not at all) and
+    write a model under settings that were never used."""
+    path = run_dir / "run.json"
+    try:
+        before = json.loads(path.read_text())
+    except FileNotFoundError:
+        before = None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"run {name!r} at {run_dir} cannot be resumed: its run.json is unreadable ({exc}); give a new "
+                         "--name, or remove that folder to start it over") from None  # fmt: skip
+    if before is not None and int(before.get("epochs", 0)) > identity["epochs"]:
+        raise ValueError(f"run {name!r} at {run_dir} was started for {before['epochs']} epochs, more than the "
+                         f"{identity['epochs']} asked: re-running a --name resumes it, so ask for at least "
+                         f"{before['epochs']} epochs, or give this run a new --name")  # fmt: skip
+    same = before is not None and {k: v for k, v in before.items() if k != "epochs"} == json.loads(
+        json.dumps({k: v for k, v in identity.items() if k != "epochs"}))  # fmt: skip
+    if before is None or same:  # a new run, or the same one resumed (perhaps for more epochs)
+        return
+    old, new = before.get("config", {}), identity["config"]
+    changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    changed += [f"the {k}" if k != "val_fraction" else f"val_fraction {before.get(k)!r} -> {identity[k]!r}"
+                for k in ("images", "unseen", "val_fraction") if before.get(k) != identity[k]]  # fmt: skip
+    raise ValueError(f"run {name!r} at {run_dir} was started with other settings ({'; '.join(changed[:6])}"
+                     f"{'; ...' if len(changed) > 6 else ''}): re-running a --name resumes it, so give this run a new "
+                     "--name (or remove that folder to start it over)")  # fmt: skip
+
+
+def _record_run(run_dir: Path, identity: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
+    os.replace(tmp, run_dir / "run.json")
+
+
 def run_training(
     data: str | Path,
     *,
@@ -230,18 +277,22 @@ def run_training(
     """
     require("ray", "ray.train.torch", "ray.data", needed_for="distributed training (ray_jobs/train.py)")
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if feature_actors < 1:
+        raise ValueError(f"feature_actors must be >= 1 (--feature-actors), got {feature_actors}")
     check_gpu_choice(gpus)
     # raises DatasetError naming a missing folder or class file, before Ray starts
     split = plan_training(Path(data), config.seed, val_fraction, classes=classes, validation=validation)
+    run_dir = Path(storage_path) / name
+    identity = _run_identity(config, split, val_fraction)
+    _same_run(run_dir, name, identity)  # before Ray starts
     with ray_session():
         use_gpu = gpus_each(gpus, workers, "workers") > 0
-        run_dir = Path(storage_path) / name
-        run_dir.mkdir(parents=True, exist_ok=True)
+        _record_run(run_dir, identity)  # once nothing more can refuse the run
         fm = FoundationModel.load(config.clip_model, config.clip_pretrained, seed=config.seed)
         if fm.pretrained is None:  # random CLIP (tests): workers load it from a file like any checkpoint
             weights = run_dir / "foundation.pt"
@@ -268,7 +319,10 @@ def run_training(
             train_loop_config=loop_config,
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
             # same name + storage_path = resume: workers get the last checkpoint via get_checkpoint()
-            run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve())),
+            # the last two epochs' checkpoints: each holds the memory banks (images x dim), and a
+            # run that kept all 60 would fill a shared --storage-path for nothing
+            run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),  # fmt: skip
         )
         result = trainer.fit()
         if result.error:
