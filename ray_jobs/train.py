@@ -8,7 +8,7 @@ in sync). Before that, the model selection trains one model per rotating fold of
 the epoch and per query domain whether the head beats raw CLIP by more than the fold-to-fold
 spread. Each epoch of the final training (every seen class, up to that epoch) reports every loss
 term and pseudo-label confidence statistics, and checkpoints trainer state and the model.
-Re-running with the same --name resumes. The model with the per-domain decision is written to
+Re-running with the same --name resumes (other settings or images under it are refused). The model with the per-domain decision is written to
 --out (with a warning naming the domains that keep raw CLIP), ready for
 ``clair_vec.index(..., model=OUT)``.
 Without CLIP weights on the machine, ``clair-vec bootstrap-clip`` makes a stand-in.

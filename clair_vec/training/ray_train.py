@@ -273,7 +273,8 @@ def run_training(
     ``classes`` and ``validation``: weakly supervised data, as :func:`~clair_vec.training.job.train_local` takes.
 
     Bad input (missing data, more GPU workers than GPUs) raises before any worker starts.
-    Re-running with the same ``name`` and ``storage_path`` resumes from the last checkpoint.
+    Re-running with the same ``name`` and ``storage_path`` resumes from the last checkpoint (for
+    more epochs, it trains on); other settings or images under that name are refused first.
     """
     require("ray", "ray.train.torch", "ray.data", needed_for="distributed training (ray_jobs/train.py)")
     import ray
