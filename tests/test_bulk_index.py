@@ -141,8 +141,9 @@ def test_reembedding_a_collection_on_ray_reports_what_it_cannot_read_again_and_w
     assert [tuple(x) for x in s["changed"]] == [(str(files[1]), "its bytes changed since the old collection indexed it; indexed as it is now")]
 
 
-def _kill_driver_mid_run(args: list[str], after_lines: int = 2) -> str:
-    """Start the job, wait for its first progress lines, kill -9 the driver alone. Returns stderr."""
+def _kill_driver_mid_run(args: list[str], after_lines: int = 2, sig: int = signal.SIGKILL) -> str:
+    """Start the job, wait for its first progress lines, send the driver alone ``sig`` (kill -9 by
+    default). Returns stderr."""
     proc = subprocess.Popen([*JOB, "-v", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
     seen, lines = 0, []
@@ -153,13 +154,15 @@ def _kill_driver_mid_run(args: list[str], after_lines: int = 2) -> str:
             if "indexed" in line and "already present" in line:
                 seen += 1
                 if seen >= after_lines:
-                    os.kill(proc.pid, signal.SIGKILL)
+                    os.kill(proc.pid, sig)
                     break
             if time.monotonic() > deadline:
                 break
+        rest = proc.stderr.read() if sig != signal.SIGKILL else ""
         proc.wait(timeout=60)
-        assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed:\n" + "".join(lines[-20:])
-        return "".join(lines)
+        wanted = -signal.SIGKILL if sig == signal.SIGKILL else 130  # a SIGTERM ends the job as Ctrl-C does
+        assert proc.returncode == wanted, "the job did not end as it should:\n" + "".join(lines[-20:]) + rest[-3000:]
+        return "".join(lines) + rest
     finally:
         _reap_group(proc.pid)
 
@@ -177,6 +180,20 @@ def _reap_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_ray_job_stop_s_sigterm_ends_the_run_in_one_line_and_a_rerun_resumes(model_dir, big_gallery, tmp_path):
+    """`ray job stop` sends SIGTERM: Ray's own handler dumped a native stack and the job died by
+    the signal, with no word of what was kept."""
+    uri = str(tmp_path / "g.db")
+    args = ["--model", str(model_dir), "--collection", "stopped", "--backend", "milvus", "--uri", uri, "--batch-size", "2"]
+    err = _kill_driver_mid_run([*args, str(big_gallery)], sig=signal.SIGTERM)
+    assert "SIGTERM received" not in err and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("index.py: interrupted; what was written is kept: run the same command again "
+                                            "to resume")  # fmt: skip
+    out = run_job(*args, str(big_gallery))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ids_are_unique("milvus", uri, "stopped") == (600, 600)
 
 
 @pytest.mark.parametrize("store", ["milvus_lite", "milvus_server"])

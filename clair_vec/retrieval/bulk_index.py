@@ -34,7 +34,7 @@ import numpy as np
 from clair_vec.datasets.images import IMAGE_SUFFIXES, Listing, walk_images
 from clair_vec.errors import DatasetError
 from clair_vec.extras import require
-from clair_vec.ray_runtime import gpus_each, ray_session
+from clair_vec.ray_runtime import gpus_each, ray_session, sigterm_as_interrupt
 from clair_vec.retrieval import ingest, remote
 from clair_vec.retrieval.ingest import Writer
 from clair_vec.retrieval.sources import (
@@ -252,7 +252,8 @@ def ray_index(
     if (from_collection is None) == (not inputs):
         raise ValueError("give image folders or --from-collection OLD, one of the two")
     vocabulary = list(labels) if labels else None
-    with ray_session(), _small_blocks(batch_size):
+    # SIGTERM (`ray job stop`) ends the run as Ctrl-C does: after ray.init, which installs its own handler
+    with ray_session(), sigterm_as_interrupt(), _small_blocks(batch_size):
         gpu = gpus_each(gpus, actors, "actors")
         be = get_backend(backend, uri)
         try:

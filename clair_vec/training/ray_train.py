@@ -27,7 +27,7 @@ from clair_vec.method.config import ClairConfig
 from clair_vec.method.foundation import FoundationModel
 from clair_vec.method.model import ClairModel
 from clair_vec.method.tensor_files import load_tensor_file, save_tensor_file, write_tensor_file
-from clair_vec.ray_runtime import check_gpu_choice, gpus_each, ray_session
+from clair_vec.ray_runtime import check_gpu_choice, gpus_each, ray_session, sigterm_as_interrupt
 from clair_vec.training.features import DomainFeatures, encode_domain_images, extract_features, view_key
 from clair_vec.training.folds import FoldRun, run_fold, run_folds
 from clair_vec.training.job import choose, plan_folds, plan_training, progress_record, seen_dataset
@@ -291,7 +291,7 @@ def run_training(
     run_dir = Path(storage_path) / name
     identity = _run_identity(config, split, val_fraction)
     _same_run(run_dir, name, identity)  # before Ray starts
-    with ray_session():
+    with ray_session(), sigterm_as_interrupt():  # `ray job stop` ends it as Ctrl-C does (after ray.init's own handler)
         use_gpu = gpus_each(gpus, workers, "workers") > 0
         _record_run(run_dir, identity)  # once nothing more can refuse the run
         fm = FoundationModel.load(config.clip_model, config.clip_pretrained, seed=config.seed)
