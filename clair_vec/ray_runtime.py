@@ -127,7 +127,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
         inner = (getattr(exc, "cause", None) or getattr(exc, "controller_failure", None)
                  or (next(iter(failures.values()), None) if isinstance(failures, dict) else None))  # fmt: skip
         if not isinstance(inner, BaseException):
-            inner = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+            inner = exc.__cause__  # never __context__: an error raised while another was handled is not caused by it
         exc = inner
     return chain
 
@@ -144,10 +144,20 @@ def job_failure(exc: BaseException, command: str) -> tuple[str, int]:
     if any(isinstance(e, KeyboardInterrupt) for e in chain):
         return (f"{command}: interrupted; what was written is kept: run the same command again to resume", 130)
     root = chain[-1]
-    user = next((e for e in reversed(chain) if isinstance(e, (ClairVecError, ValueError, FileNotFoundError))
+    # the outermost error of ours: it says more than the OS error it wraps (a missing weights file)
+    user = next((e for e in chain if isinstance(e, (ClairVecError, ValueError, FileNotFoundError))
                  and not type(e).__name__.startswith("RayTaskError")), None)  # fmt: skip
     shown = user or root
     text = next((line.strip() for line in str(shown).splitlines() if line.strip()), "")
     what = text if user is not None else f"{type(root).__name__}: {text}" if text else type(root).__name__
     return f"{command}: error: {scrub(what)}", 2 if user is not None else 1
+
+
+def job_traceback(exc: BaseException) -> str:
+    """The scrubbed traceback of a failure (``-v`` of a Ray job): Ray's wrappers carry the worker's in their text."""
+    import traceback
+
+    from clair_vec.store.redaction import scrub
+
+    return scrub("".join(traceback.format_exception(exc)))
 

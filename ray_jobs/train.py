@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seeds the class split (without split files) and training")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any ClairConfig field, e.g. lr=0.003")
     p.add_argument("--json", action="store_true", help="print each epoch and the final metrics as JSON lines")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the traceback of a failure")
     return p.parse_args(argv)
 
 
@@ -67,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
                               workers=args.workers, gpus=args.gpus, val_fraction=args.val_fraction,
                               feature_actors=args.feature_actors, classes=args.classes, validation=args.validation)  # fmt: skip
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - Ray wraps a worker's error in pages of its own
-        from clair_vec.ray_runtime import job_failure
+        from clair_vec.ray_runtime import job_failure, job_traceback
 
-        line, code = job_failure(exc, "train.py")  # scrubbed: a storage URI's password stays out of job logs
+        line, code = job_failure(exc, "train.py")
+        if args.verbose and code != 130:
+            print(job_traceback(exc), file=sys.stderr, end="")
+        elif code == 1:  # not a user error: where it happened matters
+            line += " (run with -v for the traceback)"
         print(line, file=sys.stderr)
         return code
     for epoch in result.history:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -325,3 +326,17 @@ def test_old_configs_load_with_the_behaviour_they_were_trained_with():
     assert ClairConfig.from_dict({**old, "per_class_norm": True}).confidence_norm == "class"
     assert ClairConfig.from_dict({**old, "per_class_norm": False}).confidence_norm == "none"
     assert ClairConfig.from_dict(old).head_center is False
+
+
+def test_set_values_take_the_kind_of_their_field_and_a_wrong_kind_is_named():
+    """`--set lr=abc` was a raw TypeError from validate(); `.001`, a fractional warm-up and a
+    quoted text must still mean what they say."""
+    from clair_vec.method.config import parse_overrides
+
+    assert parse_overrides(["lr=.001", "lr_warmup_epochs=0.5", 'pivot_domain="photo"', "epochs=3", "w_cluster=0"]) == {
+        "lr": 0.001, "lr_warmup_epochs": 0.5, "pivot_domain": "photo", "epochs": 3, "w_cluster": 0.0}
+    assert parse_overrides(["pivot_domain=2024"]) == {"pivot_domain": "2024"}  # text stays text
+    for bad, words in (("lr=abc", "lr takes a number, e.g. lr=0.0003"), ("lr=true", "lr takes a number"),
+                       ("epochs=many", "epochs takes a number")):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(words)):
+            parse_overrides([bad])

@@ -357,6 +357,13 @@ def test_a_collection_created_hook_that_fails_leaves_no_collection_so_the_next_r
     card = ModelCard("m-1", 4, "photo", ["photo", "sketch"], "clair-tiny", ["cat"])
     be = plugin_manager.get_backend("numpy")
     try:
+        # another run that found the collection made began to fill it before this run's hook failed:
+        # not this run's to drop
+        monkeypatch.setattr(grant_plugin, "CALLS", _FillingList(be))
+        with pytest.raises(PluginHookError, match="the new collection 'busy' was kept \\(it already holds 1 records\\)"):
+            prepare_collection(be, "busy", card)
+        assert be.count("busy") == 1
+        monkeypatch.setattr(grant_plugin, "CALLS", [])
         with pytest.raises(PluginHookError, match="'grant_plugin' .*collection_created hook: PermissionError: cannot grant "
                            "access; the new collection 'g' was dropped again"):  # fmt: skip
             prepare_collection(be, "g", card)
@@ -366,6 +373,38 @@ def test_a_collection_created_hook_that_fails_leaves_no_collection_so_the_next_r
         assert grant_plugin.CALLS == ["g", "g"] and be.has_collection("g")
     finally:
         be.close()
+
+
+class _FillingList(list):
+    """A hook's call list that, as another indexing run would, writes a record first."""
+
+    def __init__(self, be):
+        super().__init__()
+        self.be = be
+
+    def append(self, collection):
+        from clair_vec.plugin import Record
+
+        self.be.upsert(collection, [Record("other-run", [1.0, 0, 0, 0], {"domain": "photo"})])
+        super().append(collection)
+
+
+def test_a_hook_wrapper_is_refused_at_load_by_name(monkeypatch, tmp_path):
+    """Each plugin's hook is called on its own (to name the one that fails), which a pluggy
+    wrapper cannot take: it made every write fail with 'it returned a generator'."""
+    (tmp_path / "wrapping_plugin.py").write_text(textwrap.dedent('''
+        from clair_vec.plugin import hookimpl
+
+        @hookimpl(wrapper=True)
+        def clair_vec_prepare_payload(payload):
+            result = yield
+            return result
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CLAIR_VEC_PLUGINS", "wrapping_plugin")
+    errors = {p.name: p.error for p in plugin_manager.plugins() if not p.loaded}
+    assert "implements ['clair_vec_prepare_payload'] as a wrapper" in errors["wrapping_plugin"]
+    assert plugin_manager.extra_payload({"path": "p"}, "photo", "m") == {}
 
 
 def test_an_error_no_one_foresaw_is_one_line_without_the_password(tmp_path):

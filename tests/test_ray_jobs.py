@@ -143,6 +143,48 @@ def test_a_ray_failure_is_said_in_one_line_by_its_innermost_cause_without_secret
     assert job_failure(RuntimeError("boom\nsecond line"), "index.py") == ("index.py: error: RuntimeError: boom", 1)
     line, code = job_failure(KeyboardInterrupt(), "index.py")
     assert code == 130 and "run the same command again to resume" in line
+    try:  # raised while a ValueError was being handled: not caused by it, so not blamed on it
+        try:
+            int("x")
+        except ValueError:
+            raise RuntimeError("CUDA error: an illegal memory access") from None
+    except RuntimeError as exc:
+        assert job_failure(exc, "train.py") == ("train.py: error: RuntimeError: CUDA error: an illegal memory access", 1)
+    from clair_vec.errors import WeightsNotFoundError
+
+    try:  # ours says more than the OS error it wraps
+        try:
+            open("/nonexistent/w.pt")
+        except FileNotFoundError as exc:
+            raise WeightsNotFoundError("CLIP weights /nonexistent/w.pt do not exist; pass a file") from exc
+    except WeightsNotFoundError as exc:
+        assert job_failure(exc, "train.py") == ("train.py: error: CLIP weights /nonexistent/w.pt do not exist; pass a file", 2)
+
+
+def test_a_run_name_is_refused_only_against_a_run_that_trained_and_not_for_how_its_paths_are_spelled(shapes_root, tmp_path,
+                                                                                                    monkeypatch):  # fmt: skip
+    """A first try that failed before any checkpoint (a mistyped --clip-model) must not lock its
+    --name; nor may `--data data` against `--data /abs/data` count as other images."""
+    from clair_vec.method.config import ClairConfig
+    from clair_vec.training.job import plan_training
+    from clair_vec.training.ray_train import _record_run, _run_identity, _same_run
+
+    run = tmp_path / "runs" / "exp"
+    config = ClairConfig(clip_model="clair-tiny", clip_pretrained=None, epochs=4)
+    absolute = _run_identity(config, plan_training(shapes_root, 0, 0.0), 0.0)
+    monkeypatch.chdir(shapes_root.parent)
+    relative = _run_identity(config, plan_training(Path(shapes_root.name), 0, 0.0), 0.0)
+    assert relative == absolute
+    typo = _run_identity(config.replace(clip_model="ViT-B-3"), plan_training(shapes_root, 0, 0.0), 0.0)
+    _record_run(run, typo)
+    _same_run(run, "exp", absolute)  # the typo's run trained nothing: the corrected one may take its name
+    _record_run(run, absolute)
+    (run / "checkpoint_2026-12-07_10-00-00.000000").mkdir()
+    _same_run(run, "exp", {**absolute, "epochs": 6})  # more epochs: the run goes on
+    with pytest.raises(ValueError, match="clip_model 'clair-tiny' -> 'ViT-B-3'"):
+        _same_run(run, "exp", typo)
+    with pytest.raises(ValueError, match="started for 4 epochs, more than the 2 asked"):
+        _same_run(run, "exp", {**absolute, "epochs": 2})
 
 
 def test_the_ray_job_trains_from_unlabeled_images_and_class_names(ray_head, weak_root, tmp_path, seen_shapes):

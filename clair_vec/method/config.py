@@ -7,6 +7,7 @@ The section of the spec that motivates a field is given in its comment.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -204,17 +205,22 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        # a text field keeps the text as typed (a class list or a tag that looks like a number stays text)
-        out[key] = raw if isinstance(defaults[key], str) else _of_field_type(key, value, defaults[key], item)
+            with contextlib.suppress(ValueError):  # numbers JSON does not spell: .001, 1e-3 is JSON already
+                value = float(raw)
+        if isinstance(defaults[key], str) and not isinstance(value, str):
+            value = raw  # a text field keeps the text as typed (a tag that looks like a number stays text)
+        out[key] = _of_field_type(key, value, defaults[key], item)
     return out
 
 
 def _of_field_type(key: str, value: Any, default: Any, item: str) -> Any:
     """``value`` where it has the kind the field's default has (a whole number also serves a
     float field), else a ValueError that names the field and what it takes."""
-    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+    # an int field takes any number: some are counts, some (lr_warmup_epochs) may be fractions, and
+    # validate() refuses what is out of range; what matters here is that a number is a number
+    kinds = {bool: (bool,), int: (int, float), float: (int, float), str: (str,)}
     wanted = kinds.get(type(default))
     if wanted is None or (isinstance(value, wanted) and (type(default) is bool or not isinstance(value, bool))):
         return float(value) if type(default) is float else value
-    noun = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[type(default)]
+    noun = {bool: "true or false", int: "a number", float: "a number", str: "text"}[type(default)]
     raise ValueError(f"--set {item!r}: {key} takes {noun}, e.g. {key}={json.dumps(default)}")

@@ -83,20 +83,33 @@ def prepare_collection(
     if model_dir is not None:
         extra["model_dir"] = os.path.abspath(model_dir)
     info = CollectionInfo(collection, model.dim, model.model_id, target_domain=model.pivot, extra=extra)
-    created = not be.has_collection(collection)
-    info = be.create_collection(info)
+    created = False
+    if not be.has_collection(collection):
+        try:  # exist_ok=False: of two runs that both found it missing, only the one that made it announces it
+            info, created = be.create_collection(info, exist_ok=False), True
+        except CollectionMismatchError:
+            pass
+    if not created:
+        info = be.create_collection(info)
     if created:
         try:
             call_each("clair_vec_collection_created", backend_name=be.name, collection=collection,
                       info={k: getattr(info, k) for k in ("dim", "model", "metric", "target_domain")})  # fmt: skip
         except PluginHookError as exc:
-            # still empty: drop it, so the next run creates it again and the plugin's hook runs then
-            # (kept, it would be an existing collection, and the grant or index never made)
+            # drop it while still empty, so the next run creates it again and the plugin's hook runs then
+            # (kept, it would be an existing collection, and the grant or index never made); one that
+            # another run has begun to fill is not this run's to drop
             try:
-                be.drop_collection(collection)
+                held = be.count(collection)
+                if held == 0:
+                    be.drop_collection(collection)
             except Exception:  # noqa: BLE001 - the hook's failure is the one to report
-                raise PluginHookError(f"{exc}; the new, empty collection {collection!r} could not be dropped: drop it "
-                                      "before running again, or the hook will not run for it") from None  # fmt: skip
+                held = None
+            if held != 0:
+                raise PluginHookError(f"{exc}; the new collection {collection!r} was kept (it "
+                                      f"{'could not be dropped' if held is None else f'already holds {held} records'}): "
+                                      "the hook has not run for it, so drop it, or do what the hook does, before "
+                                      "indexing into it again") from None  # fmt: skip
             raise PluginHookError(f"{exc}; the new collection {collection!r} was dropped again, so run the same "
                                   "command once that is fixed") from None  # fmt: skip
     elif info.model != model.model_id:

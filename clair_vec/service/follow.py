@@ -24,6 +24,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from clair_vec.method.pixel_batches import autocast
 from clair_vec.retrieval.indexing import collection_precision
 from clair_vec.retrieval.retriever import Retriever
 from clair_vec.service.context import ServiceContext, Serving
@@ -72,6 +73,13 @@ class Follower:
         if target == current.collection:
             return False
         info = await loop.run_in_executor(ctx.worker, ctx.backend.open_collection, target)
+        precision = collection_precision(info)
+        try:  # the device's rule first (fp16 needs CUDA): no model is loaded, every poll, to be refused after
+            with autocast(current.model.device, precision):
+                pass
+        except ValueError as exc:  # fp16 vectors on a CPU service: every search would fail while /readyz said ready
+            return self._refuse(target, f"its vectors were encoded at precision {precision}, which this service cannot "
+                                        f"run: {exc}")  # fmt: skip
         if info.model == current.model.model_id:
             retriever = current.retriever
         else:
@@ -86,10 +94,9 @@ class Follower:
             if retriever.model.model_id != info.model:
                 return self._refuse(target, f"the model at {model_dir!r} is {retriever.model.model_id}, but its vectors are "
                                             f"of {info.model}")  # fmt: skip
-        precision = collection_precision(info)
-        try:  # int8 builds its quantised tower here, off the worker, once
+        try:  # what only the model can say (int8 of a CLIP with nothing to quantise); its tower is built once, here
             await run_in_threadpool(retriever.model.foundation.check_precision, precision)
-        except ValueError as exc:  # fp16 vectors on a CPU service: every search would fail while /readyz said ready
+        except ValueError as exc:
             return self._refuse(target, f"its vectors were encoded at precision {precision}, which this service cannot "
                                         f"run: {exc}")  # fmt: skip
         await loop.run_in_executor(ctx.worker, retriever.collection, target)

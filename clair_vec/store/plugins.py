@@ -18,6 +18,7 @@ whichever plugin happened to be found first.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import threading
@@ -97,7 +98,14 @@ def _register(pm: pluggy.PluginManager, info: PluginInfo, load: Callable[[], Any
         key = info.name if pm.get_plugin(info.name) is None else f"{info.distribution or info.source}:{info.name}"
         pm.register(module, name=key)
         info.key = key
-        info.hooks = sorted(c.name for c in pm.get_hookcallers(module) or [])
+        callers = pm.get_hookcallers(module) or []
+        info.hooks = sorted(c.name for c in callers)
+        wrappers = sorted(c.name for c in callers for i in c.get_hookimpls()
+                          if i.plugin is module and (i.hookwrapper or getattr(i, "wrapper", False)))  # fmt: skip
+        if wrappers:  # each plugin's hook is called on its own, to name the plugin when it fails
+            pm.unregister(module)
+            raise pluggy.PluginValidationError(module, f"implements {wrappers} as a wrapper; clair_vec hooks take plain "
+                                                       "implementations (drop hookwrapper=/wrapper=)")  # fmt: skip
     except (Exception, SystemExit) as exc:  # a plugin that exits at import must not end the command that loads it
         error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SystemExit) else f"it exited at import ({exc})"
         _failed(info, error)
@@ -151,8 +159,8 @@ def plugins() -> list[PluginInfo]:
 
 
 def _owns(info: PluginInfo | None, name: str) -> bool:
-    """Whether ``info`` is backend ``name``'s own plugin (clair-vec-milvus for ``milvus``)."""
-    if info is None:
+    """Whether ``info`` is built-in backend ``name``'s own plugin (clair-vec-milvus for ``milvus``)."""
+    if info is None or name not in BACKEND_EXTRAS:
         return False
     own = f"clair_vec_{name}".replace("-", "_").lower()
     return (info.distribution or "").replace("-", "_").lower() == own or info.name.replace("-", "_").lower() == own
@@ -192,7 +200,8 @@ def backends() -> dict[str, tuple[Callable[..., Backend], str]]:
         for name, factory in mine.items():
             claims.setdefault(name, []).append((factory, info))
     for name, claimants in list(claims.items()):  # a name's own plugin keeps it; a plugin that takes it is skipped
-        owner = next((info for _, info in claimants if _owns(info, name)), None)
+        owners = [info for _, info in claimants if _owns(info, name)]
+        owner = owners[0] if len(owners) == 1 else None  # two that each look like its own: a clash, below
         for _, intruder in claimants if owner is not None else []:
             if intruder is not owner and intruder.loaded:
                 _failed(intruder, f"it registers backend {name!r}, which belongs to {_describe(owner)}", pm,
@@ -253,12 +262,13 @@ def get_backend(name: str | None = None, uri: str | None = None, /, **options: A
         raise ValueError(f"the {name} backend has no option 'uri': give the address as the URI itself (--uri)")
     factory, plugin = registered[name]
     try:
-        backend = factory(uri=uri, **options)
-    except TypeError as exc:
-        if "uri" not in str(exc) or "keyword" not in str(exc):
-            raise
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to read, let the call say it
+        params = None
+    if params is not None and not any(p.name == "uri" or p.kind is p.VAR_KEYWORD for p in params):
         raise UnknownBackendError(f"backend {name!r} (plugin {plugin!r}) cannot be opened: its factory does not take "
-                                  f"uri= as the plugin guide requires ({exc})") from None  # fmt: skip
+                                  "uri= as the plugin guide requires")  # fmt: skip
+    backend = factory(uri=uri, **options)
     if not isinstance(backend, Backend):
         raise UnknownBackendError(f"backend {name!r} (plugin {plugin!r}) cannot be opened: its factory returned "
                                   f"{type(backend).__name__}, not a clair_vec Backend")  # fmt: skip

@@ -213,8 +213,13 @@ class TrainResult:
 def _run_identity(config: ClairConfig, split: Any, val_fraction: float) -> dict[str, Any]:
     """What a resumed run must share with the run it resumes: every setting but the epochs (a run
     may be extended), and the images."""
-    images = hashlib.sha256("\n".join(sorted(f"{i.domain}/{i.label}/{i.path}" for i in seen_dataset(split).items)).encode())
+    seen = seen_dataset(split)
+    # paths relative to the data root: the same images given as data/ or /abs/data, or on another mount, are one run
+    images = hashlib.sha256("\n".join(sorted(f"{i.domain}/{i.label}/{os.path.relpath(i.path, seen.root or os.curdir)}"
+                                             for i in seen.items)).encode())  # fmt: skip
     settings = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+    if isinstance(settings.get("clip_pretrained"), str) and os.path.exists(settings["clip_pretrained"]):
+        settings["clip_pretrained"] = os.path.realpath(settings["clip_pretrained"])
     return {"config": settings, "val_fraction": val_fraction, "images": images.hexdigest()[:16],
             "unseen": sorted(split.unseen.classes) if split.unseen is not None else None, "epochs": config.epochs}  # fmt: skip
 
@@ -224,13 +229,15 @@ def _same_run(run_dir: Path, name: str, identity: dict[str, Any]) -> None:
     checkpoint to the new run, which would train on from it (or, past its epochs, not at all) and
     write a model under settings that were never used."""
     path = run_dir / "run.json"
+    if next(run_dir.glob("checkpoint_*"), None) is None:  # nothing trained yet (a first try failed): nothing to mix with
+        return
     try:
         before = json.loads(path.read_text())
     except FileNotFoundError:
         before = None
     except (OSError, ValueError) as exc:
         raise ValueError(f"run {name!r} at {run_dir} cannot be resumed: its run.json is unreadable ({exc}); give a new "
-                         "--name, or remove that folder to start it over") from None  # fmt: skip
+                         "--name, or remove its checkpoint_* folders to start it over") from None  # fmt: skip
     if before is not None and int(before.get("epochs", 0)) > identity["epochs"]:
         raise ValueError(f"run {name!r} at {run_dir} was started for {before['epochs']} epochs, more than the "
                          f"{identity['epochs']} asked: re-running a --name resumes it, so ask for at least "
@@ -245,7 +252,7 @@ def _same_run(run_dir: Path, name: str, identity: dict[str, Any]) -> None:
                 for k in ("images", "unseen", "val_fraction") if before.get(k) != identity[k]]  # fmt: skip
     raise ValueError(f"run {name!r} at {run_dir} was started with other settings ({'; '.join(changed[:6])}"
                      f"{'; ...' if len(changed) > 6 else ''}): re-running a --name resumes it, so give this run a new "
-                     "--name (or remove that folder to start it over)")  # fmt: skip
+                     "--name (or remove its checkpoint_* folders to start it over)")  # fmt: skip
 
 
 def _record_run(run_dir: Path, identity: dict[str, Any]) -> None:
