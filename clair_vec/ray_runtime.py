@@ -133,9 +133,9 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def job_failure(exc: BaseException, command: str) -> tuple[str, int]:
-    """One line for a Ray job that failed, and its exit status. The reason is the innermost cause
-    (a worker's own error, not the pages of Ray's wrappers around it), its secrets scrubbed: 2 for
-    what the user can fix (bad input, an unreachable or refused store), 1 for anything else,
+    """One line for a Ray job that failed, and its exit status, its secrets scrubbed. The reason is
+    a worker's own error, not the pages of Ray's wrappers around it: the outermost error of ours
+    (bad input, an unreachable or refused store; exit 2), else the innermost cause (exit 1).
     130 for an interrupt (Ctrl-C, or the SIGTERM of ``ray job stop``)."""
     from clair_vec.errors import ClairVecError
     from clair_vec.store.redaction import scrub

@@ -8,11 +8,11 @@ A plugin that cannot be imported, or that implements a hook that does not exist,
 once (a warning naming it, its distribution and the error) and left out, all its hooks with it;
 every other plugin keeps working. ``clair-vec backends`` lists both kinds.
 
-Two plugins may share an entry-point name (each loads) but not a backend name: a backend's own
-distribution (``clair-vec-NAME``, or the module ``clair_vec_NAME``) keeps its name against any
-other claimant, which is reported and skipped; between two others the name is refused when used,
-with an error naming both, since picking one by install order would hand a user's data to
-whichever plugin happened to be found first.
+Two plugins may share an entry-point name (each loads) but not a backend name: a built-in
+backend's own distribution (``clair-vec-milvus`` for ``milvus``, or its module loaded through
+``CLAIR_VEC_PLUGINS``) keeps its name against any other claimant, which is reported and skipped;
+between two others the name is refused when used, with an error naming both, since picking one
+by install order would hand a user's data to whichever plugin happened to be found first.
 """
 
 from __future__ import annotations
