@@ -153,11 +153,18 @@ def job_failure(exc: BaseException, command: str) -> tuple[str, int]:
     return f"{command}: error: {scrub(what)}", 2 if user is not None else 1
 
 
-def job_traceback(exc: BaseException) -> str:
-    """The scrubbed traceback of a failure (``-v`` of a Ray job): Ray's wrappers carry the worker's in their text."""
+def report_job_failure(exc: BaseException, command: str, verbose: bool) -> int:
+    """Print a failed Ray job's line (:func:`job_failure`) to stderr, after its scrubbed traceback
+    with ``verbose`` (Ray's wrappers carry the worker's in their text); returns the exit status."""
     import traceback
 
     from clair_vec.store.redaction import scrub
 
-    return scrub("".join(traceback.format_exception(exc)))
+    line, code = job_failure(exc, command)
+    if verbose and code != 130:
+        print(scrub("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+    elif code == 1:  # not a user error: where it happened matters
+        line += " (run with -v for the traceback)"
+    print(line, file=sys.stderr)
+    return code
 

@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,15 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                       labels=labels, gpus=args.gpus, threads_per_actor=args.threads_per_actor,
                       from_collection=args.from_collection, precision=args.precision)  # fmt: skip
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - Ray wraps a worker's error in pages of its own
-        from clair_vec.ray_runtime import job_failure, job_traceback
+        from clair_vec.ray_runtime import report_job_failure
 
-        line, code = job_failure(exc, "index.py")
-        if args.verbose and code != 130:
-            print(job_traceback(exc), file=sys.stderr, end="")
-        elif code == 1:  # not a user error: where it happened matters
-            line += " (run with -v for the traceback)"
-        print(line, file=sys.stderr)
-        return code
+        return report_job_failure(exc, "index.py", args.verbose)
     print(json.dumps(s.as_dict()))
     return 0
 

@@ -68,15 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                               workers=args.workers, gpus=args.gpus, val_fraction=args.val_fraction,
                               feature_actors=args.feature_actors, classes=args.classes, validation=args.validation)  # fmt: skip
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - Ray wraps a worker's error in pages of its own
-        from clair_vec.ray_runtime import job_failure, job_traceback
+        from clair_vec.ray_runtime import report_job_failure
 
-        line, code = job_failure(exc, "train.py")
-        if args.verbose and code != 130:
-            print(job_traceback(exc), file=sys.stderr, end="")
-        elif code == 1:  # not a user error: where it happened matters
-            line += " (run with -v for the traceback)"
-        print(line, file=sys.stderr)
-        return code
+        return report_job_failure(exc, "train.py", args.verbose)
     for epoch in result.history:
         print(json.dumps({k: v for k, v in epoch.items() if isinstance(v, (int, float))}))
     if args.json:

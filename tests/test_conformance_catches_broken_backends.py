@@ -354,20 +354,12 @@ BROKEN = textwrap.dedent('''
         """Ranks and scores by inner product: right only for unit vectors."""
 
         def _upsert(self, name, records):
-            with self._write_lock:
-                c = self.data[name]
-                ids, payloads, vectors = list(c["ids"]), list(c["payloads"]), list(c["vectors"])
-                pos = {i: n for n, i in enumerate(ids)}
-                for r in records:
-                    v = np.asarray(r.vector, np.float32)
-                    if r.id in pos:
-                        vectors[pos[r.id]], payloads[pos[r.id]] = v, dict(r.payload)
-                    else:
-                        pos[r.id] = len(ids)
-                        ids.append(r.id), vectors.append(v), payloads.append(dict(r.payload))
-                self.data[name] = {"info": c["info"], "ids": ids, "payloads": payloads,
-                                   "vectors": np.asarray(vectors, np.float32).reshape(-1, c["info"].dim)}
-                self._save(name)
+            super()._upsert(name, records)  # stores unit vectors: give each back the length it came with
+            c = self.data[name]
+            pos = {i: n for n, i in enumerate(c["ids"])}
+            for r in records:
+                c["vectors"][pos[r.id]] *= float(np.linalg.norm(r.vector))
+            self._save(name)
 
         def _search(self, name, vectors, top_k, flt):
             c = self.data[name]
