@@ -119,3 +119,7 @@ class ZeroShotLeakError(ClairVecError, ValueError):
 
 class VocabularyTooLargeError(ClairVecError, ValueError):
     """A label vocabulary longer than the model embeds at once (the limit is in the message)."""
+
+
+class TrainingDivergedError(ClairVecError, FloatingPointError):
+    """Training's loss or weights stopped being finite numbers: nothing of that run may ship."""

@@ -56,14 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from clair_vec.method.config import ClairConfig, parse_overrides
+    from clair_vec.method.config import TRAINING_FLAGS, ClairConfig, parse_overrides
     from clair_vec.training.ray_train import run_training
 
     pretrained = None if args.clip_pretrained.lower() == "none" else args.clip_pretrained
     try:
         config = ClairConfig(clip_model=args.clip_model, clip_pretrained=pretrained, pivot_domain=args.pivot,
                              epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                             **parse_overrides(args.set))  # fmt: skip
+                             **parse_overrides(args.set, TRAINING_FLAGS))  # fmt: skip
         result = run_training(args.data, out=args.out, config=config, storage_path=args.storage_path, name=args.name,
                               workers=args.workers, gpus=args.gpus, val_fraction=args.val_fraction,
                               feature_actors=args.feature_actors, classes=args.classes, validation=args.validation)  # fmt: skip

@@ -58,6 +58,22 @@ def test_qdrant_edge_refuses_an_index_option_that_is_no_count(tmp_path, option, 
         get_backend("qdrant", str(tmp_path / "q"), **{option: value})
 
 
+def test_milvus_lite_refuses_an_index_type_it_cannot_build_before_a_collection_exists(tmp_path):
+    """Lite took index_type=BOGUS at creation and failed only in its background build: `reindex`
+    exited 0 with a collection no search could use."""
+    uri = str(tmp_path / "s.db")
+    with pytest.raises(ValueError, match=r"index_type 'BOGUS' is not one Milvus Lite builds; use one of FLAT, BRUTE_FORCE, AUTOINDEX, HNSW"):
+        get_backend("milvus", uri, index_type="BOGUS")
+    for bad in ("abc", -1, 0, True):  # was "cannot reach Milvus at ...": the store was fine, the option was not
+        with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+            get_backend("milvus", uri, timeout=bad)
+    be = get_backend("milvus", uri, index_type="ivf_flat")  # Milvus spells them in capitals; a user may not
+    try:
+        assert be.index_type == "IVF_FLAT"
+    finally:
+        be.close()
+
+
 def test_the_exact_answer_the_benchmark_scores_against_is_numpy_s_full_sort_across_blocks():
     rng = np.random.default_rng(1)
     big = rng.normal(size=(230_000, 8)).astype(np.float32)

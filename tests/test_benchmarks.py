@@ -4,6 +4,7 @@ end on a tiny generated copy of its folder layout (one small image a class and d
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from pathlib import Path
 
@@ -97,6 +98,10 @@ def test_each_protocol_runs_end_to_end_on_a_tiny_copy(name, tmp_path, clip_file,
         assert saved["record"]["selection"]["folds"]
         assert main(["report", str(out / "results.json"), "--out", str(tmp_path / "report")]) == 0
         assert (tmp_path / "report" / "index.html").read_text().count("<img") > 0
+        # drawn into the folder it came from (as `benchmark run` invites), the results.json keeps its training record
+        before = (out / "results.json").read_bytes()
+        assert main(["report", str(out / "results.json"), "--out", str(out)]) == 0
+        assert (out / "results.json").read_bytes() == before and "Model selection" in (out / "index.html").read_text()
         # the dataset moved away: the report still draws, saying which images it could not find
         (root / "photo").rename(tmp_path / "photo-elsewhere")
         assert main(["report", str(out / "results.json"), "--out", str(tmp_path / "report2")]) == 0
@@ -130,6 +135,56 @@ def test_report_refuses_a_results_file_it_cannot_draw_in_one_line(text, why, tmp
     assert main(["report", str(tmp_path / "r.json"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and why in err and "is not a results file" in err, err
+
+
+def _drawable() -> dict:
+    scores = {"mAP@all": 0.3, "mAP@200": 0.3, "P@100": 0.2, "P@200": 0.2, "mean_pairwise_cosine": 0.5, "hubness": 0.1}
+    row = {"query": "sketch", "gallery": "photo", "classes": ["a", "b"], "queries": 4, "gallery_size": 8, "raw_clip": scores,
+           "model": dict(scores), "shipped": "clair", "chance": 0.5}  # fmt: skip
+    return {"model": "m", "classes_from": "x", "k": 200, "rows": [row], "samples": {}}
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda r: r["rows"][0].pop("shipped"), "KeyError: 'shipped'"),
+    (lambda r: r["rows"][0]["raw_clip"].pop("hubness"), "KeyError: 'hubness'"),
+    (lambda r: r["rows"][0].__setitem__("classes", [1, 2]), "TypeError"),
+    (lambda r: r["rows"][0].__setitem__("chance", "half"), "Unknown format code"),
+    (lambda r: r.__setitem__("model", "\ud800"), "UnicodeEncodeError"),
+])  # fmt: skip
+def test_an_edited_results_file_the_checks_pass_but_drawing_cannot_is_one_line_and_leaves_no_folder(edit, why, tmp_path, capsys):
+    """Such files ended in KeyError, TypeError or a codec's words from deep in the drawing, and left
+    an empty --out folder behind."""
+    good = _drawable()
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    assert main(["report", str(tmp_path / "good.json"), "--out", str(tmp_path / "ok")]) == 0
+    edit(good)
+    (tmp_path / "r.json").write_text(json.dumps(good))  # a lone surrogate is written escaped, as JSON allows
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "r.json"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and why in err and "is not a results file" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_results_file_no_json_reader_should_take_is_refused_in_one_line(tmp_path, capsys):
+    for name, text in (("deep", "[" * 200_000), ("digits", '{"k": ' + "9" * 5000 + "}")):
+        (tmp_path / f"{name}.json").write_text(text)
+        assert main(["report", str(tmp_path / f"{name}.json"), "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not JSON this reader takes" in err, err
+
+
+def test_sample_images_that_are_bombs_or_pipes_are_drawn_as_not_found(tmp_path):
+    """A 20000 x 20000 PNG failed the whole report (PIL's DecompressionBombError is no OSError) and
+    a FIFO blocked it for ever."""
+    from clair_vec.evaluation.report import _thumb
+
+    Image.new("1", (20_000, 20_000)).save(tmp_path / "bomb.png")
+    os.mkfifo(tmp_path / "fifo")
+    assert _thumb(str(tmp_path / "bomb.png"), tmp_path / "out") is None
+    assert _thumb(str(tmp_path / "fifo"), tmp_path / "out") is None
+    Image.new("RGB", (40, 30)).save(tmp_path / "fine.png")
+    assert _thumb(str(tmp_path / "fine.png"), tmp_path / "out") is not None
 
 
 def test_a_missing_folder_or_class_is_one_line_that_names_it(tmp_path, clip_file, capsys):

@@ -48,8 +48,8 @@ def test_zero_shot_split_never_lets_unseen_classes_into_training(tmp_path):
     with pytest.raises(DatasetError, match="no images"):
         zero_shot_split(ds, unseen=["unicorn"])
     f = tmp_path / "unseen.txt"
-    f.write_text("# held out\ndog\n\nhouse  # comment\n")
-    assert read_class_list(f) == ["dog", "house"]
+    f.write_text("# held out\ndog\n\nhouse  # comment\nc#\t# a class named c#: read as 'c' before\n")
+    assert read_class_list(f) == ["dog", "house", "c#"]
 
 
 def test_missing_dataset_and_split_file_errors_name_the_path(tmp_path):

@@ -60,6 +60,8 @@ def test_a_planted_checkpoint_is_refused_and_never_runs(planted, tmp_path, marke
     out = run_cli("search", "--model", str(planted), "--collection", "g", "--uri", str(tmp_path / "s.db"), "--domain",
                   "sketch", str(planted / "clair.json"))  # fmt: skip
     assert out.returncode == 2 and "refusing to load" in out.stderr and "Traceback" not in out.stderr
+    # what the safe loader found, and never torch's advice to load the file unsafely instead
+    assert "unsupported GLOBAL" in out.stderr and "weights_only" not in out.stderr, out.stderr
     assert not marker.exists()
     torch.load(planted / "clair.pt", weights_only=False)  # the payload is real: unsafe loading runs it
     assert marker.exists()

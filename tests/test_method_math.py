@@ -322,10 +322,12 @@ def test_a_centred_head_adds_no_shared_offset():
 def test_old_configs_load_with_the_behaviour_they_were_trained_with():
     from clair_vec.method.config import ClairConfig
 
-    old = {k: v for k, v in ClairConfig().to_dict().items() if k not in ("confidence_norm", "head_center")}
+    old = {k: v for k, v in ClairConfig().to_dict().items() if k not in ("confidence_norm", "head_center", "selection_fold_classes")}
     assert ClairConfig.from_dict({**old, "per_class_norm": True}).confidence_norm == "class"
     assert ClairConfig.from_dict({**old, "per_class_norm": False}).confidence_norm == "none"
     assert ClairConfig.from_dict(old).head_center is False
+    # a record made before the option says what its folds were: independent draws
+    assert ClairConfig.from_dict(old).selection_fold_classes == "random"
 
 
 def test_set_values_take_the_kind_of_their_field_and_a_wrong_kind_is_named():
@@ -337,6 +339,10 @@ def test_set_values_take_the_kind_of_their_field_and_a_wrong_kind_is_named():
         "lr": 0.001, "lr_warmup_epochs": 0.5, "pivot_domain": "photo", "epochs": 3, "w_cluster": 0.0}
     assert parse_overrides(["pivot_domain=2024"]) == {"pivot_domain": "2024"}  # text stays text
     for bad, words in (("lr=abc", "lr takes a number, e.g. lr=0.0003"), ("lr=true", "lr takes a number"),
-                       ("epochs=many", "epochs takes a number")):  # fmt: skip
+                       ("epochs=many", "epochs takes a number"), ("epochs=2.5", "epochs counts, so it takes a whole number"),
+                       ("batch_size=12.5", "batch_size counts")):  # fmt: skip
         with pytest.raises(ValueError, match=re.escape(words)):
             parse_overrides([bad])
+    assert parse_overrides(["epochs=60.0", "seed=1e1"]) == {"epochs": 60, "seed": 10}  # whole numbers spelled as decimals
+    with pytest.raises(ValueError, match="n_views counts, so it takes a whole number, got 2.5"):
+        ClairConfig(n_views=2.5)  # the Python API, where no --set parsed it

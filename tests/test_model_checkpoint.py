@@ -200,6 +200,13 @@ CASES: list[tuple[str, Callable[[Path], None], type, str]] = [
     ("foundation.pt a list", torch_file("foundation.pt", [1]), CK, r"foundation.pt holds a list; expected the state dict of a clair-tiny CLIP"),
     ("foundation.pt garbage", file_bytes("foundation.pt", b"nope"), US, r"foundation.pt' is truncated or not a torch file"),
     ("model_id changed", setter("model_id", "clair-clair-tiny-000000000000"), WN, r"loads as model .* but was saved as clair-clair-tiny-000000000000"),
+    # the routing is in the model id: an edit is named as an edit, not as changed CLIP weights
+    ("an edited routing", meta_edit(lambda m: m["routing"].__setitem__("sketch", 0.5)), WN, r"clair.json or clair.pt was edited or swapped"),
+    # the text embeddings' rows follow the class order, which the id does not cover: a reordered list searched "dog" with "cat"'s text
+    ("reordered classes", meta_edit(lambda m: m.__setitem__("classes", m["classes"][::-1])), CK,
+     r"clair.json field 'classes' lists the classes in another order than clair.pt was saved with"),
+    ("selection a string", meta_edit(lambda m: m["training"].__setitem__("selection", "x")), CK, r"field 'training.selection' is 'x'; expected an object or null"),
+    ("stats a list", meta_edit(lambda m: m["training"].__setitem__("stats", [1])), CK, r"field 'training.stats' is a JSON array"),
 ]  # fmt: skip
 
 

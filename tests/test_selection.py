@@ -4,6 +4,7 @@ query domain is not shipped for it, the decision survives save/load and reaches 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -45,6 +46,23 @@ def test_folds_are_distinct_random_class_sets():
     assert len(class_folds(["a", "b", "c", "d"], fraction=0.5, seed=0, max_folds=10)) == 6  # every 2 of 4: no more exist
     assert class_folds(["a", "b", "c"], fraction=0.1, seed=0, max_folds=5) == []  # 2 held out would leave 1 to train on
     assert class_folds(classes, fraction=0.0, seed=0, max_folds=5) == []
+
+
+def test_covering_folds_hold_every_seen_class_out_before_any_twice():
+    # the demo's shape: 18 seen classes, 5 folds of 5. Independent draws (the default; seed 0) leave
+    # 4 classes unjudged and hold one out in 4 folds of 5
+    classes = [f"c{i:02d}" for i in range(18)]
+    for seed in range(20):
+        counts = Counter(c for f in class_folds(classes, fraction=0.3, seed=seed, max_folds=5, cover=True) for c in f)
+        assert set(counts) == set(classes) and max(counts.values()) == 2, (seed, counts)
+    drawn = Counter(c for f in class_folds(classes, fraction=0.3, seed=0, max_folds=5) for c in f)
+    assert len(drawn) == 14 and max(drawn.values()) == 4
+    # 10 classes in folds of 2: five covering folds partition them exactly
+    parts = class_folds([f"c{i}" for i in range(10)], fraction=0.2, seed=1, max_folds=5, cover=True)
+    assert sorted(c for f in parts for c in f) == [f"c{i}" for i in range(10)]
+    # more folds than one pass holds: runs that would repeat a fold give way to distinct draws
+    many = class_folds([f"c{i}" for i in range(6)], fraction=0.3, seed=2, max_folds=8, cover=True)
+    assert len(many) == 8 and len({tuple(f) for f in many}) == 8
 
 
 # ---------------------------------------------------------------------- the decision rule

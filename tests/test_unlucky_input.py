@@ -231,10 +231,14 @@ def test_label_files_are_read_as_written_and_errors_name_the_file(model_dir, sha
         (["serve", "--port", "70000"], "argument --port: must be an integer from 1 to 65535, got 70000"),
         (["serve", "--replicas", "0"], "argument --replicas: must be an integer from 1 to 256, got 0"),
         (["serve", "--max-upload-mb", "-5"], "argument --max-upload-mb: must be a number above 0 and at most 1024, got -5"),
+        # --k 0 printed "P@0": NaN, which no JSON parser takes, and --k -5 a negative precision
+        (["evaluate", "--data", "d", "--k", "0"], "argument --k: must be an integer from 1 to 1000000, got 0"),
+        (["evaluate", "--data", "d", "--samples", "-1"], "argument --samples: must be an integer from 0 to 1000, got -1"),
     ],
 )
 def test_numbers_out_of_range_are_refused_with_the_range(args, message, tmp_path):
-    out = run_cli(args[0], "--model", str(tmp_path), "--collection", "g", *args[1:], *(["x.png"] if args[0] != "serve" else []))
+    where = ["--collection", "g"] if args[0] != "evaluate" else []
+    out = run_cli(args[0], "--model", str(tmp_path), *where, *args[1:], *(["x.png"] if args[0] in ("index", "search") else []))
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
@@ -326,6 +330,10 @@ def test_a_path_component_shaped_like_an_assignment_is_not_a_credential():
     assert scrub("http://host:19530/password=hunter2xyz") == "http://host:19530/password=***"
     assert scrub("user=root/password=hunter2 /run/secrets/password: pw") == "user=root/password=*** /run/secrets/password: ***"
     assert scrub("http://root:Milvus@host:19530/?token=abc") == "http://***@host:19530/?token=***"
+    # a URL that pathlib printed with one slash keeps its password masked; paths with an @ are not credentials
+    assert scrub("folder 'http:/root:S3cret@127.0.0.1:1/data'") == "folder 'http:/***@127.0.0.1:1/data'"
+    for path in ("C:/x@y", "D:/photos@2x/img.png", "file:/home@x", "local:/tmp@x", "note:/alice@example.com"):
+        assert scrub(path) == path
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), a device that is always full")

@@ -71,6 +71,19 @@ def _engine_traceback_off(record: logging.LogRecord) -> bool:
     return True
 
 
+#: what an interrupted command left, said truthfully: only the writers resume (every write is whole
+#: and ids are content hashes, so the same command picks up where one stopped); training restarts
+AFTER_INTERRUPT = {
+    "index": "what was indexed is kept: run the same command again to resume",
+    "reindex": "what was re-embedded is kept: run the same command again to resume",
+    "demo": "its data and stand-in CLIP are kept: run the same command again to go on from them",
+    "train": "a model is saved only once training ends, in one step, so --out holds the earlier model unless this "
+             "run printed 'saved'; run it again to train anew (from cached features with --cache-dir)",
+    "bootstrap-clip": "the weights are written only at the end, in one step; run it again to start over",
+    "evaluate": "a report's files are moved into place only at the end; run it again to redraw it",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -108,10 +121,8 @@ def main(argv: list[str] | None = None) -> int:
               + ("" if args.verbose else " (run with -v for the traceback)"), file=sys.stderr)  # fmt: skip
         code = 1
     except KeyboardInterrupt:
-        # every write is whole and ids are content hashes: what was written stays, and the same
-        # command picks up where this one stopped
-        print(f"\nclair-vec: interrupted; what was done is kept: run the same `clair-vec {args.command}` again to "
-              "resume", file=sys.stderr)  # fmt: skip
+        after = AFTER_INTERRUPT.get(args.command)
+        print(f"\nclair-vec: interrupted{'; ' + after if after else ''}", file=sys.stderr)
         code = 130
     from clair_vec.ray_runtime import exit_process, started_here
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from clair_vec.cli.common import Formatter
+from clair_vec.errors import DatasetError
 
 
 def cmd_list(a: argparse.Namespace) -> None:
@@ -27,9 +28,11 @@ def cmd_list(a: argparse.Namespace) -> None:
 def cmd_run(a: argparse.Namespace) -> None:
     from clair_vec.cli.train import _train_config
     from clair_vec.evaluation.benchmark import benchmark_table, run_benchmark
+    from clair_vec.method.config import TRAINING_FLAGS
 
     a.pivot = "photo"  # replaced by the protocol's gallery domain
-    result = run_benchmark(a.name, a.data, _train_config(a), out=a.out, val_fraction=a.val_fraction, cache_dir=a.cache_dir,
+    flags = {**TRAINING_FLAGS, "pivot_domain": "the protocol's gallery domain (clair-vec benchmark list names it)"}
+    result = run_benchmark(a.name, a.data, _train_config(a, flags), out=a.out, val_fraction=a.val_fraction, cache_dir=a.cache_dir,
                            progress=not a.json, device=a.device)  # fmt: skip
     if a.json:
         print(json.dumps({"protocol": result["protocol"], "rows": result["rows"], "shipped": result["record"].get("shipped")}))
@@ -44,7 +47,15 @@ def cmd_report(a: argparse.Namespace) -> None:
     from clair_vec.extras import require
 
     require("report", "matplotlib", needed_for="clair-vec report")
-    out = write_report(read_results(a.results), a.out)
+    result = read_results(a.results)
+    # drawn into its own folder, the results.json it was drawn from stays as it is (with its training record)
+    beside = Path(a.out, "results.json").resolve() == Path(a.results).resolve()
+    try:
+        out = write_report(result, a.out, write_results=not beside)
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError, IndexError) as exc:
+        # read_results checks what every report needs; an edited file can still hold what drawing chokes on
+        raise DatasetError(f"{a.results} is not a results file ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+                           "give the results.json that `clair-vec benchmark run` wrote") from None  # fmt: skip
     print(f"report written to {out}", file=sys.stderr)
 
 

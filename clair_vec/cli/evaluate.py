@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from clair_vec.cli.common import device_arg, model_arg
+from clair_vec.cli.common import device_arg, int_range, model_arg
+from clair_vec.errors import ClairVecError
 from clair_vec.extras import require
 
 
@@ -15,6 +17,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     if a.report:
         require("report", "matplotlib", needed_for="clair-vec evaluate --report")
+        _check_report_folder(Path(a.report), Path(a.data), Path(a.model))
 
     result = evaluate(a.model, a.data, query_domains=a.query_domain, k=a.k, samples=a.samples, seed=a.seed, device=a.device)
     if a.json:
@@ -27,6 +30,21 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
         sys.stdout.flush()
         print(f"report written to {write_report(result, a.report)}", file=sys.stderr)
+
+
+def _check_report_folder(report: Path, data: Path, model: Path) -> None:
+    """Before the evaluation runs: a report folder that is a file, or that lies inside the dataset
+    (the next training would read it as a domain) or the model folder, is refused."""
+    from clair_vec.evaluation.report import check_report_folder
+
+    check_report_folder(report)
+    r = report.resolve()
+    for given, what in ((data, "--data"), (model, "--model")):
+        if given.is_dir() and (r == given.resolve() or given.resolve() in r.parents):
+            raise ClairVecError(f"--report {report} is inside {what} {given}: "
+                                + ("the next training would read its images as a domain of the dataset; "
+                                   if what == "--data" else "saving a model replaces that folder and would delete it; ")
+                                + "write the report elsewhere")  # fmt: skip
 
 
 def results_table(result: dict) -> str:
@@ -59,8 +77,8 @@ def add_commands(add) -> None:
     device_arg(e)
     e.add_argument("--data", required=True, help="the dataset root the model was trained from")
     e.add_argument("--query-domain", action="append", help="query domain (repeatable; default: every non-gallery domain)")
-    e.add_argument("--k", type=int, default=200, help="cut-off of mAP@k and P@k")
+    e.add_argument("--k", type=int_range(1, 1_000_000), default=200, help="cut-off of mAP@k and P@k")
     e.add_argument("--report", default=None, metavar="DIR", help="also write a self-contained HTML report to DIR")
-    e.add_argument("--samples", type=int, default=6, help="sample queries per domain shown in the report")
+    e.add_argument("--samples", type=int_range(0, 1000), default=6, help="sample queries per domain shown in the report")
     e.add_argument("--seed", type=int, default=0, help="seeds the report's choice of sample queries")
     e.add_argument("--json", action="store_true", help="print one JSON line per query domain instead of the table")

@@ -11,21 +11,24 @@ from clair_vec.cli.common import backend_args, device_arg
 from clair_vec.errors import ClairVecError
 
 
-def _train_config(a: argparse.Namespace):
-    from clair_vec.method.config import ClairConfig, parse_overrides
+def _train_config(a: argparse.Namespace, flags: dict[str, str] | None = None):
+    """The config from a training command's flags and --set; ``flags``: the fields its flags (or
+    something else) set, which --set refuses (default: train's)."""
+    from clair_vec.method.config import TRAINING_FLAGS, ClairConfig, parse_overrides
 
     pretrained = None if str(a.clip_pretrained).lower() == "none" else a.clip_pretrained
     try:
         return ClairConfig(clip_model=a.clip_model, clip_pretrained=pretrained, pivot_domain=a.pivot, epochs=a.epochs,
-                           batch_size=a.batch_size, seed=a.seed, **parse_overrides(a.set))  # fmt: skip
+                           batch_size=a.batch_size, seed=a.seed, **parse_overrides(a.set, flags or TRAINING_FLAGS))  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise ClairVecError(str(exc)) from exc
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from clair_vec.training.job import plan_training, train_local
+    from clair_vec.training.job import check_output, plan_training, train_local
 
     cfg = _train_config(a)
+    check_output(a.out, a.data, cache_dir=a.cache_dir, validation=a.validation, classes=a.classes)
     split = plan_training(Path(a.data), cfg.seed, a.val_fraction, classes=a.classes, validation=a.validation)
     on_epoch = (lambda s: print(json.dumps(s.as_dict()), flush=True)) if a.json else (lambda s: print(epoch_line(s, cfg.epochs), flush=True))
     model = train_local(a.data, cfg, split=split, val_fraction=a.val_fraction, cache_dir=a.cache_dir, on_epoch=on_epoch,

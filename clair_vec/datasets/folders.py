@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +56,20 @@ class MultiDomainDataset:
         return len(self.items)
 
 
+def looks_like_url(root: str | Path) -> bool:
+    """``root`` was typed as a URL (``pathlib`` turns ``http://`` into ``http:/``) and is no folder here."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(root)) is not None and not Path(root).exists()
+
+
 def scan_folder(root: str | Path, domains: Sequence[str] | None = None, *, what: str = "dataset folder") -> MultiDomainDataset:
     """Index ``root/<domain>/<class>/<image>``; files with non-image suffixes are ignored.
     ``what`` names the folder in errors (e.g. "--validation folder")."""
     root = Path(root)
     if not root.is_dir():
+        if looks_like_url(root):
+            url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+:)/(?!/)", r"\1//", str(root))  # as typed, before pathlib ate a slash
+            raise DatasetError(f"{what} {url!r} is a URL, and this command reads a local folder: download the images "
+                               "into root/<domain>/<class>/<image> first (index and search take URLs)")  # fmt: skip
         raise DatasetError(
             f"{what} {str(root)!r} does not exist; expected root/<domain>/<class>/<image> "
             "(e.g. PACS or DomainNet unpacked), or run `clair-vec demo` to generate one."
@@ -90,8 +100,9 @@ def scan_folder(root: str | Path, domains: Sequence[str] | None = None, *, what:
 
 
 def read_class_list(path: str | Path, *, what: str = "class split file", comments: str = "anywhere") -> list[str]:
-    """One class name a line; blank lines and ``#`` comments ignored (``comments="line"``: only
-    lines that start with ``#``, so that a name may hold one)."""
+    """One class name a line; blank lines and ``#`` comments ignored: a ``#`` that starts a line or
+    follows a space begins a comment, so a class named ``c#`` stays itself (``comments="line"``:
+    only lines that start with ``#``)."""
     path = Path(path)
     if path.is_dir():
         raise DatasetError(f"{what} {str(path)!r} is a folder; give a text file with one class name a line")
@@ -104,7 +115,7 @@ def read_class_list(path: str | Path, *, what: str = "class split file", comment
     if comments == "line":
         names = [ln.strip() for ln in lines if not ln.lstrip().startswith("#")]
     else:
-        names = [ln.split("#")[0].strip() for ln in lines]
+        names = [re.split(r"(?:^|\s)#", ln, maxsplit=1)[0].strip() for ln in lines]
     return [n for n in names if n]
 
 

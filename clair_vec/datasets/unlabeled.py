@@ -18,7 +18,14 @@ import hashlib
 import os
 from pathlib import Path
 
-from clair_vec.datasets.folders import ImageItem, MultiDomainDataset, Split, read_class_list, scan_folder
+from clair_vec.datasets.folders import (
+    ImageItem,
+    MultiDomainDataset,
+    Split,
+    looks_like_url,
+    read_class_list,
+    scan_folder,
+)
 from clair_vec.datasets.images import walk_images
 from clair_vec.errors import DatasetError
 
@@ -41,6 +48,8 @@ def scan_unlabeled(root: str | Path, vocabulary: list[str], domains: list[str] |
     below its domain when that folder names a vocabulary class, else :data:`UNLABELED`."""
     root = Path(root)
     if not root.is_dir():
+        if looks_like_url(root):
+            scan_folder(root)  # says it is a URL, which this command cannot read
         raise DatasetError(f"dataset folder {str(root)!r} does not exist; expected ROOT/<domain>/<image> (any folders "
                            "below the domain) with --classes naming the class vocabulary")  # fmt: skip
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

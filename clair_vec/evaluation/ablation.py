@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         mix = parse_mix(a.mix) if a.mix else None
         runs = [data_run(a.data, s, clip_model=a.clip_model, clip_pretrained=a.clip_pretrained, bootstrap_steps=a.bootstrap_steps,
                          mix=mix) for s in range(a.seeds)]  # fmt: skip
-    result = run(runs, epochs=a.epochs, batch_size=a.batch_size, k=a.k, config=parse_overrides(a.set), variants=variants,
+    result = run(runs, epochs=a.epochs, batch_size=a.batch_size, k=a.k, config=parse_overrides(a.set, {"epochs": "--epochs", "batch_size": "--batch-size"}), variants=variants,
                  progress=lambda s: print(f"  {s}", flush=True))  # fmt: skip
     print(format_table(result))
     if a.out:

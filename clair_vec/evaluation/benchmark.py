@@ -9,13 +9,13 @@ The run writes ``OUT/model`` (the trained model, as ``clair-vec train`` writes i
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from clair_vec.errors import DatasetError
 from clair_vec.evaluation.protocols import PROTOCOLS, get_protocol, protocol_split
+from clair_vec.evaluation.report import finite
 from clair_vec.method.config import ClairConfig
 
 RESULTS = "results.json"
@@ -35,8 +35,9 @@ def run_benchmark(name: str, data: str | Path, config: ClairConfig, *, out: str 
                   cache_dir: str | Path | None = None, progress: bool = True, device: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Train and evaluate one protocol; the result is also written to ``OUT/results.json``."""
     from clair_vec.evaluation.zero_shot import evaluate
-    from clair_vec.training.job import train_local
+    from clair_vec.training.job import check_output, train_local
 
+    check_output(Path(out) / "model", data, cache_dir=cache_dir)  # before the hour of training, not after
     protocol = get_protocol(name)
     config = config.replace(pivot_domain=protocol.gallery)
     split = protocol_split(protocol, data, config.seed)  # a missing folder or class fails here, before any work
@@ -49,20 +50,9 @@ def run_benchmark(name: str, data: str | Path, config: ClairConfig, *, out: str 
                           "seen_classes": len(split.train.classes), "unseen_classes": len(split.unseen.classes)}  # fmt: skip
     path = out / RESULTS
     tmp = path.with_name(f".{RESULTS}.tmp")
-    tmp.write_text(json.dumps(_finite(result), indent=1, default=str, allow_nan=False))
+    tmp.write_text(json.dumps(finite(result), indent=1, default=str, allow_nan=False))
     os.replace(tmp, path)  # a run killed while writing leaves the last complete file, or none
     return result
-
-
-def _finite(x: Any) -> Any:
-    """NaN and infinities as null: results.json is JSON every parser reads."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 _ROW = {"query": str, "gallery": str, "classes": list, "queries": int, "gallery_size": int, "raw_clip": dict, "model": dict}
@@ -82,6 +72,8 @@ def read_results(path: str | Path) -> dict[str, Any]:
         raise bad("not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise bad(f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    except (ValueError, RecursionError) as exc:  # a number of thousands of digits, arrays nested past Python's stack
+        raise bad(f"not JSON this reader takes: {str(exc).splitlines()[0][:120]}") from None
     if not isinstance(result, dict):
         raise bad("not a JSON object")
     for key, kind in (("model", str), ("classes_from", str), ("k", int), ("rows", list), ("samples", dict)):

@@ -8,18 +8,24 @@ the checkpoint recorded them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from clair_vec.errors import ClairVecError
+
 THUMB = 112
+MAX_CHART_DOMAINS = 12  # charts side by side, one a domain
 METRICS = ("mAP@all", "mAP@{k}", "P@100", "P@{k}", "mean_pairwise_cosine", "hubness")
 
 CSS = """
@@ -43,15 +49,17 @@ def _acc(stats: dict[str, Any]) -> str:
 def _thumb(src: str, out_dir: Path) -> str | None:
     """Copy a small JPEG of ``src`` into ``out_dir/img`` and return its relative path; None when
     ``src`` cannot be read (a results file drawn after its dataset moved)."""
-    name = hashlib.sha256(src.encode("utf-8", "surrogateescape")).hexdigest()[:16] + ".jpg"
+    name = hashlib.sha256(src.encode("utf-8", "surrogatepass")).hexdigest()[:16] + ".jpg"
     target = out_dir / "img" / name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if not Path(src).is_file():  # a FIFO would block the report for ever
+                return None
             with Image.open(src) as im:
                 im = im.convert("RGB")
                 im.thumbnail((THUMB, THUMB))
-        except (OSError, ValueError):  # missing, unreadable or not an image (PIL's errors are OSErrors)
+        except (OSError, ValueError, Image.DecompressionBombError):  # missing, unreadable, not an image, or a bomb
             return None
         im.save(target, "JPEG", quality=85)  # a full disk here is the report's failure, not a missing picture
     return f"img/{name}"
@@ -65,10 +73,23 @@ def _figure(src: str, out_dir: Path, css: str, width: int, label: str, caption: 
     return f"<figure><img class='{css}' src='{thumb}' width={width} alt='{e(label)}'>{e(caption)}</figure>"
 
 
-def _bar_chart(result: dict[str, Any], out: Path) -> str:
-    import matplotlib
+def _plain_text(draw: Callable[..., str]) -> Callable[..., str]:
+    """Draw off-screen, with names taken as written: matplotlib reads ``$...$`` in a title or a
+    legend as TeX, so a domain named ``sk$\\x$`` failed the whole report and ``$a$`` came out as math."""
 
-    matplotlib.use("Agg")
+    @functools.wraps(draw)
+    def drawn(*args: Any, **kwargs: Any) -> str:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
+
+
+@_plain_text
+def _bar_chart(result: dict[str, Any], out: Path) -> str:
     import matplotlib.pyplot as plt
 
     k = result["k"]
@@ -96,14 +117,12 @@ def _bar_chart(result: dict[str, Any], out: Path) -> str:
     return "metrics.png"
 
 
+@_plain_text
 def _training_chart(stats: dict[str, Any], out: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     bins = stats["bins"]
-    domains = stats["domains"]
+    domains = dict(list(stats["domains"].items())[:MAX_CHART_DOMAINS])  # a record edited to hold thousands drew for minutes
     fig, axes = plt.subplots(1, len(domains), figsize=(3.6 * len(domains), 2.8), squeeze=False)
     for ax, (d, s) in zip(axes[0], domains.items(), strict=True):
         ax.bar(bins[:-1], s["confidence_histogram"], width=bins[1] - bins[0], align="edge", color="#2a6fdb", label="confidence")
@@ -159,16 +178,26 @@ def selection_section(record: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
+def check_report_folder(out: Path) -> None:
+    """A report is a folder: a file at ``out`` is refused, before any work where the caller checks early."""
+    if out.exists() and not out.is_dir():
+        raise ClairVecError(f"{out} is a file; the report is a folder (index.html and its images): give a new path")
+
+
+def write_report(result: dict[str, Any], out_dir: str | Path, *, write_results: bool = True) -> Path:
     """Write the report into ``out_dir`` and return its page. Every file is written whole into a
     hidden folder inside ``out_dir`` first and moved beside the others once all are written, the
     page last: a full disk leaves the folder as it was, not a page without its pictures or a
-    picture of 0 bytes. Other files in ``out_dir`` are left alone."""
+    picture of 0 bytes. Other files in ``out_dir`` are left alone; a folder this call made is
+    removed again when it fails. ``write_results=False`` leaves results.json out (the report of a
+    results.json drawn into its own folder must not replace it)."""
     out = Path(out_dir)
+    check_report_folder(out)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
-        _write(result, stage)
+        _write(result, stage, write_results)
         for f in sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: (p.name == "index.html", str(p))):
             dest = out / f.relative_to(stage)
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -180,10 +209,54 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
         raise OSError(exc.errno, exc.strerror, str(out)) from exc
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if made and not any(out.iterdir()):
+            out.rmdir()
     return out / "index.html"
 
 
-def _write(result: dict[str, Any], out: Path) -> None:
+def _from_record(section: Callable[[], str], field: str) -> str:
+    """A section drawn from clair.json's training record, or a line saying it cannot be: the record
+    is evidence for a reader, and one edited by hand must not cost the report its measurements."""
+    try:
+        return section()
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        return (f"<p class='warn'>The training record in clair.json (field {html.escape(field)}) is not in the form "
+                f"clair-vec writes ({html.escape(type(exc).__name__)}); that part of the report is left out.</p>")
+
+
+def _decision_section(record: dict[str, Any]) -> str:
+    e = html.escape
+    parts = []
+    if record.get("warning"):
+        parts.append(f"<p class='warn'>{e(str(record['warning']))}</p>")
+    if record.get("selection"):
+        parts.append(selection_section(record))
+    elif record.get("validation"):  # checkpoints from before the per-domain selection
+        v = record["validation"]
+        parts.append(f"<p>Shipped: <b>{e(str(record.get('shipped', '?')))}</b> — validation {e(str(v.get('metric', '')))}: "
+                     f"trained head {_fmt(v['clair']['mean'])}, raw CLIP + mapping {_fmt(v['mapping_only']['mean'])} "
+                     f"(best epoch {e(str(record.get('best_epoch')))}).</p>")  # fmt: skip
+    else:
+        parts.append(f"<p>Shipped: <b>{e(str(record.get('shipped', '?')))}</b> — "
+                     f"{e(str(record.get('reason', 'no validation record')))}</p>")  # fmt: skip
+    filt = filter_summary(record)
+    if filt:
+        parts.append(f"<p>Pseudo-label confidence filter: {e(filt)}.</p>")
+    return "".join(parts)
+
+
+def finite(x: Any) -> Any:
+    """NaN and infinities as null: results.json is JSON every parser reads."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    return x
+
+
+def _write(result: dict[str, Any], out: Path, write_results: bool = True) -> None:
     k = result["k"]
     metrics = [m.format(k=k) for m in METRICS]
     e = html.escape
@@ -192,20 +265,7 @@ def _write(result: dict[str, Any], out: Path) -> None:
              f"<p>Model <code>{e(result['model'])}</code>; classes from {e(result['classes_from'])}: "
              f"{e(', '.join(result['rows'][0]['classes'])) if result['rows'] else ''}.</p>"]  # fmt: skip
     record = result.get("record") or {}
-    if record.get("warning"):
-        parts.append(f"<p class='warn'>{e(record['warning'])}</p>")
-    if record.get("selection"):
-        parts.append(selection_section(record))
-    elif record.get("validation"):  # checkpoints from before the per-domain selection
-        v = record["validation"]
-        parts.append(f"<p>Shipped: <b>{e(record.get('shipped', '?'))}</b> — validation {e(v.get('metric', ''))}: "
-                     f"trained head {_fmt(v['clair']['mean'])}, raw CLIP + mapping {_fmt(v['mapping_only']['mean'])} "
-                     f"(best epoch {e(str(record.get('best_epoch')))}).</p>")  # fmt: skip
-    else:
-        parts.append(f"<p>Shipped: <b>{e(record.get('shipped', '?'))}</b> — {e(record.get('reason', 'no validation record'))}</p>")
-    filt = filter_summary(record)
-    if filt:
-        parts.append(f"<p>Pseudo-label confidence filter: {e(filt)}.</p>")
+    parts.append(_from_record(lambda: _decision_section(record), "decision"))
     head = "".join(f"<th>{e(m)}</th>" for m in metrics)
     parts.append(f"<div class=wide><table><tr><th class=l>query → gallery</th><th class=l>method</th>{head}<th>chance</th>"
                  "<th>queries</th><th>gallery</th></tr>")
@@ -227,9 +287,15 @@ def _write(result: dict[str, Any], out: Path) -> None:
                                    h["label"], h["label"]) for h in s["hits"])  # fmt: skip
             query = _figure(s["query"], out, "q", THUMB, f"query {s['label']}", f"query: {s['label']}")
             parts.append(f"<div class=row>{query}{hits}</div>")
-    stats = record.get("stats")
+    stats = record.get("stats") if isinstance(record, dict) else None
     if stats:
-        parts.append(f"<h2>Training pseudo-labels</h2><img alt='pseudo-label confidence' src='{_training_chart(stats, out)}'>")
+        shown = (f" (the first {MAX_CHART_DOMAINS} of {len(stats['domains'])} domains)"
+                 if isinstance(stats, dict) and isinstance(stats.get("domains"), dict) and len(stats["domains"]) > MAX_CHART_DOMAINS
+                 else "")  # fmt: skip
+        parts.append(_from_record(lambda: f"<h2>Training pseudo-labels{shown}</h2><img alt='pseudo-label confidence' "
+                                          f"src='{_training_chart(stats, out)}'>", "stats"))  # fmt: skip
     parts.append("</body></html>")
     (out / "index.html").write_text("\n".join(parts), encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({k_: v for k_, v in result.items() if k_ != "record"}, indent=2, default=str))
+    if write_results:
+        (out / "results.json").write_text(json.dumps(finite({k_: v for k_, v in result.items() if k_ != "record"}), indent=2,
+                                                     default=str, allow_nan=False))  # fmt: skip

@@ -154,6 +154,12 @@ def check_meta(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
     for key in ("unseen_classes", "validation_classes", "seen_classes"):
         if key in record and not _strings(record[key], allow_empty_list=True):
             raise fail(path, "clair.json", f"training.{key}", f"is {shown(record[key])}", "a list of class names")
+    for key in ("selection", "stats", "validation"):  # read by evaluate and its report
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            raise fail(path, "clair.json", f"training.{key}", f"is {shown(record[key])}", "an object or null")
+    if record.get("selection") and not isinstance(record["selection"].get("domains", {}), dict):
+        raise fail(path, "clair.json", "training.selection.domains", f"is {shown(record['selection']['domains'])}",
+                   "an object of query domains")  # fmt: skip
     if "split_seed" in record and (isinstance(record["split_seed"], bool) or not isinstance(record["split_seed"], int)):
         raise fail(path, "clair.json", "training.split_seed", f"is {shown(record['split_seed'])}", "an integer")
     if meta.get("routing") is not None:

@@ -81,6 +81,12 @@ def check_state(state: Any, meta: Mapping[str, Any], path: str | Path) -> dict[s
     prompts = state["prompts"]
     if prompts is not None and (not isinstance(prompts, dict) or set(prompts) != {"ctx"}):
         raise fail(path, "clair.pt", "prompts", f"is {shown(prompts)}", "null or {'ctx': (domains, n_ctx, text width) tensor}")
+    classes = state.get("classes")  # absent in checkpoints from before it was kept beside the text embeddings
+    if isinstance(classes, list) and sorted(map(str, classes)) == sorted(meta["classes"]) and classes != list(meta["classes"]):
+        # the rows of text_embeddings follow this order: reordered, "dog" would be searched with "cat"'s text
+        # (a class renamed for display keeps its row, and stays allowed)
+        raise fail(path, "clair.json", "classes", "lists the classes in another order than clair.pt was saved with",
+                   "the order the two files were saved with (one of them was edited: restore it)")  # fmt: skip
     centers = state.get("centers")  # absent in checkpoints from before per-domain centring
     if centers is not None:
         if not isinstance(centers, dict) or not set(map(str, centers)) <= set(domains):

@@ -211,11 +211,15 @@ class ClairModel:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write the checkpoint directory atomically: a crash never leaves a half-written model."""
+        """Write the checkpoint directory atomically: a crash never leaves a half-written model,
+        and an earlier model at ``path`` stays whole until the new one replaces it. Only a model
+        directory (or an empty folder) is ever replaced: see :func:`check_replaceable`."""
         path = Path(path)
+        check_replaceable(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the model from a service run as another user
             meta = {
                 "format_version": FORMAT_VERSION,
                 "model_id": self.model_id,
@@ -238,6 +242,7 @@ class ClairModel:
                     "text_embeddings": self.text_embeddings,
                     "prompts": self.prompt_state,
                     "centers": self.centers.state_dict() or None,
+                    "classes": list(self.classes),
                 }),
                 tmp / "clair.pt",
             )
@@ -247,10 +252,21 @@ class ClairModel:
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(path, old)
-                os.replace(tmp, path)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old, path)  # interrupted between the two renames: the earlier model goes back
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, path)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            inside = Path(exc.filename).resolve() if isinstance(exc.filename, str) else None
+            if exc.errno is not None and inside is not None and tmp.resolve() in (inside, *inside.parents):
+                # the folder a user can look at, not the hidden one that was just removed
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -301,9 +317,36 @@ class ClairModel:
         if model.model_id != meta["model_id"]:
             raise WeightsNotFoundError(
                 f"checkpoint {path} loads as model {model.model_id} but was saved as {meta['model_id']}: "
-                "the CLIP weights it references changed. Point clip_pretrained at the original weights."
+                "its files no longer match each other: clair.json or clair.pt was edited or swapped (restore the files "
+                f"saved together), or the CLIP weights it references ({meta.get('clip_pretrained')}) changed (point "
+                "clip_pretrained at the original weights)."
             )
         return model.to(device)
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuse, before any work, a ``path`` that saving a model would destroy: a file, or a folder
+    that holds anything but an earlier model (``clair.json``). Saving replaces the whole folder,
+    so a user's ``--out`` pointed at a photo folder or the dataset itself would be deleted."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):  # saving moves the folder aside by its name: "." has none
+        raise ClairVecError(f"{str(path)!r} names no folder of its own; give the model a folder name, e.g. runs/clair")
+    if path.exists() and not path.is_dir():
+        raise ClairVecError(f"{path} exists and is not a folder; a model is a folder: give a new path")
+    if path.is_dir() and not (path / "clair.json").is_file() and any(path.iterdir()):
+        raise ClairVecError(f"{path} is a folder that holds something other than a clair_vec model (no clair.json), and "
+                            "saving a model replaces the whole folder; give a new or empty folder, or an earlier model's")  # fmt: skip
+
+
+def _umask() -> int:
+    """The process's umask, read where Linux shows it: setting it to read it would race other threads."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def _on_cpu(value: Any) -> Any:

@@ -18,6 +18,8 @@ from typing import TypeVar
 
 import torch
 
+from clair_vec.method.precision_devices import device_refusal
+
 K = TypeVar("K")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,12 +43,12 @@ def autocast(device: torch.device | str, precision: str | None) -> AbstractConte
     name = check_precision(precision)
     dtype = PRECISIONS[name]
     kind = torch.device(device).type
-    if name == "int8" and kind != "cpu":
-        raise ValueError("precision int8 runs on a CPU (PyTorch's dynamic quantisation); on a GPU use fp16 or bf16")
+    refusal = device_refusal(name, gpu=kind != "cpu")
+    if refusal is not None:
+        problem, fix = refusal
+        raise ValueError(f"{problem}; on a {'CPU' if kind == 'cpu' else 'GPU'} {fix}")
     if dtype is None:
         return nullcontext()
-    if kind == "cpu" and dtype is torch.float16:
-        raise ValueError("precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
     return torch.autocast(device_type=kind, dtype=dtype)
 
 

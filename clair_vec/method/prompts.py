@@ -39,7 +39,9 @@ def domain_templates(domain: str, overrides: Mapping[str, Sequence[str]] | None 
         return list(overrides[domain])
     if domain in DEFAULT_TEMPLATES:
         return list(DEFAULT_TEMPLATES[domain])
-    return [f"a {clean_class_name(domain)} of a {{}}."]
+    # a brace in a folder name would be read as a format field: "sk{" crashed training, "sk{0}" named the class twice
+    words = clean_class_name(domain).replace("{", "(").replace("}", ")")
+    return [f"a {words} of a {{}}."]
 
 
 @torch.no_grad()

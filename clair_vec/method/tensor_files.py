@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +33,13 @@ def load_tensor_file(path: str | Path, *, what: str = "checkpoint", map_location
         raise UnsafeCheckpointError(f"{what} {str(path)!r} is truncated or not a torch file (it starts with {head!r}); "
                                     "expected a file written by clair-vec")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's aside on pickle protocols is about a file we refuse anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"refusing to load {what} {str(path)!r}: it holds pickled objects beyond tensors and plain containers, and "
-            f"loading them could run code ({str(exc).splitlines()[0]}). clair_vec never writes such files: if it came "
+            f"loading them could run code ({_unpickler_reason(exc)}). clair_vec never writes such files: if it came "
             "from elsewhere, do not trust it; re-create it with clair-vec (train / bootstrap-clip)."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as exc:
@@ -43,6 +47,13 @@ def load_tensor_file(path: str | Path, *, what: str = "checkpoint", map_location
         raise UnsafeCheckpointError(
             f"{what} {str(path)!r} is truncated or not a torch file ({first}); expected a file written by clair-vec"
         ) from None
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """What torch's safe unpickler found, without its advice to load the file unsafely instead."""
+    advice = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    found = [" ".join(p.split()) for p in re.split(r"\n\s*\n", str(exc)) if p.strip() and not p.strip().startswith(advice)]
+    return (found[0][:200] if found else "") or "objects other than tensors"
 
 
 def write_tensor_file(obj: Any, path: str | Path) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 from clair_vec.datasets.images import IMAGE_SUFFIXES, Listing, walk_images
 from clair_vec.errors import DatasetError
 from clair_vec.extras import require
+from clair_vec.method.precision_devices import device_refusal
 from clair_vec.ray_runtime import gpus_each, ray_session, sigterm_as_interrupt
 from clair_vec.retrieval import ingest, remote
 from clair_vec.retrieval.ingest import Writer
@@ -301,11 +302,11 @@ def ray_index(
 
 
 def _check_device(precision: str, gpu: float) -> None:
-    """The encoders' rule (``pixel_batches.autocast``), said on the driver, which has no torch."""
-    if precision == "fp16" and not gpu:
-        raise ValueError("precision fp16 needs a CUDA device; on a CPU use bf16 or fp32 (or --gpus yes on a GPU cluster)")
-    if precision == "int8" and gpu:
-        raise ValueError("precision int8 runs on a CPU (PyTorch's dynamic quantisation): add --gpus no, or use fp16 or bf16")
+    """The encoders' rule, said on the driver before any encoder starts."""
+    refusal = device_refusal(precision, gpu=bool(gpu))
+    if refusal is not None:
+        problem, fix = refusal
+        raise ValueError(f"{problem}: add --gpus no, or {fix}" if gpu else f"{problem}; on a CPU {fix} (or --gpus yes on a GPU cluster)")
 
 
 def _input_rows(inputs: list[str], *, label_from_folder: bool, tasks: int) -> Any:

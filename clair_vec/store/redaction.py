@@ -35,6 +35,9 @@ MIN_SECRET_LENGTH = 8
 _SECRET_WORDS = r"token|key|apikey|password|passwd|pwd|secret|sig|signature|auth|authorization|credentials?"
 _SECRET_PARAM = re.compile(rf"(?i)^(?:.*[_-])?(?:{_SECRET_WORDS})$")
 _URI_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
+#: ``scheme:/user:password@``, as ``pathlib.Path`` prints a URL given as a folder: only with a
+#: password (a drive letter's ``C:/x@y`` has none) and never for the path prefixes ``file:``/``local:``
+_ONE_SLASH_USERINFO = re.compile(r"(?P<scheme>\b(?!(?:file|local):)[A-Za-z][A-Za-z0-9+.-]+:/)(?!/)[^/\s@:'\"<>]+:[^/\s@'\"<>]*@")
 _QUERY_SECRET = re.compile(rf"(?i)(?P<key>[?&;](?:[A-Za-z0-9]+[_-])*(?:{_SECRET_WORDS})=)[^&#\s'\"<>]+")
 #: ``password=x``, ``"api_key": "x"``, ``token: x`` in free text (headers, reprs of options)
 _ASSIGNED_SECRET = re.compile(
@@ -96,6 +99,7 @@ def mask_credential_shapes(text: str) -> str:
     if not isinstance(text, str) or not text:
         return text
     text = _URI_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = _ONE_SLASH_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
     text = _BARE_USERINFO.sub(f"{MASK}@", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m['key']}{MASK}", text)
     text = _ASSIGNED_SECRET.sub(lambda m: m[0] if _folder_name(m) else m["key"] + (m["value"] if m["value"] == MASK else MASK),

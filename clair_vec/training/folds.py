@@ -30,8 +30,14 @@ MIN_TRAINING_CLASSES = 2
 
 
 def class_folds(classes: Sequence[str], *, fraction: float, seed: int, max_folds: int,
-                vocabulary: Sequence[str] | None = None) -> list[list[str]]:  # fmt: skip
+                vocabulary: Sequence[str] | None = None, cover: bool = False) -> list[list[str]]:  # fmt: skip
     """The validation classes of each fold; ``[]`` when the classes are too few to hold any out.
+
+    ``cover``: the folds are consecutive runs of one seeded shuffle of the classes, wrapping round,
+    so every class is held out once before any is held out twice (as k-fold cross-validation
+    does); the fold mean then judges all the seen classes, not whichever ones independent draws
+    hit. Runs that repeat a fold or leave too few names to train on give way to random draws, as
+    every fold is drawn without ``cover``.
 
     ``vocabulary`` (weak supervision): the class names training knows, which may differ from the
     labeled ``classes``; a fold must leave at least two of them to train with."""
@@ -45,6 +51,12 @@ def class_folds(classes: Sequence[str], *, fraction: float, seed: int, max_folds
     rng, order = random.Random(seed), sorted(classes)
     count = min(max_folds, math.comb(n, size))
     folds: list[list[str]] = []
+    if cover:
+        shuffled = rng.sample(order, n)
+        for i in range(count):
+            fold = sorted(shuffled[(i * size + j) % n] for j in range(size))
+            if fold not in folds and len(names - set(fold)) >= MIN_TRAINING_CLASSES:
+                folds.append(fold)
     for _ in range(100 * count):  # bounded: some class sets may not be allowed, and draws repeat
         if len(folds) == count:
             break

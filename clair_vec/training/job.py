@@ -17,7 +17,7 @@ from clair_vec.method.centering import decide_centring
 from clair_vec.method.config import ClairConfig
 from clair_vec.method.devices import resolve_device
 from clair_vec.method.foundation import FoundationModel
-from clair_vec.method.model import ClairModel
+from clair_vec.method.model import ClairModel, check_replaceable
 from clair_vec.training.features import DomainFeatures, extract_features
 from clair_vec.training.folds import MIN_TRAINING_CLASSES, MIN_VALIDATION_CLASSES, FoldRun, class_folds, run_folds
 from clair_vec.training.selection import average_fold_heads, select_on_folds, ship
@@ -51,12 +51,48 @@ def progress_record(trainer: ClairTrainer) -> dict[str, Any]:
             "history": [h.as_dict() for h in trainer.history], "stats": training_stats(trainer)}  # fmt: skip
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0.0 <= val_fraction < 1.0:  # NaN too
+        raise ValueError(f"val_fraction must lie in [0, 1): the share of seen classes each selection fold holds out "
+                         f"(0: no selection), got {val_fraction}")  # fmt: skip
+
+
+def check_output(out: str | Path, data: str | Path, **others: str | Path | None) -> None:
+    """Refuse, before training, an ``out`` that saving the model would destroy or that would mix
+    the model into the dataset. ``others``: the run's other paths by flag name (``cache_dir=``,
+    ``storage_path=``, ``validation=``, ``classes=``); none may lie inside ``out``, which saving
+    replaces whole: a cache made there by this very run would turn ``out`` into a folder that is
+    no model, and the save after an hour of training would be refused."""
+    o = Path(out).resolve()
+    for flag, given in {"data": data, **others}.items():
+        if given is None:
+            continue
+        p, name = Path(given).resolve(), "--" + flag.replace("_", "-")
+        if flag == "data" and (o == p or p in o.parents):
+            raise DatasetError(f"--out {out} is inside --data {data}: the model folder would be read as part of the dataset "
+                               "by the next run; write it elsewhere")  # fmt: skip
+        if o == p or o in p.parents:
+            raise DatasetError(f"{name} {given} is inside --out {out}: saving the model replaces --out whole, which would "
+                               f"delete it; put {name} elsewhere or write the model elsewhere")  # fmt: skip
+    check_replaceable(out)
+
+
+def check_domains(seen: MultiDomainDataset, pivot: str) -> None:
+    """Before any image is encoded: the gallery domain and at least one query domain to align to it."""
+    domains = seen.domains
+    if pivot not in domains:
+        raise DatasetError(f"the gallery domain {pivot!r} has no training images; the data has {domains}. Pass --pivot "
+                           f"with one of them (pivot_domain in ClairConfig), or add root/{pivot}/<class>/ folders")  # fmt: skip
+    if len(domains) < 2:
+        raise DatasetError(f"only the gallery domain {pivot!r} has training images: CLAIR learns to search it with queries "
+                           "of other domains (sketches, cliparts, paintings); add root/<domain>/<class>/ folders of at "
+                           "least one more domain")  # fmt: skip
+
+
 def plan_training(data: str | Path, seed: int, val_fraction: float, *, classes: str | Path | list[str] | None = None,
                   validation: str | Path | None = None) -> Split:  # fmt: skip
     """The split of a labeled dataset (class folders), or, given ``classes``, of unlabeled images."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in [0, 1): the share of seen classes each selection fold holds out "
-                         f"(0: no selection), got {val_fraction}")  # fmt: skip
+    check_val_fraction(val_fraction)
     if classes is not None:
         return plan_weak_split(data, classes, validation=validation, seed=seed)
     if validation is not None:
@@ -84,7 +120,7 @@ def plan_folds(seen: MultiDomainDataset, config: ClairConfig, val_fraction: floa
         return [], ("no training image is labeled and no --validation folder was given, so no class can be held out to "
                     "validate on. Pass --validation ROOT, a small labeled folder ROOT/<domain>/<class>/<image>")  # fmt: skip
     folds = class_folds(labeled, fraction=val_fraction, seed=config.seed, max_folds=config.selection_folds,
-                        vocabulary=vocabulary)  # fmt: skip
+                        vocabulary=vocabulary, cover=config.selection_fold_classes == "cover")  # fmt: skip
     kind = "seen" if vocabulary is None else "labeled"
     why = (f"the {len(labeled)} {kind} classes are too few for validation folds (each fold holds out at least "
            f"{MIN_VALIDATION_CLASSES} and trains on at least {MIN_TRAINING_CLASSES}); more classes would make folds")  # fmt: skip
@@ -126,7 +162,9 @@ def train_local(
     ``classes`` (a class-name file or list) makes the run weakly supervised: ``data`` is
     ``ROOT/<domain>/<image>``, unlabeled, and ``validation`` an optional labeled folder for the
     selection (:mod:`clair_vec.datasets.unlabeled`)."""
+    check_val_fraction(val_fraction)  # a given split (benchmark run) skips plan_training's check
     split = split or plan_training(data, config.seed, val_fraction, classes=classes, validation=validation)
+    check_domains(seen_dataset(split), config.pivot_domain)
     fm = foundation or FoundationModel.load(config.clip_model, config.clip_pretrained, str(resolve_device(device)),
                                             seed=config.seed)  # fmt: skip
     seen = seen_dataset(split)

@@ -30,7 +30,15 @@ from clair_vec.method.tensor_files import load_tensor_file, save_tensor_file, wr
 from clair_vec.ray_runtime import check_gpu_choice, gpus_each, ray_session, sigterm_as_interrupt
 from clair_vec.training.features import DomainFeatures, encode_domain_images, extract_features, view_key
 from clair_vec.training.folds import FoldRun, run_fold, run_folds
-from clair_vec.training.job import choose, plan_folds, plan_training, progress_record, seen_dataset
+from clair_vec.training.job import (
+    check_domains,
+    check_output,
+    choose,
+    plan_folds,
+    plan_training,
+    progress_record,
+    seen_dataset,
+)
 from clair_vec.training.selection import select_on_folds
 
 log = logging.getLogger(__name__)
@@ -295,6 +303,9 @@ def run_training(
     check_gpu_choice(gpus)
     # raises DatasetError naming a missing folder or class file, before Ray starts
     split = plan_training(Path(data), config.seed, val_fraction, classes=classes, validation=validation)
+    check_output(out, data, storage_path=storage_path, validation=validation,
+                 classes=classes if isinstance(classes, (str, Path)) else None)  # fmt: skip
+    check_domains(seen_dataset(split), config.pivot_domain)
     run_dir = Path(storage_path) / name
     identity = _run_identity(config, split, val_fraction)
     _same_run(run_dir, name, identity)  # before Ray starts

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from clair_vec.errors import DatasetError
+from clair_vec.errors import DatasetError, TrainingDivergedError
 from clair_vec.method import losses
 from clair_vec.method.centering import DomainCenters, center_batch
 from clair_vec.method.config import ClairConfig
@@ -271,6 +271,8 @@ class ClairTrainer:
                 batch = {d: self._batch_indices(perms[d], step) for d in self.domains}
                 vq, vk = self.draw_views(batch, g)
                 total, means, keys = self.step_loss(batch, vq, vk, protos, ramp)
+                if not math.isfinite(total.item()):
+                    raise self._diverged(f"step {step + 1}'s loss is {total.item()}")
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if self.prompts is not None and self.all_reduce_mean is not None:
@@ -288,6 +290,8 @@ class ClairTrainer:
                 sums["total"] += total.item()
                 bar.update(1)
                 bar.set_postfix(loss=f"{total.item():.3f}", refresh=False)
+        if not all(bool(torch.isfinite(p).all()) for group in self.optimizer.param_groups for p in group["params"]):
+            raise self._diverged("the trained weights are no longer finite")
         if c.relabel_each_epoch:
             text_now = self.text_embeddings()
             self.pseudo = {d: self._label(d, text_now[d]) for d in self.domains}
@@ -301,6 +305,14 @@ class ClairTrainer:
         self.history.append(stats)
         self.epoch += 1
         return stats
+
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        """A diverged run, said with what to change: NaN weights would otherwise ship, score as a
+        gain on the folds and fail only when a user loads them."""
+        return TrainingDivergedError(
+            f"{self.label}training diverged in epoch {self.epoch + 1}: {what} at learning rate {self.cfg.lr:g}. Lower the "
+            f"learning rate (--set lr=..., default {ClairConfig.lr:g}), or undo other --set changes (a tiny tau), and train "
+            "again; nothing of this run was saved")
 
     def _stats(self, epoch: int, means: dict[str, float], seconds: float) -> EpochStats:
         kept = torch.cat([self.pseudo[d].kept.cpu() for d in self.domains]).float()
