@@ -179,7 +179,8 @@ class ClairConfig:
             raise ValueError(f"ClairConfig.selection_thresholds must be a list of numbers in [0, 1), got {self.selection_thresholds!r}")
 
     def _check_templates(self) -> None:
-        """Each template has one ``{}`` where the class name goes and no other format field."""
+        """Each template places the class name with one ``{}`` (or ``{0}``) and has no other format
+        field: a template is filled with ``str.format``, where any other field fails or misfills."""
         if not isinstance(self.templates, dict):
             raise ValueError(f"ClairConfig.templates maps a domain to its templates, got {self.templates!r}")
         for domain, templates in self.templates.items():
