@@ -122,8 +122,8 @@ def test_a_report_the_disk_refuses_keeps_the_results_and_leaves_its_folder_as_it
 
     written = report_module._write
 
-    def full(result, stage):
-        written(result, stage)
+    def full(result, stage, *rest):
+        written(result, stage, *rest)
         (stage / "training.png").write_bytes(b"")  # what the disk took of the last file before it said no
         raise OSError(errno.ENOSPC, "No space left on device")
 
