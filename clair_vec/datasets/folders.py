@@ -56,9 +56,14 @@ class MultiDomainDataset:
         return len(self.items)
 
 
-def looks_like_url(root: str | Path) -> bool:
-    """``root`` was typed as a URL (``pathlib`` turns ``http://`` into ``http:/``) and is no folder here."""
-    return re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(root)) is not None and not Path(root).exists()
+def refuse_url(root: str | Path, what: str = "dataset folder") -> None:
+    """A DatasetError when ``root``, no folder here, was typed as a URL (``pathlib`` turns
+    ``http://`` into ``http:/``): said as the URL it is, not as a folder that does not exist."""
+    if Path(root).exists() or re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(root)) is None:
+        return
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+:)/(?!/)", r"\1//", str(root))  # as typed, before pathlib ate a slash
+    raise DatasetError(f"{what} {url!r} is a URL, and this command reads a local folder: download the images "
+                       "into root/<domain>/<class>/<image> first (index and search take URLs)")  # fmt: skip
 
 
 def scan_folder(root: str | Path, domains: Sequence[str] | None = None, *, what: str = "dataset folder") -> MultiDomainDataset:
@@ -66,10 +71,7 @@ def scan_folder(root: str | Path, domains: Sequence[str] | None = None, *, what:
     ``what`` names the folder in errors (e.g. "--validation folder")."""
     root = Path(root)
     if not root.is_dir():
-        if looks_like_url(root):
-            url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+:)/(?!/)", r"\1//", str(root))  # as typed, before pathlib ate a slash
-            raise DatasetError(f"{what} {url!r} is a URL, and this command reads a local folder: download the images "
-                               "into root/<domain>/<class>/<image> first (index and search take URLs)")  # fmt: skip
+        refuse_url(root, what)
         raise DatasetError(
             f"{what} {str(root)!r} does not exist; expected root/<domain>/<class>/<image> "
             "(e.g. PACS or DomainNet unpacked), or run `clair-vec demo` to generate one."

@@ -22,8 +22,8 @@ from clair_vec.datasets.folders import (
     ImageItem,
     MultiDomainDataset,
     Split,
-    looks_like_url,
     read_class_list,
+    refuse_url,
     scan_folder,
 )
 from clair_vec.datasets.images import walk_images
@@ -48,8 +48,7 @@ def scan_unlabeled(root: str | Path, vocabulary: list[str], domains: list[str] |
     below its domain when that folder names a vocabulary class, else :data:`UNLABELED`."""
     root = Path(root)
     if not root.is_dir():
-        if looks_like_url(root):
-            scan_folder(root)  # says it is a URL, which this command cannot read
+        refuse_url(root)
         raise DatasetError(f"dataset folder {str(root)!r} does not exist; expected ROOT/<domain>/<image> (any folders "
                            "below the domain) with --classes naming the class vocabulary")  # fmt: skip
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
